@@ -1,0 +1,15 @@
+//! Compiles the etcd v3 API protos and MetaStore's own with protox, so no
+//! system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(
+        ["etcdserverpb/rpc.proto", "metastore/internal.proto"],
+        ["proto"],
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

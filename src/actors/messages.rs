@@ -1,0 +1,154 @@
+//! Every message the actors exchange, each a named struct.
+
+use actix::Message;
+use raft::eraftpb::{Entry, HardState};
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
+
+/// The answer a writer waits for.
+pub type WriteResult = Result<WriteResponse, ApiError>;
+/// The answer a reader waits for.
+pub type ReadResult = Result<ReadResponse, ApiError>;
+
+/// A read waiting to be served, with the channel its answer goes to.
+#[derive(Debug)]
+pub struct PendingRead {
+    /// The read.
+    pub request: ReadRequest,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<ReadResult>,
+}
+
+/// Handler → RaftActor: propose an encoded `InternalRequest` whose id is `id`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Propose {
+    /// Request id inside `data`; the applier answers `reply` by it.
+    pub id: u64,
+    /// Encoded InternalRequest.
+    pub data: Vec<u8>,
+    /// Where the applied answer goes.
+    pub reply: oneshot::Sender<WriteResult>,
+}
+
+/// Handler → RaftActor: a linearizable read; joins this turn's ReadIndex batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReadIndex(pub PendingRead);
+
+/// Ticker → RaftActor: one logical clock tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Tick;
+
+/// RaftActor → itself: handle what accumulated (one Ready per turn).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunTurn;
+
+/// RaftActor → WalWriter: make ready `number`'s entries and hard state durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Append {
+    /// Ready number, answered in `Persisted`.
+    pub number: u64,
+    /// New entries.
+    pub entries: Vec<Entry>,
+    /// Changed hard state.
+    pub hard_state: Option<HardState>,
+    /// Whether an fsync is required before answering.
+    pub must_sync: bool,
+}
+
+/// WalWriter → RaftActor: every ready up to `number` is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Persisted {
+    /// Highest durable ready number.
+    pub number: u64,
+}
+
+/// RaftActor → WalWriter: a snapshot at `index` is durable; drop WAL segments
+/// wholly at or below it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Purge {
+    /// Snapshot index.
+    pub upto: u64,
+    /// Snapshot term.
+    pub term: u64,
+}
+
+/// RaftActor → ApplyActor: committed entries, in log order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Apply {
+    /// The entries.
+    pub entries: Vec<Entry>,
+}
+
+/// RaftActor → ApplyActor: a proposal with this id is in the log; answer `reply`
+/// when it is applied.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    /// Request id.
+    pub id: u64,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<WriteResult>,
+}
+
+/// RaftActor → ApplyActor: these reads may be served once `index` is applied.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeReads {
+    /// Read index.
+    pub index: u64,
+    /// The reads.
+    pub reads: Vec<PendingRead>,
+}
+
+/// Handler → ApplyActor: a serializable read, served from local state at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LocalRead(pub PendingRead);
+
+/// ApplyActor → RaftActor: everything up to `index` is applied.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Applied {
+    /// Applied index.
+    pub index: u64,
+}
+
+/// ApplyActor → RaftActor: a snapshot at `index` is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Snapshotted {
+    /// Snapshot index.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+}
+
+/// Handler → ApplyActor: the store's figures for Maintenance.Status.
+#[derive(Message)]
+#[rtype(result = "StoreStatus")]
+pub struct QueryStore;
+
+/// The store's figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStatus {
+    /// Current revision.
+    pub revision: i64,
+    /// Compacted revision.
+    pub compacted: i64,
+    /// Approximate size in bytes.
+    pub db_size: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Live keys.
+    pub keys: u64,
+}

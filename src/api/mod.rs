@@ -1,0 +1,248 @@
+//! The client-facing API: etcd's gRPC services and, on the same port, HTTP
+//! (`/metrics`, `/health`, `/version`). Handlers validate, then hand work to the
+//! actors through [`Gateway`]; they hold no state of their own.
+
+pub mod cluster;
+pub mod http;
+pub mod kv;
+pub mod maintenance;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+use tokio::sync::oneshot;
+
+use crate::actors::messages::{
+    LocalRead, PendingRead, Propose, QueryStore, ReadIndex, StoreStatus,
+};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::{CodeLabels, MethodLabels, METRICS};
+use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::metastorepb::{internal_request, InternalRequest};
+use crate::server::Core;
+use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
+
+/// The etcd API version MetaStore speaks (reported by Status and /version).
+pub const ETCD_VERSION: &str = "3.5.0";
+/// etcd's default request timeout: 5 s plus two election timeouts.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// Unique request ids: member id in the top 16 bits, start time and a counter
+/// below (etcd's idutil scheme), so ids never repeat across restarts.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    /// A generator for a member.
+    pub fn new(member_id: u64) -> RequestIds {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        RequestIds {
+            prefix: (member_id & 0xffff) << 48,
+            next: AtomicU64::new((ms & 0xff_ffff_ffff) << 8),
+        }
+    }
+
+    /// The next id.
+    pub fn next(&self) -> u64 {
+        self.prefix | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff)
+    }
+}
+
+/// What every handler needs: the actors, the ids, the limits.
+#[derive(Clone)]
+pub struct Gateway {
+    core: Core,
+    ids: Arc<RequestIds>,
+    /// Largest encoded request (`--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// Most ops per txn branch.
+    pub max_txn_ops: usize,
+    /// Member name.
+    pub name: String,
+    /// Advertised peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Advertised client URLs.
+    pub client_urls: Vec<String>,
+}
+
+impl Gateway {
+    /// A gateway to a running core.
+    pub fn new(cfg: &Config, core: Core) -> Gateway {
+        Gateway {
+            ids: Arc::new(RequestIds::new(core.status.member_id)),
+            core,
+            max_request_bytes: cfg.max_request_bytes,
+            max_txn_ops: cfg.max_txn_ops,
+            name: cfg.name.clone(),
+            peer_urls: cfg.advertise_peer_list(),
+            client_urls: cfg.advertise_client_list(),
+        }
+    }
+
+    /// Live status.
+    pub fn status(&self) -> &crate::status::NodeStatus {
+        &self.core.status
+    }
+
+    /// A header with this member's ids and term over `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        let st = &self.core.status;
+        Some(ResponseHeader {
+            cluster_id: st.cluster_id,
+            member_id: st.member_id,
+            revision,
+            raft_term: st.term(),
+        })
+    }
+
+    /// Fills the ids and term into a header the applier set the revision of.
+    pub fn fill(&self, h: &mut Option<ResponseHeader>) {
+        let revision = h.as_ref().map_or(0, |h| h.revision);
+        *h = self.header(revision);
+    }
+
+    /// Proposes a write through Raft and waits for its applied answer.
+    pub async fn write(
+        &self,
+        request: internal_request::Request,
+    ) -> Result<WriteResponse, ApiError> {
+        let id = self.ids.next();
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
+        if data.len() > self.max_request_bytes {
+            return Err(ApiError::RequestTooLarge);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.core
+            .raft
+            .send(Propose { id, data, reply })
+            .await
+            .map_err(|_| ApiError::Stopped)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
+        }
+    }
+
+    /// Serves a read: serializable from local state, otherwise after ReadIndex.
+    pub async fn read(
+        &self,
+        request: ReadRequest,
+        serializable: bool,
+    ) -> Result<ReadResponse, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        let pending = PendingRead { request, reply };
+        let sent = if serializable {
+            self.core.apply.send(LocalRead(pending)).await
+        } else {
+            self.core.raft.send(ReadIndex(pending)).await
+        };
+        sent.map_err(|_| ApiError::Stopped)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
+        }
+    }
+
+    /// The store's figures.
+    pub async fn store_status(&self) -> Result<StoreStatus, ApiError> {
+        self.core
+            .apply
+            .send(QueryStore)
+            .await
+            .map_err(|_| ApiError::Stopped)
+    }
+}
+
+/// Counts a finished RPC in the gRPC metrics.
+pub fn observe<T>(method: &str, started: std::time::Instant, result: &Result<T, tonic::Status>) {
+    let code = match result {
+        Ok(_) => "OK".to_owned(),
+        Err(s) => format!("{:?}", s.code()),
+    };
+    METRICS
+        .grpc_started
+        .get_or_create(&MethodLabels {
+            grpc_method: method.to_owned(),
+        })
+        .inc();
+    METRICS
+        .grpc_handled
+        .get_or_create(&CodeLabels {
+            grpc_method: method.to_owned(),
+            grpc_code: code,
+        })
+        .inc();
+    METRICS
+        .grpc_duration_ms
+        .get_or_create(&MethodLabels {
+            grpc_method: method.to_owned(),
+        })
+        .observe(started.elapsed().as_secs_f64() * 1000.0);
+}
+
+/// Serves gRPC and HTTP on `addr` until SIGINT/SIGTERM.
+pub async fn serve(cfg: Config, core: Core, addr: SocketAddr) -> Result<(), String> {
+    use crate::proto::etcdserverpb::{
+        cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    };
+    use axum::serve::ListenerExt;
+
+    let gw = Gateway::new(&cfg, core);
+    // gRPC refuses bodies far over the limit before decoding them; the exact
+    // limit is checked on the encoded request (etcd's behaviour).
+    let max_msg = cfg.max_request_bytes + 512 * 1024;
+    let grpc = tonic::service::Routes::new(
+        KvServer::new(kv::KvService::new(gw.clone())).max_decoding_message_size(max_msg),
+    )
+    .add_service(MaintenanceServer::new(
+        maintenance::MaintenanceService::new(gw.clone()),
+    ))
+    .add_service(ClusterServer::new(cluster::ClusterService::new(gw.clone())))
+    .prepare()
+    .into_axum_router();
+    let app = grpc.merge(http::router(gw));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+    tracing::info!(%addr, "serving clients (gRPC and HTTP)");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,393 @@
+//! Configuration: `config.toml` with etcd-named keys, overridden by command-line
+//! flags of the same names. `Config::default()` equals the shipped `config.toml`
+//! (a test holds the two together).
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Raft timing and flow-control knobs (the `[raft]` table).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RaftConfig {
+    /// Length of one logical tick in milliseconds.
+    pub tick_ms: u64,
+    /// Ticks without a heartbeat before a follower campaigns.
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_tick: usize,
+    /// Ask before bumping the term (stops term storms after a partition heals).
+    pub pre_vote: bool,
+    /// A leader without a quorum for an election timeout steps down.
+    pub check_quorum: bool,
+    /// Largest append message in bytes.
+    pub max_size_per_msg: u64,
+    /// Append messages in flight per follower.
+    pub max_inflight_msgs: usize,
+    /// Bytes of uncommitted entries after which proposals are refused.
+    pub max_uncommitted_size: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            tick_ms: 100,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            pre_vote: true,
+            check_quorum: true,
+            max_size_per_msg: 4 * 1024 * 1024,
+            max_inflight_msgs: 512,
+            max_uncommitted_size: 1 << 30,
+        }
+    }
+}
+
+/// Which storage engine keeps the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// MVCC in memory; WAL segments and snapshot files make it durable.
+    Memory,
+}
+
+impl Engine {
+    /// The name used in config files, flags and the data dir marker.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Memory => "memory",
+        }
+    }
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Member name.
+    pub name: String,
+    /// Directory for WAL, snapshots and engine files.
+    pub data_dir: PathBuf,
+    /// Storage engine.
+    pub engine: Engine,
+    /// Client URLs to listen on (gRPC + HTTP share the port).
+    pub listen_client_urls: String,
+    /// Client URLs advertised to clients.
+    pub advertise_client_urls: String,
+    /// Peer URLs to listen on.
+    pub listen_peer_urls: String,
+    /// Peer URLs advertised to the other members.
+    pub initial_advertise_peer_urls: String,
+    /// `name=url,...` of the initial members.
+    pub initial_cluster: String,
+    /// `new` or `existing`.
+    pub initial_cluster_state: String,
+    /// Token mixed into the cluster ID.
+    pub initial_cluster_token: String,
+    /// Largest request accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Most operations per Txn branch.
+    pub max_txn_ops: usize,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
+    /// tracing filter.
+    pub log_level: String,
+    /// Raft knobs.
+    pub raft: RaftConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "default".into(),
+            data_dir: PathBuf::from("default.metastore"),
+            engine: Engine::Memory,
+            listen_client_urls: "http://127.0.0.1:2379".into(),
+            advertise_client_urls: "http://127.0.0.1:2379".into(),
+            listen_peer_urls: "http://127.0.0.1:2380".into(),
+            initial_advertise_peer_urls: "http://127.0.0.1:2380".into(),
+            initial_cluster: "default=http://127.0.0.1:2380".into(),
+            initial_cluster_state: "new".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+            snapshot_count: 10_000,
+            log_level: "info".into(),
+            raft: RaftConfig::default(),
+        }
+    }
+}
+
+/// Command-line flags. Each one overrides the config file key of the same name.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "metastore",
+    version,
+    about = "A distributed metadata store that speaks the etcd v3 API"
+)]
+pub struct Flags {
+    /// Path to a config.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Member name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Storage engine.
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+    /// Client URLs to listen on, comma-separated.
+    #[arg(long)]
+    pub listen_client_urls: Option<String>,
+    /// Client URLs to advertise.
+    #[arg(long)]
+    pub advertise_client_urls: Option<String>,
+    /// Peer URLs to listen on.
+    #[arg(long)]
+    pub listen_peer_urls: Option<String>,
+    /// Peer URLs to advertise.
+    #[arg(long)]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial cluster, `name=url,...`.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// `new` or `existing`.
+    #[arg(long)]
+    pub initial_cluster_state: Option<String>,
+    /// Cluster token.
+    #[arg(long)]
+    pub initial_cluster_token: Option<String>,
+    /// Largest request in bytes.
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// Most operations per txn branch.
+    #[arg(long)]
+    pub max_txn_ops: Option<usize>,
+    /// Applied entries between snapshots.
+    #[arg(long)]
+    pub snapshot_count: Option<u64>,
+    /// Log filter.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Reads a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The config file (if any) with the flags applied on top, validated.
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        let mut cfg = match &flags.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! apply {
+            ($($field:ident),*) => { $( if let Some(v) = flags.$field { cfg.$field = v; } )* };
+        }
+        apply!(
+            name,
+            data_dir,
+            engine,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token,
+            max_request_bytes,
+            max_txn_ops,
+            snapshot_count,
+            log_level
+        );
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values a typo could break.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                why,
+            })
+        };
+        if self.name.is_empty() {
+            return bad("name", "must not be empty".into());
+        }
+        if self.raft.election_tick <= self.raft.heartbeat_tick {
+            return bad(
+                "raft.election-tick",
+                "must be greater than raft.heartbeat-tick".into(),
+            );
+        }
+        if self.raft.tick_ms == 0 {
+            return bad("raft.tick-ms", "must be positive".into());
+        }
+        if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
+            return bad(
+                "initial-cluster-state",
+                format!(
+                    "{:?} is neither \"new\" nor \"existing\"",
+                    self.initial_cluster_state
+                ),
+            );
+        }
+        let members = self.initial_members()?;
+        if !members.iter().any(|(n, _)| n == &self.name) {
+            return bad(
+                "initial-cluster",
+                format!("has no member named {:?} (this member's --name)", self.name),
+            );
+        }
+        if members.len() != 1 {
+            return bad(
+                "initial-cluster",
+                "multi-member clusters are not supported yet; give exactly one member".into(),
+            );
+        }
+        self.client_listen_addr()?;
+        Ok(())
+    }
+
+    /// `initial-cluster` parsed into (name, peer url) pairs.
+    pub fn initial_members(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.initial_cluster
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(n, u)| (n.trim().to_owned(), u.trim().to_owned()))
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "initial-cluster".into(),
+                        why: format!("{pair:?} is not name=url"),
+                    })
+            })
+            .collect()
+    }
+
+    /// The socket address of the first listen client URL.
+    pub fn client_listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        let first = self
+            .listen_client_urls
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim();
+        parse_url_addr(first).ok_or_else(|| ConfigError::Invalid {
+            key: "listen-client-urls".into(),
+            why: format!("{first:?} is not http://host:port with an IP host"),
+        })
+    }
+
+    /// Advertised client URLs as a list.
+    pub fn advertise_client_list(&self) -> Vec<String> {
+        split_urls(&self.advertise_client_urls)
+    }
+
+    /// Advertised peer URLs as a list.
+    pub fn advertise_peer_list(&self) -> Vec<String> {
+        split_urls(&self.initial_advertise_peer_urls)
+    }
+}
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `http://127.0.0.1:2379` → 127.0.0.1:2379. `localhost` is taken as 127.0.0.1.
+fn parse_url_addr(url: &str) -> Option<std::net::SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    let rest = match rest.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => rest.to_owned(),
+    };
+    rest.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_toml_equals_the_defaults() {
+        let text = include_str!("../config.toml");
+        let cfg = Config::from_toml(text).expect("config.toml parses");
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn raft_defaults_are_the_tuned_values() {
+        let r = RaftConfig::default();
+        assert_eq!((r.tick_ms, r.election_tick, r.heartbeat_tick), (100, 10, 1));
+        assert!(r.pre_vote && r.check_quorum);
+        assert_eq!(r.max_size_per_msg, 4 << 20);
+        assert_eq!(r.max_inflight_msgs, 512);
+        assert_eq!(r.max_uncommitted_size, 1 << 30);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let flags = Flags::parse_from([
+            "metastore",
+            "--name",
+            "n1",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:3380",
+            "--listen-client-urls",
+            "http://localhost:3379",
+            "--max-request-bytes",
+            "100",
+        ]);
+        let cfg = Config::load(flags).unwrap();
+        assert_eq!(cfg.name, "n1");
+        assert_eq!(cfg.max_request_bytes, 100);
+        assert_eq!(cfg.client_listen_addr().unwrap().port(), 3379);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::from_toml("nmae = \"x\"").is_err());
+        let cfg = Config {
+            initial_cluster: "other=http://127.0.0.1:2380".into(),
+            ..Config::default()
+        };
+        assert!(cfg.validate().is_err());
+        let mut cfg = Config::default();
+        cfg.raft.election_tick = 1;
+        assert!(cfg.validate().is_err());
+    }
+}

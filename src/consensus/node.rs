@@ -1,0 +1,487 @@
+//! [`Node`]: one Raft member's decision logic, driven by the RaftActor.
+
+use std::collections::{HashMap, VecDeque};
+
+use raft::eraftpb::{Entry, HardState, Message};
+use raft::{Config, RawNode, StateRole};
+
+use crate::error::ApiError;
+use crate::storage::raft_log::RaftLog;
+
+/// Reads wait this many ticks for their ReadState before `read_index` is retried.
+const READ_RETRY_TICKS: u64 = 5;
+/// ... and this many before they fail with "request timed out".
+const READ_TIMEOUT_TICKS: u64 = 50;
+
+/// What the WalWriter must make durable for ready `number`.
+#[derive(Debug, Default)]
+pub struct Persist {
+    /// Ready number, echoed back in `on_persisted`.
+    pub number: u64,
+    /// New log entries.
+    pub entries: Vec<Entry>,
+    /// Changed hard state, if any.
+    pub hard_state: Option<HardState>,
+    /// Whether an fsync is required (entries or a term/vote change).
+    pub must_sync: bool,
+}
+
+/// The output of one turn.
+#[derive(Debug)]
+pub struct Turn<R> {
+    /// Hand this to the WalWriter (at most one per turn).
+    pub persist: Option<Persist>,
+    /// Send these to peers now.
+    pub messages: Vec<Message>,
+    /// Committed (and locally durable) entries, in order, for the applier.
+    pub committed: Vec<Entry>,
+    /// Reads that may be served once the applied index reaches the index.
+    pub reads: Vec<(u64, Vec<R>)>,
+    /// Set when the leader changed in this turn: the new leader id (0 = none).
+    pub leader_changed: Option<u64>,
+}
+
+impl<R> Default for Turn<R> {
+    fn default() -> Self {
+        Turn {
+            persist: None,
+            messages: Vec::new(),
+            committed: Vec::new(),
+            reads: Vec::new(),
+            leader_changed: None,
+        }
+    }
+}
+
+impl<R> Turn<R> {
+    /// True when the turn produced nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_none()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.reads.is_empty()
+            && self.leader_changed.is_none()
+    }
+}
+
+/// A ready handed out and not yet known durable.
+#[derive(Debug)]
+struct PendingReady {
+    number: u64,
+    /// False for readies with nothing to write: durable as soon as all before are.
+    needs_wal: bool,
+    /// Messages that may leave only once this ready is durable.
+    messages: Vec<Message>,
+}
+
+struct ReadBatch<R> {
+    reads: Vec<R>,
+    issued_at: u64,
+    first_issued_at: u64,
+}
+
+/// One Raft member's decision logic.
+pub struct Node<R> {
+    raw: RawNode<RaftLog>,
+    pending: VecDeque<PendingReady>,
+    /// Readies with entries handed to the WAL and not yet persisted.
+    entries_in_flight: usize,
+    queued_reads: Vec<R>,
+    reads_in_flight: HashMap<u64, ReadBatch<R>>,
+    next_read_ctx: u64,
+    ticks: u64,
+    leader: u64,
+}
+
+impl<R> Node<R> {
+    /// Creates the node over a recovered log. `cfg.applied` must be the state
+    /// machine's applied index.
+    pub fn new(cfg: &Config, log: RaftLog, logger: &slog::Logger) -> raft::Result<Node<R>> {
+        let raw = RawNode::new(cfg, log, logger)?;
+        Ok(Node {
+            raw,
+            pending: VecDeque::new(),
+            entries_in_flight: 0,
+            queued_reads: Vec::new(),
+            reads_in_flight: HashMap::new(),
+            next_read_ctx: 1,
+            ticks: 0,
+            leader: 0,
+        })
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Known leader (0 = none).
+    pub fn leader(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    /// Whether this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Last log index.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// Starts an election at once (a lone member need not wait a timeout).
+    pub fn campaign(&mut self) -> raft::Result<()> {
+        self.raw.campaign()
+    }
+
+    /// Proposes an encoded request.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => Ok(()),
+            Err(raft::Error::ProposalDropped) if self.leader() == 0 => Err(ApiError::NoLeader),
+            Err(raft::Error::ProposalDropped) => Err(ApiError::TooManyRequests),
+            Err(e) => Err(ApiError::Internal(format!("propose: {e}"))),
+        }
+    }
+
+    /// Queues a linearizable read; it joins this turn's batch.
+    pub fn read(&mut self, r: R) {
+        self.queued_reads.push(r);
+    }
+
+    /// Feeds a message from a peer.
+    pub fn step(&mut self, m: Message) -> raft::Result<()> {
+        self.raw.step(m)
+    }
+
+    /// Advances the logical clock; returns reads that waited too long.
+    pub fn tick(&mut self) -> Vec<R> {
+        self.raw.tick();
+        self.ticks += 1;
+        let now = self.ticks;
+        let mut expired = Vec::new();
+        let mut retry = Vec::new();
+        let ctxs: Vec<u64> = self.reads_in_flight.keys().copied().collect();
+        for ctx in ctxs {
+            let b = &self.reads_in_flight[&ctx];
+            if now - b.first_issued_at >= READ_TIMEOUT_TICKS {
+                if let Some(b) = self.reads_in_flight.remove(&ctx) {
+                    expired.extend(b.reads);
+                }
+            } else if now - b.issued_at >= READ_RETRY_TICKS {
+                // raft-rs drops read_index silently without a leader or before the
+                // leader committed in its term: ask again under a fresh context.
+                retry.push(ctx);
+            }
+        }
+        for ctx in retry {
+            if let Some(mut b) = self.reads_in_flight.remove(&ctx) {
+                b.issued_at = now;
+                let new_ctx = self.issue_read_index();
+                self.reads_in_flight.insert(new_ctx, b);
+            }
+        }
+        expired
+    }
+
+    fn issue_read_index(&mut self) -> u64 {
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        ctx
+    }
+
+    /// The WAL made ready `number` (and all before it) durable. Returns the
+    /// messages that may now be sent.
+    pub fn on_persisted(&mut self, number: u64) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut last = None;
+        while let Some(front) = self.pending.front() {
+            if front.needs_wal && front.number > number {
+                break;
+            }
+            let p = self.pending.pop_front().expect("front exists");
+            if p.needs_wal {
+                self.entries_in_flight = self.entries_in_flight.saturating_sub(1);
+            }
+            last = Some(p.number);
+            out.extend(p.messages);
+        }
+        if let Some(n) = last {
+            self.raw.on_persist_ready(n);
+        }
+        out
+    }
+
+    /// The applier has applied everything up to `index`.
+    pub fn on_applied(&mut self, index: u64) {
+        if index > self.raw.raft.raft_log.applied {
+            self.raw.advance_apply_to(index);
+        }
+    }
+
+    /// Drops log entries up to `index` (a snapshot covers them).
+    pub fn compact_log(&mut self, index: u64) {
+        let applied = self.raw.raft.raft_log.applied;
+        self.raw.mut_store().compact(index.min(applied));
+    }
+
+    /// True when a turn may have work.
+    pub fn has_work(&self) -> bool {
+        !self.queued_reads.is_empty() || self.raw.has_ready()
+    }
+
+    /// Runs one turn: batches queued reads into one `read_index`, then handles at
+    /// most one `Ready`.
+    pub fn turn(&mut self) -> Turn<R> {
+        let mut turn = Turn::default();
+        if !self.queued_reads.is_empty() {
+            let reads = std::mem::take(&mut self.queued_reads);
+            let ctx = self.issue_read_index();
+            self.reads_in_flight.insert(
+                ctx,
+                ReadBatch {
+                    reads,
+                    issued_at: self.ticks,
+                    first_issued_at: self.ticks,
+                },
+            );
+        }
+        if !self.raw.has_ready() {
+            return turn;
+        }
+        // One append in flight at a time: new entries wait in raft's unstable log
+        // and leave as one batch when the current write is durable.
+        if self.entries_in_flight > 0 && !self.raw.raft.raft_log.unstable_entries().is_empty() {
+            return turn;
+        }
+        let mut rd = self.raw.ready();
+
+        if let Some(ss) = rd.ss() {
+            if ss.leader_id != self.leader {
+                self.leader = ss.leader_id;
+                turn.leader_changed = Some(ss.leader_id);
+            }
+        }
+        for rs in rd.take_read_states() {
+            let ctx = read_ctx(&rs.request_ctx);
+            if let Some(b) = self.reads_in_flight.remove(&ctx) {
+                turn.reads.push((rs.index, b.reads));
+            }
+        }
+        // A leader may send its appends before its own fsync (Raft thesis 10.2.1).
+        turn.messages = rd.take_messages();
+        if !rd.snapshot().is_empty() {
+            // Installing snapshots from a leader arrives with multi-member clusters.
+            tracing::error!("received a raft snapshot; not supported by a single member");
+        }
+        let entries = rd.take_entries();
+        if !entries.is_empty() {
+            if let Err(e) = self.raw.mut_store().append(&entries) {
+                // raft-rs hands out only contiguous entries after the snapshot.
+                panic!("raft log append violated an invariant: {e}");
+            }
+        }
+        let hard_state = rd.hs().cloned();
+        if let Some(hs) = &hard_state {
+            self.raw.mut_store().set_hard_state(hs.clone());
+        }
+        turn.committed = rd.take_committed_entries();
+        let persisted_messages = rd.take_persisted_messages();
+        let number = rd.number();
+        let must_sync = rd.must_sync();
+        let needs_wal = !entries.is_empty() || hard_state.is_some();
+        self.raw.advance_append_async(rd);
+
+        if needs_wal {
+            if !entries.is_empty() {
+                self.entries_in_flight += 1;
+            }
+            self.pending.push_back(PendingReady {
+                number,
+                needs_wal: true,
+                messages: persisted_messages,
+            });
+            turn.persist = Some(Persist {
+                number,
+                entries,
+                hard_state,
+                must_sync,
+            });
+        } else if self.pending.is_empty() {
+            self.raw.on_persist_ready(number);
+            turn.messages.extend(persisted_messages);
+        } else {
+            self.pending.push_back(PendingReady {
+                number,
+                needs_wal: false,
+                messages: persisted_messages,
+            });
+        }
+        turn
+    }
+
+    /// Fails every queued and in-flight read (on shutdown or leader loss).
+    pub fn drain_reads(&mut self) -> Vec<R> {
+        let mut out = std::mem::take(&mut self.queued_reads);
+        for (_, b) in self.reads_in_flight.drain() {
+            out.extend(b.reads);
+        }
+        out
+    }
+}
+
+fn read_ctx(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{ConfState, SnapshotMetadata};
+
+    fn single(id: u64) -> Node<u32> {
+        let cs = ConfState {
+            voters: vec![id],
+            ..Default::default()
+        };
+        let meta = SnapshotMetadata {
+            index: 1,
+            term: 1,
+            conf_state: protobuf::SingularPtrField::some(cs),
+            ..Default::default()
+        };
+        let log = RaftLog::from_snapshot(meta, HardState::default());
+        let cfg = Config {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            applied: 1,
+            pre_vote: true,
+            check_quorum: true,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        Node::new(&cfg, log, &logger).unwrap()
+    }
+
+    type Settled = (Vec<Entry>, Vec<(u64, Vec<u32>)>, usize);
+
+    /// Runs turns until nothing is left, persisting every write at once.
+    fn settle(n: &mut Node<u32>) -> Settled {
+        let mut committed = Vec::new();
+        let mut reads = Vec::new();
+        let mut persists = 0;
+        for _ in 0..100 {
+            if !n.has_work() {
+                break;
+            }
+            let t = n.turn();
+            committed.extend(t.committed);
+            reads.extend(t.reads);
+            if let Some(p) = t.persist {
+                persists += 1;
+                n.on_persisted(p.number);
+            }
+        }
+        (committed, reads, persists)
+    }
+
+    #[test]
+    fn a_lone_member_elects_itself_and_commits_proposals() {
+        let mut n = single(1);
+        n.campaign().unwrap();
+        settle(&mut n);
+        assert!(n.is_leader());
+        n.propose(b"a".to_vec()).unwrap();
+        let (committed, _, _) = settle(&mut n);
+        assert!(committed.iter().any(|e| e.data.as_ref() == b"a"));
+    }
+
+    #[test]
+    fn proposals_during_a_write_leave_as_one_batch() {
+        let mut n = single(1);
+        n.campaign().unwrap();
+        settle(&mut n);
+        n.propose(b"1".to_vec()).unwrap();
+        let t = n.turn();
+        let first = t.persist.expect("the first proposal is written");
+        assert_eq!(first.entries.len(), 1);
+        // While that write is in flight, three more arrive.
+        for d in [b"2", b"3", b"4"] {
+            n.propose(d.to_vec()).unwrap();
+        }
+        let t = n.turn();
+        assert!(
+            t.persist.is_none(),
+            "no second append while one is in flight"
+        );
+        n.on_persisted(first.number);
+        let t = n.turn();
+        let second = t.persist.expect("the batch is written");
+        assert_eq!(second.entries.len(), 3, "one append carries all three");
+        assert!(second.must_sync);
+    }
+
+    #[test]
+    fn nothing_commits_before_the_wal_answers() {
+        let mut n = single(1);
+        n.campaign().unwrap();
+        settle(&mut n);
+        n.propose(b"x".to_vec()).unwrap();
+        let t = n.turn();
+        let p = t.persist.unwrap();
+        assert!(n.turn().committed.is_empty());
+        n.on_persisted(p.number);
+        let (committed, _, _) = settle(&mut n);
+        assert_eq!(committed.len(), 1);
+    }
+
+    #[test]
+    fn reads_of_one_turn_share_one_read_index() {
+        let mut n = single(1);
+        n.campaign().unwrap();
+        settle(&mut n);
+        for r in 0..5 {
+            n.read(r);
+        }
+        let (_, reads, _) = settle(&mut n);
+        assert_eq!(reads.len(), 1, "one ReadState for the whole batch");
+        assert_eq!(reads[0].1, vec![0, 1, 2, 3, 4]);
+        assert_eq!(reads[0].0, n.commit_index());
+    }
+
+    #[test]
+    fn reads_without_a_leader_time_out() {
+        let mut n = single(1);
+        n.read(7);
+        let _ = n.turn();
+        let mut expired = Vec::new();
+        for _ in 0..READ_TIMEOUT_TICKS {
+            // Keep the member from electing itself: drop its turns' outputs.
+            expired.extend(n.tick());
+            if !expired.is_empty() {
+                break;
+            }
+        }
+        // It may have become leader by election timeout and answered instead;
+        // either way the read is never lost.
+        let (_, reads, _) = settle(&mut n);
+        let answered: Vec<u32> = reads.into_iter().flat_map(|(_, r)| r).collect();
+        assert_eq!(expired.len() + answered.len(), 1);
+    }
+}

@@ -1,0 +1,171 @@
+//! Errors of every layer, and the ONE place where they become gRPC statuses with
+//! etcd's exact codes and messages (`From<ApiError> for tonic::Status`).
+
+use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+/// An error a client sees. The messages are etcd's, word for word, so that
+/// clients that match on them (etcdctl, clientv3's rpctypes) behave the same.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// A request without a key.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// ignore_value / ignore_lease on a key that does not exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// ignore_value together with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// ignore_lease together with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A txn branch or compare list over the limit.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// The same key written twice in one txn.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A revision at or below the compacted one.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// A revision above the current one.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// A lease ID that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A request over --max-request-bytes.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// No leader is known.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The request did not finish in time.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// Raft refused the proposal (too much uncommitted data, or a transfer).
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    /// Leadership changed while the request was pending.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    /// The server is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// A request that is well-formed but not supported yet.
+    #[error("etcdserver: {0}")]
+    Unsupported(String),
+    /// Something broke inside the server; the message says what.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// etcd's gRPC code for this error.
+    pub fn code(&self) -> Code {
+        use ApiError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRevision => Code::OutOfRange,
+            LeaseNotFound => Code::NotFound,
+            TooManyRequests => Code::ResourceExhausted,
+            NoLeader | Timeout | LeaderChanged | Stopped => Code::Unavailable,
+            Unsupported(_) => Code::Unimplemented,
+            Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<crate::storage::mvcc::MvccError> for ApiError {
+    fn from(e: crate::storage::mvcc::MvccError) -> ApiError {
+        use crate::storage::mvcc::MvccError;
+        match e {
+            MvccError::Compacted => ApiError::Compacted,
+            MvccError::FutureRevision => ApiError::FutureRevision,
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A configuration problem found at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {key} {why}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// A problem with the data directory found at start-up or while running.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The WAL refused to open or write.
+    #[error(transparent)]
+    Wal(#[from] crate::storage::wal::WalError),
+    /// A snapshot file is unreadable.
+    #[error("snapshot {path}: {why}")]
+    Snapshot {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// Plain I/O.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data dir was written by something else.
+    #[error("data dir {path}: {why}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A record in the WAL could not be decoded.
+    #[error("wal record: {0}")]
+    Decode(String),
+}
+
+impl StorageError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> StorageError {
+        StorageError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Prometheus metrics served at `/metrics`: the report's names
+//! (`raft_leader_changes_total`, `raft_propose_duration_ms`, ...) and etcd's own
+//! where they mean the same (`etcd_server_has_leader`,
+//! `etcd_disk_wal_fsync_duration_seconds`, ...) so existing dashboards work.
+//!
+//! Metrics are atomics inside prometheus-client types: updating one never takes
+//! a lock on the write path.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of the per-method gRPC counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct MethodLabels {
+    /// gRPC method, e.g. "Put".
+    pub grpc_method: String,
+}
+
+/// Labels of the per-method, per-code gRPC counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CodeLabels {
+    /// gRPC method.
+    pub grpc_method: String,
+    /// gRPC status code name.
+    pub grpc_code: String,
+}
+
+/// Every metric MetaStore exports.
+pub struct Metrics {
+    registry: Registry,
+    /// 1 when a leader is known.
+    pub has_leader: Gauge,
+    /// 1 when this member leads.
+    pub is_leader: Gauge,
+    /// Leader changes seen (etcd name).
+    pub leader_changes_seen: Counter,
+    /// Leader changes seen (report name).
+    pub raft_leader_changes: Counter,
+    /// Elections this member started.
+    pub election_timeouts: Counter,
+    /// Heartbeat ticks while leading.
+    pub heartbeat_timeouts: Counter,
+    /// Proposals committed.
+    pub proposals_committed: Gauge,
+    /// Proposals applied.
+    pub proposals_applied: Gauge,
+    /// Proposals waiting to be applied.
+    pub proposals_pending: Gauge,
+    /// Proposals that failed.
+    pub proposals_failed: Counter,
+    /// Propose → apply time in milliseconds.
+    pub propose_duration_ms: Histogram,
+    /// Time to apply one batch in milliseconds.
+    pub apply_duration_ms: Histogram,
+    /// WAL fsync time in seconds.
+    pub wal_fsync_seconds: Histogram,
+    /// Entries per WAL write (group-commit batch size).
+    pub wal_batch_entries: Histogram,
+    /// Raft messages handed to peers and not acknowledged.
+    pub raft_inflight_messages: Gauge,
+    /// Bytes held by the MVCC store.
+    pub db_total_size: Gauge,
+    /// Current MVCC revision.
+    pub mvcc_revision: Gauge,
+    /// Live keys.
+    pub keys_total: Gauge,
+    /// Requests started, per method.
+    pub grpc_started: Family<MethodLabels, Counter>,
+    /// Requests finished, per method and code.
+    pub grpc_handled: Family<CodeLabels, Counter>,
+    /// Request latency in milliseconds, per method.
+    pub grpc_duration_ms: Family<MethodLabels, Histogram>,
+}
+
+fn ms_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            has_leader: Gauge::default(),
+            is_leader: Gauge::default(),
+            leader_changes_seen: Counter::default(),
+            raft_leader_changes: Counter::default(),
+            election_timeouts: Counter::default(),
+            heartbeat_timeouts: Counter::default(),
+            proposals_committed: Gauge::default(),
+            proposals_applied: Gauge::default(),
+            proposals_pending: Gauge::default(),
+            proposals_failed: Counter::default(),
+            propose_duration_ms: ms_histogram(),
+            apply_duration_ms: ms_histogram(),
+            wal_fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            wal_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            raft_inflight_messages: Gauge::default(),
+            db_total_size: Gauge::default(),
+            mvcc_revision: Gauge::default(),
+            keys_total: Gauge::default(),
+            grpc_started: Family::default(),
+            grpc_handled: Family::default(),
+            grpc_duration_ms: Family::new_with_constructor(ms_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "etcd_server_has_leader",
+            "Whether a leader exists (1) or not (0)",
+            m.has_leader.clone(),
+        );
+        registry.register(
+            "etcd_server_is_leader",
+            "Whether this member is the leader",
+            m.is_leader.clone(),
+        );
+        registry.register(
+            "etcd_server_leader_changes_seen",
+            "Leader changes seen",
+            m.leader_changes_seen.clone(),
+        );
+        registry.register(
+            "raft_leader_changes",
+            "Leader changes seen by this member",
+            m.raft_leader_changes.clone(),
+        );
+        registry.register(
+            "raft_election_timeout",
+            "Elections started by this member",
+            m.election_timeouts.clone(),
+        );
+        registry.register(
+            "raft_heartbeat_timeout",
+            "Heartbeat intervals elapsed while leading",
+            m.heartbeat_timeouts.clone(),
+        );
+        registry.register(
+            "etcd_server_proposals_committed_total",
+            "Committed proposals (raft index)",
+            m.proposals_committed.clone(),
+        );
+        registry.register(
+            "etcd_server_proposals_applied_total",
+            "Applied proposals (raft index)",
+            m.proposals_applied.clone(),
+        );
+        registry.register(
+            "etcd_server_proposals_pending",
+            "Proposals waiting for apply",
+            m.proposals_pending.clone(),
+        );
+        registry.register(
+            "etcd_server_proposals_failed",
+            "Failed proposals",
+            m.proposals_failed.clone(),
+        );
+        registry.register(
+            "raft_propose_duration_ms",
+            "Time from proposal to applied answer",
+            m.propose_duration_ms.clone(),
+        );
+        registry.register(
+            "raft_apply_duration_ms",
+            "Time to apply one batch of committed entries",
+            m.apply_duration_ms.clone(),
+        );
+        registry.register(
+            "etcd_disk_wal_fsync_duration_seconds",
+            "WAL fsync latency",
+            m.wal_fsync_seconds.clone(),
+        );
+        registry.register(
+            "metastore_wal_batch_entries",
+            "Raft entries written per WAL fsync",
+            m.wal_batch_entries.clone(),
+        );
+        registry.register(
+            "raft_inflight_messages",
+            "Raft messages sent and not yet acknowledged",
+            m.raft_inflight_messages.clone(),
+        );
+        registry.register(
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Bytes held by the MVCC store",
+            m.db_total_size.clone(),
+        );
+        registry.register(
+            "etcd_debugging_mvcc_current_revision",
+            "Current MVCC revision",
+            m.mvcc_revision.clone(),
+        );
+        registry.register(
+            "etcd_debugging_mvcc_keys_total",
+            "Live keys",
+            m.keys_total.clone(),
+        );
+        registry.register(
+            "grpc_server_started",
+            "RPCs started",
+            m.grpc_started.clone(),
+        );
+        registry.register(
+            "grpc_server_handled",
+            "RPCs completed, by code",
+            m.grpc_handled.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_ms",
+            "RPC latency",
+            m.grpc_duration_ms.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Formatting into a String cannot fail.
+        encode(&mut out, &self.registry).expect("encode metrics into String");
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

@@ -1,0 +1,24 @@
+//! Generated code for the etcd v3 API (packages `etcdserverpb`, `mvccpb`,
+//! `authpb`) and MetaStore's own messages (`metastorepb`).
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// etcd's key-value messages.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's auth messages.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's v3 services and their messages.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// What a Raft log entry carries.
+pub mod metastorepb {
+    tonic::include_proto!("metastorepb");
+}

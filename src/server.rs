@@ -1,0 +1,312 @@
+//! Start-up: open the data dir, recover (snapshot + WAL) or bootstrap, start the
+//! actors on their own threads, then serve gRPC and HTTP on the client port.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, HardState, SnapshotMetadata};
+
+use crate::actors::apply::ApplyActor;
+use crate::actors::raft::RaftActor;
+use crate::actors::ticker::Ticker;
+use crate::actors::wal::WalWriter;
+use crate::config::Config;
+use crate::consensus::Node;
+use crate::error::StorageError;
+use crate::state_machine::{snapshot, StateMachine};
+use crate::status::NodeStatus;
+use crate::storage::raft_log::{encode_message, record, RaftLog};
+use crate::storage::wal::{Wal, WalOptions};
+
+/// Name of the file that says which engine wrote a data dir.
+const MARKER: &str = "metastore.meta";
+
+/// FNV-1a: a stable hash for IDs (std's hasher may change between releases).
+fn fnv64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+/// Member ID from its peer URLs and the cluster token (as etcd derives it).
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    urls.push(token);
+    fnv64(&urls)
+}
+
+/// Cluster ID from the member IDs.
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    let mut ids: Vec<String> = member_ids.iter().map(|id| format!("{id:016x}")).collect();
+    ids.sort_unstable();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    fnv64(&refs)
+}
+
+/// Refuses a data dir another engine (or program) wrote; stamps a new one.
+fn check_marker(cfg: &Config) -> Result<(), StorageError> {
+    let dir = &cfg.data_dir;
+    let path = dir.join(MARKER);
+    let want = format!("engine={}\nformat=1\n", cfg.engine.as_str());
+    match fs::read_to_string(&path) {
+        Ok(found) if found == want => Ok(()),
+        Ok(found) => Err(StorageError::DataDir {
+            path: dir.clone(),
+            why: format!(
+                "was written by another engine or format ({}), this member runs engine={}",
+                found.trim().replace('\n', ", "),
+                cfg.engine.as_str()
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let non_empty = fs::read_dir(dir)
+                .map_err(|e| StorageError::io(format!("read {}", dir.display()), e))?
+                .next()
+                .is_some();
+            if non_empty {
+                return Err(StorageError::DataDir {
+                    path: dir.clone(),
+                    why: format!("is not empty and has no {MARKER}; refusing to use it"),
+                });
+            }
+            fs::write(&path, want)
+                .and_then(|_| fs::File::open(dir)?.sync_all())
+                .map_err(|e| StorageError::io(format!("write {}", path.display()), e))
+        }
+        Err(e) => Err(StorageError::io(format!("read {}", path.display()), e)),
+    }
+}
+
+/// Everything recovered from disk, ready to hand to the actors.
+pub struct Recovered {
+    /// The state machine at its applied index.
+    pub state_machine: StateMachine,
+    /// The Raft log after it.
+    pub log: RaftLog,
+    /// The WAL, positioned for appending.
+    pub wal: Wal,
+}
+
+/// Opens (or bootstraps) a member's data dir.
+pub fn recover(data_dir: &Path, voters: Vec<u64>) -> Result<Recovered, StorageError> {
+    let snap = snapshot::load_latest(data_dir)?;
+    let (mut wal, records) = Wal::open(&data_dir.join("wal"), WalOptions::default())?;
+    if snap.is_none() && records.is_empty() {
+        let cs = ConfState {
+            voters,
+            ..Default::default()
+        };
+        // Index 1, term 1: every initial member starts from the same point.
+        let meta = SnapshotMetadata {
+            index: 1,
+            term: 1,
+            conf_state: protobuf::SingularPtrField::some(cs.clone()),
+            ..Default::default()
+        };
+        let hs = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
+        wal.append(record::SNAPSHOT, &encode_message(&meta), 1);
+        wal.append(record::HARD_STATE, &encode_message(&hs), 0);
+        wal.sync()?;
+        tracing::info!(dir = %data_dir.display(), "bootstrapped a new member");
+        return Ok(Recovered {
+            state_machine: StateMachine::new(1, 1, cs),
+            log: RaftLog::from_snapshot(meta, hs),
+            wal,
+        });
+    }
+    let marker = records
+        .iter()
+        .rev()
+        .find(|r| r.kind == record::SNAPSHOT)
+        .map(|r| SnapshotMetadata::parse_from_bytes(&r.payload))
+        .transpose()
+        .map_err(|e| StorageError::Decode(format!("snapshot marker: {e}")))?;
+    let (state_machine, base) = match snap {
+        Some(s) => {
+            let meta = SnapshotMetadata {
+                index: s.index,
+                term: s.term,
+                conf_state: protobuf::SingularPtrField::some(s.conf_state.clone()),
+                ..Default::default()
+            };
+            (
+                StateMachine::restore(s.store, s.index, s.term, s.conf_state),
+                meta,
+            )
+        }
+        None => {
+            let meta = marker.ok_or_else(|| StorageError::DataDir {
+                path: data_dir.to_owned(),
+                why: "the WAL has no starting point and there is no snapshot".into(),
+            })?;
+            let sm = StateMachine::new(meta.index, meta.term, meta.get_conf_state().clone());
+            (sm, meta)
+        }
+    };
+    let log = RaftLog::recover(base, &records)?;
+    tracing::info!(
+        applied = state_machine.applied_index(),
+        last = log.last(),
+        commit = log.hard_state().commit,
+        "recovered from snapshot and WAL"
+    );
+    Ok(Recovered {
+        state_machine,
+        log,
+        wal,
+    })
+}
+
+/// A slog drain that forwards raft-rs's logs to tracing.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", record.msg()),
+            _ => tracing::debug!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+/// Raft configuration from ours.
+pub fn raft_config(cfg: &Config, id: u64, applied: u64) -> raft::Config {
+    let r = &cfg.raft;
+    raft::Config {
+        id,
+        election_tick: r.election_tick,
+        heartbeat_tick: r.heartbeat_tick,
+        applied,
+        max_size_per_msg: r.max_size_per_msg,
+        max_inflight_msgs: r.max_inflight_msgs,
+        check_quorum: r.check_quorum,
+        pre_vote: r.pre_vote,
+        max_uncommitted_size: r.max_uncommitted_size,
+        ..Default::default()
+    }
+}
+
+/// Handles to the running core, for the API layer.
+#[derive(Clone)]
+pub struct Core {
+    /// The RaftActor.
+    pub raft: Addr<RaftActor>,
+    /// The ApplyActor.
+    pub apply: Addr<ApplyActor>,
+    /// Live status.
+    pub status: Arc<NodeStatus>,
+}
+
+/// Starts the actors for a recovered member inside the running actix System.
+pub fn start_core(
+    cfg: &Config,
+    id: u64,
+    status: Arc<NodeStatus>,
+    rec: Recovered,
+) -> Result<Core, StorageError> {
+    let rcfg = raft_config(cfg, id, rec.state_machine.applied_index());
+    let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
+    let hard_state = rec.log.hard_state().clone();
+    let node = Node::new(&rcfg, rec.log, &logger)
+        .map_err(|e| StorageError::Decode(format!("raft: {e}")))?;
+
+    let raft_arbiter = Arbiter::new();
+    let apply_arbiter = Arbiter::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tick = Duration::from_millis(cfg.raft.tick_ms);
+    let data_dir = cfg.data_dir.clone();
+    let snapshot_count = cfg.snapshot_count;
+    let sm = rec.state_machine;
+    let wal = Arc::new(parking_lot::Mutex::new(Some(rec.wal)));
+    let st = status.clone();
+    let apply_handle = apply_arbiter.handle();
+    raft_arbiter.spawn_fn(move || {
+        let ctx = Context::<RaftActor>::new();
+        let raft_addr = ctx.address();
+        let wal_addr = SyncArbiter::start(1, {
+            let raft_addr = raft_addr.clone();
+            move || {
+                let wal = wal.lock().take().expect("the WAL writer starts once");
+                WalWriter::new(wal, raft_addr.clone(), hard_state.clone())
+            }
+        });
+        let apply_addr = {
+            let raft_addr = raft_addr.clone();
+            let st = st.clone();
+            ApplyActor::start_in_arbiter(&apply_handle, move |_| {
+                ApplyActor::new(sm, raft_addr, st, data_dir, snapshot_count)
+            })
+        };
+        Ticker::new(raft_addr.clone(), tick).start();
+        let _ = tx.send((raft_addr.clone(), apply_addr.clone()));
+        ctx.run(RaftActor::new(node, wal_addr, apply_addr, st));
+    });
+    let (raft, apply) = rx
+        .recv()
+        .map_err(|_| StorageError::Decode("raft thread died during start-up".into()))?;
+    // The arbiters live as long as the System.
+    std::mem::forget(raft_arbiter);
+    std::mem::forget(apply_arbiter);
+    Ok(Core {
+        raft,
+        apply,
+        status,
+    })
+}
+
+/// Runs a member until SIGINT/SIGTERM.
+pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
+    fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| StorageError::io(format!("create {}", cfg.data_dir.display()), e))?;
+    check_marker(&cfg)?;
+    let id = member_id(&cfg.advertise_peer_list(), &cfg.initial_cluster_token);
+    let status = Arc::new(NodeStatus::new(cluster_id(&[id]), id));
+    let rec = recover(&cfg.data_dir, vec![id])?;
+    let addr = cfg.client_listen_addr()?;
+    tracing::info!(name = %cfg.name, member_id = format!("{id:x}"), %addr, engine = cfg.engine.as_str(), "starting");
+
+    let system = System::new();
+    let core = system.block_on(async { start_core(&cfg, id, status, rec) })?;
+    let api_cfg = cfg.clone();
+    let sys = System::current();
+    let server =
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || -> Result<(), String> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let result = rt.block_on(crate::api::serve(api_cfg, core, addr));
+                sys.stop();
+                result
+            })?;
+    system.run()?;
+    match server.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err("api thread panicked".into()),
+    }
+}

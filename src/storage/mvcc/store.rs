@@ -1,0 +1,714 @@
+//! The store itself: key map, revision counters, reads and compaction.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use super::history::{KeyHistory, KEY_OVERHEAD};
+use super::txn::WriteTxn;
+use super::{MvccError, RangeOptions, RangeResult};
+
+/// Map bounds for etcd's `[key, range_end)` convention, or `None` when the
+/// range is empty. An empty `range_end` selects just `key`; a single zero
+/// byte selects every key `>= key` (etcd's `mkGteRange`).
+pub(super) type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+/// See [`KeyBounds`].
+pub(super) fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBounds<'a>> {
+    if range_end.is_empty() {
+        Some((Bound::Included(key), Bound::Included(key)))
+    } else if range_end == [0] {
+        Some((Bound::Included(key), Bound::Unbounded))
+    } else if range_end <= key {
+        // BTreeMap::range panics on inverted bounds; etcd returns nothing.
+        None
+    } else {
+        Some((Bound::Included(key), Bound::Excluded(range_end)))
+    }
+}
+
+/// Bytes charged to a key entry besides its versions.
+pub(super) fn key_size(key: &[u8]) -> u64 {
+    KEY_OVERHEAD + key.len() as u64
+}
+
+/// An in-memory MVCC key-value store with etcd v3 semantics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemStore {
+    /// Every key with retained history, tombstoned ones included.
+    pub(super) keys: BTreeMap<Box<[u8]>, KeyHistory>,
+    /// Main revision of the last committed change (1 when empty).
+    pub(super) current_rev: i64,
+    /// Like etcd's `compactMainRev`: -1 until the first compaction, so that
+    /// compacting at 0 behaves as there.
+    pub(super) compact_rev: i64,
+    /// Keys whose newest version is live.
+    pub(super) live_keys: usize,
+    /// Running total of the size estimate.
+    pub(super) size_bytes: u64,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemStore {
+    /// An empty store at revision 1.
+    pub fn new() -> Self {
+        MemStore {
+            keys: BTreeMap::new(),
+            current_rev: 1,
+            compact_rev: -1,
+            live_keys: 0,
+            size_bytes: 0,
+        }
+    }
+
+    /// Main revision of the last committed change (1 for an empty store).
+    pub fn current_revision(&self) -> i64 {
+        self.current_rev
+    }
+
+    /// Revision of the last compaction, 0 if the store was never compacted.
+    pub fn compacted_revision(&self) -> i64 {
+        self.compact_rev.max(0)
+    }
+
+    /// Number of keys live at the current revision.
+    pub fn key_count(&self) -> usize {
+        self.live_keys
+    }
+
+    /// Rough bytes held by keys, values and per-entry bookkeeping.
+    pub fn approximate_size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Reads live keys in `[key, range_end)` (see [`RangeOptions`]).
+    pub fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        opts: &RangeOptions,
+    ) -> Result<RangeResult, MvccError> {
+        self.range_at(key, range_end, opts, self.current_rev)
+    }
+
+    /// Range read as etcd's `rangeKeys`, with `cur_rev` standing for the
+    /// current revision (a write txn with changes passes its own revision).
+    pub(super) fn range_at(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        opts: &RangeOptions,
+        cur_rev: i64,
+    ) -> Result<RangeResult, MvccError> {
+        // Check order matters and follows etcd: future before compacted.
+        if opts.rev > cur_rev {
+            return Err(MvccError::FutureRevision);
+        }
+        let rev = if opts.rev <= 0 { cur_rev } else { opts.rev };
+        if rev < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let mut result = RangeResult {
+            kvs: Vec::new(),
+            count: 0,
+            rev: cur_rev,
+        };
+        let Some(bounds) = key_bounds(key, range_end) else {
+            return Ok(result);
+        };
+        let want = if opts.count_only {
+            0
+        } else if opts.limit > 0 {
+            usize::try_from(opts.limit).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
+        for (k, h) in self.keys.range::<[u8], _>(bounds) {
+            if let Some(v) = h.live_at(rev) {
+                if result.kvs.len() < want {
+                    result.kvs.push(v.to_kv(k, !opts.keys_only));
+                }
+                result.count += 1;
+            }
+        }
+        Ok(result)
+    }
+
+    /// Starts a write transaction; see [`WriteTxn`] for commit behaviour.
+    pub fn write(&mut self) -> WriteTxn<'_> {
+        WriteTxn::new(self)
+    }
+
+    /// Discards history no read at a revision `>= rev` can see and makes
+    /// reads below `rev` fail with [`MvccError::Compacted`].
+    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        if rev <= self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.current_rev {
+            return Err(MvccError::FutureRevision);
+        }
+        self.compact_rev = rev;
+        let mut freed = 0u64;
+        self.keys.retain(|k, h| {
+            freed += h.compact(rev);
+            if h.is_empty() {
+                freed += key_size(k);
+                false
+            } else {
+                true
+            }
+        });
+        self.size_bytes -= freed;
+        Ok(())
+    }
+
+    /// Recomputes `(live_keys, size_bytes)` from the map.
+    #[cfg(test)]
+    pub(super) fn recount(&self) -> (usize, u64) {
+        let mut live = 0;
+        let mut size = 0;
+        for (k, h) in &self.keys {
+            live += usize::from(h.latest_live().is_some());
+            size += key_size(k) + h.size();
+        }
+        (live, size)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::{Event, EventKind, KeyValue, Revision};
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    pub(in super::super) fn put1(s: &mut MemStore, k: &[u8], v: &[u8]) -> i64 {
+        let mut t = s.write();
+        t.put(k, v.to_vec(), 0);
+        t.end().0
+    }
+
+    fn del1(s: &mut MemStore, k: &[u8], end: &[u8]) -> i64 {
+        let mut t = s.write();
+        t.delete_range(k, end);
+        t.end().0
+    }
+
+    fn keys(r: &RangeResult) -> Vec<&[u8]> {
+        r.kvs.iter().map(|kv| kv.key.as_slice()).collect()
+    }
+
+    fn rng_all(s: &MemStore, rev: i64) -> Result<RangeResult, MvccError> {
+        s.range(
+            b"",
+            &[0],
+            &RangeOptions {
+                rev,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn empty_store() {
+        let s = MemStore::new();
+        assert_eq!(s.current_revision(), 1);
+        assert_eq!(s.compacted_revision(), 0);
+        assert_eq!(s.key_count(), 0);
+        let r = rng_all(&s, 0).unwrap();
+        assert_eq!(
+            r,
+            RangeResult {
+                kvs: vec![],
+                count: 0,
+                rev: 1
+            }
+        );
+        assert_eq!(rng_all(&s, 2), Err(MvccError::FutureRevision));
+    }
+
+    #[test]
+    fn historical_reads() {
+        let mut s = MemStore::new();
+        put1(&mut s, b"a", b"1"); // 2
+        put1(&mut s, b"b", b"1"); // 3
+        put1(&mut s, b"a", b"2"); // 4
+        del1(&mut s, b"b", b""); // 5
+        put1(&mut s, b"b", b"3"); // 6
+        let at = |rev| {
+            rng_all(&s, rev)
+                .unwrap()
+                .kvs
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value.clone(),
+                        kv.version,
+                        kv.create_revision,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(1), vec![]);
+        assert_eq!(at(2), vec![(b"a".to_vec(), b"1".to_vec(), 1, 2)]);
+        assert_eq!(
+            at(3),
+            vec![
+                (b"a".to_vec(), b"1".to_vec(), 1, 2),
+                (b"b".to_vec(), b"1".to_vec(), 1, 3)
+            ]
+        );
+        assert_eq!(
+            at(4),
+            vec![
+                (b"a".to_vec(), b"2".to_vec(), 2, 2),
+                (b"b".to_vec(), b"1".to_vec(), 1, 3)
+            ]
+        );
+        assert_eq!(at(5), vec![(b"a".to_vec(), b"2".to_vec(), 2, 2)]);
+        assert_eq!(
+            at(6),
+            vec![
+                (b"a".to_vec(), b"2".to_vec(), 2, 2),
+                (b"b".to_vec(), b"3".to_vec(), 1, 6)
+            ]
+        );
+        assert_eq!(at(0), at(6));
+        assert_eq!(at(-3), at(6));
+        // Historical reads still report the current revision.
+        assert_eq!(rng_all(&s, 3).unwrap().rev, 6);
+    }
+
+    #[test]
+    fn range_end_variants() {
+        let mut s = MemStore::new();
+        for k in [&b"a"[..], b"ab", b"abc", b"b", b"ba", b"c", b"\xff"] {
+            put1(&mut s, k, b"v");
+        }
+        let o = RangeOptions::default();
+        // Single key.
+        assert_eq!(keys(&s.range(b"ab", b"", &o).unwrap()), vec![&b"ab"[..]]);
+        assert_eq!(s.range(b"zz", b"", &o).unwrap().count, 0);
+        // Prefix "a" = [a, b).
+        assert_eq!(
+            keys(&s.range(b"a", b"b", &o).unwrap()),
+            vec![&b"a"[..], b"ab", b"abc"]
+        );
+        // From key.
+        assert_eq!(
+            keys(&s.range(b"b", &[0], &o).unwrap()),
+            vec![&b"b"[..], b"ba", b"c", b"\xff"]
+        );
+        // Everything.
+        assert_eq!(s.range(b"", &[0], &o).unwrap().count, 7);
+        assert_eq!(s.range(&[0], &[0], &o).unwrap().count, 7);
+        // range_end <= key is empty, not a panic.
+        assert_eq!(s.range(b"b", b"a", &o).unwrap().count, 0);
+        assert_eq!(s.range(b"b", b"b", &o).unwrap().count, 0);
+        assert_eq!(s.range(b"b", &[0, 0], &o).unwrap().count, 0);
+        assert_eq!(s.range(b"b", b"b", &o).unwrap().rev, s.current_revision());
+    }
+
+    #[test]
+    fn limit_count_only_keys_only() {
+        let mut s = MemStore::new();
+        for i in 0..10u8 {
+            put1(&mut s, &[b'k', b'0' + i], b"value");
+        }
+        del1(&mut s, b"k3", b"");
+        let r = s
+            .range(
+                b"k",
+                b"l",
+                &RangeOptions {
+                    limit: 3,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(keys(&r), vec![&b"k0"[..], b"k1", b"k2"]);
+        assert_eq!(r.count, 9);
+        let r = s
+            .range(
+                b"k",
+                b"l",
+                &RangeOptions {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.kvs.len(), 9);
+        assert_eq!(r.count, 9);
+        let r = s
+            .range(
+                b"k",
+                b"l",
+                &RangeOptions {
+                    limit: -1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.kvs.len(), 9);
+        let r = s
+            .range(
+                b"k",
+                b"l",
+                &RangeOptions {
+                    count_only: true,
+                    limit: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(r.kvs.is_empty());
+        assert_eq!(r.count, 9);
+        let r = s
+            .range(
+                b"k",
+                b"l",
+                &RangeOptions {
+                    keys_only: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.kvs.len(), 9);
+        assert!(r
+            .kvs
+            .iter()
+            .all(|kv| kv.value.is_empty() && kv.version == 1));
+        // Count at an older revision includes k3 again.
+        let r = s
+            .range(
+                b"k",
+                b"l",
+                &RangeOptions {
+                    count_only: true,
+                    rev: 11,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.count, 10);
+        assert_eq!(s.key_count(), 9);
+    }
+
+    #[test]
+    fn compaction() {
+        let mut s = MemStore::new();
+        put1(&mut s, b"a", b"1"); // 2
+        put1(&mut s, b"b", b"1"); // 3
+        put1(&mut s, b"a", b"2"); // 4
+        del1(&mut s, b"b", b""); // 5
+        put1(&mut s, b"c", b"1"); // 6
+        put1(&mut s, b"a", b"3"); // 7
+        let before: Vec<_> = (5..=7).map(|r| rng_all(&s, r).unwrap()).collect();
+
+        assert_eq!(s.compact(8), Err(MvccError::FutureRevision));
+        assert_eq!(s.compact(5), Ok(()));
+        assert_eq!(s.compacted_revision(), 5);
+        assert_eq!(s.current_revision(), 7);
+        assert_eq!(s.compact(5), Err(MvccError::Compacted));
+        assert_eq!(s.compact(4), Err(MvccError::Compacted));
+        // Tombstoned "b" is gone entirely; "a" keeps a@4 (newest <= 5) and a@7.
+        assert!(!s.keys.contains_key(&b"b"[..]));
+        let a: Vec<i64> = s.keys[&b"a"[..]]
+            .versions()
+            .iter()
+            .map(|v| v.rev.main)
+            .collect();
+        assert_eq!(a, vec![4, 7]);
+        // Reads at and above the compacted revision are unchanged.
+        for (i, r) in (5..=7).enumerate() {
+            assert_eq!(rng_all(&s, r).unwrap(), before[i]);
+        }
+        assert_eq!(rng_all(&s, 4), Err(MvccError::Compacted));
+        assert_eq!(rng_all(&s, 8), Err(MvccError::FutureRevision));
+        assert_eq!(s.recount(), (s.live_keys, s.size_bytes));
+
+        // Compacting at the current revision keeps the latest live versions.
+        s.compact(7).unwrap();
+        assert_eq!(rng_all(&s, 7).unwrap(), before[2]);
+        assert_eq!(
+            s.keys.values().map(|h| h.versions().len()).sum::<usize>(),
+            2
+        );
+        assert_eq!(s.recount(), (s.live_keys, s.size_bytes));
+        // Further writes continue the numbering.
+        assert_eq!(put1(&mut s, b"d", b"1"), 8);
+    }
+
+    #[test]
+    fn compact_zero_on_fresh_store_like_etcd() {
+        let mut s = MemStore::new();
+        assert_eq!(s.compact(-1), Err(MvccError::Compacted));
+        assert_eq!(s.compact(0), Ok(()));
+        assert_eq!(s.compact(0), Err(MvccError::Compacted));
+        assert_eq!(s.compact(1), Ok(()));
+        assert_eq!(s.compacted_revision(), 1);
+        assert_eq!(rng_all(&s, 1).unwrap().count, 0);
+    }
+
+    /// key, revision, and (value, lease) for a put or `None` for a delete.
+    type LogEntry = (Vec<u8>, Revision, Option<(Vec<u8>, i64)>);
+
+    /// A deliberately naive reference: a log of every write, replayed from
+    /// the start for every question, never compacted.
+    #[derive(Default)]
+    struct Model {
+        log: Vec<LogEntry>,
+        cur: i64,
+        compacted: i64,
+    }
+
+    fn in_range(k: &[u8], key: &[u8], end: &[u8]) -> bool {
+        if end.is_empty() {
+            k == key
+        } else if end == [0] {
+            k >= key
+        } else {
+            k >= key && k < end
+        }
+    }
+
+    impl Model {
+        fn new() -> Self {
+            Model {
+                log: vec![],
+                cur: 1,
+                compacted: -1,
+            }
+        }
+
+        fn state_at(&self, rev: i64) -> BTreeMap<Vec<u8>, KeyValue> {
+            let mut st: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
+            for (k, r, op) in self.log.iter().filter(|e| e.1.main <= rev) {
+                match op {
+                    None => {
+                        st.remove(k);
+                    }
+                    Some((v, lease)) => {
+                        let (create, ver) = match st.get(k) {
+                            Some(p) => (p.create_revision, p.version + 1),
+                            None => (r.main, 1),
+                        };
+                        st.insert(
+                            k.clone(),
+                            KeyValue {
+                                key: k.clone(),
+                                create_revision: create,
+                                mod_revision: r.main,
+                                version: ver,
+                                value: v.clone(),
+                                lease: *lease,
+                            },
+                        );
+                    }
+                }
+            }
+            st
+        }
+
+        fn range(
+            &self,
+            key: &[u8],
+            end: &[u8],
+            o: &RangeOptions,
+            cur: i64,
+        ) -> Result<RangeResult, MvccError> {
+            if o.rev > cur {
+                return Err(MvccError::FutureRevision);
+            }
+            let rev = if o.rev <= 0 { cur } else { o.rev };
+            if rev < self.compacted {
+                return Err(MvccError::Compacted);
+            }
+            let all: Vec<KeyValue> = self
+                .state_at(rev)
+                .into_values()
+                .filter(|kv| in_range(&kv.key, key, end))
+                .collect();
+            let count = all.len() as i64;
+            let mut kvs: Vec<KeyValue> = if o.count_only {
+                vec![]
+            } else if o.limit > 0 {
+                all.into_iter().take(o.limit as usize).collect()
+            } else {
+                all
+            };
+            if o.keys_only {
+                kvs.iter_mut().for_each(|kv| kv.value.clear());
+            }
+            Ok(RangeResult {
+                kvs,
+                count,
+                rev: cur,
+            })
+        }
+    }
+
+    fn rand_key(rng: &mut StdRng) -> Vec<u8> {
+        const ALPHA: &[u8] = &[0, b'a', b'b', b'c', 0xff];
+        let len = rng.gen_range(0..=3);
+        let mut k: Vec<u8> = (0..len)
+            .map(|_| ALPHA[rng.gen_range(0..ALPHA.len())])
+            .collect();
+        if k.is_empty() {
+            k.push(b'a');
+        }
+        k
+    }
+
+    fn rand_end(rng: &mut StdRng) -> Vec<u8> {
+        match rng.gen_range(0..10) {
+            0..=2 => vec![],
+            3 => vec![0],
+            _ => rand_key(rng),
+        }
+    }
+
+    fn rand_opts(rng: &mut StdRng, cur: i64) -> RangeOptions {
+        RangeOptions {
+            limit: rng.gen_range(-1..4),
+            rev: if rng.gen_bool(0.3) {
+                0
+            } else {
+                rng.gen_range(-1..=cur + 2)
+            },
+            count_only: rng.gen_bool(0.1),
+            keys_only: rng.gen_bool(0.1),
+        }
+    }
+
+    #[test]
+    fn randomized_against_model() {
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let mut s = MemStore::new();
+        let mut m = Model::new();
+        let mut compactions = 0;
+        for step in 0..3000 {
+            match rng.gen_range(0..10) {
+                // Write transaction with a few mixed operations.
+                0..=5 => {
+                    let begin = m.cur;
+                    let mut expect_events = vec![];
+                    let mut t = s.write();
+                    for _ in 0..rng.gen_range(0..4) {
+                        let main = begin + 1;
+                        let sub = expect_events.len() as i64;
+                        let cur = if expect_events.is_empty() {
+                            begin
+                        } else {
+                            main
+                        };
+                        match rng.gen_range(0..5) {
+                            0 | 1 => {
+                                let k = rand_key(&mut rng);
+                                let v = vec![rng.gen::<u8>(); rng.gen_range(0..4)];
+                                let lease = rng.gen_range(0..3);
+                                let prev = m.state_at(i64::MAX).remove(&k);
+                                assert_eq!(t.put(&k, v.clone(), lease), prev);
+                                m.log
+                                    .push((k.clone(), Revision::new(main, sub), Some((v, lease))));
+                                let kv = m.state_at(i64::MAX).remove(&k).unwrap();
+                                assert_eq!(t.get(&k).as_ref(), Some(&kv));
+                                expect_events.push(Event {
+                                    kind: EventKind::Put,
+                                    kv,
+                                    prev_kv: prev,
+                                });
+                            }
+                            2 => {
+                                let (k, e) = (rand_key(&mut rng), rand_end(&mut rng));
+                                let prevs: Vec<KeyValue> = m
+                                    .state_at(i64::MAX)
+                                    .into_values()
+                                    .filter(|kv| in_range(&kv.key, &k, &e))
+                                    .collect();
+                                assert_eq!(t.delete_range(&k, &e), prevs);
+                                for (i, p) in prevs.into_iter().enumerate() {
+                                    let r = Revision::new(main, sub + i as i64);
+                                    m.log.push((p.key.clone(), r, None));
+                                    let kv = KeyValue {
+                                        key: p.key.clone(),
+                                        mod_revision: main,
+                                        ..Default::default()
+                                    };
+                                    expect_events.push(Event {
+                                        kind: EventKind::Delete,
+                                        kv,
+                                        prev_kv: Some(p),
+                                    });
+                                }
+                            }
+                            _ => {
+                                let (k, e) = (rand_key(&mut rng), rand_end(&mut rng));
+                                let o = rand_opts(&mut rng, cur);
+                                assert_eq!(t.range(&k, &e, &o), m.range(&k, &e, &o, cur));
+                            }
+                        }
+                    }
+                    let (rev, events) = t.end();
+                    if !expect_events.is_empty() {
+                        m.cur += 1;
+                    }
+                    assert_eq!(rev, m.cur, "step {step}");
+                    assert_eq!(events, expect_events, "step {step}");
+                }
+                6 | 7 => {
+                    for _ in 0..3 {
+                        let (k, e) = (rand_key(&mut rng), rand_end(&mut rng));
+                        let o = rand_opts(&mut rng, m.cur);
+                        assert_eq!(
+                            s.range(&k, &e, &o),
+                            m.range(&k, &e, &o, m.cur),
+                            "step {step}"
+                        );
+                    }
+                }
+                8 => {
+                    let rev = rng.gen_range(m.compacted - 1..=m.cur + 1);
+                    let want = if rev <= m.compacted {
+                        Err(MvccError::Compacted)
+                    } else if rev > m.cur {
+                        Err(MvccError::FutureRevision)
+                    } else {
+                        m.compacted = rev;
+                        compactions += 1;
+                        Ok(())
+                    };
+                    assert_eq!(s.compact(rev), want, "step {step}");
+                }
+                _ => {
+                    let mut buf = vec![];
+                    s.encode_snapshot(&mut buf);
+                    let d = MemStore::decode_snapshot(&buf).unwrap();
+                    assert_eq!(d, s);
+                }
+            }
+            assert_eq!(s.current_revision(), m.cur);
+            assert_eq!(s.key_count(), m.state_at(m.cur).len());
+            assert_eq!(s.recount(), (s.live_keys, s.size_bytes));
+            // Every readable revision must agree, not just the sampled ones.
+            if step % 100 == 0 {
+                for rev in m.compacted.max(1)..=m.cur {
+                    let o = RangeOptions {
+                        rev,
+                        ..Default::default()
+                    };
+                    assert_eq!(s.range(b"", &[0], &o), m.range(b"", &[0], &o, m.cur));
+                }
+            }
+        }
+        assert!(m.cur > 500, "too few writes to mean anything: {}", m.cur);
+        assert!(compactions > 20, "too few compactions: {compactions}");
+    }
+}

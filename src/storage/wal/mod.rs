@@ -1,0 +1,1076 @@
+//! Write-ahead log: durable, ordered storage of opaque records.
+//!
+//! The WAL owns one directory of segment files and nothing else. It does not
+//! know Raft: callers hand it `(kind, payload)` records (protobuf-encoded
+//! entries, hard state, snapshot markers...) plus an `index_hint`, the highest
+//! Raft index inside the record, used only to decide which segments may be
+//! purged. `open` replays every record in the order it was appended.
+//!
+//! # On-disk format
+//! - Segments are named `{seq:016}.wal` (e.g. `0000000000000003.wal`); sequence
+//!   numbers are contiguous, purging only removes the oldest ones, and a gap is
+//!   an error. Each segment begins with the 8-byte magic `b"MSWAL\0\0"` + format
+//!   version byte, so a foreign or future file is refused rather than misread.
+//! - Records are framed as `len: u32 | crc32c: u32 | index_hint: u64 | kind | payload`
+//!   (little-endian; `len` counts kind + payload and is capped at 256 MiB; the
+//!   crc covers hint, kind and payload). See `codec.rs` for the details.
+//! - A new segment is built as `*.wal.tmp`, fsynced, renamed into place and the
+//!   directory fsynced: it either exists with all its header records or not at
+//!   all. Leftover `.tmp` files are deleted on open.
+//!
+//! # Recovery: torn tail versus corruption
+//! Only the last segment can have been mid-write at a crash. There, a record
+//! whose header or body runs past end-of-file, whose crc fails while its
+//! declared extent reaches end-of-file, or which is followed by nothing but
+//! zero bytes, is a torn write: the file is truncated to the last good record,
+//! fsynced, and a warning names file and offset. Any other bad record (one with
+//! intact data after it, or anywhere in an older segment) means bytes that
+//! were once durably written have changed; `open` fails with
+//! [`WalError::Corrupt`] naming file and offset instead of silently dropping
+//! acknowledged data. An empty or partially-written magic in the last segment
+//! (crash during creation) is rewritten. A damaged *length* field in the last
+//! segment that points past end-of-file is indistinguishable from a torn write
+//! under this framing and is truncated like one.
+//!
+//! # Group commit
+//! [`Wal::append`] only encodes into an in-memory buffer; [`Wal::sync`] writes
+//! the whole buffer with one `write` and makes it durable with one
+//! `fdatasync`. Callers batch many appends per sync. The buffer is reused, so
+//! steady-state appends do not allocate. If a write or fdatasync fails the WAL
+//! refuses further writes ([`WalError::Poisoned`]): after a failed fsync the
+//! kernel may have dropped the dirty pages, so retrying could report success
+//! for data that is gone. Reopening re-establishes the truth from disk.
+//!
+//! Records appended but not synced when the [`Wal`] is dropped are lost; a
+//! crash can lose them too. Only what a successful `sync` or `rotate` covered
+//! is durable. The directory is `flock`ed while a [`Wal`] is open.
+
+mod codec;
+mod segment;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use self::segment::{io_err, Dir};
+
+/// Default [`WalOptions::segment_size`]: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+
+/// Largest payload a single record may carry (256 MiB minus the kind byte).
+pub const MAX_PAYLOAD_LEN: usize = codec::MAX_BODY_LEN as usize - 1;
+
+/// A `sync` buffer grown beyond this by a huge batch is shrunk back to it
+/// afterwards, so one burst does not pin that much memory forever.
+const MAX_RETAINED_BUFFER: usize = 4 << 20;
+
+/// Tuning for a [`Wal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalOptions {
+    /// [`Wal::should_rotate`] turns true once the current segment exceeds
+    /// this many bytes.
+    pub segment_size: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+        }
+    }
+}
+
+/// One replayed record, exactly as passed to [`Wal::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Caller-defined record type.
+    pub kind: u8,
+    /// Caller-encoded body.
+    pub payload: Vec<u8>,
+}
+
+/// Errors from the WAL. Every variant's message starts with `wal:` and names
+/// the file or directory involved.
+#[derive(thiserror::Error, Debug)]
+pub enum WalError {
+    /// An I/O operation failed.
+    #[error("wal: {op} {}: {source}", .path.display())]
+    Io {
+        /// What was being done ("write", "fdatasync", "rename", ...).
+        op: &'static str,
+        /// File or directory it was done to.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A record that must have been fully written is damaged.
+    #[error("wal: corrupt record in {} at offset {offset}: {reason}", .file.display())]
+    Corrupt {
+        /// Segment file.
+        file: PathBuf,
+        /// Byte offset of the bad record from the start of the file.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file named like a segment does not start with the WAL magic.
+    #[error("wal: {} is not a MetaStore WAL segment (bad magic)", .file.display())]
+    NotASegment {
+        /// The offending file.
+        file: PathBuf,
+    },
+    /// A segment written by an incompatible format version.
+    #[error(
+        "wal: {} has format version {version}, this build reads only version {supported}",
+        .file.display()
+    )]
+    UnsupportedVersion {
+        /// The segment file.
+        file: PathBuf,
+        /// Version found in its magic.
+        version: u8,
+        /// Version this code understands.
+        supported: u8,
+    },
+    /// Segment sequence numbers are not contiguous, so records are missing.
+    #[error(
+        "wal: segment {} is missing from {} (the segments on either side exist)",
+        segment::file_name(*.missing),
+        .dir.display()
+    )]
+    MissingSegment {
+        /// WAL directory.
+        dir: PathBuf,
+        /// Sequence number of the first absent segment.
+        missing: u64,
+    },
+    /// Another [`Wal`] (in this or another process) has the directory open.
+    #[error("wal: {} is locked by another open WAL", .dir.display())]
+    Locked {
+        /// WAL directory.
+        dir: PathBuf,
+    },
+    /// A payload over [`MAX_PAYLOAD_LEN`] was appended; the whole pending batch
+    /// was discarded and nothing of it was written.
+    #[error("wal: record payload of {len} bytes exceeds the maximum of {max}; batch discarded")]
+    RecordTooLarge {
+        /// Size of the offending payload.
+        len: usize,
+        /// [`MAX_PAYLOAD_LEN`].
+        max: usize,
+    },
+    /// An earlier write or fdatasync failed; the on-disk state is unknown until
+    /// the WAL is reopened.
+    #[error("wal: an earlier write or fdatasync failed; reopen the WAL to recover")]
+    Poisoned,
+}
+
+/// A segment no longer written to, kept for purge decisions.
+#[derive(Debug)]
+struct ClosedSegment {
+    seq: u64,
+    max_hint: u64,
+}
+
+/// The segment receiving appends.
+#[derive(Debug)]
+struct ActiveSegment {
+    seq: u64,
+    file: File,
+    /// Durable length (what previous syncs wrote).
+    len: u64,
+    /// Length when this segment began receiving appends; rotating a segment
+    /// that holds nothing past this would only produce another such segment.
+    header_end: u64,
+    max_hint: u64,
+}
+
+/// An open write-ahead log; see the module docs for format and guarantees.
+pub struct Wal {
+    dir: Dir,
+    opts: WalOptions,
+    /// Oldest first.
+    closed: VecDeque<ClosedSegment>,
+    active: ActiveSegment,
+    /// Frames appended since the last sync; reused across syncs.
+    buf: Vec<u8>,
+    pending_max_hint: u64,
+    /// Length of the first too-large payload of the pending batch, if any.
+    oversized: Option<usize>,
+    poisoned: bool,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir.path())
+            .field("segments", &self.segment_count())
+            .field("active_seq", &self.active.seq)
+            .field("active_len", &self.active.len)
+            .field("pending_bytes", &self.buf.len())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl Wal {
+    /// Opens (creating the dir if missing) and replays every segment in order.
+    /// Returns the WAL positioned for appending and all valid records in order.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Vec<Record>), WalError> {
+        let dir = Dir::open(dir)?;
+        let seqs = dir.list_segments()?;
+        if let Some(pair) = seqs.windows(2).find(|w| w[1] != w[0] + 1) {
+            return Err(WalError::MissingSegment {
+                dir: dir.path().to_path_buf(),
+                missing: pair[0] + 1,
+            });
+        }
+
+        let mut records = Vec::new();
+        let Some((&last_seq, older)) = seqs.split_last() else {
+            let (file, len) = dir.install(dir.prepare_segment(1, &[])?)?;
+            let active = ActiveSegment {
+                seq: 1,
+                file,
+                len,
+                header_end: len,
+                max_hint: 0,
+            };
+            return Ok((Wal::new(dir, opts, VecDeque::new(), active), records));
+        };
+
+        // One read buffer for all segments: replay cost is the records, not
+        // a fresh allocation per file.
+        let mut data = Vec::new();
+        let mut closed = VecDeque::with_capacity(older.len());
+        for &seq in older {
+            let path = segment::path(dir.path(), seq);
+            segment::read_all(&path, &mut data)?;
+            segment::check_header(&path, &data, false)?;
+            let scan = segment::scan(&path, &data, false, &mut records)?;
+            closed.push_back(ClosedSegment {
+                seq,
+                max_hint: scan.max_hint,
+            });
+        }
+        let active = open_last(&dir, last_seq, &mut data, &mut records)?;
+        tracing::debug!(
+            dir = %dir.path().display(),
+            segments = closed.len() + 1,
+            records = records.len(),
+            "wal: opened"
+        );
+        Ok((Wal::new(dir, opts, closed, active), records))
+    }
+
+    fn new(
+        dir: Dir,
+        opts: WalOptions,
+        closed: VecDeque<ClosedSegment>,
+        active: ActiveSegment,
+    ) -> Wal {
+        Wal {
+            dir,
+            opts,
+            closed,
+            active,
+            buf: Vec::new(),
+            pending_max_hint: 0,
+            oversized: None,
+            poisoned: false,
+        }
+    }
+
+    /// Buffers a record (no I/O yet).
+    ///
+    /// A payload over [`MAX_PAYLOAD_LEN`] is not buffered; the next
+    /// [`sync`](Wal::sync) then fails with [`WalError::RecordTooLarge`] and
+    /// discards the whole batch, so a batch is never partially persisted.
+    pub fn append(&mut self, kind: u8, payload: &[u8], index_hint: u64) {
+        if !codec::fits(payload.len()) {
+            self.oversized.get_or_insert(payload.len());
+            return;
+        }
+        codec::encode(&mut self.buf, kind, payload, index_hint);
+        self.pending_max_hint = self.pending_max_hint.max(index_hint);
+    }
+
+    /// Writes everything buffered with one write call (repeated only if the
+    /// kernel accepts part of it) and one fdatasync; returns bytes written
+    /// (0, with no I/O, when nothing is buffered). Group commit: append many
+    /// records, then sync once.
+    pub fn sync(&mut self) -> Result<u64, WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        if let Some(len) = self.oversized.take() {
+            self.clear_pending();
+            return Err(WalError::RecordTooLarge {
+                len,
+                max: MAX_PAYLOAD_LEN,
+            });
+        }
+        if self.buf.is_empty() {
+            return Ok(0);
+        }
+        let written = self.buf.len() as u64;
+        let result = self
+            .active
+            .file
+            .write_all(&self.buf)
+            .map_err(|e| ("write", e))
+            .and_then(|()| self.active.file.sync_data().map_err(|e| ("fdatasync", e)));
+        if let Err((op, source)) = result {
+            self.poisoned = true;
+            return Err(WalError::Io {
+                op,
+                path: self.active_path(),
+                source,
+            });
+        }
+        self.active.len += written;
+        self.active.max_hint = self.active.max_hint.max(self.pending_max_hint);
+        self.clear_pending();
+        Ok(written)
+    }
+
+    /// True when the current segment (including records buffered for it) has
+    /// grown past `segment_size`. Never true for a segment holding only the
+    /// header records it was created with, so a header larger than
+    /// `segment_size` cannot cause endless rotation.
+    pub fn should_rotate(&self) -> bool {
+        let size = self.active.len + self.buf.len() as u64;
+        size > self.opts.segment_size && size > self.active.header_end
+    }
+
+    /// Closes the current segment and starts a new one whose first records are
+    /// `header` (written with index_hint 0); synced, and the directory fsynced.
+    ///
+    /// Records still buffered are synced into the old segment first, so replay
+    /// order equals append order. If creating the new segment fails before it
+    /// is renamed into place, the WAL keeps appending to the old segment.
+    pub fn rotate(&mut self, header: &[(u8, Vec<u8>)]) -> Result<(), WalError> {
+        self.sync()?;
+        if let Some((_, payload)) = header.iter().find(|(_, p)| !codec::fits(p.len())) {
+            return Err(WalError::RecordTooLarge {
+                len: payload.len(),
+                max: MAX_PAYLOAD_LEN,
+            });
+        }
+        let Some(seq) = Some(self.active.seq + 1).filter(|&s| s <= segment::MAX_SEQ) else {
+            return Err(WalError::Io {
+                op: "rotate",
+                path: self.active_path(),
+                source: io::Error::other("segment sequence number exhausted"),
+            });
+        };
+        for (kind, payload) in header {
+            codec::encode(&mut self.buf, *kind, payload, 0);
+        }
+        let prepared = self.dir.prepare_segment(seq, &self.buf);
+        self.clear_pending();
+        let installed = self.dir.install(prepared?);
+        let (file, len) = installed.inspect_err(|_| {
+            // Whether the rename or its directory fsync took effect is unknown;
+            // appending to the old segment could put records before a header
+            // that replays after them.
+            self.poisoned = true;
+        })?;
+        let old = std::mem::replace(
+            &mut self.active,
+            ActiveSegment {
+                seq,
+                file,
+                len,
+                header_end: len,
+                max_hint: 0,
+            },
+        );
+        self.closed.push_back(ClosedSegment {
+            seq: old.seq,
+            max_hint: old.max_hint,
+        });
+        tracing::debug!(dir = %self.dir.path().display(), seq, "wal: rotated");
+        Ok(())
+    }
+
+    /// Deletes whole segments (never the current one, only a contiguous prefix
+    /// of the oldest ones) whose every record has index_hint <= upto. Returns
+    /// how many were removed.
+    pub fn purge(&mut self, upto: u64) -> Result<usize, WalError> {
+        let mut removed = 0;
+        let mut failure = None;
+        while let Some(seg) = self.closed.front() {
+            if seg.max_hint > upto {
+                break;
+            }
+            let path = segment::path(self.dir.path(), seg.seq);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                // Already gone: the goal is reached either way.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    failure = Some(WalError::Io {
+                        op: "remove",
+                        path,
+                        source: e,
+                    });
+                    break;
+                }
+            }
+            self.closed.pop_front();
+            removed += 1;
+        }
+        if removed > 0 {
+            self.dir.sync()?;
+            tracing::debug!(dir = %self.dir.path().display(), removed, upto, "wal: purged");
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
+    /// Number of segment files, including the current one.
+    pub fn segment_count(&self) -> usize {
+        self.closed.len() + 1
+    }
+
+    fn active_path(&self) -> PathBuf {
+        segment::path(self.dir.path(), self.active.seq)
+    }
+
+    fn clear_pending(&mut self) {
+        self.buf.clear();
+        if self.buf.capacity() > MAX_RETAINED_BUFFER {
+            self.buf.shrink_to(MAX_RETAINED_BUFFER);
+        }
+        self.pending_max_hint = 0;
+        self.oversized = None;
+    }
+}
+
+/// Replays the last segment, repairing a torn tail or an interrupted creation,
+/// and opens it for appending.
+fn open_last(
+    dir: &Dir,
+    seq: u64,
+    data: &mut Vec<u8>,
+    records: &mut Vec<Record>,
+) -> Result<ActiveSegment, WalError> {
+    let path = segment::path(dir.path(), seq);
+    segment::read_all(&path, data)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    let (len, max_hint) = if segment::check_header(&path, data, true)? {
+        let scan = segment::scan(&path, data, true, records)?;
+        if let Some(reason) = &scan.torn {
+            tracing::warn!(
+                file = %path.display(),
+                offset = scan.valid_len,
+                dropped = (data.len() as u64).saturating_sub(scan.valid_len),
+                "wal: torn write in {} at offset {}: {}; truncating {} trailing bytes",
+                path.display(),
+                scan.valid_len,
+                reason,
+                (data.len() as u64).saturating_sub(scan.valid_len)
+            );
+            file.set_len(scan.valid_len)
+                .map_err(io_err("truncate", &path))?;
+            file.sync_all().map_err(io_err("fsync", &path))?;
+        }
+        (scan.valid_len, scan.max_hint)
+    } else {
+        tracing::warn!(
+            file = %path.display(),
+            len = data.len(),
+            "wal: segment {} was cut short during creation ({} bytes); rewriting its header",
+            path.display(),
+            data.len()
+        );
+        file.set_len(0).map_err(io_err("truncate", &path))?;
+        file.write_all(&codec::MAGIC)
+            .map_err(io_err("write", &path))?;
+        file.sync_all().map_err(io_err("fsync", &path))?;
+        (codec::MAGIC_LEN as u64, 0)
+    };
+    file.seek(SeekFrom::Start(len))
+        .map_err(io_err("seek", &path))?;
+    Ok(ActiveSegment {
+        seq,
+        file,
+        len,
+        // The header size of a reopened segment is unknown; assume none so an
+        // oversized segment found at startup is rotated promptly.
+        header_end: codec::MAGIC_LEN as u64,
+        max_hint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    const HDR: u8 = 0xF0;
+
+    fn opts(segment_size: u64) -> WalOptions {
+        WalOptions { segment_size }
+    }
+
+    fn rec(kind: u8, payload: &[u8]) -> Record {
+        Record {
+            kind,
+            payload: payload.to_vec(),
+        }
+    }
+
+    fn open(dir: &Path) -> (Wal, Vec<Record>) {
+        Wal::open(dir, opts(1 << 20)).unwrap()
+    }
+
+    fn seg_path(dir: &Path, seq: u64) -> PathBuf {
+        segment::path(dir, seq)
+    }
+
+    fn segment_files(dir: &Path) -> Vec<u64> {
+        let mut v: Vec<u64> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| segment::parse_name(e.unwrap().file_name().to_str()?))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Deterministic pseudo-random payloads without an extra dependency.
+    fn payload(i: usize) -> Vec<u8> {
+        let len = (i * 7919) % 300;
+        (0..len).map(|j| (i * 31 + j * 17) as u8).collect()
+    }
+
+    fn corrupt_err(err: WalError) -> (PathBuf, u64, String) {
+        let msg = err.to_string();
+        match err {
+            WalError::Corrupt { file, offset, .. } => (file, offset, msg),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_dir_opens_with_no_records() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path().join("nested/wal");
+        let (wal, recs) = Wal::open(&dir, WalOptions::default()).unwrap();
+        assert!(recs.is_empty());
+        assert_eq!(wal.segment_count(), 1);
+        assert_eq!(segment_files(&dir), vec![1]);
+        assert_eq!(fs::read(seg_path(&dir, 1)).unwrap(), codec::MAGIC);
+        drop(wal);
+        let (_, recs) = open(&dir);
+        assert!(recs.is_empty());
+    }
+
+    #[test]
+    fn roundtrip_across_rotations_and_reopen() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, recs) = Wal::open(dir, opts(2048)).unwrap();
+        assert!(recs.is_empty());
+        let mut expected = Vec::new();
+        for i in 0..600 {
+            let p = payload(i);
+            wal.append((i % 5) as u8, &p, i as u64);
+            expected.push(rec((i % 5) as u8, &p));
+            if i % 7 == 6 {
+                wal.sync().unwrap();
+                if wal.should_rotate() {
+                    let hdr = vec![(HDR, format!("hard state {i}").into_bytes())];
+                    wal.rotate(&hdr).unwrap();
+                    expected.push(rec(HDR, &hdr[0].1));
+                }
+            }
+        }
+        wal.sync().unwrap();
+        let segments = wal.segment_count();
+        assert!(segments > 5, "only {segments} segments");
+        assert_eq!(segment_files(dir).len(), segments);
+        drop(wal);
+
+        let (wal, recs) = Wal::open(dir, opts(2048)).unwrap();
+        assert_eq!(recs, expected);
+        assert_eq!(wal.segment_count(), segments);
+        drop(wal);
+        // Reopening changes nothing on disk.
+        let (_, recs) = Wal::open(dir, opts(2048)).unwrap();
+        assert_eq!(recs, expected);
+    }
+
+    #[test]
+    fn group_commit_writes_batch_once_and_reuses_buffer() {
+        let tmp = TempDir::new().unwrap();
+        let (mut wal, _) = open(tmp.path());
+        let mut total = 0;
+        for i in 0..100 {
+            wal.append(1, &payload(i), 0);
+            total += codec::frame_len(payload(i).len()) as u64;
+        }
+        let cap = wal.buf.capacity();
+        assert_eq!(wal.sync().unwrap(), total);
+        assert_eq!(wal.sync().unwrap(), 0);
+        assert_eq!(wal.buf.capacity(), cap);
+        assert_eq!(
+            fs::metadata(seg_path(tmp.path(), 1)).unwrap().len(),
+            codec::MAGIC_LEN as u64 + total
+        );
+    }
+
+    #[test]
+    fn unsynced_records_are_not_persisted() {
+        let tmp = TempDir::new().unwrap();
+        let (mut wal, _) = open(tmp.path());
+        wal.append(1, b"durable", 1);
+        wal.sync().unwrap();
+        wal.append(1, b"lost", 2);
+        drop(wal);
+        let (_, recs) = open(tmp.path());
+        assert_eq!(recs, vec![rec(1, b"durable")]);
+    }
+
+    #[test]
+    fn rotate_syncs_pending_records_into_old_segment_first() {
+        let tmp = TempDir::new().unwrap();
+        let (mut wal, _) = open(tmp.path());
+        wal.append(1, b"a", 1);
+        wal.rotate(&[(HDR, b"h1".to_vec()), (HDR, b"h2".to_vec())])
+            .unwrap();
+        wal.append(1, b"b", 2);
+        wal.sync().unwrap();
+        drop(wal);
+        let (wal, recs) = open(tmp.path());
+        assert_eq!(
+            recs,
+            vec![rec(1, b"a"), rec(HDR, b"h1"), rec(HDR, b"h2"), rec(1, b"b")]
+        );
+        assert_eq!(wal.segment_count(), 2);
+        assert_eq!(segment_files(tmp.path()), vec![1, 2]);
+    }
+
+    #[test]
+    fn should_rotate_ignores_header_only_segments() {
+        let tmp = TempDir::new().unwrap();
+        let (mut wal, _) = Wal::open(tmp.path(), opts(100)).unwrap();
+        assert!(!wal.should_rotate());
+        wal.append(1, &[0; 50], 0);
+        assert!(!wal.should_rotate());
+        wal.append(1, &[0; 50], 0);
+        assert!(wal.should_rotate(), "pending bytes count toward the size");
+        wal.sync().unwrap();
+        assert!(wal.should_rotate());
+        wal.rotate(&[(HDR, vec![7; 200])]).unwrap();
+        assert!(!wal.should_rotate());
+        wal.append(1, b"x", 0);
+        assert!(wal.should_rotate());
+    }
+
+    /// Builds a WAL with one closed segment and a last segment whose final
+    /// record is `last`; returns (records before it, offset where it starts,
+    /// the last segment's bytes).
+    fn wal_with_last_record(dir: &Path, last: &[u8]) -> (Vec<Record>, u64, Vec<u8>) {
+        let (mut wal, _) = open(dir);
+        let mut before = Vec::new();
+        for i in 0..5 {
+            wal.append(1, &payload(i), i as u64);
+            before.push(rec(1, &payload(i)));
+        }
+        wal.rotate(&[(HDR, b"hdr".to_vec())]).unwrap();
+        before.push(rec(HDR, b"hdr"));
+        for i in 5..9 {
+            wal.append(2, &payload(i), i as u64);
+            before.push(rec(2, &payload(i)));
+        }
+        wal.sync().unwrap();
+        let start = wal.active.len;
+        wal.append(3, last, 9);
+        wal.sync().unwrap();
+        drop(wal);
+        (before, start, fs::read(seg_path(dir, 2)).unwrap())
+    }
+
+    #[test]
+    fn torn_tail_at_every_offset_is_repaired() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (before, start, full) = wal_with_last_record(dir, b"the final record, torn by a crash");
+        let last = seg_path(dir, 2);
+        for cut in start..full.len() as u64 {
+            fs::write(&last, &full[..cut as usize]).unwrap();
+            let (mut wal, recs) = open(dir);
+            assert_eq!(recs, before, "cut at {cut}");
+            assert_eq!(fs::metadata(&last).unwrap().len(), start, "cut at {cut}");
+            wal.append(4, b"after repair", 10);
+            wal.sync().unwrap();
+            drop(wal);
+            let (_, recs) = open(dir);
+            assert_eq!(recs.len(), before.len() + 1, "cut at {cut}");
+            assert_eq!(recs[..before.len()], before[..]);
+            assert_eq!(recs.last(), Some(&rec(4, b"after repair")));
+        }
+    }
+
+    #[test]
+    fn crc_mismatch_in_final_record_is_a_torn_tail() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (before, start, mut full) = wal_with_last_record(dir, b"half-written");
+        let n = full.len();
+        full[n - 3] ^= 0x55;
+        fs::write(seg_path(dir, 2), &full).unwrap();
+        let (_, recs) = open(dir);
+        assert_eq!(recs, before);
+        assert_eq!(fs::metadata(seg_path(dir, 2)).unwrap().len(), start);
+    }
+
+    #[test]
+    fn zero_filled_tail_is_repaired() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut before, _, mut full) = wal_with_last_record(dir, b"kept");
+        before.push(rec(3, b"kept"));
+        let good = full.len() as u64;
+        full.resize(full.len() + 8192, 0);
+        fs::write(seg_path(dir, 2), &full).unwrap();
+        let (_, recs) = open(dir);
+        assert_eq!(recs, before);
+        assert_eq!(fs::metadata(seg_path(dir, 2)).unwrap().len(), good);
+    }
+
+    #[test]
+    fn corruption_in_the_middle_fails_with_file_and_offset() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir);
+        let mut offsets = Vec::new();
+        let mut off = codec::MAGIC_LEN as u64;
+        for i in 0..10 {
+            offsets.push(off);
+            wal.append(1, format!("record number {i}").as_bytes(), i);
+            off += wal.sync().unwrap();
+        }
+        drop(wal);
+        let path = seg_path(dir, 1);
+        let good = fs::read(&path).unwrap();
+
+        // A payload byte of record 2.
+        let mut bad = good.clone();
+        bad[offsets[2] as usize + 20] ^= 0x01;
+        fs::write(&path, &bad).unwrap();
+        let (file, offset, msg) = corrupt_err(Wal::open(dir, opts(1 << 20)).unwrap_err());
+        assert_eq!(file, path);
+        assert_eq!(offset, offsets[2]);
+        let expected = format!(
+            "wal: corrupt record in {} at offset {}: crc mismatch",
+            path.display(),
+            offsets[2]
+        );
+        assert!(msg.starts_with(&expected), "{msg}");
+        // The file is left untouched for inspection.
+        assert_eq!(fs::read(&path).unwrap(), bad);
+
+        // A length field shrunk so the frame still lies inside the file.
+        let mut bad = good.clone();
+        bad[offsets[3] as usize] -= 2;
+        fs::write(&path, &bad).unwrap();
+        let (_, offset, _) = corrupt_err(Wal::open(dir, opts(1 << 20)).unwrap_err());
+        assert_eq!(offset, offsets[3]);
+
+        // Zeroed hole followed by valid data (lost block), not a torn tail.
+        let mut bad = good.clone();
+        bad[offsets[4] as usize..offsets[5] as usize].fill(0);
+        fs::write(&path, &bad).unwrap();
+        let (_, offset, _) = corrupt_err(Wal::open(dir, opts(1 << 20)).unwrap_err());
+        assert_eq!(offset, offsets[4]);
+    }
+
+    #[test]
+    fn damage_in_a_non_last_segment_is_corruption() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir);
+        for s in 0..3u64 {
+            wal.append(1, b"some record", s);
+            wal.append(1, b"final record of segment", s);
+            wal.rotate(&[(HDR, b"hdr".to_vec())]).unwrap();
+        }
+        drop(wal);
+        let first = seg_path(dir, 1);
+        let good = fs::read(&first).unwrap();
+        let last_start = (good.len() - codec::frame_len(b"final record of segment".len())) as u64;
+
+        // Its final record ends exactly at EOF: torn in a last segment, but
+        // later segments prove it was complete once.
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        fs::write(&first, &bad).unwrap();
+        let (file, offset, msg) = corrupt_err(Wal::open(dir, opts(1 << 20)).unwrap_err());
+        assert_eq!((file, offset), (first.clone(), last_start));
+        assert!(msg.contains("not the last"), "{msg}");
+
+        fs::write(&first, &good[..good.len() - 5]).unwrap();
+        let (_, offset, _) = corrupt_err(Wal::open(dir, opts(1 << 20)).unwrap_err());
+        assert_eq!(offset, last_start);
+
+        let mut bad = good.clone();
+        bad[last_start as usize..last_start as usize + 4]
+            .copy_from_slice(&(codec::MAX_BODY_LEN + 1).to_le_bytes());
+        fs::write(&first, &bad).unwrap();
+        let (_, offset, msg) = corrupt_err(Wal::open(dir, opts(1 << 20)).unwrap_err());
+        assert_eq!(offset, last_start);
+        assert!(msg.contains("exceeds the maximum"), "{msg}");
+
+        fs::write(&first, b"").unwrap();
+        assert!(matches!(
+            Wal::open(dir, opts(1 << 20)),
+            Err(WalError::Corrupt { .. })
+        ));
+
+        fs::write(&first, &good).unwrap();
+        assert_eq!(open(dir).1.len(), 9);
+    }
+
+    #[test]
+    fn foreign_file_is_refused() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let path = seg_path(dir, 1);
+        fs::write(&path, b"this is certainly not a wal segment").unwrap();
+        let err = Wal::open(dir, opts(1 << 20)).unwrap_err();
+        assert!(matches!(err, WalError::NotASegment { .. }), "{err:?}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+        assert!(err.to_string().contains("bad magic"));
+        // Short foreign content is not mistaken for an interrupted creation.
+        fs::write(&path, b"xyz").unwrap();
+        assert!(matches!(
+            Wal::open(dir, opts(1 << 20)),
+            Err(WalError::NotASegment { .. })
+        ));
+        // A file from a future format version.
+        let mut future = codec::MAGIC.to_vec();
+        future[7] = codec::FORMAT_VERSION + 1;
+        fs::write(&path, &future).unwrap();
+        let err = Wal::open(dir, opts(1 << 20)).unwrap_err();
+        assert!(
+            matches!(err, WalError::UnsupportedVersion { version: 2, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            future,
+            "refused files are untouched"
+        );
+    }
+
+    #[test]
+    fn empty_last_segment_gets_its_magic_back() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir);
+        wal.append(1, b"one", 1);
+        wal.sync().unwrap();
+        drop(wal);
+        for partial in [&b""[..], &codec::MAGIC[..3]] {
+            fs::write(seg_path(dir, 2), partial).unwrap();
+            let (mut wal, recs) = open(dir);
+            assert_eq!(recs, vec![rec(1, b"one")]);
+            assert_eq!(fs::read(seg_path(dir, 2)).unwrap(), codec::MAGIC);
+            wal.append(1, b"two", 2);
+            wal.sync().unwrap();
+            drop(wal);
+            let (_, recs) = open(dir);
+            assert_eq!(recs, vec![rec(1, b"one"), rec(1, b"two")]);
+            fs::remove_file(seg_path(dir, 2)).unwrap();
+        }
+    }
+
+    #[test]
+    fn purge_removes_only_an_old_prefix_and_survives_reopen() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir);
+        // Segment s (1-based) holds hints 10*(s-1)+1 ..= 10*s; segment 5 is current.
+        let mut hint = 0u64;
+        for s in 1..=5u64 {
+            for _ in 0..10 {
+                hint += 1;
+                wal.append(1, &hint.to_le_bytes(), hint);
+            }
+            if s < 5 {
+                wal.rotate(&[(HDR, s.to_le_bytes().to_vec())]).unwrap();
+            }
+        }
+        wal.sync().unwrap();
+        assert_eq!(wal.segment_count(), 5);
+
+        assert_eq!(wal.purge(0).unwrap(), 0);
+        assert_eq!(wal.purge(15).unwrap(), 1);
+        assert_eq!(segment_files(dir), vec![2, 3, 4, 5]);
+        assert_eq!(wal.purge(15).unwrap(), 0);
+        assert_eq!(wal.purge(30).unwrap(), 2);
+        assert_eq!(segment_files(dir), vec![4, 5]);
+        drop(wal);
+
+        // Hints are recovered from disk, so purge still works after reopen.
+        let (mut wal, recs) = open(dir);
+        assert_eq!(wal.segment_count(), 2);
+        assert_eq!(recs.len(), 1 + 10 + 1 + 10);
+        assert_eq!(recs[0], rec(HDR, &3u64.to_le_bytes()));
+        assert_eq!(wal.purge(39).unwrap(), 0);
+        assert_eq!(wal.purge(u64::MAX).unwrap(), 1);
+        assert_eq!(wal.segment_count(), 1);
+        assert_eq!(segment_files(dir), vec![5]);
+        assert_eq!(wal.purge(u64::MAX).unwrap(), 0, "never the current segment");
+        wal.append(1, b"more", 51);
+        wal.sync().unwrap();
+        drop(wal);
+        let (wal, recs) = open(dir);
+        assert_eq!(wal.segment_count(), 1);
+        assert_eq!(recs.len(), 1 + 10 + 1);
+    }
+
+    #[test]
+    fn purge_stops_at_first_segment_with_a_higher_hint() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir);
+        for hint in [5u64, 100, 6, 7] {
+            wal.append(1, b"x", hint);
+            wal.rotate(&[]).unwrap();
+        }
+        drop(wal);
+        let (mut wal, _) = open(dir);
+        assert_eq!(wal.segment_count(), 5);
+        // Segments 3 and 4 qualify but are not a prefix.
+        assert_eq!(wal.purge(10).unwrap(), 1);
+        assert_eq!(segment_files(dir), vec![2, 3, 4, 5]);
+        assert_eq!(wal.purge(100).unwrap(), 3);
+    }
+
+    #[test]
+    fn missing_middle_segment_is_an_error() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir);
+        wal.rotate(&[]).unwrap();
+        wal.rotate(&[]).unwrap();
+        drop(wal);
+        fs::remove_file(seg_path(dir, 2)).unwrap();
+        let err = Wal::open(dir, opts(1 << 20)).unwrap_err();
+        assert!(
+            matches!(err, WalError::MissingSegment { missing: 2, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("0000000000000002.wal"));
+    }
+
+    #[test]
+    fn unfinished_segment_and_unrelated_files() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir);
+        wal.append(1, b"a", 1);
+        wal.sync().unwrap();
+        drop(wal);
+        let leftover = dir.join("0000000000000002.wal.tmp");
+        fs::write(&leftover, b"partial").unwrap();
+        fs::write(dir.join("README"), b"not ours").unwrap();
+        let (mut wal, recs) = open(dir);
+        assert_eq!(recs, vec![rec(1, b"a")]);
+        assert!(!leftover.exists());
+        assert!(dir.join("README").exists());
+        wal.rotate(&[]).unwrap();
+        assert_eq!(segment_files(dir), vec![1, 2]);
+    }
+
+    #[test]
+    fn second_open_of_same_dir_is_refused() {
+        let tmp = TempDir::new().unwrap();
+        let (wal, _) = open(tmp.path());
+        let err = Wal::open(tmp.path(), opts(1 << 20)).unwrap_err();
+        assert!(matches!(err, WalError::Locked { .. }), "{err:?}");
+        drop(wal);
+        open(tmp.path());
+    }
+
+    #[test]
+    fn oversized_record_discards_the_batch() {
+        let tmp = TempDir::new().unwrap();
+        let (mut wal, _) = open(tmp.path());
+        wal.append(1, b"before", 1);
+        // calloc'd and never copied: cheap despite its size.
+        let huge = vec![0u8; MAX_PAYLOAD_LEN + 1];
+        wal.append(1, &huge, 2);
+        let err = wal.sync().unwrap_err();
+        assert!(matches!(err, WalError::RecordTooLarge { .. }), "{err:?}");
+        assert_eq!(wal.sync().unwrap(), 0);
+        assert!(matches!(
+            wal.rotate(&[(HDR, huge)]),
+            Err(WalError::RecordTooLarge { .. })
+        ));
+        wal.append(1, b"after", 3);
+        wal.sync().unwrap();
+        drop(wal);
+        assert_eq!(open(tmp.path()).1, vec![rec(1, b"after")]);
+    }
+
+    #[test]
+    fn poisoned_wal_refuses_writes() {
+        let tmp = TempDir::new().unwrap();
+        let (mut wal, _) = open(tmp.path());
+        wal.poisoned = true;
+        wal.append(1, b"x", 0);
+        assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
+        assert!(matches!(wal.rotate(&[]), Err(WalError::Poisoned)));
+    }
+
+    #[test]
+    fn garbage_in_last_segment_never_panics() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir);
+        for i in 0..6 {
+            wal.append(1, &payload(i + 3), i as u64);
+        }
+        wal.sync().unwrap();
+        drop(wal);
+        let good = fs::read(seg_path(dir, 1)).unwrap();
+        let mut state = 0x1234_5678_9ABC_DEF1u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..200 {
+            let mut bad = good.clone();
+            for _ in 0..1 + next() % 3 {
+                let i = (next() as usize) % bad.len();
+                bad[i] = next() as u8;
+            }
+            fs::write(seg_path(dir, 1), &bad).unwrap();
+            match Wal::open(dir, opts(1 << 20)) {
+                Ok((_, recs)) => assert!(recs.len() <= 6),
+                Err(
+                    WalError::Corrupt { .. }
+                    | WalError::NotASegment { .. }
+                    | WalError::UnsupportedVersion { .. },
+                ) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+    }
+}

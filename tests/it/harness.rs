@@ -1,0 +1,203 @@
+//! Starts real daemons on loopback with free ports and temp data dirs: our
+//! `metastore` binary and, for side-by-side checks, etcd 3.4 itself.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; the daemon binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `GET path` over plain HTTP/1.1; returns (status line, body).
+pub fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// Which daemon to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Our binary.
+    MetaStore,
+    /// The reference etcd (Debian's etcd-server package).
+    Etcd,
+}
+
+/// A running daemon; killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    kind: Kind,
+    /// Data dir (kept across restarts).
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    /// Client port.
+    pub port: u16,
+    peer_port: u16,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// A fresh MetaStore with a temp data dir.
+    pub fn start() -> Server {
+        Server::start_with(Kind::MetaStore, &[])
+    }
+
+    /// A fresh daemon of `kind` with extra flags.
+    pub fn start_with(kind: Kind, extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut s = Server {
+            child: None,
+            kind,
+            dir,
+            _tmp: Some(tmp),
+            port: free_port(),
+            peer_port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// The etcd-style endpoint, `127.0.0.1:port`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self) -> Command {
+        let client = format!("http://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = match self.kind {
+            Kind::MetaStore => Command::new(env!("CARGO_BIN_EXE_metastore")),
+            Kind::Etcd => Command::new("etcd"),
+        };
+        cmd.arg("--name")
+            .arg("default")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("default={peer}"))
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if std::env::var_os("METASTORE_TEST_LOGS").is_none() {
+            cmd.stderr(Stdio::null());
+        }
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let child = self.command().spawn().expect("start the daemon");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until /health says true.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("daemon exited during start-up: {status}");
+                }
+            }
+            if let Some((_, body)) = http_get(self.port, "/health") {
+                if body.contains("\"health\":\"true\"") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon not healthy after 20 s");
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same data dir and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Starts the binary on the data dir and returns how it exited, for
+    /// start-ups that must fail.
+    pub fn run_to_exit(&mut self) -> Output {
+        self.kill9();
+        let mut cmd = self.command();
+        cmd.stderr(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("start the daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().expect("collect output");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("collect output");
+        panic!(
+            "daemon kept running; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A connected etcd client.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .expect("connect a client")
+    }
+
+    /// Runs `etcdctl` (API v3) against this server.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl_at(&self.endpoint(), args)
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Runs `etcdctl` against an endpoint.
+pub fn etcdctl_at(endpoint: &str, args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("etcdctl is installed (scripts/setup.sh)")
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests: real daemons on loopback, real clients (the etcd-client
+//! crate and etcdctl), and etcd 3.4 itself where its answers are the reference.
+
+mod harness;
+mod smoke;

@@ -93,6 +93,8 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// WAL segment size in bytes; whole segments are purged after a snapshot.
+    pub wal_segment_size: u64,
     /// tracing filter.
     pub log_level: String,
     /// Raft knobs.
@@ -115,6 +117,7 @@ impl Default for Config {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             snapshot_count: 10_000,
+            wal_segment_size: 64 * 1024 * 1024,
             log_level: "info".into(),
             raft: RaftConfig::default(),
         }
@@ -171,6 +174,9 @@ pub struct Flags {
     /// Applied entries between snapshots.
     #[arg(long)]
     pub snapshot_count: Option<u64>,
+    /// WAL segment size in bytes.
+    #[arg(long)]
+    pub wal_segment_size: Option<u64>,
     /// Log filter.
     #[arg(long)]
     pub log_level: Option<String>,
@@ -223,6 +229,7 @@ impl Config {
             max_request_bytes,
             max_txn_ops,
             snapshot_count,
+            wal_segment_size,
             log_level
         );
         cfg.validate()?;
@@ -245,6 +252,9 @@ impl Config {
                 "raft.election-tick",
                 "must be greater than raft.heartbeat-tick".into(),
             );
+        }
+        if self.wal_segment_size < 4096 {
+            return bad("wal-segment-size", "must be at least 4096 bytes".into());
         }
         if self.raft.tick_ms == 0 {
             return bad("raft.tick-ms", "must be positive".into());

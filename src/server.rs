@@ -98,9 +98,13 @@ pub struct Recovered {
 }
 
 /// Opens (or bootstraps) a member's data dir.
-pub fn recover(data_dir: &Path, voters: Vec<u64>) -> Result<Recovered, StorageError> {
+pub fn recover(
+    data_dir: &Path,
+    wal_options: WalOptions,
+    voters: Vec<u64>,
+) -> Result<Recovered, StorageError> {
     let snap = snapshot::load_latest(data_dir)?;
-    let (mut wal, records) = Wal::open(&data_dir.join("wal"), WalOptions::default())?;
+    let (mut wal, records) = Wal::open(&data_dir.join("wal"), wal_options)?;
     if snap.is_none() && records.is_empty() {
         let cs = ConfState {
             voters,
@@ -282,7 +286,10 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     check_marker(&cfg)?;
     let id = member_id(&cfg.advertise_peer_list(), &cfg.initial_cluster_token);
     let status = Arc::new(NodeStatus::new(cluster_id(&[id]), id));
-    let rec = recover(&cfg.data_dir, vec![id])?;
+    let wal_options = WalOptions {
+        segment_size: cfg.wal_segment_size,
+    };
+    let rec = recover(&cfg.data_dir, wal_options, vec![id])?;
     let addr = cfg.client_listen_addr()?;
     tracing::info!(name = %cfg.name, member_id = format!("{id:x}"), %addr, engine = cfg.engine.as_str(), "starting");
 

@@ -1,5 +1,6 @@
 //! Integration tests: real daemons on loopback, real clients (the etcd-client
 //! crate and etcdctl), and etcd 3.4 itself where its answers are the reference.
 
+mod durability;
 mod harness;
 mod smoke;

@@ -180,6 +180,12 @@ pub struct Flags {
     /// Log filter.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// etcd's heartbeat interval in ms; sets raft.heartbeat-tick in ticks of raft.tick-ms.
+    #[arg(long)]
+    pub heartbeat_interval: Option<u64>,
+    /// etcd's election timeout in ms; sets raft.election-tick in ticks of raft.tick-ms.
+    #[arg(long)]
+    pub election_timeout: Option<u64>,
 }
 
 impl Config {
@@ -232,6 +238,13 @@ impl Config {
             wal_segment_size,
             log_level
         );
+        let ticks = |ms: u64, tick_ms: u64| (ms / tick_ms.max(1)).max(1) as usize;
+        if let Some(ms) = flags.heartbeat_interval {
+            cfg.raft.heartbeat_tick = ticks(ms, cfg.raft.tick_ms);
+        }
+        if let Some(ms) = flags.election_timeout {
+            cfg.raft.election_tick = ticks(ms, cfg.raft.tick_ms);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -381,11 +394,16 @@ mod tests {
             "http://localhost:3379",
             "--max-request-bytes",
             "100",
+            "--heartbeat-interval",
+            "200",
+            "--election-timeout",
+            "2000",
         ]);
         let cfg = Config::load(flags).unwrap();
         assert_eq!(cfg.name, "n1");
         assert_eq!(cfg.max_request_bytes, 100);
         assert_eq!(cfg.client_listen_addr().unwrap().port(), 3379);
+        assert_eq!((cfg.raft.heartbeat_tick, cfg.raft.election_tick), (2, 20));
     }
 
     #[test]

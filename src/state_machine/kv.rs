@@ -125,7 +125,7 @@ fn range_in(view: &impl View, r: &RangeRequest) -> Result<RangeResponse, ApiErro
     let limit = if sort_order != SortOrder::None || filtered {
         0
     } else if r.limit > 0 {
-        r.limit + 1
+        r.limit.saturating_add(1)
     } else {
         0
     };

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs what is missing, then runs the whole test suite: formatting, lints,
+# unit tests and the integration tests (which start real daemons on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+# Outside the checkout, so CI's fresh clones reuse the compiled dependencies.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/metastore-target}"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test

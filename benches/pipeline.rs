@@ -41,7 +41,13 @@ struct Args {
     bench: bool,
 }
 
-async fn proposer(core: Core, ids: Arc<RequestIds>, n: usize, client: usize, value: Vec<u8>) -> Histogram<u64> {
+async fn proposer(
+    core: Core,
+    ids: Arc<RequestIds>,
+    n: usize,
+    client: usize,
+    value: Vec<u8>,
+) -> Histogram<u64> {
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
     for i in 0..n {
         let id = ids.next();

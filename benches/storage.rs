@@ -44,8 +44,12 @@ fn mvcc(c: &mut Criterion) {
         let mut i = 0usize;
         b.iter(|| {
             i = (i + 7919) % 100_000;
-            s.range(format!("key/{i:08}").as_bytes(), &[], &RangeOptions::default())
-                .expect("range")
+            s.range(
+                format!("key/{i:08}").as_bytes(),
+                &[],
+                &RangeOptions::default(),
+            )
+            .expect("range")
         });
     });
     g.bench_function("range_100_of_100k", |b| {

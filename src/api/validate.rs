@@ -45,7 +45,8 @@ pub fn txn(r: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
 }
 
 fn txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
-    if r.compare.len() > max_ops || r.success.len() > max_ops || r.failure.len() > max_ops {
+    let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if opc > max_ops {
         return Err(ApiError::TooManyOps);
     }
     if r.compare.iter().any(|c| c.key.is_empty()) {
@@ -56,7 +57,8 @@ fn txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
             Some(request_op::Request::RequestRange(x)) => range(x)?,
             Some(request_op::Request::RequestPut(x)) => put(x)?,
             Some(request_op::Request::RequestDeleteRange(x)) => delete_range(x)?,
-            Some(request_op::Request::RequestTxn(x)) => txn_ops(x, max_ops)?,
+            // etcd's checkTxnRequest: a nested txn gets what this one left over.
+            Some(request_op::Request::RequestTxn(x)) => txn_ops(x, max_ops - opc)?,
             // etcd answers an empty op this way.
             None => return Err(ApiError::KeyNotFound),
         }
@@ -102,8 +104,15 @@ fn collect(ops: &[RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<Interval>), ApiError>
         if let Some(request_op::Request::RequestTxn(t)) = &op.request {
             let (puts_then, dels_then) = collect(&t.success)?;
             let (puts_else, dels_else) = collect(&t.failure)?;
-            for k in puts_then.into_iter().chain(puts_else) {
-                if puts.contains(&k) || covered(&dels, &k) {
+            for k in &puts_then {
+                if puts.contains(k) || covered(&dels, k) {
+                    return Err(ApiError::DuplicateKey);
+                }
+                puts.push(k.clone());
+            }
+            // Then and else exclude each other: an else key may repeat a then key.
+            for k in puts_else {
+                if (puts.contains(&k) && !puts_then.contains(&k)) || covered(&dels, &k) {
                     return Err(ApiError::DuplicateKey);
                 }
                 puts.push(k);
@@ -217,5 +226,32 @@ mod tests {
             failure: vec![op_put("a")],
         };
         assert_eq!(txn(&t, 128), Ok(()));
+        // Also inside a nested txn, but not against a sibling's put.
+        let both_branches = || RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                compare: vec![],
+                success: vec![op_put("n")],
+                failure: vec![op_put("n")],
+            })),
+        };
+        assert_eq!(txn(&txn_of(vec![both_branches()]), 128), Ok(()));
+        assert_eq!(
+            txn(&txn_of(vec![op_put("n"), both_branches()]), 128),
+            Err(ApiError::DuplicateKey)
+        );
+    }
+
+    #[test]
+    fn a_nested_txn_gets_the_ops_its_parent_left() {
+        let nested = |outer: usize, inner: usize| {
+            let mut ops: Vec<_> = (0..outer - 1).map(|i| op_put(&format!("o{i}"))).collect();
+            let inner = (0..inner).map(|i| op_put(&format!("i{i}"))).collect();
+            ops.push(RequestOp {
+                request: Some(request_op::Request::RequestTxn(txn_of(inner))),
+            });
+            txn_of(ops)
+        };
+        assert_eq!(txn(&nested(100, 28), 128), Ok(()));
+        assert_eq!(txn(&nested(100, 29), 128), Err(ApiError::TooManyOps));
     }
 }

@@ -1,6 +1,8 @@
 //! etcd's applier for the KV requests (Range, Put, DeleteRange, Txn, Compact)
 //! on the MVCC store: the same checks, the same order, the same revisions.
 
+mod gosort;
+
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
@@ -17,6 +19,8 @@ trait View {
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError>;
     /// Revision a range in this view reports (etcd: the txn's read revision).
     fn rev(&self) -> i64;
+    /// etcd's `FirstRev()` of a read view: `compactMainRev`, -1 before any
+    /// compaction (so a negative range revision passes a fresh store's check).
     fn compacted(&self) -> i64;
 }
 
@@ -28,7 +32,7 @@ impl View for MemStore {
         self.current_revision()
     }
     fn compacted(&self) -> i64 {
-        self.compacted_revision()
+        self.compact_main_revision()
     }
 }
 
@@ -44,7 +48,7 @@ struct Writer<'a> {
 impl<'a> Writer<'a> {
     fn new(store: &'a mut MemStore) -> Writer<'a> {
         let begin = store.current_revision();
-        let compacted = store.compacted_revision();
+        let compacted = store.compact_main_revision();
         Writer {
             txn: store.write(),
             begin,
@@ -115,14 +119,17 @@ pub fn range(store: &MemStore, r: &RangeRequest) -> Result<RangeResponse, ApiErr
 
 fn range_in(view: &impl View, r: &RangeRequest) -> Result<RangeResponse, ApiError> {
     use range_request::{SortOrder, SortTarget};
-    let sort_order = SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None);
+    // Out-of-enum values behave as in etcd: an unknown order still fetches
+    // everything but sorts nothing. (An unknown target with an order makes
+    // etcd 3.4 panic; here it sorts by key.)
+    let sort_order = SortOrder::try_from(r.sort_order).ok();
     let sort_target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
     let filtered = r.min_mod_revision != 0
         || r.max_mod_revision != 0
         || r.min_create_revision != 0
         || r.max_create_revision != 0;
     // Sorting and filtering need everything; otherwise fetch one extra for `more`.
-    let limit = if sort_order != SortOrder::None || filtered {
+    let limit = if sort_order != Some(SortOrder::None) || filtered {
         0
     } else if r.limit > 0 {
         r.limit.saturating_add(1)
@@ -149,22 +156,27 @@ fn range_in(view: &impl View, r: &RangeRequest) -> Result<RangeResponse, ApiErro
     if r.min_create_revision != 0 {
         kvs.retain(|kv| kv.create_revision >= r.min_create_revision);
     }
-    let order = if sort_target != SortTarget::Key && sort_order == SortOrder::None {
+    let order = if r.sort_target != SortTarget::Key as i32 && sort_order == Some(SortOrder::None) {
         // The store returns key order; any other target sorts ascending by default.
-        SortOrder::Ascend
+        Some(SortOrder::Ascend)
     } else {
         sort_order
     };
-    if order != SortOrder::None {
-        match sort_target {
-            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-        }
+    if let Some(order @ (SortOrder::Ascend | SortOrder::Descend)) = order {
+        let less = |a: &KeyValue, b: &KeyValue| match sort_target {
+            SortTarget::Key => a.key < b.key,
+            SortTarget::Version => a.version < b.version,
+            SortTarget::Create => a.create_revision < b.create_revision,
+            SortTarget::Mod => a.mod_revision < b.mod_revision,
+            SortTarget::Value => a.value < b.value,
+        };
+        // etcd uses Go's sort.Sort, unstable: equal elements end up where it
+        // leaves them, so the same algorithm is used here. DESCEND is
+        // sort.Reverse, i.e. the reversed comparison, not a reversed result.
         if order == SortOrder::Descend {
-            kvs.reverse();
+            gosort::sort(&mut kvs, |a, b| less(b, a));
+        } else {
+            gosort::sort(&mut kvs, less);
         }
     }
     let mut more = false;
@@ -374,11 +386,11 @@ fn apply_compare(view: &impl View, c: &Compare) -> bool {
     let Ok(rr) = view.range(&c.key, &c.range_end, &RangeOptions::default()) else {
         return false;
     };
-    let target =
-        compare::CompareTarget::try_from(c.target).unwrap_or(compare::CompareTarget::Version);
+    // An unknown target compares as equal (etcd's compareKV leaves result 0).
+    let target = compare::CompareTarget::try_from(c.target).ok();
     if rr.kvs.is_empty() {
         // A missing key has no value to compare; every other target compares as 0.
-        if target == compare::CompareTarget::Value {
+        if target == Some(compare::CompareTarget::Value) {
             return false;
         }
         return compare_kv(c, target, &KeyValue::default());
@@ -386,9 +398,12 @@ fn apply_compare(view: &impl View, c: &Compare) -> bool {
     rr.kvs.iter().all(|kv| compare_kv(c, target, kv))
 }
 
-fn compare_kv(c: &Compare, target: compare::CompareTarget, kv: &KeyValue) -> bool {
-    use compare::{CompareResult, CompareTarget, TargetUnion};
+fn compare_kv(c: &Compare, target: Option<compare::CompareTarget>, kv: &KeyValue) -> bool {
+    use compare::{CompareTarget, TargetUnion};
     use std::cmp::Ordering;
+    let Some(target) = target else {
+        return compare_result(c.result, Ordering::Equal);
+    };
     let ord = match target {
         CompareTarget::Value => {
             let want: &[u8] = match &c.target_union {
@@ -414,11 +429,19 @@ fn compare_kv(c: &Compare, target: compare::CompareTarget, kv: &KeyValue) -> boo
             _ => 0,
         }),
     };
-    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
-        CompareResult::Equal => ord == Ordering::Equal,
-        CompareResult::NotEqual => ord != Ordering::Equal,
-        CompareResult::Greater => ord == Ordering::Greater,
-        CompareResult::Less => ord == Ordering::Less,
+    compare_result(c.result, ord)
+}
+
+/// Whether `ord` satisfies the compare's result; an unknown result holds, as in etcd.
+fn compare_result(result: i32, ord: std::cmp::Ordering) -> bool {
+    use compare::CompareResult;
+    use std::cmp::Ordering;
+    match CompareResult::try_from(result) {
+        Ok(CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(CompareResult::Less) => ord == Ordering::Less,
+        Err(_) => true,
     }
 }
 
@@ -705,5 +728,110 @@ mod tests {
         assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec()]);
         assert!(r.more);
         assert_eq!(r.count, 3);
+    }
+
+    fn read_txn(rev: i64) -> TxnRequest {
+        TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: b"k".to_vec(),
+                    revision: rev,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        }
+    }
+
+    #[test]
+    fn negative_range_revision_in_a_txn_passes_until_a_compaction() {
+        let mut s = MemStore::new();
+        put(&mut s, &put_req("k", "v")).unwrap();
+        // etcd compares with compactMainRev, which is -1 before any compaction.
+        assert!(txn(&mut s, &read_txn(-1)).is_ok());
+        compact(
+            &mut s,
+            &CompactionRequest {
+                revision: 0,
+                physical: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(txn(&mut s, &read_txn(-1)).unwrap_err(), ApiError::Compacted);
+    }
+
+    #[test]
+    fn unknown_compare_target_is_equal_and_unknown_result_holds() {
+        let mut s = MemStore::new();
+        put(&mut s, &put_req("a", "1")).unwrap();
+        let with = |target: i32, result: i32| TxnRequest {
+            compare: vec![Compare {
+                target,
+                result,
+                ..cmp_version("a", CompareResult::Equal, 5)
+            }],
+            success: vec![],
+            failure: vec![],
+        };
+        let ok = |s: &mut MemStore, t| txn(s, &t).unwrap().0.succeeded;
+        assert!(ok(&mut s, with(42, CompareResult::Equal as i32)));
+        assert!(!ok(&mut s, with(42, CompareResult::Less as i32)));
+        assert!(ok(&mut s, with(CompareTarget::Version as i32, 42)));
+        assert!(!ok(
+            &mut s,
+            with(CompareTarget::Version as i32, CompareResult::Equal as i32)
+        ));
+    }
+
+    #[test]
+    fn sorting_follows_go_sort_not_a_stable_sort() {
+        let mut s = MemStore::new();
+        // 40 keys, every 4th at version 2: etcd 3.4.23 answered this order.
+        for i in 0..40 {
+            put(&mut s, &put_req(&format!("s{i:02}"), "v")).unwrap();
+        }
+        for i in (0..40).step_by(4) {
+            put(&mut s, &put_req(&format!("s{i:02}"), "v")).unwrap();
+        }
+        let r = range(
+            &s,
+            &RangeRequest {
+                key: b"s".to_vec(),
+                range_end: b"t".to_vec(),
+                sort_target: range_request::SortTarget::Version as i32,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let got: Vec<String> = r
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
+        let want = "s30 s34 s02 s03 s39 s05 s18 s07 s38 s09 s10 s11 s37 s13 s14 s15 s35 \
+                    s19 s06 s01 s17 s21 s22 s23 s33 s25 s26 s27 s31 s29 s00 s28 s32 s24 \
+                    s20 s16 s36 s12 s08 s04";
+        assert_eq!(
+            got.join(" "),
+            want.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+        // Up to 12 items Go sorts by insertion: DESCEND keeps ties in key order.
+        let r = range(
+            &s,
+            &RangeRequest {
+                key: b"s0".to_vec(),
+                range_end: b"s1".to_vec(),
+                sort_order: range_request::SortOrder::Descend as i32,
+                sort_target: range_request::SortTarget::Version as i32,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let got: Vec<&[u8]> = r.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        let want: Vec<&[u8]> = vec![
+            b"s00", b"s04", b"s08", b"s01", b"s02", b"s03", b"s05", b"s06", b"s07", b"s09",
+        ];
+        assert_eq!(got, want);
     }
 }

@@ -1,11 +1,17 @@
 //! Starts real daemons on loopback with free ports and temp data dirs: our
 //! `metastore` binary and, for side-by-side checks, etcd 3.4 itself.
 
+// Shared by every test module; not each one uses every helper.
+#![allow(dead_code)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use metastore::proto::etcdserverpb::kv_client::KvClient;
+use tonic::transport::Channel;
 
 /// A free loopback port (bound and released; the daemon binds it next).
 pub fn free_port() -> u16 {
@@ -19,7 +25,11 @@ pub fn free_port() -> u16 {
 pub fn http_get(port: u16, path: &str) -> Option<(String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
@@ -182,6 +192,65 @@ impl Server {
     /// The data dir.
     pub fn data_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Runs `etcdctl` (API v3) against this server with `input` on stdin.
+    pub fn etcdctl_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl is installed (scripts/setup.sh)");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(input.as_bytes()).expect("feed etcdctl");
+        drop(stdin);
+        child.wait_with_output().expect("etcdctl output")
+    }
+
+    /// A raw gRPC KV client (MetaStore's generated etcd protos): for requests
+    /// the etcd-client crate cannot express. No message size limits.
+    pub async fn raw_kv(&self) -> KvClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.endpoint()))
+            .expect("endpoint URI")
+            .connect()
+            .await
+            .expect("connect a raw gRPC channel");
+        KvClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+/// A real etcd 3.4 and a MetaStore started side by side with the same extra
+/// flags, for differential tests (etcd's answers are the reference).
+pub struct Pair {
+    /// The reference.
+    pub etcd: Server,
+    /// The system under test.
+    pub ms: Server,
+}
+
+impl Pair {
+    /// Both daemons with default flags.
+    pub fn start() -> Pair {
+        Pair::start_with(&[])
+    }
+
+    /// Both daemons with `extra` flags, started concurrently.
+    pub fn start_with(extra: &[&str]) -> Pair {
+        std::thread::scope(|scope| {
+            let etcd = scope.spawn(|| Server::start_with(Kind::Etcd, extra));
+            let ms = Server::start_with(Kind::MetaStore, extra);
+            Pair {
+                etcd: etcd.join().expect("etcd started"),
+                ms,
+            }
+        })
     }
 }
 

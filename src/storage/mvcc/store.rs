@@ -75,6 +75,12 @@ impl MemStore {
         self.compact_rev.max(0)
     }
 
+    /// etcd's `compactMainRev` as it is: -1 until the first compaction (which
+    /// may be at 0). Txn range checks compare revisions against this value.
+    pub fn compact_main_revision(&self) -> i64 {
+        self.compact_rev
+    }
+
     /// Number of keys live at the current revision.
     pub fn key_count(&self) -> usize {
         self.live_keys

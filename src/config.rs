@@ -116,7 +116,7 @@ impl Default for Config {
             initial_cluster_token: "etcd-cluster".into(),
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
-            snapshot_count: 10_000,
+            snapshot_count: 100_000,
             wal_segment_size: 64 * 1024 * 1024,
             log_level: "info".into(),
             raft: RaftConfig::default(),

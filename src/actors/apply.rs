@@ -33,6 +33,8 @@ pub struct ApplyActor {
     data_dir: PathBuf,
     snapshot_count: u64,
     last_snapshot: u64,
+    /// A snapshot file is being written by a background thread.
+    saving: bool,
 }
 
 impl ApplyActor {
@@ -54,6 +56,7 @@ impl ApplyActor {
             data_dir,
             snapshot_count: snapshot_count.max(1),
             last_snapshot,
+            saving: false,
         };
         a.publish();
         a
@@ -87,32 +90,63 @@ impl ApplyActor {
         }
     }
 
-    fn maybe_snapshot(&mut self) {
+    /// Every `snapshot_count` entries: encode the state here (it must be a
+    /// consistent image), write and fsync it on a background thread so apply
+    /// does not stall on the disk.
+    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let applied = self.sm.applied_index();
-        if applied < self.last_snapshot + self.snapshot_count {
+        if self.saving || applied < self.last_snapshot + self.snapshot_count {
             return;
         }
         let started = Instant::now();
-        let image = snapshot::encode(
-            applied,
-            self.sm.applied_term(),
-            self.sm.conf_state(),
-            self.sm.store(),
+        let term = self.sm.applied_term();
+        let image = snapshot::encode(applied, term, self.sm.conf_state(), self.sm.store());
+        tracing::debug!(
+            index = applied,
+            bytes = image.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot encoded"
         );
-        match snapshot::save(&self.data_dir, applied, &image) {
-            Ok(path) => {
-                tracing::info!(index = applied, bytes = image.len(), ms = started.elapsed().as_millis() as u64,
-                    file = %path.display(), "snapshot saved");
-                self.last_snapshot = applied;
-                self.raft.do_send(Snapshotted {
+        self.saving = true;
+        let dir = self.data_dir.clone();
+        let me = ctx.address();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let ok = match snapshot::save(&dir, applied, &image) {
+                    Ok(path) => {
+                        tracing::info!(index = applied, bytes = image.len(), file = %path.display(), "snapshot saved");
+                        true
+                    }
+                    Err(e) => {
+                        // The WAL still holds everything; try again later.
+                        tracing::error!(error = %e, "snapshot failed");
+                        false
+                    }
+                };
+                me.do_send(SnapshotSaved {
                     index: applied,
-                    term: self.sm.applied_term(),
+                    term,
+                    ok,
                 });
-            }
-            Err(e) => {
-                // The WAL still holds everything; try again after the next batch.
-                tracing::error!(error = %e, "snapshot failed");
-            }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the snapshot thread");
+            self.saving = false;
+        }
+    }
+}
+
+impl Handler<SnapshotSaved> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: SnapshotSaved, _: &mut Context<Self>) {
+        self.saving = false;
+        if msg.ok {
+            self.last_snapshot = msg.index;
+            self.raft.do_send(Snapshotted {
+                index: msg.index,
+                term: msg.term,
+            });
         }
     }
 }
@@ -134,7 +168,7 @@ impl Handler<Register> for ApplyActor {
 
 impl Handler<Apply> for ApplyActor {
     type Result = ();
-    fn handle(&mut self, msg: Apply, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) {
         let started = Instant::now();
         let mut last = None;
         for entry in &msg.entries {
@@ -163,7 +197,7 @@ impl Handler<Apply> for ApplyActor {
         }
         self.publish();
         self.serve_ready_reads();
-        self.maybe_snapshot();
+        self.maybe_snapshot(ctx);
     }
 }
 

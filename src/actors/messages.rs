@@ -133,6 +133,18 @@ pub struct Snapshotted {
     pub term: u64,
 }
 
+/// Snapshot writer thread → ApplyActor: the snapshot at `index` is saved (or not).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotSaved {
+    /// Snapshot index.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+    /// Whether the file is durable.
+    pub ok: bool,
+}
+
 /// Handler → ApplyActor: the store's figures for Maintenance.Status.
 #[derive(Message)]
 #[rtype(result = "StoreStatus")]

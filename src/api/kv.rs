@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::{observe, validate, Gateway};
+use super::{validate, Gateway, MethodMetrics};
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
@@ -97,26 +97,28 @@ impl KvService {
 /// Runs a handler body, records metrics, maps the error to etcd's status.
 macro_rules! rpc {
     ($method:literal, $fut:expr) => {{
+        static METRICS: std::sync::LazyLock<MethodMetrics> =
+            std::sync::LazyLock::new(|| MethodMetrics::new($method));
         let started = Instant::now();
         let result = $fut.await.map(Response::new).map_err(Status::from);
-        observe($method, started, &result);
+        METRICS.observe(started, &result);
         result
     }};
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         rpc!("Range", self.range_inner(req.into_inner()))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         rpc!("Put", self.put_inner(req.into_inner()))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn delete_range(
         &self,
         req: Request<DeleteRangeRequest>,
@@ -124,12 +126,12 @@ impl Kv for KvService {
         rpc!("DeleteRange", self.delete_inner(req.into_inner()))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         rpc!("Txn", self.txn_inner(req.into_inner()))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn compact(
         &self,
         req: Request<CompactionRequest>,

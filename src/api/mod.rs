@@ -170,31 +170,55 @@ impl Gateway {
     }
 }
 
-/// Counts a finished RPC in the gRPC metrics.
-pub fn observe<T>(method: &str, started: std::time::Instant, result: &Result<T, tonic::Status>) {
-    let code = match result {
-        Ok(_) => "OK".to_owned(),
-        Err(s) => format!("{:?}", s.code()),
-    };
-    METRICS
-        .grpc_started
-        .get_or_create(&MethodLabels {
+/// One RPC method's metric handles, created once so that counting a request
+/// allocates nothing and takes no lock (the label lookup happens at start-up).
+pub struct MethodMetrics {
+    method: &'static str,
+    started: prometheus_client::metrics::counter::Counter,
+    ok: prometheus_client::metrics::counter::Counter,
+    duration_ms: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl MethodMetrics {
+    /// Handles for `method`.
+    pub fn new(method: &'static str) -> MethodMetrics {
+        let labels = MethodLabels {
             grpc_method: method.to_owned(),
-        })
-        .inc();
-    METRICS
-        .grpc_handled
-        .get_or_create(&CodeLabels {
-            grpc_method: method.to_owned(),
-            grpc_code: code,
-        })
-        .inc();
-    METRICS
-        .grpc_duration_ms
-        .get_or_create(&MethodLabels {
-            grpc_method: method.to_owned(),
-        })
-        .observe(started.elapsed().as_secs_f64() * 1000.0);
+        };
+        MethodMetrics {
+            method,
+            started: METRICS.grpc_started.get_or_create(&labels).clone(),
+            ok: METRICS
+                .grpc_handled
+                .get_or_create(&CodeLabels {
+                    grpc_method: method.to_owned(),
+                    grpc_code: "OK".to_owned(),
+                })
+                .clone(),
+            duration_ms: METRICS.grpc_duration_ms.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts a finished RPC.
+    pub fn observe<T>(&self, started: std::time::Instant, result: &Result<T, tonic::Status>) {
+        self.started.inc();
+        match result {
+            Ok(_) => {
+                self.ok.inc();
+            }
+            Err(s) => {
+                METRICS
+                    .grpc_handled
+                    .get_or_create(&CodeLabels {
+                        grpc_method: self.method.to_owned(),
+                        grpc_code: format!("{:?}", s.code()),
+                    })
+                    .inc();
+            }
+        }
+        self.duration_ms
+            .observe(started.elapsed().as_secs_f64() * 1000.0);
+    }
 }
 
 /// Serves gRPC and HTTP on `addr` until SIGINT/SIGTERM.

@@ -1300,7 +1300,7 @@ fn main() -> ExitCode {
             println!("{s}");
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");

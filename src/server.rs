@@ -241,17 +241,11 @@ pub fn start_core(
     let node = Node::new(&rcfg, rec.log, &logger)
         .map_err(|e| StorageError::Decode(format!("raft: {e}")))?;
     let tick = Duration::from_millis(cfg.raft.tick_ms);
-    let wal = Arc::new(parking_lot::Mutex::new(Some(rec.wal)));
 
     let ctx = Context::<RaftActor>::new();
     let raft = ctx.address();
-    let wal_addr = SyncArbiter::start(1, {
-        let raft = raft.clone();
-        move || {
-            let wal = wal.lock().take().expect("the WAL writer starts once");
-            WalWriter::new(wal, raft.clone(), hard_state.clone())
-        }
-    });
+    let wal_addr = WalWriter::spawn(rec.wal, raft.clone(), hard_state)
+        .map_err(|e| StorageError::io("start the WAL writer thread", e))?;
     let apply = ApplyActor::new(
         rec.state_machine,
         raft.clone(),

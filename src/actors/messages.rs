@@ -49,8 +49,6 @@ pub struct Tick;
 pub struct RunTurn;
 
 /// RaftActor → WalWriter: make ready `number`'s entries and hard state durable.
-#[derive(Message)]
-#[rtype(result = "()")]
 pub struct Append {
     /// Ready number, answered in `Persisted`.
     pub number: u64,
@@ -72,8 +70,6 @@ pub struct Persisted {
 
 /// RaftActor → WalWriter: a snapshot at `index` is durable; drop WAL segments
 /// wholly at or below it.
-#[derive(Message)]
-#[rtype(result = "()")]
 pub struct Purge {
     /// Snapshot index.
     pub upto: u64,

@@ -11,7 +11,7 @@ use actix::prelude::*;
 
 use super::apply::ApplyActor;
 use super::messages::*;
-use super::wal::WalWriter;
+use super::wal::{WalCommand, WalHandle};
 use crate::consensus::{Node, Turn};
 use crate::error::ApiError;
 use crate::metrics::METRICS;
@@ -26,7 +26,7 @@ const MAILBOX: usize = 4096;
 /// Owns the Raft state of this member.
 pub struct RaftActor {
     node: Node<PendingRead>,
-    wal: Addr<WalWriter>,
+    wal: WalHandle,
     apply: Addr<ApplyActor>,
     status: Arc<NodeStatus>,
     turn_scheduled: bool,
@@ -36,7 +36,7 @@ impl RaftActor {
     /// Wraps a node.
     pub fn new(
         node: Node<PendingRead>,
-        wal: Addr<WalWriter>,
+        wal: WalHandle,
         apply: Addr<ApplyActor>,
         status: Arc<NodeStatus>,
     ) -> RaftActor {
@@ -75,12 +75,12 @@ impl RaftActor {
             .proposals_committed
             .set(self.node.commit_index() as i64);
         if let Some(p) = turn.persist {
-            self.wal.do_send(Append {
+            self.wal.send(WalCommand::Append(Append {
                 number: p.number,
                 entries: p.entries,
                 hard_state: p.hard_state,
                 must_sync: p.must_sync,
-            });
+            }));
         }
         if !turn.messages.is_empty() {
             // Peers arrive with multi-member clusters; a lone member sends nothing.
@@ -179,10 +179,10 @@ impl Handler<Snapshotted> for RaftActor {
     fn handle(&mut self, msg: Snapshotted, _: &mut Context<Self>) {
         self.node
             .compact_log(msg.index.saturating_sub(SNAPSHOT_CATCHUP_ENTRIES));
-        self.wal.do_send(Purge {
+        self.wal.send(WalCommand::Purge(Purge {
             upto: msg.index,
             term: msg.term,
-        });
+        }));
     }
 }
 

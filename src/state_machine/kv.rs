@@ -58,7 +58,7 @@ impl<'a> Writer<'a> {
     }
 
     fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
-        self.txn.put(key, value, lease);
+        self.txn.put_blind(key, value, lease);
         self.changed = true;
         self.begin + 1
     }

@@ -63,6 +63,13 @@ pub struct Applied {
     pub events: Vec<Event>,
 }
 
+/// No watcher consumes MVCC events yet, so the store does not build them
+/// (each would copy the written value).
+fn quiet(mut store: MemStore) -> MemStore {
+    store.set_record_events(false);
+    store
+}
+
 /// etcd's KV state machine over the in-memory MVCC store.
 #[derive(Debug, Default)]
 pub struct StateMachine {
@@ -76,7 +83,7 @@ impl StateMachine {
     /// An empty state machine at `index` (the bootstrap point).
     pub fn new(index: u64, term: u64, conf_state: ConfState) -> StateMachine {
         StateMachine {
-            store: MemStore::new(),
+            store: quiet(MemStore::new()),
             applied_index: index,
             applied_term: term,
             conf_state,
@@ -164,7 +171,7 @@ impl StateMachine {
     /// Rebuilds from a snapshot.
     pub fn restore(store: MemStore, index: u64, term: u64, conf_state: ConfState) -> StateMachine {
         StateMachine {
-            store,
+            store: quiet(store),
             applied_index: index,
             applied_term: term,
             conf_state,

@@ -214,6 +214,7 @@ fn decode_body(body: &[u8]) -> Result<MemStore, MvccError> {
         compact_rev,
         live_keys,
         size_bytes,
+        record_events: true,
     })
 }
 

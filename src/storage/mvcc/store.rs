@@ -45,6 +45,9 @@ pub struct MemStore {
     pub(super) live_keys: usize,
     /// Running total of the size estimate.
     pub(super) size_bytes: u64,
+    /// Whether write txns collect events (off until someone watches: building
+    /// them copies every written value).
+    pub(super) record_events: bool,
 }
 
 impl Default for MemStore {
@@ -62,7 +65,13 @@ impl MemStore {
             compact_rev: -1,
             live_keys: 0,
             size_bytes: 0,
+            record_events: true,
         }
+    }
+
+    /// Turns event collection on or off (the events `WriteTxn::end` returns).
+    pub fn set_record_events(&mut self, on: bool) {
+        self.record_events = on;
     }
 
     /// Main revision of the last committed change (1 for an empty store).

@@ -18,8 +18,10 @@ use super::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult};
 pub struct WriteTxn<'a> {
     store: &'a mut MemStore,
     begin_rev: i64,
-    /// One entry per change, so its length is also the next sub revision.
+    /// One entry per change when the store records events.
     events: Vec<Event>,
+    /// Changes so far: the next sub revision.
+    changes: i64,
     finished: bool,
 }
 
@@ -31,6 +33,7 @@ impl<'a> WriteTxn<'a> {
             store,
             begin_rev,
             events: Vec::new(),
+            changes: 0,
             finished: false,
         }
     }
@@ -38,7 +41,7 @@ impl<'a> WriteTxn<'a> {
     /// Revision this transaction's reads treat as current: its own revision
     /// once it has changed something, as etcd's `storeTxnWrite.Range`.
     fn read_rev(&self) -> i64 {
-        if self.events.is_empty() {
+        if self.changes == 0 {
             self.begin_rev
         } else {
             self.begin_rev + 1
@@ -47,7 +50,7 @@ impl<'a> WriteTxn<'a> {
 
     /// Revision the next put/delete of this transaction is stored at.
     fn next_rev(&self) -> Revision {
-        Revision::new(self.begin_rev + 1, self.events.len() as i64)
+        Revision::new(self.begin_rev + 1, self.changes)
     }
 
     /// Range read that sees this transaction's own writes; `opts.rev == 0`
@@ -69,10 +72,28 @@ impl<'a> WriteTxn<'a> {
 
     /// Writes `key = value`; returns the key's previous live state, if any.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Option<KeyValue> {
+        self.put_inner(key, value, lease, true)
+    }
+
+    /// Writes `key = value` without materialising the previous state: the hot
+    /// path when the caller asked for no prev_kv (saves a copy of the old value).
+    pub fn put_blind(&mut self, key: &[u8], value: Vec<u8>, lease: i64) {
+        self.put_inner(key, value, lease, false);
+    }
+
+    fn put_inner(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+        want_prev: bool,
+    ) -> Option<KeyValue> {
         let rev = self.next_rev();
+        self.changes += 1;
         let store = &mut *self.store;
+        let record = store.record_events;
         // The event needs its own copy; take it before the store owns `value`.
-        let event_value = value.clone();
+        let event_value = if record { value.clone() } else { Vec::new() };
         let mut version = Version {
             rev,
             create_revision: rev.main,
@@ -81,27 +102,36 @@ impl<'a> WriteTxn<'a> {
             value: value.into_boxed_slice(),
         };
         store.size_bytes += version.size();
-        let (prev_kv, create_revision, ver) = match store.keys.get_mut(key) {
+        let (had_prev, prev_kv, create_revision, ver) = match store.keys.get_mut(key) {
             Some(h) => {
-                let prev_kv = h.latest_live().map(|p| p.to_kv(key, true));
-                if let Some(p) = &prev_kv {
+                let prev = h.latest_live();
+                let prev_kv = if want_prev || record {
+                    prev.map(|p| p.to_kv(key, true))
+                } else {
+                    None
+                };
+                let had_prev = prev.is_some();
+                if let Some(p) = prev {
                     version.create_revision = p.create_revision;
                     version.version = p.version + 1;
                 }
                 let (create_revision, ver) = (version.create_revision, version.version);
                 h.push(version);
-                (prev_kv, create_revision, ver)
+                (had_prev, prev_kv, create_revision, ver)
             }
             None => {
                 store.size_bytes += key_size(key);
                 store
                     .keys
                     .insert(key.into(), KeyHistory::with_first(version));
-                (None, rev.main, 1)
+                (false, None, rev.main, 1)
             }
         };
-        if prev_kv.is_none() {
+        if !had_prev {
             store.live_keys += 1;
+        }
+        if !record {
+            return prev_kv;
         }
         self.events.push(Event {
             kind: EventKind::Put,
@@ -126,25 +156,30 @@ impl<'a> WriteTxn<'a> {
         };
         let main = self.begin_rev + 1;
         let store = &mut *self.store;
+        let record = store.record_events;
         let events = &mut self.events;
+        let changes = &mut self.changes;
         let mut deleted = Vec::new();
         for (k, h) in store.keys.range_mut::<[u8], _>(bounds) {
             let Some(live) = h.latest_live() else {
                 continue;
             };
             let prev = live.to_kv(k, true);
-            let tomb = Version::tombstone(Revision::new(main, events.len() as i64));
+            let tomb = Version::tombstone(Revision::new(main, *changes));
+            *changes += 1;
             store.size_bytes += tomb.size();
             h.push(tomb);
-            events.push(Event {
-                kind: EventKind::Delete,
-                kv: KeyValue {
-                    key: k.to_vec(),
-                    mod_revision: main,
-                    ..KeyValue::default()
-                },
-                prev_kv: Some(prev.clone()),
-            });
+            if record {
+                events.push(Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key: k.to_vec(),
+                        mod_revision: main,
+                        ..KeyValue::default()
+                    },
+                    prev_kv: Some(prev.clone()),
+                });
+            }
             deleted.push(prev);
         }
         store.live_keys -= deleted.len();
@@ -160,7 +195,7 @@ impl<'a> WriteTxn<'a> {
     fn finish(&mut self) -> (i64, Vec<Event>) {
         if !self.finished {
             self.finished = true;
-            if !self.events.is_empty() {
+            if self.changes > 0 {
                 self.store.current_rev = self.begin_rev + 1;
             }
         }
@@ -183,6 +218,30 @@ mod tests {
 
     fn get(s: &MemStore, k: &[u8]) -> Option<KeyValue> {
         s.range(k, b"", &RangeOptions::default()).unwrap().kvs.pop()
+    }
+
+    /// The same writes with and without event recording leave identical stores.
+    #[test]
+    fn recording_events_changes_nothing_but_the_events() {
+        let run = |record: bool| {
+            let mut s = MemStore::new();
+            s.set_record_events(record);
+            let mut t = s.write();
+            t.put_blind(b"a", b"1".to_vec(), 0);
+            t.put(b"b", b"2".to_vec(), 0);
+            let (rev, events) = t.end();
+            assert_eq!(rev, 2);
+            assert_eq!(events.len(), if record { 2 } else { 0 });
+            let mut t = s.write();
+            assert_eq!(t.delete_range(b"a", b"c").len(), 2);
+            t.put_blind(b"a", b"3".to_vec(), 0);
+            assert_eq!(t.end().0, 3);
+            assert_eq!(get(&s, b"a").unwrap().mod_revision, 3);
+            assert!(get(&s, b"b").is_none());
+            s.set_record_events(true);
+            s
+        };
+        assert_eq!(run(true), run(false));
     }
 
     #[test]

@@ -139,9 +139,16 @@ mod cli {
         /// Concurrent clients (tasks), each with one request in flight.
         #[arg(long, default_value_t = 50)]
         pub clients: usize,
-        /// gRPC connections; clients are spread over them round-robin.
+        /// gRPC connections per client thread; clients are spread over them
+        /// round-robin.
         #[arg(long, default_value_t = 1)]
         pub conns: usize,
+        /// Client threads, each a single-threaded runtime with its own
+        /// connections and an equal share of the clients (like independent
+        /// application processes; one runtime per thread avoids cross-thread
+        /// wake-ups in the client).
+        #[arg(long, default_value_t = 2)]
+        pub threads: usize,
         /// Operations in the measured phase.
         #[arg(long, default_value_t = 50_000)]
         pub total: u64,
@@ -428,36 +435,58 @@ mod driver {
                 out
             }));
         }
-        let mut total_out = Outcome {
-            hist: histogram(),
-            ok: 0,
-            errors: 0,
-            error_samples: BTreeMap::new(),
-            elapsed: Duration::ZERO,
-            cut_short: false,
-        };
+        let mut parts = Vec::with_capacity(tasks.len());
         for t in tasks {
-            match t.await {
-                Ok(o) => {
-                    total_out
-                        .hist
-                        .add(&o.hist)
-                        .expect("histograms with equal bounds");
-                    total_out.ok += o.ok;
-                    total_out.errors += o.errors;
-                    total_out.cut_short |= o.cut_short;
-                    for (msg, n) in o.error_samples {
-                        note_error(&mut total_out.error_samples, msg, n);
-                    }
-                }
-                Err(e) => {
-                    total_out.errors += 1;
-                    note_error(&mut total_out.error_samples, format!("client task: {e}"), 1);
-                }
-            }
+            parts.push(match t.await {
+                Ok(o) => o,
+                Err(e) => Outcome::failed(format!("client task: {e}")),
+            });
         }
+        let mut total_out = Outcome::merge(parts);
         total_out.elapsed = started.elapsed();
         total_out
+    }
+
+    impl Outcome {
+        /// An outcome of one failed worker.
+        pub fn failed(msg: String) -> Outcome {
+            let mut o = Outcome {
+                hist: histogram(),
+                ok: 0,
+                errors: 1,
+                error_samples: BTreeMap::new(),
+                elapsed: Duration::ZERO,
+                cut_short: false,
+            };
+            note_error(&mut o.error_samples, msg, 1);
+            o
+        }
+
+        /// Adds up workers' outcomes; elapsed is the longest.
+        pub fn merge(parts: Vec<Outcome>) -> Outcome {
+            let mut total = Outcome {
+                hist: histogram(),
+                ok: 0,
+                errors: 0,
+                error_samples: BTreeMap::new(),
+                elapsed: Duration::ZERO,
+                cut_short: false,
+            };
+            for o in parts {
+                total
+                    .hist
+                    .add(&o.hist)
+                    .expect("histograms with equal bounds");
+                total.ok += o.ok;
+                total.errors += o.errors;
+                total.cut_short |= o.cut_short;
+                total.elapsed = total.elapsed.max(o.elapsed);
+                for (msg, n) in o.error_samples {
+                    note_error(&mut total.error_samples, msg, n);
+                }
+            }
+            total
+        }
     }
 
     fn note_error(samples: &mut BTreeMap<String, u64>, msg: String, n: u64) {
@@ -1094,7 +1123,7 @@ mod bench {
     use etcd_client::{Client, ConnectOptions, KvClient};
 
     use crate::cli::Args;
-    use crate::driver::{self, Phase};
+    use crate::driver::{self, Outcome, Phase};
     use crate::http;
     use crate::procfs;
     use crate::report::{Probes, RunResult};
@@ -1127,6 +1156,83 @@ mod bench {
             conns.push(kv);
         }
         Ok(conns)
+    }
+
+    /// Client threads running the measured phase, started and waiting at a
+    /// barrier until `finish` releases them.
+    struct Threads {
+        barrier: Arc<std::sync::Barrier>,
+        handles: Vec<std::thread::JoinHandle<Result<Outcome, String>>>,
+    }
+
+    impl Threads {
+        fn start(
+            args: &Args,
+            target: &Target,
+            spec: Arc<Spec>,
+            max: Duration,
+        ) -> Result<Threads, String> {
+            let n = args.threads.min(args.clients).max(1);
+            let barrier = Arc::new(std::sync::Barrier::new(n + 1));
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let mut handles = Vec::with_capacity(n);
+            for t in 0..n {
+                // Split clients and operations as evenly as possible.
+                let clients = args.clients / n + usize::from(t < args.clients % n);
+                let total = args.total / n as u64 + u64::from((t as u64) < args.total % n as u64);
+                let conns = args.conns.min(clients);
+                let endpoints = target.endpoints.clone();
+                let name = target.name.clone();
+                let spec = spec.clone();
+                let barrier = barrier.clone();
+                let ready_tx = ready_tx.clone();
+                handles.push(std::thread::spawn(move || -> Result<Outcome, String> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async move {
+                        let target = Target {
+                            name,
+                            endpoints,
+                            pid: None,
+                            http_addr: String::new(),
+                        };
+                        let conns = connect(&target, conns).await;
+                        let _ = ready_tx.send(conns.as_ref().map(|_| ()).map_err(Clone::clone));
+                        barrier.wait();
+                        let conns = conns?;
+                        Ok(driver::run(&conns, spec, Phase::Measure, total, clients, max).await)
+                    })
+                }));
+            }
+            drop(ready_tx);
+            for _ in 0..n {
+                match ready_rx.recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        barrier.wait();
+                        return Err(e);
+                    }
+                    Err(_) => return Err("a client thread died while connecting".into()),
+                }
+            }
+            Ok(Threads { barrier, handles })
+        }
+
+        /// Releases the threads and merges their outcomes.
+        fn finish(self) -> Outcome {
+            self.barrier.wait();
+            let mut parts = Vec::new();
+            for h in self.handles {
+                match h.join() {
+                    Ok(Ok(o)) => parts.push(o),
+                    Ok(Err(e)) => parts.push(Outcome::failed(e)),
+                    Err(_) => parts.push(Outcome::failed("client thread panicked".into())),
+                }
+            }
+            Outcome::merge(parts)
+        }
     }
 
     /// Runs the configured workload against `target`; `say` prints progress.
@@ -1168,14 +1274,23 @@ mod bench {
             args.total,
             args.workload.name()
         ));
+        // With several client threads, each connects first; the clock starts
+        // when all are ready.
+        let measure_threads = if args.threads > 1 {
+            Some(Threads::start(args, target, spec.clone(), max)?)
+        } else {
+            None
+        };
         let self_pid = std::process::id();
         let server_cpu0 = target.pid.and_then(procfs::cpu_micros);
         let client_cpu0 = procfs::cpu_micros(self_pid);
         let fsync0 = http::fsync_totals(&target.http_addr);
         let host0 = procfs::host_cpu_micros();
 
-        let outcome =
-            driver::run(&conns, spec, Phase::Measure, args.total, args.clients, max).await;
+        let outcome = match measure_threads {
+            Some(start) => start.finish(),
+            None => driver::run(&conns, spec, Phase::Measure, args.total, args.clients, max).await,
+        };
 
         let server_cpu1 = target.pid.and_then(procfs::cpu_micros);
         let client_cpu1 = procfs::cpu_micros(self_pid);

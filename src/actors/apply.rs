@@ -162,7 +162,9 @@ impl Actor for ApplyActor {
 impl Handler<Register> for ApplyActor {
     type Result = ();
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) {
-        self.waiters.insert(msg.id, (msg.reply, Instant::now()));
+        let now = Instant::now();
+        self.waiters
+            .extend(msg.0.into_iter().map(|(id, reply)| (id, (reply, now))));
     }
 }
 

@@ -85,16 +85,12 @@ pub struct Apply {
     pub entries: Vec<Entry>,
 }
 
-/// RaftActor → ApplyActor: a proposal with this id is in the log; answer `reply`
-/// when it is applied.
+/// RaftActor → ApplyActor: proposals with these ids are in the log; answer each
+/// `reply` when its entry is applied. Sent once per turn, before any `Apply`
+/// of that turn, so a registration always precedes its entry.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Register {
-    /// Request id.
-    pub id: u64,
-    /// Where the answer goes.
-    pub reply: oneshot::Sender<WriteResult>,
-}
+pub struct Register(pub Vec<(u64, oneshot::Sender<WriteResult>)>);
 
 /// RaftActor → ApplyActor: these reads may be served once `index` is applied.
 #[derive(Message)]

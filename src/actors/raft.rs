@@ -30,6 +30,9 @@ pub struct RaftActor {
     apply: Addr<ApplyActor>,
     status: Arc<NodeStatus>,
     turn_scheduled: bool,
+    /// Proposals accepted since the last turn, registered with the applier in
+    /// one message.
+    registrations: Vec<(u64, tokio::sync::oneshot::Sender<WriteResult>)>,
 }
 
 impl RaftActor {
@@ -46,6 +49,7 @@ impl RaftActor {
             apply,
             status,
             turn_scheduled: false,
+            registrations: Vec::new(),
         }
     }
 
@@ -118,10 +122,7 @@ impl Handler<Propose> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) {
         match self.node.propose(msg.data) {
-            Ok(()) => self.apply.do_send(Register {
-                id: msg.id,
-                reply: msg.reply,
-            }),
+            Ok(()) => self.registrations.push((msg.id, msg.reply)),
             Err(e) => {
                 METRICS.proposals_failed.inc();
                 let _ = msg.reply.send(Err(e));
@@ -190,6 +191,12 @@ impl Handler<RunTurn> for RaftActor {
     type Result = ();
     fn handle(&mut self, _: RunTurn, _: &mut Context<Self>) {
         self.turn_scheduled = false;
+        if !self.registrations.is_empty() {
+            // Before any Apply of this turn: an entry's waiter is always known
+            // to the applier by the time the entry arrives.
+            self.apply
+                .do_send(Register(std::mem::take(&mut self.registrations)));
+        }
         // A turn may unlock another (e.g. a no-entry ready behind the last one);
         // bounded so the mailbox is never starved.
         for _ in 0..4 {

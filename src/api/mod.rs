@@ -127,11 +127,7 @@ impl Gateway {
             return Err(ApiError::RequestTooLarge);
         }
         let (reply, rx) = oneshot::channel();
-        self.core
-            .raft
-            .send(Propose { id, data, reply })
-            .await
-            .map_err(|_| ApiError::Stopped)?;
+        deliver(&self.core.raft, Propose { id, data, reply }).await?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ApiError::Stopped),
@@ -147,12 +143,11 @@ impl Gateway {
     ) -> Result<ReadResponse, ApiError> {
         let (reply, rx) = oneshot::channel();
         let pending = PendingRead { request, reply };
-        let sent = if serializable {
-            self.core.apply.send(LocalRead(pending)).await
+        if serializable {
+            deliver(&self.core.apply, LocalRead(pending)).await?;
         } else {
-            self.core.raft.send(ReadIndex(pending)).await
-        };
-        sent.map_err(|_| ApiError::Stopped)?;
+            deliver(&self.core.raft, ReadIndex(pending)).await?;
+        }
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ApiError::Stopped),
@@ -167,6 +162,22 @@ impl Gateway {
             .send(QueryStore)
             .await
             .map_err(|_| ApiError::Stopped)
+    }
+}
+
+/// Puts a message in an actor's mailbox without waiting for it to be handled;
+/// waits only while the mailbox is full (backpressure).
+async fn deliver<A, M>(addr: &actix::Addr<A>, msg: M) -> Result<(), ApiError>
+where
+    A: actix::Actor<Context = actix::Context<A>> + actix::Handler<M>,
+    M: actix::Message<Result = ()> + Send + 'static,
+{
+    match addr.try_send(msg) {
+        Ok(()) => Ok(()),
+        Err(actix::prelude::SendError::Full(msg)) => {
+            addr.send(msg).await.map_err(|_| ApiError::Stopped)
+        }
+        Err(actix::prelude::SendError::Closed(_)) => Err(ApiError::Stopped),
     }
 }
 

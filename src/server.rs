@@ -277,6 +277,7 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     let status = Arc::new(NodeStatus::new(cluster_id(&[id]), id));
     let wal_options = WalOptions {
         segment_size: cfg.wal_segment_size,
+        ..WalOptions::default()
     };
     let rec = recover(&cfg.data_dir, wal_options, vec![id])?;
     let addr = cfg.client_listen_addr()?;

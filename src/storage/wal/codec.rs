@@ -67,6 +67,18 @@ impl FrameError {
     /// could be read) extend to or past the end of `available` bytes. That is
     /// the signature of a write cut short by a crash, as opposed to damage to
     /// a record that was fully written and then followed by more data.
+    /// Bytes the broken frame claims to span, when its header says.
+    pub(super) fn extent(&self) -> Option<usize> {
+        match *self {
+            FrameError::ShortHeader { .. } | FrameError::ShortBody { .. } => None,
+            FrameError::EmptyBody => Some(FRAME_HEADER_LEN),
+            FrameError::TooLong { body_len } => usize::try_from(body_len)
+                .ok()
+                .map(|b| b.saturating_add(FRAME_HEADER_LEN)),
+            FrameError::CrcMismatch { frame_len, .. } => Some(frame_len),
+        }
+    }
+
     pub(super) fn reaches_end(&self, available: usize) -> bool {
         let available = available as u64;
         match *self {

@@ -14,9 +14,13 @@
 //! - Records are framed as `len: u32 | crc32c: u32 | index_hint: u64 | kind | payload`
 //!   (little-endian; `len` counts kind + payload and is capped at 256 MiB; the
 //!   crc covers hint, kind and payload). See `codec.rs` for the details.
-//! - A new segment is built as `*.wal.tmp`, fsynced, renamed into place and the
-//!   directory fsynced: it either exists with all its header records or not at
-//!   all. Leftover `.tmp` files are deleted on open.
+//! - A new segment is built as `*.wal.tmp`, zero-filled to the segment size
+//!   (so an fdatasync after an append flushes data blocks only, never the
+//!   inode), fsynced, renamed into place and the directory fsynced: it either
+//!   exists with all its header records or not at all. Leftover `.tmp` files
+//!   are deleted on open. At rotation the old segment is cut back to its last
+//!   record, so only the last segment ever ends in zeros; there, zeros after
+//!   the last record are simply the end of the log.
 //!
 //! # Recovery: torn tail versus corruption
 //! Only the last segment can have been mid-write at a crash. There, a record
@@ -72,12 +76,26 @@ pub struct WalOptions {
     /// [`Wal::should_rotate`] turns true once the current segment exceeds
     /// this many bytes.
     pub segment_size: u64,
+    /// Zero-fill each new segment to `segment_size` up front, so that an
+    /// fdatasync after an append never has to write the inode.
+    pub preallocate: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             segment_size: DEFAULT_SEGMENT_SIZE,
+            preallocate: true,
+        }
+    }
+}
+
+impl WalOptions {
+    fn prealloc_len(&self) -> u64 {
+        if self.preallocate {
+            self.segment_size
+        } else {
+            0
         }
     }
 }
@@ -231,7 +249,7 @@ impl Wal {
 
         let mut records = Vec::new();
         let Some((&last_seq, older)) = seqs.split_last() else {
-            let (file, len) = dir.install(dir.prepare_segment(1, &[])?)?;
+            let (file, len) = dir.install(dir.prepare_segment(1, &[], opts.prealloc_len())?)?;
             let active = ActiveSegment {
                 seq: 1,
                 file,
@@ -367,10 +385,27 @@ impl Wal {
                 source: io::Error::other("segment sequence number exhausted"),
             });
         };
+        // An older segment must end at its last record: only the last one may
+        // carry preallocated zeros (anywhere else they would read as damage).
+        let trimmed = self
+            .active
+            .file
+            .set_len(self.active.len)
+            .and_then(|()| self.active.file.sync_all());
+        if let Err(source) = trimmed {
+            self.poisoned = true;
+            return Err(WalError::Io {
+                op: "truncate",
+                path: self.active_path(),
+                source,
+            });
+        }
         for (kind, payload) in header {
             codec::encode(&mut self.buf, *kind, payload, 0);
         }
-        let prepared = self.dir.prepare_segment(seq, &self.buf);
+        let prepared = self
+            .dir
+            .prepare_segment(seq, &self.buf, self.opts.prealloc_len());
         self.clear_pending();
         let installed = self.dir.install(prepared?);
         let (file, len) = installed.inspect_err(|_| {
@@ -519,8 +554,13 @@ mod tests {
 
     const HDR: u8 = 0xF0;
 
+    /// Without preallocation file lengths equal the data written, which the
+    /// torn-tail tests below reason about; preallocation has its own tests.
     fn opts(segment_size: u64) -> WalOptions {
-        WalOptions { segment_size }
+        WalOptions {
+            segment_size,
+            preallocate: false,
+        }
     }
 
     fn rec(kind: u8, payload: &[u8]) -> Record {
@@ -565,7 +605,7 @@ mod tests {
     fn empty_dir_opens_with_no_records() {
         let tmp = TempDir::new().unwrap();
         let dir = tmp.path().join("nested/wal");
-        let (wal, recs) = Wal::open(&dir, WalOptions::default()).unwrap();
+        let (wal, recs) = Wal::open(&dir, opts(1 << 20)).unwrap();
         assert!(recs.is_empty());
         assert_eq!(wal.segment_count(), 1);
         assert_eq!(segment_files(&dir), vec![1]);
@@ -736,17 +776,26 @@ mod tests {
     }
 
     #[test]
-    fn zero_filled_tail_is_repaired() {
+    fn zero_filled_tail_is_the_end_of_the_log() {
         let tmp = TempDir::new().unwrap();
         let dir = tmp.path();
         let (mut before, _, mut full) = wal_with_last_record(dir, b"kept");
         before.push(rec(3, b"kept"));
-        let good = full.len() as u64;
         full.resize(full.len() + 8192, 0);
         fs::write(seg_path(dir, 2), &full).unwrap();
-        let (_, recs) = open(dir);
+        let (mut wal, recs) = open(dir);
         assert_eq!(recs, before);
-        assert_eq!(fs::metadata(seg_path(dir, 2)).unwrap().len(), good);
+        // Zeros read as preallocated space: kept, and overwritten by appends.
+        assert_eq!(
+            fs::metadata(seg_path(dir, 2)).unwrap().len(),
+            full.len() as u64
+        );
+        wal.append(4, b"next", 10);
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, recs) = open(dir);
+        assert_eq!(recs.last(), Some(&rec(4, b"next")));
+        assert_eq!(recs.len(), before.len() + 1);
     }
 
     #[test]
@@ -1071,6 +1120,86 @@ mod tests {
                 ) => {}
                 Err(e) => panic!("unexpected {e:?}"),
             }
+        }
+    }
+
+    fn prealloc(segment_size: u64) -> WalOptions {
+        WalOptions {
+            segment_size,
+            preallocate: true,
+        }
+    }
+
+    #[test]
+    fn preallocated_segments_replay_reopen_and_rotate() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+        assert_eq!(fs::metadata(seg_path(dir, 1)).unwrap().len(), 64 * 1024);
+        let mut want = Vec::new();
+        for i in 0..40 {
+            wal.append(1, &payload(i), i as u64);
+            want.push(rec(1, &payload(i)));
+        }
+        wal.sync().unwrap();
+        drop(wal);
+        // The zeros after the last record are the end of the log, kept as they are.
+        let (mut wal, recs) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+        assert_eq!(recs, want);
+        assert_eq!(fs::metadata(seg_path(dir, 1)).unwrap().len(), 64 * 1024);
+        // Appending after a reopen overwrites the zeros.
+        for i in 40..600 {
+            wal.append(1, &payload(i), i as u64);
+            want.push(rec(1, &payload(i)));
+            if wal.should_rotate() {
+                wal.rotate(&[(HDR, b"hdr".to_vec())]).unwrap();
+                want.push(rec(HDR, b"hdr"));
+            }
+        }
+        wal.sync().unwrap();
+        let segs = segment_files(dir);
+        assert!(segs.len() > 1);
+        // Every closed segment was cut back to its last record.
+        for seq in &segs[..segs.len() - 1] {
+            let bytes = fs::read(seg_path(dir, *seq)).unwrap();
+            assert_ne!(bytes.last(), Some(&0), "segment {seq} ends in zeros");
+        }
+        drop(wal);
+        let (_, recs) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+        assert_eq!(recs, want);
+    }
+
+    #[test]
+    fn a_torn_write_inside_preallocated_space_is_repaired() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+        for i in 0..5 {
+            wal.append(1, &payload(i), i as u64);
+        }
+        wal.sync().unwrap();
+        let start = wal.active.len as usize;
+        wal.append(2, &[7u8; 500], 9);
+        wal.sync().unwrap();
+        drop(wal);
+        let path = seg_path(dir, 1);
+        let full = fs::read(&path).unwrap();
+        // Only part of the last record reached the disk: the rest of its bytes
+        // read back as the zeros that were there before.
+        for kept in [1, 8, 20, 300] {
+            let mut torn = full.clone();
+            for b in &mut torn[start + kept..] {
+                *b = 0;
+            }
+            fs::write(&path, &torn).unwrap();
+            let (mut wal, recs) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+            assert_eq!(recs.len(), 5, "kept {kept}");
+            wal.append(3, b"after", 10);
+            wal.sync().unwrap();
+            drop(wal);
+            let (_, recs) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+            assert_eq!(recs.last(), Some(&rec(3, b"after")), "kept {kept}");
+            fs::write(&path, &full).unwrap();
         }
     }
 }

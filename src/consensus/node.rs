@@ -91,6 +91,8 @@ pub struct Node<R> {
     next_read_ctx: u64,
     ticks: u64,
     leader: u64,
+    /// A commit-only hard state waiting for the next append with entries.
+    deferred_hard_state: Option<HardState>,
 }
 
 impl<R> Node<R> {
@@ -107,6 +109,7 @@ impl<R> Node<R> {
             next_read_ctx: 1,
             ticks: 0,
             leader: 0,
+            deferred_hard_state: None,
         })
     }
 
@@ -301,8 +304,23 @@ impl<R> Node<R> {
         let persisted_messages = rd.take_persisted_messages();
         let number = rd.number();
         let must_sync = rd.must_sync();
-        let needs_wal = !entries.is_empty() || hard_state.is_some();
         self.raw.advance_append_async(rd);
+        // A hard state that only moved the commit index needs no fsync (raft
+        // can recompute commit after a crash); rather than wake the WalWriter
+        // for it, it rides along with the next append that has entries.
+        let hard_state = match hard_state {
+            Some(hs) if entries.is_empty() && !must_sync => {
+                self.deferred_hard_state = Some(hs);
+                None
+            }
+            Some(hs) => {
+                self.deferred_hard_state = None;
+                Some(hs)
+            }
+            None if !entries.is_empty() => self.deferred_hard_state.take(),
+            None => None,
+        };
+        let needs_wal = !entries.is_empty() || hard_state.is_some();
 
         if needs_wal {
             if !entries.is_empty() {
@@ -435,6 +453,25 @@ mod tests {
         let second = t.persist.expect("the batch is written");
         assert_eq!(second.entries.len(), 3, "one append carries all three");
         assert!(second.must_sync);
+    }
+
+    #[test]
+    fn a_commit_only_hard_state_rides_with_the_next_append() {
+        let mut n = single(1);
+        n.campaign().unwrap();
+        settle(&mut n);
+        n.propose(b"x".to_vec()).unwrap();
+        let p = n.turn().persist.expect("entries are written");
+        n.on_persisted(p.number);
+        // The commit moves: the entry is handed to apply without a WAL write.
+        let t = n.turn();
+        assert_eq!(t.committed.len(), 1);
+        assert!(t.persist.is_none(), "no WAL round trip for a commit index");
+        // The next append carries the new commit index.
+        n.propose(b"y".to_vec()).unwrap();
+        let p = n.turn().persist.expect("entries are written");
+        let hs = p.hard_state.expect("the deferred hard state rides along");
+        assert!(hs.commit >= 3, "commit {}", hs.commit);
     }
 
     #[test]

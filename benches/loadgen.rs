@@ -398,14 +398,7 @@ mod driver {
             let next = next.clone();
             tasks.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(c as u64 + 1);
-                let mut out = Outcome {
-                    hist: histogram(),
-                    ok: 0,
-                    errors: 0,
-                    error_samples: BTreeMap::new(),
-                    elapsed: Duration::ZERO,
-                    cut_short: false,
-                };
+                let mut out = Outcome::empty();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= total {
@@ -448,30 +441,29 @@ mod driver {
     }
 
     impl Outcome {
-        /// An outcome of one failed worker.
-        pub fn failed(msg: String) -> Outcome {
-            let mut o = Outcome {
-                hist: histogram(),
-                ok: 0,
-                errors: 1,
-                error_samples: BTreeMap::new(),
-                elapsed: Duration::ZERO,
-                cut_short: false,
-            };
-            note_error(&mut o.error_samples, msg, 1);
-            o
-        }
-
-        /// Adds up workers' outcomes; elapsed is the longest.
-        pub fn merge(parts: Vec<Outcome>) -> Outcome {
-            let mut total = Outcome {
+        /// Nothing done yet.
+        pub fn empty() -> Outcome {
+            Outcome {
                 hist: histogram(),
                 ok: 0,
                 errors: 0,
                 error_samples: BTreeMap::new(),
                 elapsed: Duration::ZERO,
                 cut_short: false,
-            };
+            }
+        }
+
+        /// An outcome of one failed worker.
+        pub fn failed(msg: String) -> Outcome {
+            let mut o = Outcome::empty();
+            o.errors = 1;
+            note_error(&mut o.error_samples, msg, 1);
+            o
+        }
+
+        /// Adds up workers' outcomes; elapsed is the longest.
+        pub fn merge(parts: Vec<Outcome>) -> Outcome {
+            let mut total = Outcome::empty();
             for o in parts {
                 total
                     .hist

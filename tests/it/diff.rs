@@ -473,3 +473,27 @@ impl Both {
         self.run(std::slice::from_ref(&op)).await.remove(0)
     }
 }
+
+/// etcd's (gRPC code, message) for the errors the tests provoke.
+pub const EMPTY_KEY: (&str, &str) = ("InvalidArgument", "etcdserver: key is not provided");
+pub const KEY_NOT_FOUND: (&str, &str) = ("InvalidArgument", "etcdserver: key not found");
+pub const TOO_MANY_OPS: (&str, &str) = (
+    "InvalidArgument",
+    "etcdserver: too many operations in txn request",
+);
+pub const DUPLICATE: (&str, &str) = (
+    "InvalidArgument",
+    "etcdserver: duplicate key given in txn request",
+);
+pub const TOO_LARGE: (&str, &str) = ("InvalidArgument", "etcdserver: request is too large");
+pub const VALUE_PROVIDED: (&str, &str) = ("InvalidArgument", "etcdserver: value is provided");
+pub const LEASE_PROVIDED: (&str, &str) = ("InvalidArgument", "etcdserver: lease is provided");
+pub const LEASE_NOT_FOUND: (&str, &str) = ("NotFound", "etcdserver: requested lease not found");
+pub const COMPACTED: (&str, &str) = (
+    "OutOfRange",
+    "etcdserver: mvcc: required revision has been compacted",
+);
+pub const FUTURE: (&str, &str) = (
+    "OutOfRange",
+    "etcdserver: mvcc: required revision is a future revision",
+);

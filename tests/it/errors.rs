@@ -8,31 +8,11 @@ use metastore::proto::etcdserverpb::{
     RangeRequest, RequestOp, TxnRequest,
 };
 
-use crate::diff::{put, Both, Op, Out};
+use crate::diff::{
+    put, Both, Op, Out, COMPACTED, DUPLICATE, EMPTY_KEY, FUTURE, KEY_NOT_FOUND, LEASE_NOT_FOUND,
+    LEASE_PROVIDED, TOO_LARGE, TOO_MANY_OPS, VALUE_PROVIDED,
+};
 use crate::harness::Pair;
-
-const EMPTY_KEY: (&str, &str) = ("InvalidArgument", "etcdserver: key is not provided");
-const KEY_NOT_FOUND: (&str, &str) = ("InvalidArgument", "etcdserver: key not found");
-const TOO_MANY_OPS: (&str, &str) = (
-    "InvalidArgument",
-    "etcdserver: too many operations in txn request",
-);
-const DUPLICATE: (&str, &str) = (
-    "InvalidArgument",
-    "etcdserver: duplicate key given in txn request",
-);
-const TOO_LARGE: (&str, &str) = ("InvalidArgument", "etcdserver: request is too large");
-const VALUE_PROVIDED: (&str, &str) = ("InvalidArgument", "etcdserver: value is provided");
-const LEASE_PROVIDED: (&str, &str) = ("InvalidArgument", "etcdserver: lease is provided");
-const LEASE_NOT_FOUND: (&str, &str) = ("NotFound", "etcdserver: requested lease not found");
-const COMPACTED: (&str, &str) = (
-    "OutOfRange",
-    "etcdserver: mvcc: required revision has been compacted",
-);
-const FUTURE: (&str, &str) = (
-    "OutOfRange",
-    "etcdserver: mvcc: required revision is a future revision",
-);
 
 // ---- raw request builders ----
 

@@ -7,23 +7,15 @@ use etcd_client::{
     Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
 
-use crate::diff::{compact, del, del_with, get, get_with, put, put_with, txn, Both, Op, Out};
+use crate::diff::{
+    compact, del, del_with, get, get_with, put, put_with, txn, Both, Op, Out, COMPACTED, FUTURE,
+    KEY_NOT_FOUND, LEASE_NOT_FOUND,
+};
 use crate::harness::Pair;
 
 fn opts() -> GetOptions {
     GetOptions::new()
 }
-
-const LEASE_NOT_FOUND: (&str, &str) = ("NotFound", "etcdserver: requested lease not found");
-const KEY_NOT_FOUND: (&str, &str) = ("InvalidArgument", "etcdserver: key not found");
-const COMPACTED: (&str, &str) = (
-    "OutOfRange",
-    "etcdserver: mvcc: required revision has been compacted",
-);
-const FUTURE: (&str, &str) = (
-    "OutOfRange",
-    "etcdserver: mvcc: required revision is a future revision",
-);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn put_get_prev_kv_ignore_flags_and_leases() {

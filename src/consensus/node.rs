@@ -113,11 +113,6 @@ impl<R> Node<R> {
         })
     }
 
-    /// This member's id.
-    pub fn id(&self) -> u64 {
-        self.raw.raft.id
-    }
-
     /// Current term.
     pub fn term(&self) -> u64 {
         self.raw.raft.term
@@ -136,11 +131,6 @@ impl<R> Node<R> {
     /// Commit index.
     pub fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
-    }
-
-    /// Last log index.
-    pub fn last_index(&self) -> u64 {
-        self.raw.raft.raft_log.last_index()
     }
 
     /// Starts an election at once (a lone member need not wait a timeout).
@@ -348,15 +338,6 @@ impl<R> Node<R> {
             });
         }
         turn
-    }
-
-    /// Fails every queued and in-flight read (on shutdown or leader loss).
-    pub fn drain_reads(&mut self) -> Vec<R> {
-        let mut out = std::mem::take(&mut self.queued_reads);
-        for (_, b) in self.reads_in_flight.drain() {
-            out.extend(b.reads);
-        }
-        out
     }
 }
 

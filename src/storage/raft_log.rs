@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
 use crate::error::StorageError;
@@ -104,11 +104,6 @@ impl RaftLog {
         self.hard_state = hs;
     }
 
-    /// Metadata of the snapshot the log starts after.
-    pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
-        &self.snapshot
-    }
-
     /// Index of the last entry (or of the snapshot when there is none).
     pub fn last(&self) -> u64 {
         self.snapshot.index + self.entries.len() as u64
@@ -148,11 +143,6 @@ impl RaftLog {
         self.entries.drain(..drop);
         self.snapshot.index = index;
         self.snapshot.term = term;
-    }
-
-    /// Sets the membership stored with the snapshot marker.
-    pub fn set_conf_state(&mut self, cs: ConfState) {
-        self.snapshot.set_conf_state(cs);
     }
 
     fn term_of(&self, idx: u64) -> Option<u64> {

@@ -21,6 +21,7 @@ use crate::state_machine::{snapshot, StateMachine};
 use crate::status::NodeStatus;
 use crate::storage::raft_log::{encode_message, record, RaftLog};
 use crate::storage::wal::{Wal, WalOptions};
+use crate::storage::wal_log::WalLog;
 
 /// Name of the file that says which engine wrote a data dir.
 const MARKER: &str = "metastore.meta";
@@ -244,7 +245,8 @@ pub fn start_core(
 
     let ctx = Context::<RaftActor>::new();
     let raft = ctx.address();
-    let wal_addr = WalWriter::spawn(rec.wal, raft.clone(), hard_state)
+    let log = Box::new(WalLog::new(rec.wal, hard_state));
+    let wal_addr = WalWriter::spawn(log, raft.clone())
         .map_err(|e| StorageError::io("start the WAL writer thread", e))?;
     let apply = ApplyActor::new(
         rec.state_machine,

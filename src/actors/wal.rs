@@ -1,5 +1,6 @@
-//! The WalWriter: makes Raft's entries and hard state durable, on a thread of
-//! its own so an fsync never stalls Raft or the client handlers.
+//! The WalWriter: makes Raft's entries and hard state durable through the
+//! engine's [`LogStore`], on a thread of its own so an fsync never stalls Raft
+//! or the client handlers.
 //!
 //! Group commit: it takes one command from its mailbox, then everything else
 //! already queued, writes all of it with one write and ONE fsync, and answers
@@ -10,15 +11,12 @@
 
 use std::time::Instant;
 
-use actix::Addr;
-use crossbeam_channel::{Receiver, Sender};
-use raft::eraftpb::HardState;
-
 use super::messages::{Append, Persisted, Purge};
 use super::raft::RaftActor;
 use crate::metrics::METRICS;
-use crate::storage::raft_log::{encode_entries, encode_message, record};
-use crate::storage::wal::Wal;
+use crate::storage::engine::LogStore;
+use actix::Addr;
+use crossbeam_channel::{Receiver, Sender};
 
 /// What the WalWriter is asked to do.
 pub enum WalCommand {
@@ -45,30 +43,17 @@ impl WalHandle {
     }
 }
 
-/// Owns the WAL.
+/// Owns the engine's Raft log store.
 pub struct WalWriter {
-    wal: Wal,
+    log: Box<dyn LogStore>,
     raft: Addr<RaftActor>,
-    /// Latest hard state, written at the head of every new segment so each
-    /// segment stands alone once older ones are purged.
-    hard_state: HardState,
-    buf: Vec<u8>,
 }
 
 impl WalWriter {
-    /// Starts the writer thread over an opened WAL.
-    pub fn spawn(
-        wal: Wal,
-        raft: Addr<RaftActor>,
-        hard_state: HardState,
-    ) -> std::io::Result<WalHandle> {
+    /// Starts the writer thread over an engine's log store.
+    pub fn spawn(log: Box<dyn LogStore>, raft: Addr<RaftActor>) -> std::io::Result<WalHandle> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut writer = WalWriter {
-            wal,
-            raft,
-            hard_state,
-            buf: Vec::new(),
-        };
+        let mut writer = WalWriter { log, raft };
         std::thread::Builder::new()
             .name("wal".into())
             .spawn(move || writer.run(rx))?;
@@ -87,7 +72,7 @@ impl WalWriter {
                         entries += a.entries.len();
                         must_sync |= a.must_sync;
                         highest = Some(a.number);
-                        self.buffer(a);
+                        self.log.append(&a.entries, a.hard_state.as_ref());
                     }
                     WalCommand::Purge(p) => purges.push(p),
                 }
@@ -96,55 +81,29 @@ impl WalWriter {
                 self.sync();
                 METRICS.wal_batch_entries.observe(entries as f64);
             }
-            // Without must_sync (commit-index changes only) the records ride
-            // along with the next sync: losing them loses nothing Raft cannot
-            // recompute.
+            // Without must_sync (nothing but a hard state that needs no fsync)
+            // the records ride along with the next sync.
             if let Some(number) = highest {
                 self.raft.do_send(Persisted { number });
             }
             for p in purges {
-                self.purge(p);
+                if let Err(e) = self.log.purge(p.upto) {
+                    tracing::warn!(error = %e, upto = p.upto, "log purge failed");
+                }
             }
-        }
-    }
-
-    fn buffer(&mut self, msg: Append) {
-        if let Some(last) = msg.entries.last() {
-            self.buf.clear();
-            encode_entries(&msg.entries, &mut self.buf);
-            self.wal.append(record::ENTRIES, &self.buf, last.index);
-        }
-        if let Some(hs) = msg.hard_state {
-            self.wal.append(record::HARD_STATE, &encode_message(&hs), 0);
-            self.hard_state = hs;
         }
     }
 
     fn sync(&mut self) {
         let started = Instant::now();
-        if let Err(e) = self.wal.sync() {
+        if let Err(e) = self.log.sync() {
             // Raft cannot go on without a durable log, and retrying after a failed
             // fsync may report success for data that is gone (as etcd, stop).
-            tracing::error!(error = %e, "WAL write failed; stopping");
+            tracing::error!(error = %e, "Raft log write failed; stopping");
             std::process::exit(2);
         }
         METRICS
             .wal_fsync_seconds
             .observe(started.elapsed().as_secs_f64());
-        if self.wal.should_rotate() {
-            let header = vec![(record::HARD_STATE, encode_message(&self.hard_state))];
-            if let Err(e) = self.wal.rotate(&header) {
-                tracing::error!(error = %e, "WAL segment rotation failed; stopping");
-                std::process::exit(2);
-            }
-        }
-    }
-
-    fn purge(&mut self, msg: Purge) {
-        match self.wal.purge(msg.upto) {
-            Ok(n) if n > 0 => tracing::info!(segments = n, upto = msg.upto, "WAL segments purged"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "WAL purge failed"),
-        }
     }
 }

@@ -10,9 +10,8 @@ use crate::proto::etcdserverpb::{
     RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb;
-use crate::storage::mvcc::{
-    Event, KeyValue, MemStore, MvccError, RangeOptions, RangeResult, WriteTxn,
-};
+use crate::storage::engine::{KvEngine, KvTxn};
+use crate::storage::mvcc::{Event, KeyValue, MvccError, RangeOptions, RangeResult};
 
 /// Read access shared by the store and an open write txn.
 trait View {
@@ -24,9 +23,9 @@ trait View {
     fn compacted(&self) -> i64;
 }
 
-impl View for MemStore {
+impl<E: KvEngine> View for E {
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError> {
-        MemStore::range(self, key, end, opts)
+        KvEngine::range(self, key, end, opts)
     }
     fn rev(&self) -> i64 {
         self.current_revision()
@@ -38,15 +37,15 @@ impl View for MemStore {
 
 /// A write txn plus what etcd tracks beside it: the revision it began at and
 /// whether it changed anything yet.
-struct Writer<'a> {
-    txn: WriteTxn<'a>,
+struct Writer<'a, E: KvEngine + 'a> {
+    txn: E::Txn<'a>,
     begin: i64,
     compacted: i64,
     changed: bool,
 }
 
-impl<'a> Writer<'a> {
-    fn new(store: &'a mut MemStore) -> Writer<'a> {
+impl<'a, E: KvEngine + 'a> Writer<'a, E> {
+    fn new(store: &'a mut E) -> Writer<'a, E> {
         let begin = store.current_revision();
         let compacted = store.compact_main_revision();
         Writer {
@@ -77,7 +76,7 @@ impl<'a> Writer<'a> {
     }
 }
 
-impl View for Writer<'_> {
+impl<'a, E: KvEngine + 'a> View for Writer<'a, E> {
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError> {
         self.txn.range(key, end, opts)
     }
@@ -113,7 +112,7 @@ pub fn to_pb(kv: KeyValue) -> mvccpb::KeyValue {
 }
 
 /// Range (etcd applierV3backend.Range).
-pub fn range(store: &MemStore, r: &RangeRequest) -> Result<RangeResponse, ApiError> {
+pub fn range<E: KvEngine>(store: &E, r: &RangeRequest) -> Result<RangeResponse, ApiError> {
     range_in(store, r)
 }
 
@@ -202,7 +201,10 @@ fn range_in(view: &impl View, r: &RangeRequest) -> Result<RangeResponse, ApiErro
 }
 
 /// Put outside a txn (etcd: the lease is checked before the write txn opens).
-pub fn put(store: &mut MemStore, p: &PutRequest) -> Result<(PutResponse, Vec<Event>), ApiError> {
+pub fn put<E: KvEngine>(
+    store: &mut E,
+    p: &PutRequest,
+) -> Result<(PutResponse, Vec<Event>), ApiError> {
     check_lease(p.lease)?;
     let mut w = Writer::new(store);
     let resp = put_in(&mut w, p)?;
@@ -218,7 +220,7 @@ fn check_lease(lease: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn put_in(w: &mut Writer<'_>, p: &PutRequest) -> Result<PutResponse, ApiError> {
+fn put_in<E: KvEngine>(w: &mut Writer<'_, E>, p: &PutRequest) -> Result<PutResponse, ApiError> {
     let mut value = p.value.clone();
     let mut lease = p.lease;
     let mut prev_kv = None;
@@ -248,8 +250,8 @@ fn put_in(w: &mut Writer<'_>, p: &PutRequest) -> Result<PutResponse, ApiError> {
 }
 
 /// DeleteRange outside a txn.
-pub fn delete_range(
-    store: &mut MemStore,
+pub fn delete_range<E: KvEngine>(
+    store: &mut E,
     d: &DeleteRangeRequest,
 ) -> (DeleteRangeResponse, Vec<Event>) {
     let mut w = Writer::new(store);
@@ -258,7 +260,7 @@ pub fn delete_range(
     (resp, events)
 }
 
-fn delete_in(w: &mut Writer<'_>, d: &DeleteRangeRequest) -> DeleteRangeResponse {
+fn delete_in<E: KvEngine>(w: &mut Writer<'_, E>, d: &DeleteRangeRequest) -> DeleteRangeResponse {
     let (deleted, rev) = w.delete_range(&d.key, &d.range_end);
     DeleteRangeResponse {
         header: header(rev),
@@ -272,8 +274,8 @@ fn delete_in(w: &mut Writer<'_>, d: &DeleteRangeRequest) -> DeleteRangeResponse 
 }
 
 /// Compact (always physical: the store drops old revisions before answering).
-pub fn compact(
-    store: &mut MemStore,
+pub fn compact<E: KvEngine>(
+    store: &mut E,
     c: &CompactionRequest,
 ) -> Result<CompactionResponse, ApiError> {
     store.compact(c.revision)?;
@@ -308,7 +310,10 @@ pub fn txn_is_serializable(t: &TxnRequest) -> bool {
 
 /// Txn (etcd applierV3backend.Txn): compares and checks against the state
 /// before the txn, then the chosen branch in one write txn.
-pub fn txn(store: &mut MemStore, t: &TxnRequest) -> Result<(TxnResponse, Vec<Event>), ApiError> {
+pub fn txn<E: KvEngine>(
+    store: &mut E,
+    t: &TxnRequest,
+) -> Result<(TxnResponse, Vec<Event>), ApiError> {
     let mut path = Vec::new();
     compare_path(store, t, &mut path);
     let read_only = txn_is_read_only(t);
@@ -451,8 +456,8 @@ fn branch_of<'t>(t: &'t TxnRequest, path: &[bool], at: &mut usize) -> (bool, &'t
     (ok, if ok { &t.success } else { &t.failure })
 }
 
-fn apply_txn(
-    w: &mut Writer<'_>,
+fn apply_txn<E: KvEngine>(
+    w: &mut Writer<'_, E>,
     t: &TxnRequest,
     path: &[bool],
     at: &mut usize,
@@ -487,7 +492,7 @@ fn apply_txn(
 }
 
 fn apply_txn_read(
-    view: &MemStore,
+    view: &impl View,
     t: &TxnRequest,
     path: &[bool],
     at: &mut usize,
@@ -519,6 +524,7 @@ fn apply_txn_read(
 mod tests {
     use super::*;
     use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use crate::storage::mvcc::MemStore;
 
     fn put_req(k: &str, v: &str) -> PutRequest {
         PutRequest {

@@ -1,6 +1,9 @@
 //! Storage: the Raft log store, the WAL that makes it durable, and the MVCC
-//! key-value state. Knows nothing of actors or gRPC.
+//! key-value state, behind the engine traits in [`engine`]. Knows nothing of
+//! actors or gRPC.
 
+pub mod engine;
 pub mod mvcc;
 pub mod raft_log;
 pub mod wal;
+pub mod wal_log;

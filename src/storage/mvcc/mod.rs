@@ -119,3 +119,38 @@ pub struct RangeOptions {
     /// Return kvs with empty values.
     pub keys_only: bool,
 }
+
+impl crate::storage::engine::KvEngine for MemStore {
+    type Txn<'a> = WriteTxn<'a>;
+
+    fn current_revision(&self) -> i64 {
+        MemStore::current_revision(self)
+    }
+    fn compact_main_revision(&self) -> i64 {
+        MemStore::compact_main_revision(self)
+    }
+    fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError> {
+        MemStore::range(self, key, end, opts)
+    }
+    fn write(&mut self) -> WriteTxn<'_> {
+        MemStore::write(self)
+    }
+    fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        MemStore::compact(self, rev)
+    }
+}
+
+impl crate::storage::engine::KvTxn for WriteTxn<'_> {
+    fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError> {
+        WriteTxn::range(self, key, end, opts)
+    }
+    fn put_blind(&mut self, key: &[u8], value: Vec<u8>, lease: i64) {
+        WriteTxn::put_blind(self, key, value, lease)
+    }
+    fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Vec<KeyValue> {
+        WriteTxn::delete_range(self, key, end)
+    }
+    fn end(self) -> (i64, Vec<Event>) {
+        WriteTxn::end(self)
+    }
+}

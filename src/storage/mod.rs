@@ -2,6 +2,8 @@
 //! key-value state, behind the engine traits in [`engine`]. Knows nothing of
 //! actors or gRPC.
 
+#[cfg(test)]
+pub mod conformance;
 pub mod engine;
 pub mod mvcc;
 pub mod raft_log;

@@ -1,0 +1,134 @@
+//! The storage conformance suite: what every [`KvEngine`] must do, written
+//! once against the trait. Each engine's tests call [`run_all`] with a
+//! constructor for a fresh, empty engine.
+
+use super::engine::{KvEngine, KvTxn};
+use super::mvcc::{KeyValue, MvccError, RangeOptions};
+
+fn get<E: KvEngine>(e: &E, key: &[u8], rev: i64) -> Result<Option<KeyValue>, MvccError> {
+    let opts = RangeOptions {
+        rev,
+        ..Default::default()
+    };
+    Ok(e.range(key, &[], &opts)?.kvs.pop())
+}
+
+fn put<E: KvEngine>(e: &mut E, key: &[u8], value: &[u8]) -> i64 {
+    let mut t = e.write();
+    t.put_blind(key, value.to_vec(), 0);
+    t.end().0
+}
+
+fn keys<E: KvEngine>(e: &E, key: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
+    e.range(key, end, &RangeOptions::default())
+        .expect("range at the current revision")
+        .kvs
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect()
+}
+
+/// Revisions, versions and create revisions as etcd numbers them.
+pub fn revisions<E: KvEngine>(mut e: E) {
+    assert_eq!(e.current_revision(), 1, "an empty store is at revision 1");
+    assert_eq!(put(&mut e, b"a", b"1"), 2);
+    assert_eq!(put(&mut e, b"a", b"2"), 3);
+    let kv = get(&e, b"a", 0).unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    // One txn, two puts: one main revision.
+    let mut t = e.write();
+    t.put_blind(b"b", b"x".to_vec(), 0);
+    t.put_blind(b"c", b"y".to_vec(), 0);
+    assert_eq!(t.end().0, 4);
+    // Deleting nothing keeps the revision; deleting something bumps it.
+    let mut t = e.write();
+    assert!(t.delete_range(b"zz", &[]).is_empty());
+    assert_eq!(t.end().0, 4);
+    let mut t = e.write();
+    assert_eq!(t.delete_range(b"a", &[]).len(), 1);
+    assert_eq!(t.end().0, 5);
+    assert_eq!(get(&e, b"a", 0).unwrap(), None);
+    // A new generation after a delete.
+    assert_eq!(put(&mut e, b"a", b"3"), 6);
+    let kv = get(&e, b"a", 0).unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.version), (6, 1));
+    // History.
+    assert_eq!(get(&e, b"a", 2).unwrap().unwrap().value, b"1");
+    assert_eq!(get(&e, b"a", 5).unwrap(), None);
+    assert_eq!(get(&e, b"a", 7), Err(MvccError::FutureRevision));
+}
+
+/// Single keys, prefixes, from-key and empty ranges; limit and count.
+pub fn ranges<E: KvEngine>(mut e: E) {
+    for k in ["a", "ab", "abc", "b", "c"] {
+        put(&mut e, k.as_bytes(), b"v");
+    }
+    assert_eq!(keys(&e, b"ab", &[]), vec![b"ab".to_vec()]);
+    assert_eq!(keys(&e, b"ab", b"ac").len(), 2);
+    assert_eq!(keys(&e, b"b", &[0]).len(), 2, "from-key");
+    assert!(keys(&e, b"c", b"a").is_empty(), "range_end before key");
+    let r = e
+        .range(
+            b"a",
+            &[0],
+            &RangeOptions {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.count), (2, 5));
+    let r = e
+        .range(
+            b"a",
+            &[0],
+            &RangeOptions {
+                count_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.count), (0, 5));
+}
+
+/// Reads inside a write txn see its own writes.
+pub fn txn_reads_its_writes<E: KvEngine>(mut e: E) {
+    put(&mut e, b"k", b"old");
+    let mut t = e.write();
+    t.put_blind(b"k", b"new".to_vec(), 0);
+    let seen = t.range(b"k", &[], &RangeOptions::default()).unwrap();
+    assert_eq!(seen.kvs[0].value, b"new");
+    assert_eq!(t.end().0, 3);
+}
+
+/// Compaction keeps the newest version of live keys and refuses old reads.
+pub fn compaction<E: KvEngine>(mut e: E) {
+    put(&mut e, b"a", b"1"); // 2
+    put(&mut e, b"a", b"2"); // 3
+    put(&mut e, b"b", b"1"); // 4
+    let mut t = e.write();
+    t.delete_range(b"b", &[]); // 5
+    t.end();
+    put(&mut e, b"a", b"3"); // 6
+    assert_eq!(e.compact(7), Err(MvccError::FutureRevision));
+    e.compact(5).unwrap();
+    assert_eq!(e.compact(5), Err(MvccError::Compacted));
+    assert_eq!(get(&e, b"a", 4), Err(MvccError::Compacted));
+    assert_eq!(get(&e, b"a", 5).unwrap().unwrap().value, b"2");
+    assert_eq!(get(&e, b"b", 5).unwrap(), None);
+    assert_eq!(get(&e, b"a", 0).unwrap().unwrap().value, b"3");
+    assert_eq!(e.current_revision(), 6, "compaction takes no revision");
+}
+
+/// Runs every case, each on a fresh engine from `make`.
+pub fn run_all<E: KvEngine>(make: impl Fn() -> E) {
+    revisions(make());
+    ranges(make());
+    txn_reads_its_writes(make());
+    compaction(make());
+}
+
+#[test]
+fn mem_store_conforms() {
+    run_all(super::mvcc::MemStore::new);
+}

@@ -108,12 +108,28 @@ impl Server {
             .arg("--initial-cluster")
             .arg(format!("default={peer}"))
             .args(&self.extra)
+            .args(self.small_wal_segments())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         if std::env::var_os("METASTORE_TEST_LOGS").is_none() {
             cmd.stderr(Stdio::null());
         }
         cmd
+    }
+
+    /// MetaStore zero-fills each WAL segment when it creates it; tests keep
+    /// them small (4 MiB, not 64) so dozens of daemons start fast and use
+    /// little disk. A test that sets its own size keeps it.
+    fn small_wal_segments(&self) -> Vec<&'static str> {
+        let own = self
+            .extra
+            .iter()
+            .any(|a| a.starts_with("--wal-segment-size"));
+        if self.kind == Kind::MetaStore && !own {
+            vec!["--wal-segment-size", "4194304"]
+        } else {
+            Vec::new()
+        }
     }
 
     fn spawn(&mut self) {

@@ -77,7 +77,7 @@ impl Server {
             peer_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        s.spawn();
+        s.spawn(true);
         s
     }
 
@@ -112,9 +112,27 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         if std::env::var_os("METASTORE_TEST_LOGS").is_none() {
-            cmd.stderr(Stdio::null());
+            // Kept beside the data dir, shown if the daemon dies at start-up.
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_path())
+            {
+                Ok(f) => cmd.stderr(f),
+                Err(_) => cmd.stderr(Stdio::null()),
+            };
         }
         cmd
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
     }
 
     /// MetaStore zero-fills each WAL segment when it creates it; tests keep
@@ -132,24 +150,49 @@ impl Server {
         }
     }
 
-    fn spawn(&mut self) {
-        let child = self.command().spawn().expect("start the daemon");
-        self.child = Some(child);
-        self.wait_ready();
+    /// Starts the daemon and waits until it is healthy. Free ports are probed
+    /// and released before the daemon binds them, so a parallel test can grab
+    /// one in between; a daemon that exits during start-up is retried on a new
+    /// client port (and, for a brand-new member, a new peer port and a clean
+    /// data dir: the member ID derives from the peer URL).
+    fn spawn(&mut self, fresh: bool) {
+        for attempt in 1..=3 {
+            let child = self.command().spawn().expect("start the daemon");
+            self.child = Some(child);
+            match self.wait_ready() {
+                Ok(()) => return,
+                Err(status) if attempt < 3 => {
+                    eprintln!(
+                        "daemon exited during start-up ({status}); retrying on new ports\n{}",
+                        self.log_tail()
+                    );
+                    self.child = None;
+                    self.port = free_port();
+                    if fresh {
+                        self.peer_port = free_port();
+                        let _ = std::fs::remove_dir_all(&self.dir);
+                    }
+                }
+                Err(status) => panic!(
+                    "daemon exited during start-up: {status}\n{}",
+                    self.log_tail()
+                ),
+            }
+        }
     }
 
-    /// Waits until /health says true.
-    pub fn wait_ready(&mut self) {
+    /// Waits until /health says true; Err if the daemon exited first.
+    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("daemon exited during start-up: {status}");
+                    return Err(status);
                 }
             }
             if let Some((_, body)) = http_get(self.port, "/health") {
                 if body.contains("\"health\":\"true\"") {
-                    return;
+                    return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -168,7 +211,7 @@ impl Server {
     /// Starts again on the same data dir and port.
     pub fn restart(&mut self) {
         self.kill9();
-        self.spawn();
+        self.spawn(false);
     }
 
     /// Starts the binary on the data dir and returns how it exited, for

@@ -251,7 +251,8 @@ pub async fn serve(cfg: Config, core: Core, addr: SocketAddr) -> Result<(), Stri
     ))
     .add_service(ClusterServer::new(cluster::ClusterService::new(gw.clone())))
     .prepare()
-    .into_axum_router();
+    .into_axum_router()
+    .layer(axum::middleware::map_response(etcd_size_status));
     let app = grpc.merge(http::router(gw));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -264,6 +265,66 @@ pub async fn serve(cfg: Config, core: Core, addr: SocketAddr) -> Result<(), Stri
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// tonic refuses a message over the decoding limit with `OutOfRange` and its
+/// own wording; etcd's clients see grpc-go's `ResourceExhausted "grpc:
+/// received message larger than max (N vs. M)"`. Rewrite that one status
+/// (a trailers-only response) so clients get etcd's answer.
+async fn etcd_size_status(mut resp: axum::response::Response) -> axum::response::Response {
+    let headers = resp.headers_mut();
+    if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+        return resp;
+    }
+    let Some(sizes) = headers
+        .get("grpc-message")
+        .map(|v| percent_decode(v.as_bytes()))
+        .and_then(|m| tonic_too_large(&m))
+    else {
+        return resp;
+    };
+    let message = format!(
+        "grpc: received message larger than max ({} vs. {})",
+        sizes.0, sizes.1
+    );
+    // grpc-message is percent-encoded on the wire (tonic encodes spaces too).
+    if let Ok(value) = axum::http::HeaderValue::from_str(&message.replace(' ', "%20")) {
+        headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+        headers.insert("grpc-message", value);
+    }
+    resp
+}
+
+/// Undoes grpc-message's %XX escapes.
+fn percent_decode(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// (found, limit) from tonic's "message length too large" status message.
+fn tonic_too_large(msg: &str) -> Option<(u64, u64)> {
+    let rest = msg.strip_prefix("Error, decoded message length too large: found ")?;
+    let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
+    let limit = rest.strip_suffix(" bytes")?;
+    Some((found.parse().ok()?, limit.parse().ok()?))
 }
 
 async fn shutdown_signal() {

@@ -141,19 +141,9 @@ async fn snapshots_bound_the_wal_and_restart_restores_everything() {
     assert!(segments <= 6, "{segments} WAL segments remain");
     server.restart();
     let mut client = server.client().await;
-    let resp = client
-        .get(
-            "k",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.count(), 1499);
-    assert_eq!(resp.header().unwrap().revision(), 1502);
+    let (count, revision) = count_prefix(&mut client, "k").await;
+    assert_eq!(count, 1499);
+    assert_eq!(revision, 1502);
 }
 
 fn newest_segment(server: &Server) -> std::path::PathBuf {
@@ -164,6 +154,15 @@ fn newest_segment(server: &Server) -> std::path::PathBuf {
         .collect();
     segs.sort();
     segs.pop().expect("a WAL segment")
+}
+
+/// (keys under `prefix`, header revision) via a count-only range.
+async fn count_prefix(client: &mut etcd_client::Client, prefix: &str) -> (i64, i64) {
+    let opts = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let resp = client.get(prefix, Some(opts)).await.expect("count range");
+    (resp.count(), resp.header().expect("a header").revision())
 }
 
 /// Where the records of a (zero-filled, preallocated) segment end.
@@ -197,24 +196,10 @@ async fn torn_tail_case(tear: Tear) {
     std::fs::write(&seg, &bytes).unwrap();
     server.restart();
     let mut client = server.client().await;
-    let resp = client
-        .get(
-            "t",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
-        )
-        .await
-        .unwrap();
+    let (count, _) = count_prefix(&mut client, "t").await;
     // The torn record is dropped (it may be the last put or a hard state);
     // everything before it survives, and the member takes writes again.
-    assert!(
-        resp.count() >= 19,
-        "{tear:?}: only {} keys survived",
-        resp.count()
-    );
+    assert!(count >= 19, "{tear:?}: only {count} keys survived");
     client.put("after", "restart", None).await.unwrap();
 }
 

@@ -224,10 +224,8 @@ impl Handler<QueryStore> for ApplyActor {
         let store = self.sm.store();
         MessageResult(StoreStatus {
             revision: store.current_revision(),
-            compacted: store.compacted_revision(),
             db_size: store.approximate_size_bytes(),
             applied_index: self.sm.applied_index(),
-            keys: store.key_count() as u64,
         })
     }
 }

@@ -147,12 +147,8 @@ pub struct QueryStore;
 pub struct StoreStatus {
     /// Current revision.
     pub revision: i64,
-    /// Compacted revision.
-    pub compacted: i64,
     /// Approximate size in bytes.
     pub db_size: u64,
     /// Applied index.
     pub applied_index: u64,
-    /// Live keys.
-    pub keys: u64,
 }

@@ -63,6 +63,9 @@ impl RaftActor {
     }
 
     fn execute(&mut self, turn: Turn<PendingRead>) {
+        if turn.campaigned {
+            METRICS.election_timeouts.inc();
+        }
         if let Some(leader) = turn.leader_changed {
             self.status.leader.store(leader, Relaxed);
             METRICS.has_leader.set(i64::from(leader != 0));

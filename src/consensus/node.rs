@@ -39,6 +39,8 @@ pub struct Turn<R> {
     pub reads: Vec<(u64, Vec<R>)>,
     /// Set when the leader changed in this turn: the new leader id (0 = none).
     pub leader_changed: Option<u64>,
+    /// This member started an election (pre-vote or vote) in this turn.
+    pub campaigned: bool,
 }
 
 impl<R> Default for Turn<R> {
@@ -49,6 +51,7 @@ impl<R> Default for Turn<R> {
             committed: Vec::new(),
             reads: Vec::new(),
             leader_changed: None,
+            campaigned: false,
         }
     }
 }
@@ -61,6 +64,7 @@ impl<R> Turn<R> {
             && self.committed.is_empty()
             && self.reads.is_empty()
             && self.leader_changed.is_none()
+            && !self.campaigned
     }
 }
 
@@ -93,6 +97,10 @@ pub struct Node<R> {
     leader: u64,
     /// A commit-only hard state waiting for the next append with entries.
     deferred_hard_state: Option<HardState>,
+    /// Role as of the last Ready's soft state.
+    role: StateRole,
+    /// `campaign()` was called since the last turn.
+    campaign_started: bool,
 }
 
 impl<R> Node<R> {
@@ -110,6 +118,8 @@ impl<R> Node<R> {
             ticks: 0,
             leader: 0,
             deferred_hard_state: None,
+            role: StateRole::Follower,
+            campaign_started: false,
         })
     }
 
@@ -135,6 +145,7 @@ impl<R> Node<R> {
 
     /// Starts an election at once (a lone member need not wait a timeout).
     pub fn campaign(&mut self) -> raft::Result<()> {
+        self.campaign_started = self.role == StateRole::Follower;
         self.raw.campaign()
     }
 
@@ -238,7 +249,10 @@ impl<R> Node<R> {
     /// Runs one turn: batches queued reads into one `read_index`, then handles at
     /// most one `Ready`.
     pub fn turn(&mut self) -> Turn<R> {
-        let mut turn = Turn::default();
+        let mut turn = Turn {
+            campaigned: std::mem::take(&mut self.campaign_started),
+            ..Turn::default()
+        };
         if !self.queued_reads.is_empty() {
             let reads = std::mem::take(&mut self.queued_reads);
             let ctx = self.issue_read_index();
@@ -262,6 +276,14 @@ impl<R> Node<R> {
         let mut rd = self.raw.ready();
 
         if let Some(ss) = rd.ss() {
+            // An election starts when a follower turns (pre-)candidate; the
+            // step from pre-candidate to candidate is the same election.
+            let campaigning = matches!(
+                ss.raft_state,
+                StateRole::PreCandidate | StateRole::Candidate
+            );
+            turn.campaigned |= campaigning && self.role == StateRole::Follower;
+            self.role = ss.raft_state;
             if ss.leader_id != self.leader {
                 self.leader = ss.leader_id;
                 turn.leader_changed = Some(ss.leader_id);
@@ -403,8 +425,19 @@ mod tests {
     #[test]
     fn a_lone_member_elects_itself_and_commits_proposals() {
         let mut n = single(1);
+        // One turn, with what it asked the WAL to persist made durable.
+        let step = |n: &mut Node<u32>| {
+            let t = n.turn();
+            if let Some(p) = &t.persist {
+                n.on_persisted(p.number);
+            }
+            t.campaigned
+        };
         n.campaign().unwrap();
+        assert!(step(&mut n), "the election is reported");
         settle(&mut n);
+        n.campaign().unwrap();
+        assert!(!step(&mut n), "a leader's campaign() starts no election");
         assert!(n.is_leader());
         n.propose(b"a".to_vec()).unwrap();
         let (committed, _, _) = settle(&mut n);

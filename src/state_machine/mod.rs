@@ -19,7 +19,7 @@ use crate::proto::etcdserverpb::{
     TxnResponse,
 };
 use crate::proto::metastorepb::{internal_request, InternalRequest};
-use crate::storage::mvcc::{Event, MemStore};
+use crate::storage::mvcc::MemStore;
 
 /// The answer to a write, before the API layer fills the header's ids and term.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,8 +59,6 @@ pub struct Applied {
     pub id: u64,
     /// The answer.
     pub result: Result<WriteResponse, ApiError>,
-    /// MVCC events the write produced (for watchers).
-    pub events: Vec<Event>,
 }
 
 /// No watcher consumes MVCC events yet, so the store does not build them
@@ -131,33 +129,23 @@ impl StateMachine {
                 return None;
             }
         };
-        let (result, events) = match req.request {
-            Some(internal_request::Request::Put(p)) => kv::put(&mut self.store, &p).map_or_else(
-                |e| (Err(e), Vec::new()),
-                |(r, ev)| (Ok(WriteResponse::Put(r)), ev),
-            ),
-            Some(internal_request::Request::DeleteRange(d)) => {
-                let (r, ev) = kv::delete_range(&mut self.store, &d);
-                (Ok(WriteResponse::DeleteRange(r)), ev)
+        // The MVCC events the writes return are for watchers; none exist yet.
+        let result = match req.request {
+            Some(internal_request::Request::Put(p)) => {
+                kv::put(&mut self.store, &p).map(|(r, _)| WriteResponse::Put(r))
             }
-            Some(internal_request::Request::Txn(t)) => kv::txn(&mut self.store, &t).map_or_else(
-                |e| (Err(e), Vec::new()),
-                |(r, ev)| (Ok(WriteResponse::Txn(r)), ev),
-            ),
-            Some(internal_request::Request::Compaction(c)) => (
-                kv::compact(&mut self.store, &c).map(WriteResponse::Compact),
-                Vec::new(),
-            ),
-            None => (
-                Err(ApiError::Internal("empty request in log entry".into())),
-                Vec::new(),
-            ),
+            Some(internal_request::Request::DeleteRange(d)) => Ok(WriteResponse::DeleteRange(
+                kv::delete_range(&mut self.store, &d).0,
+            )),
+            Some(internal_request::Request::Txn(t)) => {
+                kv::txn(&mut self.store, &t).map(|(r, _)| WriteResponse::Txn(r))
+            }
+            Some(internal_request::Request::Compaction(c)) => {
+                kv::compact(&mut self.store, &c).map(WriteResponse::Compact)
+            }
+            None => Err(ApiError::Internal("empty request in log entry".into())),
         };
-        Some(Applied {
-            id: req.id,
-            result,
-            events,
-        })
+        Some(Applied { id: req.id, result })
     }
 
     /// Serves a read against the applied state.

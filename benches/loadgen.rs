@@ -173,9 +173,10 @@ mod cli {
         /// etcd binary.
         #[arg(long, default_value = "etcd")]
         pub etcd_bin: PathBuf,
-        /// Passed to MetaStore as --engine.
-        #[arg(long)]
-        pub engine: Option<String>,
+        /// MetaStore's --engine; comma-separated for several, each measured
+        /// in the same run (`--engine memory,rocksdb`).
+        #[arg(long, value_delimiter = ',')]
+        pub engine: Vec<String>,
         /// An extra flag for MetaStore in --compare, e.g.
         /// `--metastore-arg=--snapshot-count=100000` (repeatable).
         #[arg(long = "metastore-arg", allow_hyphen_values = true)]
@@ -1051,8 +1052,8 @@ mod report {
     pub struct Report {
         pub config: Config,
         pub results: Vec<RunResult>,
-        /// metastore / etcd, in --compare mode.
-        pub ratios: Option<Ratios>,
+        /// Each MetaStore run against the first run (etcd), in --compare mode.
+        pub ratios: Vec<(String, Ratios)>,
     }
 
     impl Report {
@@ -1091,10 +1092,10 @@ mod report {
                     opt(r.other_cpu_pct),
                 );
             }
-            if let Some(x) = &self.ratios {
+            for (name, x) in &self.ratios {
                 let opt2 = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}x"));
                 s += &format!(
-                    "metastore/etcd: throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  CPU/op {}  RSS {}\n",
+                    "{name}: throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  CPU/op {}  RSS {}\n",
                     x.throughput,
                     x.p50,
                     x.p99,
@@ -1308,6 +1309,8 @@ mod bench {
     }
 }
 
+use std::path::PathBuf;
+
 use bench::Target;
 use cli::Args;
 use daemon::{Daemon, Kind};
@@ -1324,35 +1327,60 @@ async fn compare(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
     if let Some(w) = daemon::staleness_warning(&ms_bin) {
         say(&w);
     }
-    let mut ms_extra = Vec::new();
-    if let Some(engine) = &args.engine {
-        ms_extra = vec!["--engine".to_owned(), engine.clone()];
-    }
-    ms_extra.extend(args.metastore_args.iter().cloned());
+    // No --engine: the configured default; several: one daemon each.
+    let engines: Vec<Option<&str>> = if args.engine.is_empty() {
+        vec![None]
+    } else {
+        args.engine.iter().map(|e| Some(e.as_str())).collect()
+    };
     let root = args.data_root.as_deref();
-    say(&format!("starting etcd ({})", args.etcd_bin.display()));
-    let etcd = Daemon::start(Kind::Etcd, &args.etcd_bin, &args.etcd_args, root)?;
-    say(&format!("starting metastore ({})", ms_bin.display()));
-    let ms = Daemon::start(Kind::MetaStore, &ms_bin, &ms_extra, root)?;
-
     let mut results = Vec::new();
-    for d in [&etcd, &ms] {
+    // One daemon at a time, so an idle one never shares the cores.
+    let mut runs: Vec<(String, Kind, PathBuf, Vec<String>)> = vec![(
+        "etcd".to_owned(),
+        Kind::Etcd,
+        args.etcd_bin.clone(),
+        args.etcd_args.clone(),
+    )];
+    for engine in &engines {
+        let mut extra = Vec::new();
+        if let Some(e) = engine {
+            extra = vec!["--engine".to_owned(), (*e).to_owned()];
+        }
+        extra.extend(args.metastore_args.iter().cloned());
+        let name = match engine {
+            Some(e) if engines.len() > 1 => format!("ms-{e}"),
+            _ => "metastore".to_owned(),
+        };
+        runs.push((name, Kind::MetaStore, ms_bin.clone(), extra));
+    }
+    for (name, kind, bin, extra) in runs {
+        say(&format!("starting {name} ({})", bin.display()));
+        let d = Daemon::start(kind, &bin, &extra, root)?;
         sync_disks();
         let target = Target {
-            name: d.kind.name().to_owned(),
+            name,
             endpoints: vec![d.addr()],
             pid: d.pid(),
             http_addr: d.addr(),
         };
         let r = bench::run(args, &target, say)
             .await
-            .map_err(|e| format!("{e}\n{} log:\n{}", d.kind.name(), d.log_tail()))?;
+            .map_err(|e| format!("{e}\n{} log:\n{}", target.name, d.log_tail()))?;
         say(&r.summary());
         results.push(r);
     }
-    drop(ms);
-    drop(etcd);
-    let ratios = Some(Ratios::new(&results[1], &results[0]));
+    let mut ratios: Vec<(String, Ratios)> = results[1..]
+        .iter()
+        .map(|r| (format!("{}/etcd", r.server), Ratios::new(r, &results[0])))
+        .collect();
+    // Engines against the first one (memory, if listed first).
+    for r in results.iter().skip(2) {
+        ratios.push((
+            format!("{}/{}", r.server, results[1].server),
+            Ratios::new(r, &results[1]),
+        ));
+    }
     Ok(Report {
         config: Config::new(args),
         results,
@@ -1381,7 +1409,7 @@ async fn external(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
     Ok(Report {
         config: Config::new(args),
         results: vec![r],
-        ratios: None,
+        ratios: Vec::new(),
     })
 }
 

@@ -2,7 +2,7 @@
 //! pipeline directly with `Propose` messages, no gRPC, to show the core's own
 //! ceiling (fsync on, as in the daemon).
 //!
-//! `cargo bench --bench pipeline -- [--clients 50] [--total 50000] [--value-size 256]`
+//! `cargo bench --bench pipeline -- [--clients 50] [--total 50000] [--value-size 256] [--engine rocksdb]`
 //!
 //! Prints puts/s, latency percentiles and the entries per fsync the group
 //! commit achieved.
@@ -18,12 +18,11 @@ use tokio::sync::oneshot;
 
 use metastore::actors::messages::Propose;
 use metastore::api::RequestIds;
-use metastore::config::Config;
+use metastore::config::{Config, Engine};
 use metastore::proto::etcdserverpb::PutRequest;
 use metastore::proto::metastorepb::{internal_request, InternalRequest};
-use metastore::server::{recover, start_core, Core};
+use metastore::server::{check_marker, recover, start_core, Core};
 use metastore::status::NodeStatus;
-use metastore::storage::wal::WalOptions;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -36,6 +35,9 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
+    /// Storage engine.
+    #[arg(long, value_enum, default_value = "memory")]
+    engine: Engine,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -78,10 +80,12 @@ fn main() {
     let cfg = Config {
         data_dir: dir.path().to_owned(),
         snapshot_count: 100_000,
+        engine: args.engine,
         ..Config::default()
     };
     let id = 1;
-    let rec = recover(&cfg.data_dir, WalOptions::default(), vec![id]).expect("recover");
+    let fresh = check_marker(&cfg).expect("data dir");
+    let rec = recover(&cfg, fresh, vec![id]).expect("recover");
     let status = Arc::new(NodeStatus::new(1, id));
     let system = System::new();
     system.block_on(async move {

@@ -52,6 +52,8 @@ impl Default for RaftConfig {
 pub enum Engine {
     /// MVCC in memory; WAL segments and snapshot files make it durable.
     Memory,
+    /// Raft log and MVCC in RocksDB; the key index in memory.
+    Rocksdb,
 }
 
 impl Engine {
@@ -59,6 +61,7 @@ impl Engine {
     pub fn as_str(self) -> &'static str {
         match self {
             Engine::Memory => "memory",
+            Engine::Rocksdb => "rocksdb",
         }
     }
 }

@@ -158,6 +158,12 @@ pub enum StorageError {
     /// A record in the WAL could not be decoded.
     #[error("wal record: {0}")]
     Decode(String),
+    /// RocksDB failed.
+    #[error("rocksdb: {0}")]
+    Rocks(String),
+    /// A state-machine image is unreadable.
+    #[error("image: {0}")]
+    Image(String),
 }
 
 impl StorageError {

@@ -14,12 +14,14 @@ use crate::actors::apply::ApplyActor;
 use crate::actors::raft::RaftActor;
 use crate::actors::ticker::Ticker;
 use crate::actors::wal::WalWriter;
-use crate::config::Config;
+use crate::config::{Config, Engine};
 use crate::consensus::Node;
 use crate::error::StorageError;
 use crate::state_machine::{snapshot, StateMachine};
 use crate::status::NodeStatus;
+use crate::storage::engine::LogStore;
 use crate::storage::raft_log::{encode_message, record, RaftLog};
+use crate::storage::rocks::{self, RocksKv, RocksLog};
 use crate::storage::wal::{Wal, WalOptions};
 use crate::storage::wal_log::WalLog;
 
@@ -55,12 +57,13 @@ pub fn cluster_id(member_ids: &[u64]) -> u64 {
 }
 
 /// Refuses a data dir another engine (or program) wrote; stamps a new one.
-fn check_marker(cfg: &Config) -> Result<(), StorageError> {
+/// Returns whether the dir is brand new.
+pub fn check_marker(cfg: &Config) -> Result<bool, StorageError> {
     let dir = &cfg.data_dir;
     let path = dir.join(MARKER);
     let want = format!("engine={}\nformat=1\n", cfg.engine.as_str());
     match fs::read_to_string(&path) {
-        Ok(found) if found == want => Ok(()),
+        Ok(found) if found == want => Ok(false),
         Ok(found) => Err(StorageError::DataDir {
             path: dir.clone(),
             why: format!(
@@ -82,7 +85,8 @@ fn check_marker(cfg: &Config) -> Result<(), StorageError> {
             }
             fs::write(&path, want)
                 .and_then(|_| fs::File::open(dir)?.sync_all())
-                .map_err(|e| StorageError::io(format!("write {}", path.display()), e))
+                .map_err(|e| StorageError::io(format!("write {}", path.display()), e))?;
+            Ok(true)
         }
         Err(e) => Err(StorageError::io(format!("read {}", path.display()), e)),
     }
@@ -94,12 +98,99 @@ pub struct Recovered {
     pub state_machine: StateMachine,
     /// The Raft log after it.
     pub log: RaftLog,
-    /// The WAL, positioned for appending.
-    pub wal: Wal,
+    /// Where the WalWriter makes new entries durable.
+    pub log_store: Box<dyn LogStore>,
 }
 
-/// Opens (or bootstraps) a member's data dir.
-pub fn recover(
+/// Opens (or bootstraps) a member's data dir with the configured engine;
+/// `fresh` as [`check_marker`] said.
+pub fn recover(cfg: &Config, fresh: bool, voters: Vec<u64>) -> Result<Recovered, StorageError> {
+    match cfg.engine {
+        Engine::Memory => {
+            let wal_options = WalOptions {
+                segment_size: cfg.wal_segment_size,
+                ..WalOptions::default()
+            };
+            recover_memory(&cfg.data_dir, wal_options, voters)
+        }
+        Engine::Rocksdb => recover_rocks(&cfg.data_dir, fresh, voters),
+    }
+}
+
+/// The bootstrap point every initial member starts from: index 1, term 1.
+fn bootstrap_point(voters: Vec<u64>) -> (SnapshotMetadata, HardState) {
+    let cs = ConfState {
+        voters,
+        ..Default::default()
+    };
+    let meta = SnapshotMetadata {
+        index: 1,
+        term: 1,
+        conf_state: protobuf::SingularPtrField::some(cs),
+        ..Default::default()
+    };
+    let hs = HardState {
+        term: 1,
+        commit: 1,
+        ..Default::default()
+    };
+    (meta, hs)
+}
+
+/// The `rocksdb` engine: state machine and Raft log from the database; the
+/// log is replayed from the persisted applied index.
+fn recover_rocks(
+    data_dir: &Path,
+    fresh: bool,
+    voters: Vec<u64>,
+) -> Result<Recovered, StorageError> {
+    let dbs = rocks::open(data_dir, fresh)?;
+    let meta = rocks::read_meta(&dbs)?;
+    let Some((applied, applied_term)) = meta.applied else {
+        if !fresh {
+            return Err(StorageError::DataDir {
+                path: data_dir.to_owned(),
+                why: "the RocksDB database has no applied index (not written by MetaStore, or damaged)".into(),
+            });
+        }
+        let (snap, hs) = bootstrap_point(voters);
+        let cs = snap.get_conf_state().clone();
+        rocks::bootstrap(&dbs, snap.index, snap.term, &cs, &hs)?;
+        tracing::info!(dir = %data_dir.display(), "bootstrapped a new member (rocksdb)");
+        let kv = RocksKv::open(dbs.kv.clone(), (1, -1))?;
+        return Ok(Recovered {
+            state_machine: StateMachine::rocks(kv, snap.index, snap.term, cs),
+            log: RaftLog::from_snapshot(snap, hs),
+            log_store: Box::new(RocksLog::new(&dbs, 1)),
+        });
+    };
+    let kv = RocksKv::open(dbs.kv.clone(), meta.revision)?;
+    let base = SnapshotMetadata {
+        index: applied,
+        term: applied_term,
+        conf_state: protobuf::SingularPtrField::some(meta.conf_state.clone()),
+        ..Default::default()
+    };
+    let entries = rocks::read_entries(&dbs.raft, applied)?;
+    let mut log = RaftLog::from_snapshot(base, meta.hard_state);
+    log.append(&entries)?;
+    tracing::info!(
+        applied,
+        last = log.last(),
+        commit = log.hard_state().commit,
+        revision = meta.revision.0,
+        "recovered from rocksdb"
+    );
+    let last = log.last();
+    Ok(Recovered {
+        state_machine: StateMachine::rocks(kv, applied, applied_term, meta.conf_state),
+        log,
+        log_store: Box::new(RocksLog::new(&dbs, last)),
+    })
+}
+
+/// The `memory` engine: latest snapshot file plus the WAL after it.
+pub fn recover_memory(
     data_dir: &Path,
     wal_options: WalOptions,
     voters: Vec<u64>,
@@ -107,30 +198,16 @@ pub fn recover(
     let snap = snapshot::load_latest(data_dir)?;
     let (mut wal, records) = Wal::open(&data_dir.join("wal"), wal_options)?;
     if snap.is_none() && records.is_empty() {
-        let cs = ConfState {
-            voters,
-            ..Default::default()
-        };
-        // Index 1, term 1: every initial member starts from the same point.
-        let meta = SnapshotMetadata {
-            index: 1,
-            term: 1,
-            conf_state: protobuf::SingularPtrField::some(cs.clone()),
-            ..Default::default()
-        };
-        let hs = HardState {
-            term: 1,
-            commit: 1,
-            ..Default::default()
-        };
+        let (meta, hs) = bootstrap_point(voters);
+        let cs = meta.get_conf_state().clone();
         wal.append(record::SNAPSHOT, &encode_message(&meta), 1);
         wal.append(record::HARD_STATE, &encode_message(&hs), 0);
         wal.sync()?;
         tracing::info!(dir = %data_dir.display(), "bootstrapped a new member");
         return Ok(Recovered {
             state_machine: StateMachine::new(1, 1, cs),
-            log: RaftLog::from_snapshot(meta, hs),
-            wal,
+            log: RaftLog::from_snapshot(meta, hs.clone()),
+            log_store: Box::new(WalLog::new(wal, hs)),
         });
     }
     let marker = records
@@ -169,10 +246,11 @@ pub fn recover(
         commit = log.hard_state().commit,
         "recovered from snapshot and WAL"
     );
+    let hard_state = log.hard_state().clone();
     Ok(Recovered {
         state_machine,
         log,
-        wal,
+        log_store: Box::new(WalLog::new(wal, hard_state)),
     })
 }
 
@@ -238,15 +316,13 @@ pub fn start_core(
 ) -> Result<Core, StorageError> {
     let rcfg = raft_config(cfg, id, rec.state_machine.applied_index());
     let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
-    let hard_state = rec.log.hard_state().clone();
     let node = Node::new(&rcfg, rec.log, &logger)
         .map_err(|e| StorageError::Decode(format!("raft: {e}")))?;
     let tick = Duration::from_millis(cfg.raft.tick_ms);
 
     let ctx = Context::<RaftActor>::new();
     let raft = ctx.address();
-    let log = Box::new(WalLog::new(rec.wal, hard_state));
-    let wal_addr = WalWriter::spawn(log, raft.clone())
+    let wal_addr = WalWriter::spawn(rec.log_store, raft.clone())
         .map_err(|e| StorageError::io("start the WAL writer thread", e))?;
     let apply = ApplyActor::new(
         rec.state_machine,
@@ -274,14 +350,10 @@ pub fn start_core(
 pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| StorageError::io(format!("create {}", cfg.data_dir.display()), e))?;
-    check_marker(&cfg)?;
+    let fresh = check_marker(&cfg)?;
     let id = member_id(&cfg.advertise_peer_list(), &cfg.initial_cluster_token);
     let status = Arc::new(NodeStatus::new(cluster_id(&[id]), id));
-    let wal_options = WalOptions {
-        segment_size: cfg.wal_segment_size,
-        ..WalOptions::default()
-    };
-    let rec = recover(&cfg.data_dir, wal_options, vec![id])?;
+    let rec = recover(&cfg, fresh, vec![id])?;
     let addr = cfg.client_listen_addr()?;
     tracing::info!(name = %cfg.name, member_id = format!("{id:x}"), %addr, engine = cfg.engine.as_str(), "starting");
 

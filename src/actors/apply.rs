@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::messages::*;
 use super::raft::RaftActor;
 use crate::metrics::METRICS;
-use crate::state_machine::{snapshot, StateMachine};
+use crate::state_machine::{snapshot, StateMachine, Store};
 use crate::status::NodeStatus;
 
 /// Mailbox depth for handlers' `send().await` (backpressure).
@@ -63,21 +63,19 @@ impl ApplyActor {
     }
 
     fn publish(&self) {
-        let store = self.sm.store();
-        let size = store.approximate_size_bytes();
+        let size = self.sm.approximate_size_bytes();
+        let revision = self.sm.current_revision();
         self.status
             .applied_index
             .store(self.sm.applied_index(), Relaxed);
-        self.status
-            .revision
-            .store(store.current_revision(), Relaxed);
+        self.status.revision.store(revision, Relaxed);
         self.status.db_size.store(size, Relaxed);
         METRICS
             .proposals_applied
             .set(self.sm.applied_index() as i64);
-        METRICS.mvcc_revision.set(store.current_revision());
+        METRICS.mvcc_revision.set(revision);
         METRICS.db_total_size.set(size as i64);
-        METRICS.keys_total.set(store.key_count() as i64);
+        METRICS.keys_total.set(self.sm.key_count() as i64);
         METRICS.proposals_pending.set(self.waiters.len() as i64);
     }
 
@@ -98,9 +96,22 @@ impl ApplyActor {
         if self.saving || applied < self.last_snapshot + self.snapshot_count {
             return;
         }
-        let started = Instant::now();
         let term = self.sm.applied_term();
-        let image = snapshot::encode(applied, term, self.sm.conf_state(), self.sm.store());
+        let store = match self.sm.store() {
+            Store::Memory(m) => m,
+            Store::Rocks(_) => {
+                // The applied state is in RocksDB already: the Raft log up to
+                // here may go once RocksDB's WAL is synced (RocksLog::purge).
+                self.last_snapshot = applied;
+                self.raft.do_send(Snapshotted {
+                    index: applied,
+                    term,
+                });
+                return;
+            }
+        };
+        let started = Instant::now();
+        let image = snapshot::encode(applied, term, self.sm.conf_state(), store);
         tracing::debug!(
             index = applied,
             bytes = image.len(),
@@ -191,6 +202,12 @@ impl Handler<Apply> for ApplyActor {
                 let _ = reply.send(applied.result);
             }
         }
+        if let Err(e) = self.sm.commit() {
+            // The applied state cannot be recorded; going on would apply the
+            // next entries onto a state the disk does not have (as etcd, stop).
+            tracing::error!(error = %e, "cannot write applied changes; stopping");
+            std::process::exit(2);
+        }
         METRICS
             .apply_duration_ms
             .observe(started.elapsed().as_secs_f64() * 1000.0);
@@ -221,10 +238,9 @@ impl Handler<LocalRead> for ApplyActor {
 impl Handler<QueryStore> for ApplyActor {
     type Result = MessageResult<QueryStore>;
     fn handle(&mut self, _: QueryStore, _: &mut Context<Self>) -> Self::Result {
-        let store = self.sm.store();
         MessageResult(StoreStatus {
-            revision: store.current_revision(),
-            db_size: store.approximate_size_bytes(),
+            revision: self.sm.current_revision(),
+            db_size: self.sm.approximate_size_bytes(),
             applied_index: self.sm.applied_index(),
         })
     }

@@ -14,12 +14,15 @@ use prost::Message as _;
 use raft::eraftpb::ConfState;
 
 use crate::error::ApiError;
+use crate::error::StorageError;
 use crate::proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest,
     TxnResponse,
 };
 use crate::proto::metastorepb::{internal_request, InternalRequest};
+use crate::storage::engine::KvEngine;
 use crate::storage::mvcc::MemStore;
+use crate::storage::rocks::RocksKv;
 
 /// The answer to a write, before the API layer fills the header's ids and term.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,36 +64,103 @@ pub struct Applied {
     pub result: Result<WriteResponse, ApiError>,
 }
 
-/// No watcher consumes MVCC events yet, so the store does not build them
-/// (each would copy the written value).
-fn quiet(mut store: MemStore) -> MemStore {
-    store.set_record_events(false);
-    store
+/// The MVCC store of the configured engine.
+#[derive(Debug)]
+pub enum Store {
+    /// In memory (durable through the WAL and snapshot files).
+    Memory(MemStore),
+    /// In RocksDB (durable by itself; see [`RocksKv`]).
+    Rocks(RocksKv),
 }
 
-/// etcd's KV state machine over the in-memory MVCC store.
-#[derive(Debug, Default)]
+/// Runs `$body` with `$s` bound to the engine inside `$store`.
+macro_rules! on_store {
+    ($store:expr, $s:ident => $body:expr) => {
+        match $store {
+            Store::Memory($s) => $body,
+            Store::Rocks($s) => $body,
+        }
+    };
+}
+
+/// etcd's KV state machine over the engine's MVCC store.
+#[derive(Debug)]
 pub struct StateMachine {
-    store: MemStore,
+    store: Store,
     applied_index: u64,
     applied_term: u64,
     conf_state: ConfState,
 }
 
 impl StateMachine {
-    /// An empty state machine at `index` (the bootstrap point).
+    /// An empty in-memory state machine at `index` (the bootstrap point).
     pub fn new(index: u64, term: u64, conf_state: ConfState) -> StateMachine {
+        StateMachine::restore(MemStore::new(), index, term, conf_state)
+    }
+
+    /// Rebuilds from a memory-engine snapshot.
+    pub fn restore(store: MemStore, index: u64, term: u64, conf_state: ConfState) -> StateMachine {
+        let mut store = store;
+        // No watcher consumes MVCC events yet, so the store does not build
+        // them (each would copy the written value).
+        store.set_record_events(false);
+        StateMachine::with_store(Store::Memory(store), index, term, conf_state)
+    }
+
+    /// A state machine over a RocksDB store whose applied point is `index`.
+    pub fn rocks(store: RocksKv, index: u64, term: u64, conf_state: ConfState) -> StateMachine {
+        StateMachine::with_store(Store::Rocks(store), index, term, conf_state)
+    }
+
+    fn with_store(store: Store, index: u64, term: u64, conf_state: ConfState) -> StateMachine {
         StateMachine {
-            store: quiet(MemStore::new()),
+            store,
             applied_index: index,
             applied_term: term,
             conf_state,
         }
     }
 
-    /// The MVCC store (for status and metrics).
-    pub fn store(&self) -> &MemStore {
+    /// The MVCC store.
+    pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Main revision of the last change.
+    pub fn current_revision(&self) -> i64 {
+        on_store!(&self.store, s => s.current_revision())
+    }
+
+    /// Number of live keys.
+    pub fn key_count(&self) -> usize {
+        on_store!(&self.store, s => KvEngine::key_count(s))
+    }
+
+    /// Rough size of the state in bytes.
+    pub fn approximate_size_bytes(&self) -> u64 {
+        on_store!(&self.store, s => KvEngine::approximate_size_bytes(s))
+    }
+
+    /// Whether the engine keeps the applied state durable by itself (so a
+    /// "snapshot" only needs to let the Raft log be truncated).
+    pub fn persists_itself(&self) -> bool {
+        matches!(self.store, Store::Rocks(_))
+    }
+
+    /// Ends a batch of applied entries: the RocksDB engine writes the changes
+    /// with the applied index in one (unsynced) write batch.
+    pub fn commit(&mut self) -> Result<(), StorageError> {
+        match &mut self.store {
+            Store::Memory(_) => Ok(()),
+            Store::Rocks(s) => s.commit(self.applied_index, self.applied_term, &self.conf_state),
+        }
+    }
+
+    /// Compacts the engine's files (Maintenance.Defragment).
+    pub fn defragment(&self) {
+        if let Store::Rocks(s) = &self.store {
+            s.defragment();
+        }
     }
 
     /// Index of the last applied entry.
@@ -130,39 +200,29 @@ impl StateMachine {
             }
         };
         // The MVCC events the writes return are for watchers; none exist yet.
-        let result = match req.request {
+        let result = on_store!(&mut self.store, store => match req.request {
             Some(internal_request::Request::Put(p)) => {
-                kv::put(&mut self.store, &p).map(|(r, _)| WriteResponse::Put(r))
+                kv::put(store, &p).map(|(r, _)| WriteResponse::Put(r))
             }
-            Some(internal_request::Request::DeleteRange(d)) => Ok(WriteResponse::DeleteRange(
-                kv::delete_range(&mut self.store, &d).0,
-            )),
+            Some(internal_request::Request::DeleteRange(d)) => {
+                Ok(WriteResponse::DeleteRange(kv::delete_range(store, &d).0))
+            }
             Some(internal_request::Request::Txn(t)) => {
-                kv::txn(&mut self.store, &t).map(|(r, _)| WriteResponse::Txn(r))
+                kv::txn(store, &t).map(|(r, _)| WriteResponse::Txn(r))
             }
             Some(internal_request::Request::Compaction(c)) => {
-                kv::compact(&mut self.store, &c).map(WriteResponse::Compact)
+                kv::compact(store, &c).map(WriteResponse::Compact)
             }
             None => Err(ApiError::Internal("empty request in log entry".into())),
-        };
+        });
         Some(Applied { id: req.id, result })
     }
 
     /// Serves a read against the applied state.
     pub fn read(&mut self, req: &ReadRequest) -> Result<ReadResponse, ApiError> {
-        match req {
-            ReadRequest::Range(r) => kv::range(&self.store, r).map(ReadResponse::Range),
-            ReadRequest::Txn(t) => kv::txn(&mut self.store, t).map(|(r, _)| ReadResponse::Txn(r)),
-        }
-    }
-
-    /// Rebuilds from a snapshot.
-    pub fn restore(store: MemStore, index: u64, term: u64, conf_state: ConfState) -> StateMachine {
-        StateMachine {
-            store: quiet(store),
-            applied_index: index,
-            applied_term: term,
-            conf_state,
-        }
+        on_store!(&mut self.store, store => match req {
+            ReadRequest::Range(r) => kv::range(store, r).map(ReadResponse::Range),
+            ReadRequest::Txn(t) => kv::txn(store, t).map(|(r, _)| ReadResponse::Txn(r)),
+        })
     }
 }

@@ -30,6 +30,10 @@ pub trait KvEngine {
     fn write(&mut self) -> Self::Txn<'_>;
     /// Drops history at or below `rev`, keeping the newest version of live keys.
     fn compact(&mut self, rev: i64) -> Result<(), MvccError>;
+    /// Number of keys live at the current revision.
+    fn key_count(&self) -> usize;
+    /// Rough bytes the state takes (for status and metrics).
+    fn approximate_size_bytes(&self) -> u64;
 }
 
 /// One write transaction: its reads see its own writes; `end` publishes it.

@@ -5,7 +5,9 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod engine;
+pub mod image;
 pub mod mvcc;
 pub mod raft_log;
+pub mod rocks;
 pub mod wal;
 pub mod wal_log;

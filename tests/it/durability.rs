@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::harness::Server;
+use crate::harness::{Engine, Kind, Server};
 
 /// key → (value, revision the put was acknowledged with)
 type Acked = Arc<Mutex<HashMap<String, (String, i64)>>>;
@@ -96,12 +96,11 @@ async fn verify(server: &Server, acked: &Acked) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_no_acknowledged_put() {
+async fn sigkill_under_load_loses_no_acknowledged_put(engine: Engine) {
     // Small snapshots and segments so the kills also land around snapshotting
-    // and WAL purging.
+    // and log truncation.
     let mut server = Server::start_with(
-        crate::harness::Kind::MetaStore,
+        Kind::MetaStore(engine),
         &["--snapshot-count", "300", "--wal-segment-size", "65536"],
     );
     let acked: Acked = Arc::default();
@@ -119,7 +118,7 @@ async fn sigkill_under_load_loses_no_acknowledged_put() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_bound_the_wal_and_restart_restores_everything() {
     let mut server = Server::start_with(
-        crate::harness::Kind::MetaStore,
+        Kind::MetaStore(Engine::Memory),
         &["--snapshot-count", "200", "--wal-segment-size", "16384"],
     );
     let mut client = server.client().await;
@@ -242,17 +241,128 @@ async fn a_corrupt_wal_record_refuses_to_start_naming_file_and_offset() {
     );
 }
 
-#[test]
-fn a_foreign_data_dir_is_refused() {
-    let mut server = Server::start();
+fn a_data_dir_of_another_engine_is_refused(engine: Engine) {
+    let mut server = Server::start_on(engine);
     server.kill9();
+    let other = match engine {
+        Engine::Memory => Engine::Rocksdb,
+        Engine::Rocksdb => Engine::Memory,
+    };
+    server.set_engine(other);
+    let out = server.run_to_exit();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another engine"), "{stderr}");
+    // Not a known engine at all.
     std::fs::write(
         server.data_dir().join("metastore.meta"),
         "engine=other\nformat=1\n",
     )
     .unwrap();
+    server.set_engine(engine);
     let out = server.run_to_exit();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another engine"), "{stderr}");
 }
+
+/// Opens a stopped member's RocksDB databases from the test.
+fn open_db(server: &Server) -> metastore::storage::rocks::Dbs {
+    metastore::storage::rocks::open(server.data_dir(), false).expect("open the databases")
+}
+
+fn count_cf(db: &rocksdb::DB, name: &str) -> usize {
+    let cf = db.cf_handle(name).expect("column family");
+    db.iterator_cf(cf, rocksdb::IteratorMode::Start).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocksdb_truncates_its_raft_log_and_compaction_removes_versions() {
+    let mut server = Server::start_with(
+        Kind::MetaStore(Engine::Rocksdb),
+        &["--snapshot-count", "200"],
+    );
+    let mut client = server.client().await;
+    // 1500 puts over 100 keys: 15 versions each.
+    for i in 0..1500 {
+        client
+            .put(format!("k{:03}", i % 100), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    client.delete("k000", None).await.unwrap();
+    server.kill9();
+    {
+        let db = open_db(&server);
+        let entries = count_cf(&db.raft, metastore::storage::rocks::CF_RAFT);
+        // ~1503 entries were written; everything up to the last "snapshot"
+        // (every 200 applied) is gone.
+        assert!(entries <= 300, "{entries} raft entries remain");
+        // 1500 versions + 1 tombstone, none compacted yet.
+        assert_eq!(count_cf(&db.kv, metastore::storage::rocks::CF_KV), 1501);
+    }
+    server.restart();
+    let mut client = server.client().await;
+    let (count, revision) = count_prefix(&mut client, "k").await;
+    assert_eq!((count, revision), (99, 1502));
+    client.compact(revision, None).await.unwrap();
+    server.kill9();
+    {
+        let db = open_db(&server);
+        // etcd keeps the newest version of each live key; k000's history and
+        // every older version are gone from RocksDB itself.
+        assert_eq!(count_cf(&db.kv, metastore::storage::rocks::CF_KV), 99);
+    }
+    server.restart();
+    let mut client = server.client().await;
+    let resp = client.get("k042", None).await.unwrap();
+    let kv = &resp.kvs()[0];
+    assert_eq!(
+        (kv.value_str().unwrap(), kv.version(), kv.mod_revision()),
+        ("v1442", 15, 1444)
+    );
+    let err = client
+        .get(
+            "k042",
+            Some(etcd_client::GetOptions::new().with_revision(1400)),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("compacted"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_rocksdb_database_refuses_to_start() {
+    let mut server = Server::start_on(Engine::Rocksdb);
+    let mut client = server.client().await;
+    for i in 0..20 {
+        client.put(format!("d{i}"), "v", None).await.unwrap();
+    }
+    server.kill9();
+    // A stored version that does not decode.
+    {
+        let db = open_db(&server);
+        let cf = db.kv.cf_handle(metastore::storage::rocks::CF_KV).unwrap();
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&5u64.to_be_bytes());
+        key[8..].copy_from_slice(&7u64.to_be_bytes());
+        db.kv.put_cf(cf, key, b"\xff\xff garbage").unwrap();
+        db.kv.flush_wal(true).unwrap();
+    }
+    let out = server.run_to_exit();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("kv record 00000000000000050000000000000007"),
+        "stderr does not name the record: {stderr}"
+    );
+    // No database at all where one was: never a silent empty store.
+    std::fs::remove_dir_all(server.data_dir().join("rocksdb")).unwrap();
+    let out = server.run_to_exit();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds no database"), "{stderr}");
+}
+
+engine_tests!(async: sigkill_under_load_loses_no_acknowledged_put);
+engine_tests!(sync: a_data_dir_of_another_engine_is_refused);

@@ -12,7 +12,7 @@ use crate::diff::{
     put, Both, Op, Out, COMPACTED, DUPLICATE, EMPTY_KEY, FUTURE, KEY_NOT_FOUND, LEASE_NOT_FOUND,
     LEASE_PROVIDED, TOO_LARGE, TOO_MANY_OPS, VALUE_PROVIDED,
 };
-use crate::harness::Pair;
+use crate::harness::{Engine, Pair};
 
 // ---- raw request builders ----
 
@@ -110,9 +110,8 @@ fn all() -> Op {
     Op::RawGet(range(&[0], &[0]))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn empty_keys_are_refused_everywhere() {
-    let pair = Pair::start();
+async fn empty_keys_are_refused_everywhere(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     let ops = vec![
         Op::RawPut(put_req(b"", b"v")),
@@ -179,9 +178,8 @@ async fn empty_keys_are_refused_everywhere() {
     assert_eq!((last.rev(), last.count()), (1, 0), "nothing applied");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn txn_op_limits_and_empty_ops() {
-    let pair = Pair::start();
+async fn txn_op_limits_and_empty_ops(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     let many_cmps = |n: usize| {
         (0..n)
@@ -270,9 +268,8 @@ async fn txn_op_limits_and_empty_ops() {
     assert_eq!(out[18].rev(), 4);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn txn_limit_follows_max_txn_ops_flag() {
-    let pair = Pair::start_with(&["--max-txn-ops", "4"]);
+async fn txn_limit_follows_max_txn_ops_flag(engine: Engine) {
+    let pair = Pair::start_with(engine, &["--max-txn-ops", "4"]);
     let mut both = Both::to(&pair).await;
     let ops = vec![
         raw_txn(tx(always(), puts("a", 5), vec![])),
@@ -295,9 +292,8 @@ async fn txn_limit_follows_max_txn_ops_flag() {
     assert_eq!(out[4].count(), 6);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn duplicate_and_overlapping_keys_in_a_txn() {
-    let pair = Pair::start();
+async fn duplicate_and_overlapping_keys_in_a_txn(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     let then = |ops: Vec<RequestOp>| op_txn(tx(always(), ops, vec![]));
     let then_else = |a: Vec<RequestOp>, b: Vec<RequestOp>| op_txn(tx(always(), a, b));
@@ -384,9 +380,8 @@ async fn duplicate_and_overlapping_keys_in_a_txn() {
     assert_eq!(out[7].rev(), 8);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn range_end_before_key_is_an_empty_range() {
-    let pair = Pair::start();
+async fn range_end_before_key_is_an_empty_range(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     both.run(&[put("a", "1"), put("b", "2"), put("c", "3")])
         .await; // revision 4
@@ -454,9 +449,8 @@ async fn range_end_before_key_is_an_empty_range() {
     assert_eq!((out[8].rev(), out[8].count()), (5, 2));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn future_and_compacted_revisions() {
-    let pair = Pair::start();
+async fn future_and_compacted_revisions(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     both.run(&[put("k", "1"), put("k", "2"), put("k", "3")])
         .await; // revision 4
@@ -554,9 +548,8 @@ async fn future_and_compacted_revisions() {
     assert_eq!((out[15].rev(), out[15].count()), (4, 1), "nothing applied");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn put_flag_conflicts() {
-    let pair = Pair::start();
+async fn put_flag_conflicts(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     both.run(&[put("k", "v")]).await;
     let ops = vec![
@@ -614,9 +607,8 @@ async fn put_flag_conflicts() {
     assert_eq!(out[6].rev(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn unknown_enum_values_in_compares_and_sorts() {
-    let pair = Pair::start();
+async fn unknown_enum_values_in_compares_and_sorts(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     both.run(&[put("a", "1"), put("a", "2"), put("b", "1")])
         .await;
@@ -678,9 +670,8 @@ async fn unknown_enum_values_in_compares_and_sorts() {
     assert_eq!(out[7].pairs(), vec![("a".into(), "2".into())], "not sorted");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn requests_over_the_default_size_limit() {
-    let pair = Pair::start();
+async fn requests_over_the_default_size_limit(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     const KIB: usize = 1024;
     let big = |n: usize| vec![b'x'; n];
@@ -745,9 +736,8 @@ async fn over_grpc_limit(both: &mut Both, req: PutRequest, limit: usize) {
     assert_eq!(ms.err(), ("ResourceExhausted", expected.as_str()));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn requests_over_a_small_size_limit() {
-    let pair = Pair::start_with(&["--max-request-bytes", "1024"]);
+async fn requests_over_a_small_size_limit(engine: Engine) {
+    let pair = Pair::start_with(engine, &["--max-request-bytes", "1024"]);
     let mut both = Both::to(&pair).await;
     let big = |n: usize| vec![b'y'; n];
     let ops = vec![
@@ -778,3 +768,5 @@ async fn requests_over_a_small_size_limit() {
     let after = both.one(all()).await;
     assert_eq!((after.rev(), after.count()), (2, 1));
 }
+
+engine_tests!(async: empty_keys_are_refused_everywhere, txn_op_limits_and_empty_ops, txn_limit_follows_max_txn_ops_flag, duplicate_and_overlapping_keys_in_a_txn, range_end_before_key_is_an_empty_range, future_and_compacted_revisions, put_flag_conflicts, unknown_enum_values_in_compares_and_sorts, requests_over_the_default_size_limit, requests_over_a_small_size_limit);

@@ -8,7 +8,7 @@ use std::process::Output;
 use metastore::proto::etcdserverpb::RangeResponse;
 use serde_json::Value;
 
-use crate::harness::{Pair, Server};
+use crate::harness::{Engine, Pair, Server};
 
 /// One etcdctl invocation: arguments, and stdin (for `txn`).
 struct Cmd {
@@ -214,9 +214,8 @@ fn run(pair: &Pair, cmds: &[Cmd]) -> Vec<Seen> {
 
 const SERVER_ERROR: Option<i32> = Some(1);
 
-#[test]
-fn put_and_get_in_every_output_format() {
-    let pair = Pair::start();
+fn put_and_get_in_every_output_format(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut cmds = vec![
         /* 0 */ c("put foo bar"),
         /* 1 */ c("put foo2 baz"),
@@ -296,9 +295,8 @@ fn put_and_get_in_every_output_format() {
     );
 }
 
-#[test]
-fn deletes_and_txns_from_stdin() {
-    let pair = Pair::start();
+fn deletes_and_txns_from_stdin(engine: Engine) {
+    let pair = Pair::start(engine);
     let cmds = vec![
         /* 0 */ c("put a 1"),
         /* 1 */ c("put b 2"),
@@ -379,9 +377,8 @@ fn deletes_and_txns_from_stdin() {
     assert_eq!(out[23].code, SERVER_ERROR);
 }
 
-#[test]
-fn compaction_and_reads_of_old_revisions() {
-    let pair = Pair::start();
+fn compaction_and_reads_of_old_revisions(engine: Engine) {
+    let pair = Pair::start(engine);
     let cmds = vec![
         /* 0 */ c("put k v1"),
         /* 1 */ c("put k v2"),
@@ -428,3 +425,5 @@ fn compaction_and_reads_of_old_revisions() {
     assert_eq!(out[18].code, SERVER_ERROR);
     assert_eq!(out[22].code, SERVER_ERROR);
 }
+
+engine_tests!(sync: put_and_get_in_every_output_format, deletes_and_txns_from_stdin, compaction_and_reads_of_old_revisions);

@@ -36,11 +36,31 @@ pub fn http_get(port: u16, path: &str) -> Option<(String, String)> {
     Some((head.lines().next()?.to_owned(), body.to_owned()))
 }
 
+/// MetaStore's storage engine; every KV, error and durability test runs on
+/// each (see `engine_tests!`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// MVCC in memory, WAL + snapshot files.
+    Memory,
+    /// Raft log and MVCC in RocksDB.
+    Rocksdb,
+}
+
+impl Engine {
+    /// The `--engine` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Memory => "memory",
+            Engine::Rocksdb => "rocksdb",
+        }
+    }
+}
+
 /// Which daemon to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// Our binary.
-    MetaStore,
+    /// Our binary, with a storage engine.
+    MetaStore(Engine),
     /// The reference etcd (Debian's etcd-server package).
     Etcd,
 }
@@ -59,9 +79,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// A fresh MetaStore with a temp data dir.
+    /// A fresh MetaStore (memory engine) with a temp data dir.
     pub fn start() -> Server {
-        Server::start_with(Kind::MetaStore, &[])
+        Server::start_on(Engine::Memory)
+    }
+
+    /// A fresh MetaStore on `engine` with a temp data dir.
+    pub fn start_on(engine: Engine) -> Server {
+        Server::start_with(Kind::MetaStore(engine), &[])
     }
 
     /// A fresh daemon of `kind` with extra flags.
@@ -90,7 +115,11 @@ impl Server {
         let client = format!("http://127.0.0.1:{}", self.port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = match self.kind {
-            Kind::MetaStore => Command::new(env!("CARGO_BIN_EXE_metastore")),
+            Kind::MetaStore(engine) => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_metastore"));
+                c.arg("--engine").arg(engine.name());
+                c
+            }
             Kind::Etcd => Command::new("etcd"),
         };
         cmd.arg("--name")
@@ -143,7 +172,7 @@ impl Server {
             .extra
             .iter()
             .any(|a| a.starts_with("--wal-segment-size"));
-        if self.kind == Kind::MetaStore && !own {
+        if self.kind == Kind::MetaStore(Engine::Memory) && !own {
             vec!["--wal-segment-size", "4194304"]
         } else {
             Vec::new()
@@ -206,6 +235,12 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The next start runs MetaStore on `engine` (same data dir).
+    pub fn set_engine(&mut self, engine: Engine) {
+        assert!(matches!(self.kind, Kind::MetaStore(_)), "not a MetaStore");
+        self.kind = Kind::MetaStore(engine);
     }
 
     /// Starts again on the same data dir and port.
@@ -295,16 +330,16 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// Both daemons with default flags.
-    pub fn start() -> Pair {
-        Pair::start_with(&[])
+    /// Both daemons with default flags, MetaStore on `engine`.
+    pub fn start(engine: Engine) -> Pair {
+        Pair::start_with(engine, &[])
     }
 
     /// Both daemons with `extra` flags, started concurrently.
-    pub fn start_with(extra: &[&str]) -> Pair {
+    pub fn start_with(engine: Engine, extra: &[&str]) -> Pair {
         std::thread::scope(|scope| {
             let etcd = scope.spawn(|| Server::start_with(Kind::Etcd, extra));
-            let ms = Server::start_with(Kind::MetaStore, extra);
+            let ms = Server::start_with(Kind::MetaStore(engine), extra);
             Pair {
                 etcd: etcd.join().expect("etcd started"),
                 ms,

@@ -11,15 +11,14 @@ use crate::diff::{
     compact, del, del_with, get, get_with, put, put_with, txn, Both, Op, Out, COMPACTED, FUTURE,
     KEY_NOT_FOUND, LEASE_NOT_FOUND,
 };
-use crate::harness::Pair;
+use crate::harness::{Engine, Pair};
 
 fn opts() -> GetOptions {
     GetOptions::new()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn put_get_prev_kv_ignore_flags_and_leases() {
-    let pair = Pair::start();
+async fn put_get_prev_kv_ignore_flags_and_leases(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     let ops = vec![
         /* 0 */ put("foo", "bar"),
@@ -147,9 +146,8 @@ fn setup_keys() -> Vec<Op> {
     ops
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ranges_limits_counts_and_history() {
-    let pair = Pair::start();
+async fn ranges_limits_counts_and_history(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     let setup = both.run(&setup_keys()).await;
     assert_eq!(setup.last().unwrap().rev(), 16);
@@ -311,9 +309,8 @@ async fn ranges_limits_counts_and_history() {
     assert!(!more, "three keys have mod revision >= 12");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sort_targets_orders_and_the_default_ascend_rule() {
-    let pair = Pair::start();
+async fn sort_targets_orders_and_the_default_ascend_rule(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     // Six keys with ties in every target but KEY: values repeat, versions
     // repeat, and create/mod orders differ from key order.
@@ -378,9 +375,8 @@ async fn sort_targets_orders_and_the_default_ascend_rule() {
     assert_eq!(keys(at(4, 2)), ["k3", "k1", "k5", "k6", "k2", "k4"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn deletes_single_range_prefix_and_missing() {
-    let pair = Pair::start();
+async fn deletes_single_range_prefix_and_missing(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     both.run(&setup_keys()).await; // revision 16
     let ops = vec![
@@ -438,9 +434,8 @@ fn if_then_else(cmp: Compare) -> Op {
         .or_else(vec![TxnOp::get("b", None)]))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn txn_compare_every_target_and_result() {
-    let pair = Pair::start();
+async fn txn_compare_every_target_and_result(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     // a: "m" v2 create 2 mod 3; b: "x" v1 create 4 mod 4; c: "z" create 5.
     both.run(&[put("a", "1"), put("a", "m"), put("b", "x"), put("c", "z")])
@@ -514,9 +509,8 @@ async fn txn_compare_every_target_and_result() {
     assert!(out.iter().all(|o| o.rev() == 5));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn txn_branches_responses_nesting_and_revisions() {
-    let pair = Pair::start();
+async fn txn_branches_responses_nesting_and_revisions(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     both.run(&[put("a", "1"), put("b", "2")]).await; // revision 3
     use CompareOp::{Equal, Greater};
@@ -685,9 +679,8 @@ async fn txn_branches_responses_nesting_and_revisions() {
     assert!(!out[17].pairs().iter().any(|(k, _)| k == "i" || k == "j"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn compaction_and_reads_around_it() {
-    let pair = Pair::start();
+async fn compaction_and_reads_around_it(engine: Engine) {
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     let read_at = |rev: i64| {
         txn(Txn::new().and_then(vec![TxnOp::get(
@@ -759,11 +752,10 @@ async fn compaction_and_reads_around_it() {
     assert_eq!(out[35].count(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sorting_many_ties_leaves_them_where_etcd_does() {
+async fn sorting_many_ties_leaves_them_where_etcd_does(engine: Engine) {
     // Over 12 items Go's sort.Sort (etcd's) is an unstable pdqsort: the order
     // among equal elements, and with a limit the keys returned, follow it.
-    let pair = Pair::start();
+    let pair = Pair::start(engine);
     let mut both = Both::to(&pair).await;
     let batch = |prefix: &str, n: usize, m: usize| {
         txn(Txn::new().and_then(
@@ -807,3 +799,5 @@ async fn sorting_many_ties_leaves_them_where_etcd_does() {
     assert_eq!(out[0].count(), 40);
     assert!(out.iter().all(|o| matches!(o, Out::Get { .. })));
 }
+
+engine_tests!(async: put_get_prev_kv_ignore_flags_and_leases, ranges_limits_counts_and_history, sort_targets_orders_and_the_default_ascend_rule, deletes_single_range_prefix_and_missing, txn_compare_every_target_and_result, txn_branches_responses_nesting_and_revisions, compaction_and_reads_around_it, sorting_many_ties_leaves_them_where_etcd_does);

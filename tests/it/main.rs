@@ -1,6 +1,37 @@
 //! Integration tests: real daemons on loopback, real clients (the etcd-client
 //! crate and etcdctl), and etcd 3.4 itself where its answers are the reference.
 
+/// Runs each named test body (`fn(Engine)`, async or not) once per storage
+/// engine, as `name::memory` and `name::rocksdb`: one body, both engines.
+macro_rules! engine_tests {
+    (async: $($name:ident),* $(,)?) => {
+        $(mod $name {
+            use crate::harness::Engine;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name(Engine::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rocksdb() {
+                super::$name(Engine::Rocksdb).await
+            }
+        })*
+    };
+    (sync: $($name:ident),* $(,)?) => {
+        $(mod $name {
+            use crate::harness::Engine;
+            #[test]
+            fn memory() {
+                super::$name(Engine::Memory)
+            }
+            #[test]
+            fn rocksdb() {
+                super::$name(Engine::Rocksdb)
+            }
+        })*
+    };
+}
+
 mod diff;
 mod durability;
 mod errors;

@@ -1,10 +1,9 @@
 //! The daemon starts, answers etcdctl and its HTTP endpoints.
 
-use crate::harness::{http_get, Server};
+use crate::harness::{http_get, Engine, Server};
 
-#[test]
-fn etcdctl_put_get_and_http_endpoints() {
-    let s = Server::start();
+fn etcdctl_put_get_and_http_endpoints(engine: Engine) {
+    let s = Server::start_on(engine);
     let out = s.etcdctl(&["put", "foo", "bar"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
     let out = s.etcdctl(&["get", "foo"]);
@@ -16,3 +15,5 @@ fn etcdctl_put_get_and_http_endpoints() {
     assert!(metrics.contains("etcd_server_has_leader 1"), "{metrics}");
     assert!(metrics.contains("etcd_disk_wal_fsync_duration_seconds"));
 }
+
+engine_tests!(sync: etcdctl_put_get_and_http_endpoints);

@@ -122,8 +122,9 @@ impl KeyHistory {
 
     /// Drops versions no read at a revision `>= rev` can see, as etcd's
     /// `keyIndex.compact`: keeps the newest version at or below `rev` unless
-    /// it is a tombstone, plus everything newer. Returns the bytes freed.
-    pub(super) fn compact(&mut self, rev: i64) -> u64 {
+    /// it is a tombstone, plus everything newer. Returns the bytes freed;
+    /// `removed` (if given) collects the dropped revisions.
+    pub(super) fn compact(&mut self, rev: i64, removed: Option<&mut Vec<Revision>>) -> u64 {
         let idx = self.versions.partition_point(|v| v.rev.main <= rev);
         if idx == 0 {
             return 0;
@@ -137,7 +138,11 @@ impl KeyHistory {
             return 0;
         }
         let freed = self.versions[..keep_from].iter().map(Version::size).sum();
-        self.versions.drain(..keep_from);
+        let dropped = self.versions.drain(..keep_from);
+        match removed {
+            Some(out) => out.extend(dropped.map(|v| v.rev)),
+            None => drop(dropped),
+        }
         // A hot key can pile up many versions between compactions; give the
         // memory back once most of it is gone.
         if self.versions.capacity() > 2 * self.versions.len() + 4 {
@@ -199,25 +204,25 @@ mod tests {
     #[test]
     fn compact_keeps_newest_live_at_or_below() {
         let mut h = sample();
-        assert_eq!(h.compact(1), 0);
+        assert_eq!(h.compact(1, None), 0);
         assert_eq!(h.versions().len(), 4);
         let mut h2 = h.clone();
-        h2.compact(3);
+        h2.compact(3, None);
         assert_eq!(
             mains(&h2),
             vec![(2, false), (4, false), (6, true), (8, false)]
         );
-        h2.compact(5);
+        h2.compact(5, None);
         assert_eq!(mains(&h2), vec![(4, false), (6, true), (8, false)]);
         // The tombstone at exactly the compaction revision goes too.
         let mut h3 = h.clone();
-        h3.compact(6);
+        h3.compact(6, None);
         assert_eq!(mains(&h3), vec![(8, false)]);
         let mut h4 = h.clone();
-        h4.compact(7);
+        h4.compact(7, None);
         assert_eq!(mains(&h4), vec![(8, false)]);
         let before = h.size();
-        let freed = h.compact(9);
+        let freed = h.compact(9, None);
         assert_eq!(mains(&h), vec![(8, false)]);
         assert_eq!(before - freed, h.size());
     }
@@ -226,7 +231,7 @@ mod tests {
     fn compact_removes_everything_when_latest_is_tombstone() {
         let mut h = KeyHistory::with_first(put(2, 0, 2, 1, b"a"));
         h.push(Version::tombstone(Revision::new(3, 0)));
-        h.compact(3);
+        h.compact(3, None);
         assert!(h.is_empty());
     }
 }

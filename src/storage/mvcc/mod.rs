@@ -38,6 +38,7 @@ mod store;
 mod txn;
 
 pub use revision::Revision;
+pub use snapshot::Rebuild;
 pub use store::MemStore;
 pub use txn::WriteTxn;
 
@@ -91,9 +92,12 @@ pub enum MvccError {
     /// The requested revision is newer than the current revision.
     #[error("mvcc: required revision is a future revision")]
     FutureRevision,
-    /// A snapshot could not be decoded.
+    /// A snapshot (or stored version) could not be decoded.
     #[error("mvcc: corrupt snapshot: {0}")]
     CorruptSnapshot(String),
+    /// The engine's storage failed to read.
+    #[error("mvcc: storage: {0}")]
+    Storage(String),
 }
 
 /// The result of a range read.
@@ -137,6 +141,12 @@ impl crate::storage::engine::KvEngine for MemStore {
     }
     fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
         MemStore::compact(self, rev)
+    }
+    fn key_count(&self) -> usize {
+        MemStore::key_count(self)
+    }
+    fn approximate_size_bytes(&self) -> u64 {
+        MemStore::approximate_size_bytes(self)
     }
 }
 

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use super::history::{KeyHistory, Version};
 use super::revision::Revision;
 use super::store::{key_size, MemStore};
-use super::MvccError;
+use super::{KeyValue, MvccError};
 
 const MAGIC: &[u8; 4] = b"MSKV";
 const FORMAT_VERSION: u8 = 1;
@@ -215,7 +215,101 @@ fn decode_body(body: &[u8]) -> Result<MemStore, MvccError> {
         live_keys,
         size_bytes,
         record_events: true,
+        keep_values: true,
     })
+}
+
+/// Rebuilds a store from versions fed one by one in revision order (as an
+/// engine that keeps every version under its revision reads them back),
+/// checking every history as `decode_snapshot` does.
+pub struct Rebuild {
+    store: MemStore,
+    last: Revision,
+}
+
+impl Rebuild {
+    /// Starts an empty store; `keep_values` as in [`MemStore::index_only`].
+    pub fn new(keep_values: bool) -> Rebuild {
+        let mut store = MemStore::new();
+        store.keep_values = keep_values;
+        Rebuild {
+            store,
+            last: Revision::default(),
+        }
+    }
+
+    /// Adds one stored version: `kv.version == 0` is a tombstone;
+    /// `kv.mod_revision` with `sub` is where it was written. Revisions must
+    /// strictly increase from call to call.
+    pub fn push(&mut self, kv: KeyValue, sub: i64) -> Result<(), MvccError> {
+        let rev = Revision::new(kv.mod_revision, sub);
+        if rev <= self.last {
+            return Err(corrupt("revisions not strictly ascending"));
+        }
+        self.last = rev;
+        let v = if kv.version == 0 {
+            Version::tombstone(rev)
+        } else {
+            Version {
+                rev,
+                create_revision: kv.create_revision,
+                version: kv.version,
+                lease: kv.lease,
+                value: if self.store.keep_values {
+                    kv.value.into_boxed_slice()
+                } else {
+                    Box::default()
+                },
+            }
+        };
+        let store = &mut self.store;
+        match store.keys.get_mut(kv.key.as_slice()) {
+            Some(h) => {
+                check_version(&v, h.versions().last(), i64::MAX)?;
+                let was_live = h.latest_live().is_some();
+                store.size_bytes += v.size();
+                let live = !v.is_tombstone();
+                h.push(v);
+                match (was_live, live) {
+                    (false, true) => store.live_keys += 1,
+                    (true, false) => store.live_keys -= 1,
+                    _ => {}
+                }
+            }
+            None => {
+                check_version(&v, None, i64::MAX)?;
+                store.size_bytes += key_size(&kv.key) + v.size();
+                store.live_keys += usize::from(!v.is_tombstone());
+                store
+                    .keys
+                    .insert(kv.key.into_boxed_slice(), KeyHistory::with_first(v));
+            }
+        }
+        Ok(())
+    }
+
+    /// The store at `current_rev`, compacted at `compact_rev` (-1: never).
+    pub fn finish(self, current_rev: i64, compact_rev: i64) -> Result<MemStore, MvccError> {
+        let mut store = self.store;
+        if current_rev < 1
+            || compact_rev < -1
+            || compact_rev > current_rev
+            || self.last.main > current_rev
+        {
+            return Err(corrupt("revisions out of range"));
+        }
+        for h in store.keys.values() {
+            let vs = h.versions();
+            if vs.get(1).is_some_and(|v| v.rev.main <= compact_rev)
+                || (vs[0].rev.main <= compact_rev && vs[0].is_tombstone())
+            {
+                return Err(corrupt("history older than the compacted revision"));
+            }
+        }
+        store.current_rev = current_rev;
+        store.compact_rev = compact_rev;
+        Ok(store)
+    }
 }
 
 /// Checks `v` against the version before it in the same key's history.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::history::{KeyHistory, KEY_OVERHEAD};
+use super::revision::Revision;
 use super::txn::WriteTxn;
 use super::{MvccError, RangeOptions, RangeResult};
 
@@ -48,6 +49,9 @@ pub struct MemStore {
     /// Whether write txns collect events (off until someone watches: building
     /// them copies every written value).
     pub(super) record_events: bool,
+    /// Whether versions keep their values. An engine that stores values
+    /// elsewhere (RocksDB, by revision) keeps only this index in memory.
+    pub(super) keep_values: bool,
 }
 
 impl Default for MemStore {
@@ -66,7 +70,22 @@ impl MemStore {
             live_keys: 0,
             size_bytes: 0,
             record_events: true,
+            keep_values: true,
         }
+    }
+
+    /// An empty index: versions without values (the caller stores them by
+    /// revision and fills them in from the revisions reads return).
+    pub fn index_only() -> Self {
+        MemStore {
+            keep_values: false,
+            ..MemStore::new()
+        }
+    }
+
+    /// Whether versions hold their values (see [`MemStore::index_only`]).
+    pub fn keeps_values(&self) -> bool {
+        self.keep_values
     }
 
     /// Turns event collection on or off (the events `WriteTxn::end` returns).
@@ -119,6 +138,32 @@ impl MemStore {
         opts: &RangeOptions,
         cur_rev: i64,
     ) -> Result<RangeResult, MvccError> {
+        self.range_revs_at(key, range_end, opts, cur_rev, None)
+    }
+
+    /// Like [`MemStore::range`], also returning where each returned kv was
+    /// written (`revs[i]` for `kvs[i]`): an index-only store's caller reads
+    /// the values by these revisions.
+    pub fn range_with_revisions(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        opts: &RangeOptions,
+    ) -> Result<(RangeResult, Vec<Revision>), MvccError> {
+        let mut revs = Vec::new();
+        let r = self.range_revs_at(key, range_end, opts, self.current_rev, Some(&mut revs))?;
+        Ok((r, revs))
+    }
+
+    /// The range read behind every variant; `revs` collects revisions.
+    pub(super) fn range_revs_at(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        opts: &RangeOptions,
+        cur_rev: i64,
+        mut revs: Option<&mut Vec<Revision>>,
+    ) -> Result<RangeResult, MvccError> {
         // Check order matters and follows etcd: future before compacted.
         if opts.rev > cur_rev {
             return Err(MvccError::FutureRevision);
@@ -146,11 +191,36 @@ impl MemStore {
             if let Some(v) = h.live_at(rev) {
                 if result.kvs.len() < want {
                     result.kvs.push(v.to_kv(k, !opts.keys_only));
+                    if let Some(revs) = revs.as_deref_mut() {
+                        revs.push(v.rev);
+                    }
                 }
                 result.count += 1;
             }
         }
         Ok(result)
+    }
+
+    /// Every retained version in revision order, as stored: tombstones with
+    /// version 0 (and only key and mod_revision set).
+    pub fn versions_by_revision(&self) -> Vec<(Revision, super::KeyValue)> {
+        let mut out = Vec::new();
+        for (k, h) in &self.keys {
+            for v in h.versions() {
+                let kv = if v.is_tombstone() {
+                    super::KeyValue {
+                        key: k.to_vec(),
+                        mod_revision: v.rev.main,
+                        ..Default::default()
+                    }
+                } else {
+                    v.to_kv(k, true)
+                };
+                out.push((v.rev, kv));
+            }
+        }
+        out.sort_unstable_by_key(|(r, _)| *r);
+        out
     }
 
     /// Starts a write transaction; see [`WriteTxn`] for commit behaviour.
@@ -161,6 +231,24 @@ impl MemStore {
     /// Discards history no read at a revision `>= rev` can see and makes
     /// reads below `rev` fail with [`MvccError::Compacted`].
     pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        self.compact_inner(rev, None)
+    }
+
+    /// [`MemStore::compact`], appending the revisions it dropped to `removed`
+    /// (an engine that stores versions elsewhere deletes them there).
+    pub fn compact_collect(
+        &mut self,
+        rev: i64,
+        removed: &mut Vec<Revision>,
+    ) -> Result<(), MvccError> {
+        self.compact_inner(rev, Some(removed))
+    }
+
+    fn compact_inner(
+        &mut self,
+        rev: i64,
+        mut removed: Option<&mut Vec<Revision>>,
+    ) -> Result<(), MvccError> {
         if rev <= self.compact_rev {
             return Err(MvccError::Compacted);
         }
@@ -170,7 +258,7 @@ impl MemStore {
         self.compact_rev = rev;
         let mut freed = 0u64;
         self.keys.retain(|k, h| {
-            freed += h.compact(rev);
+            freed += h.compact(rev, removed.as_deref_mut());
             if h.is_empty() {
                 freed += key_size(k);
                 false

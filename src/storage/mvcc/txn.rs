@@ -49,6 +49,25 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// Revision the next put/delete of this transaction is stored at.
+    pub fn next_revision(&self) -> Revision {
+        self.next_rev()
+    }
+
+    /// Like `range`, also returning each returned kv's revision (see
+    /// [`MemStore::range_with_revisions`]).
+    pub fn range_with_revisions(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        opts: &RangeOptions,
+    ) -> Result<(RangeResult, Vec<Revision>), MvccError> {
+        let mut revs = Vec::new();
+        let r = self
+            .store
+            .range_revs_at(key, range_end, opts, self.read_rev(), Some(&mut revs))?;
+        Ok((r, revs))
+    }
+
     fn next_rev(&self) -> Revision {
         Revision::new(self.begin_rev + 1, self.changes)
     }
@@ -93,13 +112,19 @@ impl<'a> WriteTxn<'a> {
         let store = &mut *self.store;
         let record = store.record_events;
         // The event needs its own copy; take it before the store owns `value`.
-        let event_value = if record { value.clone() } else { Vec::new() };
+        // An index-only store keeps no value, so the event takes it whole.
+        let (event_value, kept) = match (record, store.keep_values) {
+            (true, true) => (value.clone(), value),
+            (true, false) => (value, Vec::new()),
+            (false, true) => (Vec::new(), value),
+            (false, false) => (Vec::new(), Vec::new()),
+        };
         let mut version = Version {
             rev,
             create_revision: rev.main,
             version: 1,
             lease,
-            value: value.into_boxed_slice(),
+            value: kept.into_boxed_slice(),
         };
         store.size_bytes += version.size();
         let (had_prev, prev_kv, create_revision, ver) = match store.keys.get_mut(key) {
@@ -151,6 +176,27 @@ impl<'a> WriteTxn<'a> {
     /// Deletes every live key in `[key, range_end)` (same conventions as
     /// `range`); returns their previous states in ascending key order.
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+        self.delete_range_inner(key, range_end, None)
+    }
+
+    /// Like `delete_range`, also returning where each deleted version was
+    /// written (`revs[i]` for the i-th previous state).
+    pub fn delete_range_with_revisions(
+        &mut self,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> (Vec<KeyValue>, Vec<Revision>) {
+        let mut revs = Vec::new();
+        let deleted = self.delete_range_inner(key, range_end, Some(&mut revs));
+        (deleted, revs)
+    }
+
+    fn delete_range_inner(
+        &mut self,
+        key: &[u8],
+        range_end: &[u8],
+        mut revs: Option<&mut Vec<Revision>>,
+    ) -> Vec<KeyValue> {
         let Some(bounds) = key_bounds(key, range_end) else {
             return Vec::new();
         };
@@ -165,6 +211,9 @@ impl<'a> WriteTxn<'a> {
                 continue;
             };
             let prev = live.to_kv(k, true);
+            if let Some(revs) = revs.as_deref_mut() {
+                revs.push(live.rev);
+            }
             let tomb = Version::tombstone(Revision::new(main, *changes));
             *changes += 1;
             store.size_bytes += tomb.size();

@@ -245,3 +245,19 @@ impl Handler<QueryStore> for ApplyActor {
         })
     }
 }
+
+impl Handler<TakeImage> for ApplyActor {
+    type Result = Result<crate::storage::image::ImageJob, crate::error::ApiError>;
+    fn handle(&mut self, _: TakeImage, _: &mut Context<Self>) -> Self::Result {
+        self.sm
+            .take_image(&self.data_dir)
+            .map_err(|e| crate::error::ApiError::Internal(e.to_string()))
+    }
+}
+
+impl Handler<Defragment> for ApplyActor {
+    type Result = Option<Box<dyn FnOnce() + Send>>;
+    fn handle(&mut self, _: Defragment, _: &mut Context<Self>) -> Self::Result {
+        self.sm.defragment_job()
+    }
+}

@@ -152,3 +152,14 @@ pub struct StoreStatus {
     /// Applied index.
     pub applied_index: u64,
 }
+
+/// Handler → ApplyActor: a consistent image of the applied state, for
+/// Maintenance.Snapshot (and, later, a lagging follower).
+#[derive(Message)]
+#[rtype(result = "Result<crate::storage::image::ImageJob, crate::error::ApiError>")]
+pub struct TakeImage;
+
+/// Handler → ApplyActor: the engine's defragmentation job, if it has one.
+#[derive(Message)]
+#[rtype(result = "Option<Box<dyn FnOnce() + Send>>")]
+pub struct Defragment;

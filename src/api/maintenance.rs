@@ -1,16 +1,21 @@
 //! etcd's Maintenance service. Status, Alarm (no alarms are raised yet),
-//! Defragment (the memory engine has nothing to defragment), MoveLeader for a
-//! lone member; Hash, HashKV, Snapshot and Downgrade are not supported yet.
+//! Defragment (compacts the rocksdb engine's files; the memory engine has
+//! nothing to defragment), MoveLeader for a
+//! lone member, Snapshot (MetaStore's own image format); Hash, HashKV and
+//! Downgrade are not supported yet.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::pin::Pin;
 
 use futures::Stream;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::{Gateway, ETCD_VERSION};
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
+use crate::storage::image::ImageJob;
 
 /// The Maintenance service.
 pub struct MaintenanceService {
@@ -62,6 +67,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.gw.defragment().await?;
         let st = self.gw.store_status().await?;
         Ok(Response::new(DefragmentResponse {
             header: self.gw.header(st.revision),
@@ -78,11 +84,22 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
+    /// Streams MetaStore's state image (`storage::image`), not a bbolt file,
+    /// framed as etcd frames its database (512-byte padding, then SHA-256):
+    /// `etcdctl snapshot save` stores and checks it; `etcdctl snapshot
+    /// restore` cannot read it.
     async fn snapshot(
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unsupported("Snapshot"))
+        let st = self.gw.store_status().await?;
+        let job = self.gw.take_image().await?;
+        let header = self.gw.header(st.revision);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || stream_image(job, header, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(
@@ -107,4 +124,72 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DowngradeResponse>, Status> {
         Err(unsupported("Downgrade"))
     }
+}
+
+/// etcd's chunk size for snapshot streams.
+const CHUNK: usize = 32 * 1024;
+
+/// Sends the image in chunks (on a blocking thread: it may wait for the
+/// image thread and read a file).
+fn stream_image(
+    job: ImageJob,
+    header: Option<ResponseHeader>,
+    tx: tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    let fail = |e: String| {
+        let _ = tx.blocking_send(Err(Status::internal(format!("etcdserver: {e}"))));
+    };
+    let (mut source, total): (Box<dyn Read>, u64) = match job {
+        ImageJob::Ready(bytes) => {
+            let n = bytes.len() as u64;
+            (Box::new(std::io::Cursor::new(bytes)), n)
+        }
+        ImageJob::Writing(thread) => {
+            let mut file = match thread.join() {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => return fail(e.to_string()),
+                Err(_) => return fail("the image thread panicked".into()),
+            };
+            let len = match file.seek(SeekFrom::End(0)) {
+                Ok(n) => n,
+                Err(e) => return fail(e.to_string()),
+            };
+            if let Err(e) = file.seek(SeekFrom::Start(0)) {
+                return fail(e.to_string());
+            }
+            (Box::new(file), len)
+        }
+    };
+    // etcd's framing, which etcdctl checks: the database padded to 512-byte
+    // pages, then the SHA-256 of all of it.
+    let padded = total.div_ceil(512) * 512;
+    let whole = padded + 32;
+    let mut hash = Sha256::new();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    let send = |blob: Vec<u8>, sent: u64| {
+        let resp = SnapshotResponse {
+            header,
+            remaining_bytes: whole - sent,
+            blob,
+        };
+        tx.blocking_send(Ok(resp)).is_ok()
+    };
+    while sent < total {
+        let want = CHUNK.min((total - sent) as usize);
+        let n = match source.read(&mut buf[..want]) {
+            Ok(0) => return fail("the image ended early".into()),
+            Ok(n) => n,
+            Err(e) => return fail(e.to_string()),
+        };
+        sent += n as u64;
+        hash.update(&buf[..n]);
+        if !send(buf[..n].to_vec(), sent) {
+            return;
+        }
+    }
+    let mut tail = vec![0u8; (padded - total) as usize];
+    hash.update(&tail);
+    tail.extend_from_slice(&hash.finalize());
+    let _ = send(tail, whole);
 }

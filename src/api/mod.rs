@@ -163,6 +163,32 @@ impl Gateway {
             .await
             .map_err(|_| ApiError::Stopped)
     }
+
+    /// Runs the engine's defragmentation (Maintenance.Defragment) on a
+    /// blocking thread; returns when it is done.
+    pub async fn defragment(&self) -> Result<(), ApiError> {
+        let job = self
+            .core
+            .apply
+            .send(crate::actors::messages::Defragment)
+            .await
+            .map_err(|_| ApiError::Stopped)?;
+        if let Some(job) = job {
+            tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|e| ApiError::Internal(format!("defragment: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Starts an image of the applied state (Maintenance.Snapshot).
+    pub async fn take_image(&self) -> Result<crate::storage::image::ImageJob, ApiError> {
+        self.core
+            .apply
+            .send(crate::actors::messages::TakeImage)
+            .await
+            .map_err(|_| ApiError::Stopped)?
+    }
 }
 
 /// Puts a message in an actor's mailbox without waiting for it to be handled;

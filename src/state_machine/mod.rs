@@ -10,6 +10,8 @@
 pub mod kv;
 pub mod snapshot;
 
+use std::path::Path;
+
 use prost::Message as _;
 use raft::eraftpb::ConfState;
 
@@ -21,6 +23,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::metastorepb::{internal_request, InternalRequest};
 use crate::storage::engine::KvEngine;
+use crate::storage::image::{self, ImageHeader, ImageJob};
 use crate::storage::mvcc::MemStore;
 use crate::storage::rocks::RocksKv;
 
@@ -156,10 +159,52 @@ impl StateMachine {
         }
     }
 
-    /// Compacts the engine's files (Maintenance.Defragment).
-    pub fn defragment(&self) {
-        if let Store::Rocks(s) = &self.store {
-            s.defragment();
+    /// Starts an image of the applied state (see [`image`]); the rocksdb
+    /// engine streams it into an unlinked file under `tmp_dir`.
+    pub fn take_image(&self, tmp_dir: &Path) -> Result<ImageJob, StorageError> {
+        match &self.store {
+            Store::Memory(m) => {
+                let header = ImageHeader {
+                    index: self.applied_index,
+                    term: self.applied_term,
+                    conf_state: self.conf_state.clone(),
+                    current_rev: m.current_revision(),
+                    compact_rev: m.compact_main_revision(),
+                };
+                let bytes = image::write_memory_image(m, &header, Vec::new())
+                    .map_err(|e| StorageError::io("encode the image", e))?;
+                Ok(ImageJob::Ready(bytes))
+            }
+            Store::Rocks(r) => {
+                let path = tmp_dir.join(format!("image-{}.tmp", self.applied_index));
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
+                // Unlinked at once: the file lives as long as the stream reads it.
+                std::fs::remove_file(&path)
+                    .map_err(|e| StorageError::io(format!("unlink {}", path.display()), e))?;
+                let job = r.spawn_image(std::io::BufWriter::new(file))?;
+                Ok(ImageJob::Writing(std::thread::spawn(move || {
+                    let out = job
+                        .join()
+                        .map_err(|_| StorageError::Rocks("the image thread panicked".into()))??;
+                    out.into_inner()
+                        .map_err(|e| StorageError::io("flush the image", e.into_error()))
+                })))
+            }
+        }
+    }
+
+    /// What Maintenance.Defragment runs off the apply thread: the rocksdb
+    /// engine compacts its files; the memory engine has nothing to do.
+    pub fn defragment_job(&self) -> Option<Box<dyn FnOnce() + Send>> {
+        match &self.store {
+            Store::Memory(_) => None,
+            Store::Rocks(s) => Some(Box::new(s.defragment_job())),
         }
     }
 

@@ -123,6 +123,15 @@ pub fn parse_revision_key(k: &[u8]) -> Option<Revision> {
     ))
 }
 
+/// An image being produced.
+pub enum ImageJob {
+    /// Encoded already (memory engine: the store is encoded on the spot).
+    Ready(Vec<u8>),
+    /// Being written to an unlinked temp file by a thread (rocksdb engine:
+    /// streamed from a RocksDB snapshot while applying goes on).
+    Writing(std::thread::JoinHandle<Result<std::fs::File, StorageError>>),
+}
+
 /// A record as stored: 16-byte revision key, encoded `mvccpb.KeyValue`.
 pub type RawRecord = ([u8; 16], Vec<u8>);
 

@@ -39,3 +39,4 @@ mod etcdctl;
 mod harness;
 mod kv;
 mod smoke;
+mod snapshot;

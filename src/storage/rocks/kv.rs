@@ -203,11 +203,14 @@ impl RocksKv {
         }
     }
 
-    /// Compacts every family's files (Maintenance.Defragment).
-    pub fn defragment(&self) {
-        for name in [super::CF_RAFT, CF_KV, CF_META] {
-            self.db
-                .compact_range_cf(cf(&self.db, name), None::<&[u8]>, None::<&[u8]>);
+    /// A job that compacts every file of the kv database, to run off the
+    /// apply thread (Maintenance.Defragment).
+    pub fn defragment_job(&self) -> impl FnOnce() + Send + 'static {
+        let db = self.db.clone();
+        move || {
+            for name in [CF_KV, CF_META] {
+                db.compact_range_cf(cf(&db, name), None::<&[u8]>, None::<&[u8]>);
+            }
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Applied {
 }
 
 /// The MVCC store of the configured engine.
+// One per process, never moved on a hot path: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Store {
     /// In memory (durable through the WAL and snapshot files).

@@ -291,7 +291,7 @@ async fn rocksdb_truncates_its_raft_log_and_compaction_removes_versions() {
             .unwrap();
     }
     client.delete("k000", None).await.unwrap();
-    server.kill9();
+    server.stop();
     {
         let db = open_db(&server);
         let entries = count_cf(&db.raft, metastore::storage::rocks::CF_RAFT);
@@ -306,7 +306,7 @@ async fn rocksdb_truncates_its_raft_log_and_compaction_removes_versions() {
     let (count, revision) = count_prefix(&mut client, "k").await;
     assert_eq!((count, revision), (99, 1502));
     client.compact(revision, None).await.unwrap();
-    server.kill9();
+    server.stop();
     {
         let db = open_db(&server);
         // etcd keeps the newest version of each live key; k000's history and
@@ -347,7 +347,7 @@ async fn a_damaged_rocksdb_database_refuses_to_start() {
         key[..8].copy_from_slice(&5u64.to_be_bytes());
         key[8..].copy_from_slice(&7u64.to_be_bytes());
         db.kv.put_cf(cf, key, b"\xff\xff garbage").unwrap();
-        db.kv.flush_wal(true).unwrap();
+        metastore::storage::rocks::flush_kv(&db.kv).unwrap();
     }
     let out = server.run_to_exit();
     assert!(!out.status.success());

@@ -237,6 +237,16 @@ impl Server {
         }
     }
 
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let status = c.wait().expect("wait for the daemon");
+            assert!(status.success(), "unclean exit on SIGTERM: {status}");
+        }
+    }
+
     /// The next start runs MetaStore on `engine` (same data dir).
     pub fn set_engine(&mut self, engine: Engine) {
         assert!(matches!(self.kind, Kind::MetaStore(_)), "not a MetaStore");

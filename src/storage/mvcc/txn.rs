@@ -130,7 +130,9 @@ impl<'a> WriteTxn<'a> {
         let (had_prev, prev_kv, create_revision, ver) = match store.keys.get_mut(key) {
             Some(h) => {
                 let prev = h.latest_live();
-                let prev_kv = if want_prev || record {
+                // An index-only store's events leave prev_kv out: its caller
+                // keeps the values and the index holds none to copy.
+                let prev_kv = if want_prev || (record && store.keep_values) {
                     prev.map(|p| p.to_kv(key, true))
                 } else {
                     None

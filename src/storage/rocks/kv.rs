@@ -59,6 +59,9 @@ pub struct RocksKv {
     compacted_to: Option<i64>,
     compacting: Arc<AtomicBool>,
     size: Cell<(u64, Option<Instant>)>,
+    no_wal: WriteOptions,
+    /// The conf state last written (written again only when it changes).
+    conf_state: Option<ConfState>,
 }
 
 impl std::fmt::Debug for RocksKv {
@@ -146,9 +149,9 @@ impl RocksKv {
     }
 
     /// Writes the pending changes with the applied index, term and conf
-    /// state, in one write batch through RocksDB's WAL, unsynced: the next
-    /// synced Raft write makes it durable, and until then the Raft log holds
-    /// the entries that produced it.
+    /// state, in one write batch, to the memtables only: an (atomic) flush
+    /// makes it durable, and until then the Raft log holds the entries that
+    /// produced it.
     pub fn commit(
         &mut self,
         index: u64,
@@ -158,7 +161,10 @@ impl RocksKv {
         let meta = cf(&self.db, CF_META);
         let mut batch = std::mem::take(&mut self.batch);
         batch.put_cf(meta, META_APPLIED, pair(index, term));
-        batch.put_cf(meta, META_CONF_STATE, encode(conf_state));
+        if self.conf_state.as_ref() != Some(conf_state) {
+            batch.put_cf(meta, META_CONF_STATE, encode(conf_state));
+            self.conf_state = Some(conf_state.clone());
+        }
         batch.put_cf(
             meta,
             META_REVISION,
@@ -168,7 +174,7 @@ impl RocksKv {
             ),
         );
         self.db
-            .write(batch)
+            .write_opt(batch, &self.no_wal)
             .map_err(|e| db_error("write applied changes", e))?;
         self.pending.clear();
         if let Some(rev) = self.compacted_to.take() {
@@ -312,6 +318,12 @@ impl RocksKv {
             compacted_to: None,
             compacting: Arc::new(AtomicBool::new(false)),
             size: Cell::new((0, None)),
+            no_wal: {
+                let mut wo = WriteOptions::default();
+                wo.disable_wal(true);
+                wo
+            },
+            conf_state: None,
         }
     }
 }

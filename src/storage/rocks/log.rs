@@ -1,5 +1,6 @@
 //! [`RocksLog`]: the `rocksdb` engine's [`LogStore`], written by the WalWriter.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use protobuf::Message as _;
@@ -14,8 +15,11 @@ use crate::storage::engine::LogStore;
 pub struct RocksLog {
     /// The raft database.
     db: Arc<DB>,
-    /// The kv database, synced before entries it was built from are dropped.
+    /// The kv database, flushed before entries it was built from are dropped.
     kv: Arc<DB>,
+    /// A purge is running on its thread.
+    purging: Arc<AtomicBool>,
+    buf: Vec<u8>,
     batch: WriteBatch,
     /// Index of the last entry written (to drop a replaced suffix).
     last: u64,
@@ -30,6 +34,8 @@ impl RocksLog {
         RocksLog {
             db: dbs.raft.clone(),
             kv: dbs.kv.clone(),
+            purging: Arc::new(AtomicBool::new(false)),
+            buf: Vec::new(),
             batch: WriteBatch::default(),
             last,
             sync,
@@ -42,10 +48,10 @@ impl LogStore for RocksLog {
         let raft = cf(&self.db, CF_RAFT);
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             for e in entries {
-                let bytes = e
-                    .write_to_bytes()
+                self.buf.clear();
+                e.write_to_vec(&mut self.buf)
                     .unwrap_or_else(|err| unreachable!("an entry always encodes: {err}"));
-                self.batch.put_cf(raft, index_key(e.index), bytes);
+                self.batch.put_cf(raft, index_key(e.index), &self.buf);
             }
             if first.index <= self.last && last.index < self.last {
                 // A new leader's entries replace our tail: drop what is beyond.
@@ -71,16 +77,39 @@ impl LogStore for RocksLog {
     }
 
     fn purge(&mut self, upto: u64) -> Result<(), StorageError> {
-        // The applied state up to `upto` was written unsynced: make it durable
-        // before the entries that could rebuild it go.
-        self.kv
-            .flush_wal(true)
-            .map_err(|e| db_error("sync the rocksdb WAL", e))?;
-        let raft = cf(&self.db, CF_RAFT);
-        self.db
-            .delete_range_cf(raft, index_key(0), index_key(upto + 1))
-            .map_err(|e| db_error("truncate the raft log", e))?;
-        tracing::info!(upto, "raft log truncated");
-        Ok(())
+        if self.purging.swap(true, Ordering::AcqRel) {
+            // One at a time; the next snapshot's purge covers this one.
+            return Ok(());
+        }
+        let raft = self.db.clone();
+        let kv = self.kv.clone();
+        let busy = self.purging.clone();
+        // Flushing memtables takes a while: not on the thread Raft waits on.
+        std::thread::Builder::new()
+            .name("raft-log-purge".into())
+            .spawn(move || {
+                if let Err(e) = purge(&raft, &kv, upto) {
+                    tracing::warn!(error = %e, upto, "raft log purge failed");
+                }
+                busy.store(false, Ordering::Release);
+            })
+            .map(|_| ())
+            .map_err(|e| StorageError::io("start the purge thread", e))
     }
+}
+
+/// The applied state up to `upto` is only in the kv database's memtables (it
+/// is written without a WAL): flush it to disk, atomically across its
+/// families, before the entries that could rebuild it go.
+fn purge(raft: &DB, kv: &DB, upto: u64) -> Result<(), StorageError> {
+    let started = std::time::Instant::now();
+    super::flush_kv(kv)?;
+    raft.delete_range_cf(cf(raft, CF_RAFT), index_key(0), index_key(upto + 1))
+        .map_err(|e| db_error("truncate the raft log", e))?;
+    tracing::info!(
+        upto,
+        ms = started.elapsed().as_millis() as u64,
+        "kv database flushed, raft log truncated"
+    );
+    Ok(())
 }

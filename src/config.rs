@@ -96,7 +96,8 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
-    /// WAL segment size in bytes; whole segments are purged after a snapshot.
+    /// WAL segment size in bytes; whole segments are purged after a snapshot
+    /// (rocksdb: the Raft log database's WAL file and memtable size).
     pub wal_segment_size: u64,
     /// tracing filter.
     pub log_level: String,
@@ -177,7 +178,7 @@ pub struct Flags {
     /// Applied entries between snapshots.
     #[arg(long)]
     pub snapshot_count: Option<u64>,
-    /// WAL segment size in bytes.
+    /// WAL segment size in bytes (rocksdb: Raft log WAL file size).
     #[arg(long)]
     pub wal_segment_size: Option<u64>,
     /// Log filter.

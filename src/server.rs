@@ -115,7 +115,7 @@ pub fn recover(cfg: &Config, fresh: bool, voters: Vec<u64>) -> Result<Recovered,
             };
             recover_memory(&cfg.data_dir, wal_options, voters)
         }
-        Engine::Rocksdb => recover_rocks(&cfg.data_dir, fresh, voters),
+        Engine::Rocksdb => recover_rocks(&cfg.data_dir, fresh, cfg.wal_segment_size, voters),
     }
 }
 
@@ -144,9 +144,10 @@ fn bootstrap_point(voters: Vec<u64>) -> (SnapshotMetadata, HardState) {
 fn recover_rocks(
     data_dir: &Path,
     fresh: bool,
+    wal_size: u64,
     voters: Vec<u64>,
 ) -> Result<Recovered, StorageError> {
-    let dbs = rocks::open(data_dir, fresh)?;
+    let dbs = rocks::open_with(data_dir, fresh, Some(wal_size))?;
     let meta = rocks::read_meta(&dbs)?;
     let Some((applied, applied_term)) = meta.applied else {
         if !fresh {
@@ -375,9 +376,11 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         Ok::<_, StorageError>(served)
     })?;
     system.run()?;
+    // The actors are gone with the System; the WAL writer follows them.
+    WalWriter::join();
     if let Some(dbs) = rocks_dbs {
         // A clean stop leaves nothing to replay.
-        if let Err(e) = rocks::flush_kv(&dbs.kv) {
+        if let Err(e) = rocks::shutdown(&dbs) {
             tracing::warn!(error = %e, "flush at shutdown failed; the next start replays the log");
         }
     }

@@ -18,6 +18,10 @@ use crate::storage::engine::LogStore;
 use actix::Addr;
 use crossbeam_channel::{Receiver, Sender};
 
+/// The writer thread, joined at shutdown.
+static WRITER_THREAD: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>> =
+    parking_lot::Mutex::new(None);
+
 /// What the WalWriter is asked to do.
 pub enum WalCommand {
     /// Make a ready durable.
@@ -54,10 +58,19 @@ impl WalWriter {
     pub fn spawn(log: Box<dyn LogStore>, raft: Addr<RaftActor>) -> std::io::Result<WalHandle> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut writer = WalWriter { log, raft };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("wal".into())
             .spawn(move || writer.run(rx))?;
+        *WRITER_THREAD.lock() = Some(thread);
         Ok(WalHandle { tx })
+    }
+
+    /// Waits until the writer thread has finished (its mailbox closes when the
+    /// RaftActor is gone), so the process never exits inside a log write.
+    pub fn join() {
+        if let Some(t) = WRITER_THREAD.lock().take() {
+            let _ = t.join();
+        }
     }
 
     fn run(&mut self, rx: Receiver<WalCommand>) {

@@ -164,15 +164,16 @@ impl Server {
         lines[lines.len().saturating_sub(5)..].join("\n")
     }
 
-    /// MetaStore zero-fills each WAL segment when it creates it; tests keep
-    /// them small (4 MiB, not 64) so dozens of daemons start fast and use
-    /// little disk. A test that sets its own size keeps it.
+    /// MetaStore zero-fills each WAL segment when it creates it (memory) or
+    /// primes a WAL file of that size at start-up (rocksdb); tests keep them
+    /// small (4 MiB, not 64) so dozens of daemons start fast and use little
+    /// disk. A test that sets its own size keeps it.
     fn small_wal_segments(&self) -> Vec<&'static str> {
         let own = self
             .extra
             .iter()
             .any(|a| a.starts_with("--wal-segment-size"));
-        if self.kind == Kind::MetaStore(Engine::Memory) && !own {
+        if matches!(self.kind, Kind::MetaStore(_)) && !own {
             vec!["--wal-segment-size", "4194304"]
         } else {
             Vec::new()

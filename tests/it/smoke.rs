@@ -14,6 +14,12 @@ fn etcdctl_put_get_and_http_endpoints(engine: Engine) {
     let (_, metrics) = http_get(s.port, "/metrics").unwrap();
     assert!(metrics.contains("etcd_server_has_leader 1"), "{metrics}");
     assert!(metrics.contains("etcd_disk_wal_fsync_duration_seconds"));
+    // SIGTERM: a clean exit (status 0), and everything is there afterwards.
+    let mut s = s;
+    s.stop();
+    s.restart();
+    let out = s.etcdctl(&["get", "foo"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "foo\nbar\n");
 }
 
 engine_tests!(sync: etcdctl_put_get_and_http_endpoints);

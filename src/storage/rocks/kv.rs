@@ -192,18 +192,16 @@ impl RocksKv {
         let db = self.db.clone();
         let busy = self.compacting.clone();
         let end = rev_key(Revision::new(rev.saturating_add(1), 0));
-        let spawned = std::thread::Builder::new()
-            .name("rocksdb-compact".into())
-            .spawn(move || {
-                let started = Instant::now();
-                db.compact_range_cf(cf(&db, CF_KV), None::<&[u8]>, Some(&end[..]));
-                tracing::info!(
-                    upto = rev,
-                    ms = started.elapsed().as_millis() as u64,
-                    "rocksdb compaction of the kv family done"
-                );
-                busy.store(false, Ordering::Release);
-            });
+        let spawned = super::spawn_background("rocksdb-compact", move || {
+            let started = Instant::now();
+            db.compact_range_cf(cf(&db, CF_KV), None::<&[u8]>, Some(&end[..]));
+            tracing::info!(
+                upto = rev,
+                ms = started.elapsed().as_millis() as u64,
+                "rocksdb compaction of the kv family done"
+            );
+            busy.store(false, Ordering::Release);
+        });
         if spawned.is_err() {
             self.compacting.store(false, Ordering::Release);
         }

@@ -85,16 +85,16 @@ impl LogStore for RocksLog {
         let kv = self.kv.clone();
         let busy = self.purging.clone();
         // Flushing memtables takes a while: not on the thread Raft waits on.
-        std::thread::Builder::new()
-            .name("raft-log-purge".into())
-            .spawn(move || {
-                if let Err(e) = purge(&raft, &kv, upto) {
-                    tracing::warn!(error = %e, upto, "raft log purge failed");
-                }
-                busy.store(false, Ordering::Release);
-            })
-            .map(|_| ())
-            .map_err(|e| StorageError::io("start the purge thread", e))
+        super::spawn_background("raft-log-purge", move || {
+            if let Err(e) = purge(&raft, &kv, upto) {
+                tracing::warn!(error = %e, upto, "raft log purge failed");
+            }
+            busy.store(false, Ordering::Release);
+        })
+        .map_err(|e| {
+            self.purging.store(false, Ordering::Release);
+            StorageError::io("start the purge thread", e)
+        })
     }
 }
 

@@ -356,6 +356,22 @@ async fn a_damaged_rocksdb_database_refuses_to_start() {
         stderr.contains("kv record 00000000000000050000000000000007"),
         "stderr does not name the record: {stderr}"
     );
+    // RocksDB's own files damaged: its error, and no start.
+    let current = server
+        .data_dir()
+        .join("rocksdb")
+        .join("raft")
+        .join("CURRENT");
+    let good = std::fs::read(&current).unwrap();
+    std::fs::write(&current, b"MANIFEST-999999\n").unwrap();
+    let out = server.run_to_exit();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot open the RocksDB database"),
+        "{stderr}"
+    );
+    std::fs::write(&current, good).unwrap();
     // No database at all where one was: never a silent empty store.
     std::fs::remove_dir_all(server.data_dir().join("rocksdb")).unwrap();
     let out = server.run_to_exit();

@@ -103,6 +103,10 @@ pub struct Config {
     pub log_level: String,
     /// Raft knobs.
     pub raft: RaftConfig,
+    /// Flag only: seed a brand-new data dir from a state image (what
+    /// `etcdctl snapshot save` stored) before starting.
+    #[serde(skip)]
+    pub restore_image: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -124,6 +128,7 @@ impl Default for Config {
             wal_segment_size: 64 * 1024 * 1024,
             log_level: "info".into(),
             raft: RaftConfig::default(),
+            restore_image: None,
         }
     }
 }
@@ -190,6 +195,11 @@ pub struct Flags {
     /// etcd's election timeout in ms; sets raft.election-tick in ticks of raft.tick-ms.
     #[arg(long)]
     pub election_timeout: Option<u64>,
+    /// Seed a new (empty) data dir from a state image, e.g. a file written by
+    /// `etcdctl snapshot save` against MetaStore, then start. Either engine
+    /// restores an image either engine wrote.
+    #[arg(long)]
+    pub restore_image: Option<PathBuf>,
 }
 
 impl Config {
@@ -246,6 +256,7 @@ impl Config {
         if let Some(ms) = flags.heartbeat_interval {
             cfg.raft.heartbeat_tick = ticks(ms, cfg.raft.tick_ms);
         }
+        cfg.restore_image = flags.restore_image;
         if let Some(ms) = flags.election_timeout {
             cfg.raft.election_tick = ticks(ms, cfg.raft.tick_ms);
         }

@@ -20,6 +20,7 @@ use crate::error::StorageError;
 use crate::state_machine::{snapshot, StateMachine};
 use crate::status::NodeStatus;
 use crate::storage::engine::LogStore;
+use crate::storage::image;
 use crate::storage::raft_log::{encode_message, record, RaftLog};
 use crate::storage::rocks::{self, RocksKv, RocksLog};
 use crate::storage::wal::{Wal, WalOptions};
@@ -117,6 +118,62 @@ pub fn recover(cfg: &Config, fresh: bool, voters: Vec<u64>) -> Result<Recovered,
         }
         Engine::Rocksdb => recover_rocks(&cfg.data_dir, fresh, cfg.wal_segment_size, voters),
     }
+}
+
+/// Seeds a brand-new data dir from the image at `path`, as this lone member
+/// (`id`): the image's state, applied index and term, with the membership
+/// rewritten to this member (as `etcdctl snapshot restore` does).
+pub fn restore_image(cfg: &Config, path: &Path, id: u64) -> Result<(), StorageError> {
+    let open = || {
+        fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| StorageError::io(format!("open image {}", path.display()), e))
+    };
+    let (h, _) = image::ImageReader::new(open()?)?;
+    let cs = ConfState {
+        voters: vec![id],
+        ..Default::default()
+    };
+    let hs = HardState {
+        term: h.term,
+        commit: h.index,
+        ..Default::default()
+    };
+    let meta = SnapshotMetadata {
+        index: h.index,
+        term: h.term,
+        conf_state: protobuf::SingularPtrField::some(cs.clone()),
+        ..Default::default()
+    };
+    let data_dir = &cfg.data_dir;
+    match cfg.engine {
+        Engine::Memory => {
+            let (_, store) = image::read_into_store(open()?, true)?;
+            snapshot::save(
+                data_dir,
+                h.index,
+                &snapshot::encode(h.index, h.term, &cs, &store),
+            )?;
+            let wal_options = WalOptions {
+                segment_size: cfg.wal_segment_size,
+                ..WalOptions::default()
+            };
+            let (mut wal, _) = Wal::open(&data_dir.join("wal"), wal_options)?;
+            wal.append(record::SNAPSHOT, &encode_message(&meta), h.index);
+            wal.append(record::HARD_STATE, &encode_message(&hs), 0);
+            wal.sync()?;
+        }
+        Engine::Rocksdb => {
+            let dbs = rocks::open(data_dir, true)?;
+            rocks::bootstrap(&dbs, h.index, h.term, &cs, &hs)?;
+            // The image carries its source's membership; this member is the
+            // cluster now.
+            RocksKv::install_image(&dbs, path, Some(&cs))?;
+            rocks::shutdown(&dbs)?;
+        }
+    }
+    tracing::info!(image = %path.display(), index = h.index, revision = h.current_rev, "data dir restored from an image");
+    Ok(())
 }
 
 /// The bootstrap point every initial member starts from: index 1, term 1.
@@ -359,6 +416,19 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| StorageError::io(format!("create {}", cfg.data_dir.display()), e))?;
     let fresh = check_marker(&cfg)?;
     let id = member_id(&cfg.advertise_peer_list(), &cfg.initial_cluster_token);
+    let fresh = match &cfg.restore_image {
+        Some(image) if fresh => {
+            restore_image(&cfg, image, id)?;
+            false
+        }
+        Some(_) => {
+            return Err(Box::new(StorageError::DataDir {
+                path: cfg.data_dir.clone(),
+                why: "--restore-image needs a new, empty data dir".into(),
+            }))
+        }
+        None => fresh,
+    };
     let status = Arc::new(NodeStatus::new(cluster_id(&[id]), id));
     let rec = recover(&cfg, fresh, vec![id])?;
     let rocks_dbs = rec.rocks.clone();

@@ -248,6 +248,11 @@ impl Server {
         }
     }
 
+    /// The extra flags of the next start.
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// The next start runs MetaStore on `engine` (same data dir).
     pub fn set_engine(&mut self, engine: Engine) {
         assert!(matches!(self.kind, Kind::MetaStore(_)), "not a MetaStore");

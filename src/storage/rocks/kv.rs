@@ -258,8 +258,13 @@ impl RocksKv {
     /// checked completely first (nothing changes if it is damaged), then
     /// written under an "installing" mark so an interrupted install is
     /// refused at start-up rather than half-used. The Raft log is dropped:
-    /// the image supersedes it.
-    pub fn install_image(dbs: &Dbs, path: &Path) -> Result<(ImageHeader, RocksKv), StorageError> {
+    /// the image supersedes it. `conf_state` replaces the image's membership
+    /// (a restore into another cluster).
+    pub fn install_image(
+        dbs: &Dbs,
+        path: &Path,
+        conf_state: Option<&ConfState>,
+    ) -> Result<(ImageHeader, RocksKv), StorageError> {
         let db = dbs.kv.clone();
         let open = || {
             std::fs::File::open(path)
@@ -291,7 +296,11 @@ impl RocksKv {
             }
         }
         batch.put_cf(meta, META_APPLIED, pair(h.index, h.term));
-        batch.put_cf(meta, META_CONF_STATE, encode(&h.conf_state));
+        batch.put_cf(
+            meta,
+            META_CONF_STATE,
+            encode(conf_state.unwrap_or(&h.conf_state)),
+        );
         batch.put_cf(
             meta,
             META_REVISION,
@@ -715,7 +724,7 @@ mod tests {
         let path = dir.path().join("image");
         std::fs::write(&path, &bytes).unwrap();
         let dbs = fresh_for_test(&dir.path().join("b"));
-        let (h, installed) = RocksKv::install_image(&dbs, &path).unwrap();
+        let (h, installed) = RocksKv::install_image(&dbs, &path, None).unwrap();
         assert_eq!(h.index, 300);
         same_at_every_revision(&before, &installed);
         let reopened = reopen(installed);
@@ -731,7 +740,7 @@ mod tests {
         broken[mid] ^= 0x40;
         std::fs::write(&path, &broken).unwrap();
         drop(reopened);
-        assert!(RocksKv::install_image(&dbs, &path).is_err());
+        assert!(RocksKv::install_image(&dbs, &path, None).is_err());
         let meta = super::super::read_kv_meta(&dbs.kv).unwrap();
         let still = RocksKv::open(dbs.kv.clone(), meta.revision).unwrap();
         same_at_every_revision(&before, &still);

@@ -418,7 +418,12 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     let id = member_id(&cfg.advertise_peer_list(), &cfg.initial_cluster_token);
     let fresh = match &cfg.restore_image {
         Some(image) if fresh => {
-            restore_image(&cfg, image, id)?;
+            if let Err(e) = restore_image(&cfg, image, id) {
+                // The dir was empty: leave it so, never half-restored (a later
+                // start without the flag would otherwise begin from it).
+                let _ = fs::remove_dir_all(&cfg.data_dir);
+                return Err(Box::new(e));
+            }
             false
         }
         Some(_) => {

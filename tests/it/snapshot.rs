@@ -167,6 +167,29 @@ async fn an_image_restores_a_new_member_on_the_other_engine(engine: Engine) {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A damaged image is refused and leaves no data dir behind.
+    let broken = source.data_dir().with_extension("broken");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&broken, &bytes).unwrap();
+    let fresh_dir = source.data_dir().with_extension("fresh");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_metastore"))
+        .args(["--engine", engine.name(), "--data-dir"])
+        .arg(&fresh_dir)
+        .arg("--restore-image")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("image:"), "{stderr}");
+    assert!(
+        !fresh_dir.exists(),
+        "a failed restore left {}",
+        fresh_dir.display()
+    );
+
     let other = match engine {
         Engine::Memory => Engine::Rocksdb,
         Engine::Rocksdb => Engine::Memory,

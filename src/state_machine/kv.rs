@@ -101,14 +101,7 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 
 /// mvcc's KeyValue as the wire's.
 pub fn to_pb(kv: KeyValue) -> mvccpb::KeyValue {
-    mvccpb::KeyValue {
-        key: kv.key,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: kv.value,
-        lease: kv.lease,
-    }
+    kv.into()
 }
 
 /// Range (etcd applierV3backend.Range).

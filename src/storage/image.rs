@@ -247,17 +247,35 @@ impl<R: Read> ImageReader<R> {
                 kv.mod_revision
             )));
         }
-        Ok(Some((
-            KeyValue {
-                key: kv.key,
-                create_revision: kv.create_revision,
-                mod_revision: kv.mod_revision,
-                version: kv.version,
-                value: kv.value,
-                lease: kv.lease,
-            },
-            rev.sub,
-        )))
+        Ok(Some((kv.into(), rev.sub)))
+    }
+}
+
+/// A stored version as the store sees it.
+impl From<mvccpb::KeyValue> for KeyValue {
+    fn from(kv: mvccpb::KeyValue) -> KeyValue {
+        KeyValue {
+            key: kv.key,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            value: kv.value,
+            lease: kv.lease,
+        }
+    }
+}
+
+/// The store's key state as the wire (and the stored record) carries it.
+impl From<KeyValue> for mvccpb::KeyValue {
+    fn from(kv: KeyValue) -> mvccpb::KeyValue {
+        mvccpb::KeyValue {
+            key: kv.key,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            value: kv.value,
+            lease: kv.lease,
+        }
     }
 }
 

@@ -93,18 +93,9 @@ impl RocksKv {
             if kv.mod_revision != rev.main {
                 return Err(bad(format!("holds mod_revision {}", kv.mod_revision)));
             }
+            // The index keeps no value (Rebuild drops it).
             rebuild
-                .push(
-                    KeyValue {
-                        key: kv.key,
-                        create_revision: kv.create_revision,
-                        mod_revision: kv.mod_revision,
-                        version: kv.version,
-                        value: Vec::new(),
-                        lease: kv.lease,
-                    },
-                    rev.sub,
-                )
+                .push(kv.into(), rev.sub)
                 .map_err(|e| bad(e.to_string()))?;
             n += 1;
         }

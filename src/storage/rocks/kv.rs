@@ -30,11 +30,6 @@ use crate::storage::mvcc::{
     WriteTxn,
 };
 
-/// Key of a version in the `kv` family.
-pub(super) fn rev_key(r: Revision) -> [u8; 16] {
-    revision_key(r)
-}
-
 fn corrupt(what: String) -> MvccError {
     MvccError::CorruptSnapshot(what)
 }
@@ -182,7 +177,7 @@ impl RocksKv {
         }
         let db = self.db.clone();
         let busy = self.compacting.clone();
-        let end = rev_key(Revision::new(rev.saturating_add(1), 0));
+        let end = revision_key(Revision::new(rev.saturating_add(1), 0));
         let spawned = super::spawn_background("rocksdb-compact", move || {
             let started = Instant::now();
             db.compact_range_cf(cf(&db, CF_KV), None::<&[u8]>, Some(&end[..]));
@@ -203,6 +198,7 @@ impl RocksKv {
     pub fn defragment_job(&self) -> impl FnOnce() + Send + 'static {
         let db = self.db.clone();
         move || {
+            let _busy = super::Busy::start();
             for name in [CF_KV, CF_META] {
                 db.compact_range_cf(cf(&db, name), None::<&[u8]>, None::<&[u8]>);
             }
@@ -232,9 +228,11 @@ impl RocksKv {
         }
         let db = self.db.clone();
         let (taken, wait) = std::sync::mpsc::sync_channel(1);
+        let busy = super::Busy::start();
         let handle = std::thread::Builder::new()
             .name("rocksdb-image".into())
             .spawn(move || {
+                let _busy = busy;
                 let snap = db.snapshot();
                 let _ = taken.send(());
                 write_image(&db, &snap, out)
@@ -368,7 +366,7 @@ fn fill_values(
         return Ok(());
     }
     let kv_cf = cf(db, CF_KV);
-    let keys: Vec<[u8; 16]> = missing.iter().map(|&i| rev_key(revs[i])).collect();
+    let keys: Vec<[u8; 16]> = missing.iter().map(|&i| revision_key(revs[i])).collect();
     let got = db.multi_get_cf(keys.iter().map(|k| (kv_cf, k)));
     for (&i, result) in missing.iter().zip(got) {
         let rev = revs[i];
@@ -418,7 +416,7 @@ impl KvEngine for RocksKv {
         self.index.compact_collect(rev, &mut removed)?;
         let kv_cf = cf(&self.db, CF_KV);
         for r in &removed {
-            self.batch.delete_cf(kv_cf, rev_key(*r));
+            self.batch.delete_cf(kv_cf, revision_key(*r));
             self.pending.remove(r);
         }
         tracing::debug!(rev, versions = removed.len(), "compaction removed versions");
@@ -479,7 +477,7 @@ impl<'a> RocksTxn<'a> {
                     &[],
                 ),
             };
-            self.batch.put_cf(kv_cf, rev_key(at), record);
+            self.batch.put_cf(kv_cf, revision_key(at), record);
         }
         (rev, events)
     }

@@ -191,23 +191,36 @@ fn open_one(
 /// Threads of ours working on a database (log purges, file compactions).
 static BACKGROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Counts one piece of our work on a database while it lives, so a shutdown
+/// can wait for it.
+pub(crate) struct Busy(());
+
+impl Busy {
+    pub(crate) fn start() -> Busy {
+        BACKGROUND.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Busy(())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BACKGROUND.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Runs `job` on a thread of its own, counted so a shutdown can wait for it.
 pub(crate) fn spawn_background(
     name: &str,
     job: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
-    use std::sync::atomic::Ordering;
-    BACKGROUND.fetch_add(1, Ordering::AcqRel);
-    let spawned = std::thread::Builder::new()
+    let busy = Busy::start();
+    std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
+            let _busy = busy;
             job();
-            BACKGROUND.fetch_sub(1, Ordering::AcqRel);
-        });
-    if spawned.is_err() {
-        BACKGROUND.fetch_sub(1, Ordering::AcqRel);
-    }
-    spawned.map(|_| ())
+        })
+        .map(|_| ())
 }
 
 /// A clean stop: waits for our background threads, writes the kv

@@ -109,13 +109,7 @@ pub struct Recovered {
 /// `fresh` as [`check_marker`] said.
 pub fn recover(cfg: &Config, fresh: bool, voters: Vec<u64>) -> Result<Recovered, StorageError> {
     match cfg.engine {
-        Engine::Memory => {
-            let wal_options = WalOptions {
-                segment_size: cfg.wal_segment_size,
-                ..WalOptions::default()
-            };
-            recover_memory(&cfg.data_dir, wal_options, voters)
-        }
+        Engine::Memory => recover_memory(&cfg.data_dir, wal_options(cfg), voters),
         Engine::Rocksdb => recover_rocks(&cfg.data_dir, fresh, cfg.wal_segment_size, voters),
     }
 }
@@ -130,21 +124,8 @@ pub fn restore_image(cfg: &Config, path: &Path, id: u64) -> Result<(), StorageEr
             .map_err(|e| StorageError::io(format!("open image {}", path.display()), e))
     };
     let (h, _) = image::ImageReader::new(open()?)?;
-    let cs = ConfState {
-        voters: vec![id],
-        ..Default::default()
-    };
-    let hs = HardState {
-        term: h.term,
-        commit: h.index,
-        ..Default::default()
-    };
-    let meta = SnapshotMetadata {
-        index: h.index,
-        term: h.term,
-        conf_state: protobuf::SingularPtrField::some(cs.clone()),
-        ..Default::default()
-    };
+    let (meta, hs) = start_point(h.index, h.term, vec![id]);
+    let cs = meta.get_conf_state().clone();
     let data_dir = &cfg.data_dir;
     match cfg.engine {
         Engine::Memory => {
@@ -154,14 +135,8 @@ pub fn restore_image(cfg: &Config, path: &Path, id: u64) -> Result<(), StorageEr
                 h.index,
                 &snapshot::encode(h.index, h.term, &cs, &store),
             )?;
-            let wal_options = WalOptions {
-                segment_size: cfg.wal_segment_size,
-                ..WalOptions::default()
-            };
-            let (mut wal, _) = Wal::open(&data_dir.join("wal"), wal_options)?;
-            wal.append(record::SNAPSHOT, &encode_message(&meta), h.index);
-            wal.append(record::HARD_STATE, &encode_message(&hs), 0);
-            wal.sync()?;
+            let (mut wal, _) = Wal::open(&data_dir.join("wal"), wal_options(cfg))?;
+            start_wal(&mut wal, &meta, &hs)?;
         }
         Engine::Rocksdb => {
             let dbs = rocks::open(data_dir, true)?;
@@ -176,24 +151,42 @@ pub fn restore_image(cfg: &Config, path: &Path, id: u64) -> Result<(), StorageEr
     Ok(())
 }
 
-/// The bootstrap point every initial member starts from: index 1, term 1.
-fn bootstrap_point(voters: Vec<u64>) -> (SnapshotMetadata, HardState) {
+/// The memory engine's WAL options from the config.
+fn wal_options(cfg: &Config) -> WalOptions {
+    WalOptions {
+        segment_size: cfg.wal_segment_size,
+        ..WalOptions::default()
+    }
+}
+
+/// Where a member's log starts: `index` (committed, at `term`) with `voters`.
+/// Every initial member starts from index 1, term 1; a restored one from its
+/// image's applied index.
+fn start_point(index: u64, term: u64, voters: Vec<u64>) -> (SnapshotMetadata, HardState) {
     let cs = ConfState {
         voters,
         ..Default::default()
     };
     let meta = SnapshotMetadata {
-        index: 1,
-        term: 1,
+        index,
+        term,
         conf_state: protobuf::SingularPtrField::some(cs),
         ..Default::default()
     };
     let hs = HardState {
-        term: 1,
-        commit: 1,
+        term,
+        commit: index,
         ..Default::default()
     };
     (meta, hs)
+}
+
+/// Writes a new WAL's first records (where the log starts, the hard state), synced.
+fn start_wal(wal: &mut Wal, meta: &SnapshotMetadata, hs: &HardState) -> Result<(), StorageError> {
+    wal.append(record::SNAPSHOT, &encode_message(meta), meta.index);
+    wal.append(record::HARD_STATE, &encode_message(hs), 0);
+    wal.sync()?;
+    Ok(())
 }
 
 /// The `rocksdb` engine: state machine and Raft log from the database; the
@@ -213,7 +206,7 @@ fn recover_rocks(
                 why: "the RocksDB database has no applied index (not written by MetaStore, or damaged)".into(),
             });
         }
-        let (snap, hs) = bootstrap_point(voters);
+        let (snap, hs) = start_point(1, 1, voters);
         let cs = snap.get_conf_state().clone();
         rocks::bootstrap(&dbs, snap.index, snap.term, &cs, &hs)?;
         tracing::info!(dir = %data_dir.display(), "bootstrapped a new member (rocksdb)");
@@ -260,11 +253,9 @@ pub fn recover_memory(
     let snap = snapshot::load_latest(data_dir)?;
     let (mut wal, records) = Wal::open(&data_dir.join("wal"), wal_options)?;
     if snap.is_none() && records.is_empty() {
-        let (meta, hs) = bootstrap_point(voters);
+        let (meta, hs) = start_point(1, 1, voters);
         let cs = meta.get_conf_state().clone();
-        wal.append(record::SNAPSHOT, &encode_message(&meta), 1);
-        wal.append(record::HARD_STATE, &encode_message(&hs), 0);
-        wal.sync()?;
+        start_wal(&mut wal, &meta, &hs)?;
         tracing::info!(dir = %data_dir.display(), "bootstrapped a new member");
         return Ok(Recovered {
             state_machine: StateMachine::new(1, 1, cs),

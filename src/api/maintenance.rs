@@ -145,10 +145,15 @@ fn stream_image(
             (Box::new(std::io::Cursor::new(bytes)), n)
         }
         ImageJob::Writing(thread) => {
-            let mut file = match thread.join() {
-                Ok(Ok(f)) => f,
+            let written = match thread.join() {
+                Ok(Ok(w)) => w,
                 Ok(Err(e)) => return fail(e.to_string()),
                 Err(_) => return fail("the image thread panicked".into()),
+            };
+            // ImageWriter::finish flushed it already.
+            let mut file = match written.into_inner() {
+                Ok(f) => f,
+                Err(e) => return fail(e.error().to_string()),
             };
             let len = match file.seek(SeekFrom::End(0)) {
                 Ok(n) => n,

@@ -146,12 +146,6 @@ impl StateMachine {
         on_store!(&self.store, s => KvEngine::approximate_size_bytes(s))
     }
 
-    /// Whether the engine keeps the applied state durable by itself (so a
-    /// "snapshot" only needs to let the Raft log be truncated).
-    pub fn persists_itself(&self) -> bool {
-        matches!(self.store, Store::Rocks(_))
-    }
-
     /// Ends a batch of applied entries: the RocksDB engine writes the changes
     /// with the applied index in one (unsynced) write batch.
     pub fn commit(&mut self) -> Result<(), StorageError> {
@@ -189,14 +183,9 @@ impl StateMachine {
                 // Unlinked at once: the file lives as long as the stream reads it.
                 std::fs::remove_file(&path)
                     .map_err(|e| StorageError::io(format!("unlink {}", path.display()), e))?;
-                let job = r.spawn_image(std::io::BufWriter::new(file))?;
-                Ok(ImageJob::Writing(std::thread::spawn(move || {
-                    let out = job
-                        .join()
-                        .map_err(|_| StorageError::Rocks("the image thread panicked".into()))??;
-                    out.into_inner()
-                        .map_err(|e| StorageError::io("flush the image", e.into_error()))
-                })))
+                Ok(ImageJob::Writing(
+                    r.spawn_image(std::io::BufWriter::new(file))?,
+                ))
             }
         }
     }

@@ -129,7 +129,7 @@ pub enum ImageJob {
     Ready(Vec<u8>),
     /// Being written to an unlinked temp file by a thread (rocksdb engine:
     /// streamed from a RocksDB snapshot while applying goes on).
-    Writing(std::thread::JoinHandle<Result<std::fs::File, StorageError>>),
+    Writing(std::thread::JoinHandle<Result<std::io::BufWriter<std::fs::File>, StorageError>>),
 }
 
 /// A record as stored: 16-byte revision key, encoded `mvccpb.KeyValue`.

@@ -244,10 +244,7 @@ async fn a_corrupt_wal_record_refuses_to_start_naming_file_and_offset() {
 fn a_data_dir_of_another_engine_is_refused(engine: Engine) {
     let mut server = Server::start_on(engine);
     server.kill9();
-    let other = match engine {
-        Engine::Memory => Engine::Rocksdb,
-        Engine::Rocksdb => Engine::Memory,
-    };
+    let other = engine.other();
     server.set_engine(other);
     let out = server.run_to_exit();
     assert!(!out.status.success());

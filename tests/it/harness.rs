@@ -54,6 +54,14 @@ impl Engine {
             Engine::Rocksdb => "rocksdb",
         }
     }
+
+    /// The engine that is not this one.
+    pub fn other(self) -> Engine {
+        match self {
+            Engine::Memory => Engine::Rocksdb,
+            Engine::Rocksdb => Engine::Memory,
+        }
+    }
 }
 
 /// Which daemon to run.

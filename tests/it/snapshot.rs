@@ -10,19 +10,28 @@ use crate::harness::{Engine, Kind, Server};
 /// key, value, create, mod revision, version
 type Row = (Vec<u8>, Vec<u8>, i64, i64, i64);
 
-async fn etcdctl_snapshot_save_stores_a_consistent_image(engine: Engine) {
-    let server = Server::start_on(engine);
-    let mut client = server.client().await;
-    for i in 0..400 {
+/// `puts` puts over `keys` keys `{prefix}000`.. (values `v{i}`, so keys have
+/// several versions), then a delete of the ten keys `{prefix}01x`.
+async fn history(client: &mut etcd_client::Client, prefix: &str, puts: usize, keys: usize) {
+    for i in 0..puts {
         client
-            .put(format!("s{:03}", i % 150), format!("value-{i}"), None)
+            .put(format!("{prefix}{:03}", i % keys), format!("v{i}"), None)
             .await
             .unwrap();
     }
     client
-        .delete("s01", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .delete(
+            format!("{prefix}01"),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
         .await
         .unwrap();
+}
+
+async fn etcdctl_snapshot_save_stores_a_consistent_image(engine: Engine) {
+    let server = Server::start_on(engine);
+    let mut client = server.client().await;
+    history(&mut client, "s", 400, 150).await;
     let rev = client
         .get("s", None)
         .await
@@ -147,16 +156,7 @@ async fn everything(server: &Server) -> (i64, Vec<(String, String, i64, i64, i64
 async fn an_image_restores_a_new_member_on_the_other_engine(engine: Engine) {
     let source = Server::start_on(engine);
     let mut client = source.client().await;
-    for i in 0..300 {
-        client
-            .put(format!("r{:03}", i % 90), format!("v{i}"), None)
-            .await
-            .unwrap();
-    }
-    client
-        .delete("r01", Some(etcd_client::DeleteOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    history(&mut client, "r", 300, 90).await;
     client.compact(250, None).await.unwrap();
     let before = everything(&source).await;
     let path = source.data_dir().with_extension("image");
@@ -190,10 +190,7 @@ async fn an_image_restores_a_new_member_on_the_other_engine(engine: Engine) {
         fresh_dir.display()
     );
 
-    let other = match engine {
-        Engine::Memory => Engine::Rocksdb,
-        Engine::Rocksdb => Engine::Memory,
-    };
+    let other = engine.other();
     let image = path.to_str().unwrap();
     let mut restored = Server::start_with(Kind::MetaStore(other), &["--restore-image", image]);
     assert_eq!(everything(&restored).await, before);

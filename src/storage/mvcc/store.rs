@@ -83,11 +83,6 @@ impl MemStore {
         }
     }
 
-    /// Whether versions hold their values (see [`MemStore::index_only`]).
-    pub fn keeps_values(&self) -> bool {
-        self.keep_values
-    }
-
     /// Turns event collection on or off (the events `WriteTxn::end` returns).
     pub fn set_record_events(&mut self, on: bool) {
         self.record_events = on;
@@ -150,8 +145,19 @@ impl MemStore {
         range_end: &[u8],
         opts: &RangeOptions,
     ) -> Result<(RangeResult, Vec<Revision>), MvccError> {
+        self.range_with_revisions_at(key, range_end, opts, self.current_rev)
+    }
+
+    /// [`MemStore::range_with_revisions`] with `cur_rev` as the current revision.
+    pub(super) fn range_with_revisions_at(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        opts: &RangeOptions,
+        cur_rev: i64,
+    ) -> Result<(RangeResult, Vec<Revision>), MvccError> {
         let mut revs = Vec::new();
-        let r = self.range_revs_at(key, range_end, opts, self.current_rev, Some(&mut revs))?;
+        let r = self.range_revs_at(key, range_end, opts, cur_rev, Some(&mut revs))?;
         Ok((r, revs))
     }
 

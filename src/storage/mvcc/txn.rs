@@ -61,11 +61,8 @@ impl<'a> WriteTxn<'a> {
         range_end: &[u8],
         opts: &RangeOptions,
     ) -> Result<(RangeResult, Vec<Revision>), MvccError> {
-        let mut revs = Vec::new();
-        let r = self
-            .store
-            .range_revs_at(key, range_end, opts, self.read_rev(), Some(&mut revs))?;
-        Ok((r, revs))
+        self.store
+            .range_with_revisions_at(key, range_end, opts, self.read_rev())
     }
 
     fn next_rev(&self) -> Revision {

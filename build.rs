@@ -4,7 +4,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(
-        ["etcdserverpb/rpc.proto", "metastore/internal.proto"],
+        [
+            "etcdserverpb/rpc.proto",
+            "metastore/internal.proto",
+            "metastore/peer.proto",
+        ],
         ["proto"],
     )?;
     tonic_prost_build::configure()

@@ -21,8 +21,8 @@ use metastore::api::RequestIds;
 use metastore::config::{Config, Engine};
 use metastore::proto::etcdserverpb::PutRequest;
 use metastore::proto::metastorepb::{internal_request, InternalRequest};
-use metastore::server::{check_marker, recover, start_core, Core};
-use metastore::status::NodeStatus;
+use metastore::server::{prepare, recover, start_core, Core};
+use metastore::status::{Faults, NodeStatus};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -83,13 +83,14 @@ fn main() {
         engine: args.engine,
         ..Config::default()
     };
-    let id = 1;
-    let fresh = check_marker(&cfg).expect("data dir");
-    let rec = recover(&cfg, fresh, vec![id]).expect("recover");
-    let status = Arc::new(NodeStatus::new(1, id));
+    let identity = prepare(&cfg).expect("data dir");
+    let id = identity.member_id;
+    let rec = recover(&cfg).expect("recover");
+    let status = Arc::new(NodeStatus::new(identity.cluster_id, id));
     let system = System::new();
     system.block_on(async move {
-        let core = start_core(&cfg, id, status.clone(), rec).expect("start core");
+        let (core, _threads) = start_core(&cfg, status.clone(), Arc::new(Faults::default()), rec)
+            .expect("start core");
         // Wait for the lone member to lead.
         while status.leader() == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;

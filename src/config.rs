@@ -96,6 +96,9 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// Entries a leader keeps behind a snapshot so a slightly lagging
+    /// follower catches up from the log instead of a snapshot.
+    pub snapshot_catchup_entries: u64,
     /// WAL segment size in bytes; whole segments are purged after a snapshot
     /// (rocksdb: the Raft log database's WAL file and memtable size).
     pub wal_segment_size: u64,
@@ -107,6 +110,10 @@ pub struct Config {
     /// `etcdctl snapshot save` stored) before starting.
     #[serde(skip)]
     pub restore_image: Option<PathBuf>,
+    /// Flag only, for tests: serve `POST /debug/fault/isolate` and
+    /// `/debug/fault/heal` on the client port (drop all peer traffic).
+    #[serde(skip)]
+    pub fault_injection: bool,
 }
 
 impl Default for Config {
@@ -125,10 +132,12 @@ impl Default for Config {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             snapshot_count: 100_000,
+            snapshot_catchup_entries: 5000,
             wal_segment_size: 64 * 1024 * 1024,
             log_level: "info".into(),
             raft: RaftConfig::default(),
             restore_image: None,
+            fault_injection: false,
         }
     }
 }
@@ -145,34 +154,34 @@ pub struct Flags {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Member name.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_NAME")]
     pub name: Option<String>,
     /// Data directory.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Storage engine.
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
     /// Client URLs to listen on, comma-separated.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS")]
     pub listen_client_urls: Option<String>,
     /// Client URLs to advertise.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
     /// Peer URLs to listen on.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS")]
     pub listen_peer_urls: Option<String>,
     /// Peer URLs to advertise.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS")]
     pub initial_advertise_peer_urls: Option<String>,
     /// Initial cluster, `name=url,...`.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// `new` or `existing`.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE")]
     pub initial_cluster_state: Option<String>,
     /// Cluster token.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN")]
     pub initial_cluster_token: Option<String>,
     /// Largest request in bytes.
     #[arg(long)]
@@ -181,8 +190,11 @@ pub struct Flags {
     #[arg(long)]
     pub max_txn_ops: Option<usize>,
     /// Applied entries between snapshots.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT")]
     pub snapshot_count: Option<u64>,
+    /// Entries kept behind a snapshot for lagging followers.
+    #[arg(long, alias = "experimental-snapshot-catchup-entries")]
+    pub snapshot_catchup_entries: Option<u64>,
     /// WAL segment size in bytes (rocksdb: Raft log WAL file size).
     #[arg(long)]
     pub wal_segment_size: Option<u64>,
@@ -200,6 +212,10 @@ pub struct Flags {
     /// restores an image either engine wrote.
     #[arg(long)]
     pub restore_image: Option<PathBuf>,
+    /// For tests only: serve POST /debug/fault/isolate and /debug/fault/heal
+    /// on the client port, which drop (or restore) all peer traffic.
+    #[arg(long, hide = true)]
+    pub experimental_fault_injection: bool,
 }
 
 impl Config {
@@ -249,9 +265,11 @@ impl Config {
             max_request_bytes,
             max_txn_ops,
             snapshot_count,
+            snapshot_catchup_entries,
             wal_segment_size,
             log_level
         );
+        cfg.fault_injection = flags.experimental_fault_injection;
         let ticks = |ms: u64, tick_ms: u64| (ms / tick_ms.max(1)).max(1) as usize;
         if let Some(ms) = flags.heartbeat_interval {
             cfg.raft.heartbeat_tick = ticks(ms, cfg.raft.tick_ms);
@@ -297,36 +315,73 @@ impl Config {
             );
         }
         let members = self.initial_members()?;
-        if !members.iter().any(|(n, _)| n == &self.name) {
+        let Some((_, mine)) = members.iter().find(|(n, _)| n == &self.name) else {
             return bad(
                 "initial-cluster",
                 format!("has no member named {:?} (this member's --name)", self.name),
             );
-        }
-        if members.len() != 1 {
+        };
+        let mut mine = mine.clone();
+        let mut advertised = self.advertise_peer_list();
+        mine.sort();
+        advertised.sort();
+        if mine != advertised {
             return bad(
                 "initial-cluster",
-                "multi-member clusters are not supported yet; give exactly one member".into(),
+                format!(
+                    "has {}={} but --initial-advertise-peer-urls is {}",
+                    self.name,
+                    mine.join(","),
+                    advertised.join(",")
+                ),
             );
         }
+        for (name, urls) in &members {
+            for u in urls {
+                if parse_url_addr(u).is_none() {
+                    return bad(
+                        "initial-cluster",
+                        format!("{name}={u}: not http://host:port with an IP host"),
+                    );
+                }
+            }
+        }
+        self.peer_listen_addr()?;
         self.client_listen_addr()?;
         Ok(())
     }
 
-    /// `initial-cluster` parsed into (name, peer url) pairs.
-    pub fn initial_members(&self) -> Result<Vec<(String, String)>, ConfigError> {
-        self.initial_cluster
+    /// `initial-cluster` parsed into members: (name, peer URLs), in the
+    /// order names first appear (a name may be listed once per URL).
+    pub fn initial_members(&self) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for pair in self
+            .initial_cluster
             .split(',')
             .filter(|s| !s.trim().is_empty())
-            .map(|pair| {
-                pair.split_once('=')
-                    .map(|(n, u)| (n.trim().to_owned(), u.trim().to_owned()))
-                    .ok_or_else(|| ConfigError::Invalid {
-                        key: "initial-cluster".into(),
-                        why: format!("{pair:?} is not name=url"),
-                    })
-            })
-            .collect()
+        {
+            let (name, url) = pair
+                .split_once('=')
+                .map(|(n, u)| (n.trim().to_owned(), u.trim().to_owned()))
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "initial-cluster".into(),
+                    why: format!("{pair:?} is not name=url"),
+                })?;
+            match out.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, urls)) => urls.push(url),
+                None => out.push((name, vec![url])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The socket address of the first listen peer URL.
+    pub fn peer_listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        let first = self.listen_peer_urls.split(',').next().unwrap_or("").trim();
+        parse_url_addr(first).ok_or_else(|| ConfigError::Invalid {
+            key: "listen-peer-urls".into(),
+            why: format!("{first:?} is not http://host:port with an IP host"),
+        })
     }
 
     /// The socket address of the first listen client URL.
@@ -363,7 +418,7 @@ fn split_urls(s: &str) -> Vec<String> {
 }
 
 /// `http://127.0.0.1:2379` → 127.0.0.1:2379. `localhost` is taken as 127.0.0.1.
-fn parse_url_addr(url: &str) -> Option<std::net::SocketAddr> {
+pub fn parse_url_addr(url: &str) -> Option<std::net::SocketAddr> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -405,6 +460,8 @@ mod tests {
             "n1",
             "--initial-cluster",
             "n1=http://127.0.0.1:3380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:3380",
             "--listen-client-urls",
             "http://localhost:3379",
             "--max-request-bytes",
@@ -419,6 +476,31 @@ mod tests {
         assert_eq!(cfg.max_request_bytes, 100);
         assert_eq!(cfg.client_listen_addr().unwrap().port(), 3379);
         assert_eq!((cfg.raft.heartbeat_tick, cfg.raft.election_tick), (2, 20));
+    }
+
+    #[test]
+    fn a_three_member_cluster_parses_and_checks_its_own_entry() {
+        let flags = Flags::parse_from([
+            "metastore",
+            "--name",
+            "b",
+            "--initial-cluster",
+            "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2",
+        ]);
+        let cfg = Config::load(flags).unwrap();
+        let members = cfg.initial_members().unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[1], ("b".into(), vec!["http://127.0.0.1:2".into()]));
+        let wrong = Config {
+            initial_advertise_peer_urls: "http://127.0.0.1:9".into(),
+            ..cfg
+        };
+        let err = wrong.validate().unwrap_err().to_string();
+        assert!(err.contains("--initial-advertise-peer-urls"), "{err}");
     }
 
     #[test]

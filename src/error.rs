@@ -54,6 +54,45 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// MemberAdd with an ID already in the cluster.
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    /// A peer URL another member uses.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    /// Too few started members for a safe reconfiguration.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    /// Peer URLs that do not parse.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// An unknown (or removed) member ID.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// MemberPromote of a voter.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// MemberPromote of a learner that lags the leader.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// More learners than etcd allows.
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// A request only the leader serves, sent to another member.
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// MoveLeader to a member that cannot lead.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// MoveLeader did not finish in time.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
+    /// Some voting member is not connected.
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    /// A request a learner does not serve.
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     /// A request that is well-formed but not supported yet.
     #[error("etcdserver: {0}")]
     Unsupported(String),
@@ -72,10 +111,65 @@ impl ApiError {
             Compacted | FutureRevision => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
             TooManyRequests => Code::ResourceExhausted,
-            NoLeader | Timeout | LeaderChanged | Stopped => Code::Unavailable,
+            NoLeader
+            | Timeout
+            | LeaderChanged
+            | Stopped
+            | TimeoutLeaderTransfer
+            | Unhealthy
+            | NotSupportedForLearner => Code::Unavailable,
+            MemberExist | PeerUrlExist | NotEnoughStarted | MemberNotLearner | LearnerNotReady
+            | TooManyLearners | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
+            MemberNotFound => Code::NotFound,
             Unsupported(_) => Code::Unimplemented,
             Internal(_) => Code::Internal,
         }
+    }
+}
+
+impl ApiError {
+    /// The error a status from another member stands for (its message is
+    /// etcd's), so a forwarded request fails as if it ran here.
+    pub fn from_status(s: &Status) -> ApiError {
+        use ApiError::*;
+        let known = [
+            EmptyKey,
+            KeyNotFound,
+            ValueProvided,
+            LeaseProvided,
+            TooManyOps,
+            DuplicateKey,
+            Compacted,
+            FutureRevision,
+            LeaseNotFound,
+            RequestTooLarge,
+            NoLeader,
+            Timeout,
+            TooManyRequests,
+            LeaderChanged,
+            Stopped,
+            MemberExist,
+            PeerUrlExist,
+            NotEnoughStarted,
+            MemberBadUrls,
+            MemberNotFound,
+            MemberNotLearner,
+            LearnerNotReady,
+            TooManyLearners,
+            NotLeader,
+            BadLeaderTransferee,
+            TimeoutLeaderTransfer,
+            Unhealthy,
+            NotSupportedForLearner,
+        ];
+        known
+            .into_iter()
+            .find(|e| e.to_string() == s.message())
+            .unwrap_or_else(|| {
+                let m = s.message();
+                Internal(m.strip_prefix("etcdserver: ").unwrap_or(m).to_owned())
+            })
     }
 }
 

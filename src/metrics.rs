@@ -64,6 +64,8 @@ pub struct Metrics {
     pub wal_batch_entries: Histogram,
     /// Raft messages handed to peers and not acknowledged.
     pub raft_inflight_messages: Gauge,
+    /// Times messages to a peer were dropped (queue full or stream down).
+    pub peer_dropped_messages: Counter,
     /// Bytes held by the MVCC store.
     pub db_total_size: Gauge,
     /// Current MVCC revision.
@@ -101,6 +103,7 @@ impl Metrics {
             wal_fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             wal_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             raft_inflight_messages: Gauge::default(),
+            peer_dropped_messages: Counter::default(),
             db_total_size: Gauge::default(),
             mvcc_revision: Gauge::default(),
             keys_total: Gauge::default(),
@@ -183,6 +186,11 @@ impl Metrics {
             "raft_inflight_messages",
             "Raft messages sent and not yet acknowledged",
             m.raft_inflight_messages.clone(),
+        );
+        registry.register(
+            "metastore_peer_dropped_messages",
+            "Times Raft messages to a peer were dropped (queue full or stream down)",
+            m.peer_dropped_messages.clone(),
         );
         registry.register(
             "etcd_mvcc_db_total_size_in_bytes",

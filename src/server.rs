@@ -1,5 +1,18 @@
-//! Start-up: open the data dir, recover (snapshot + WAL) or bootstrap, start the
-//! actors on their own threads, then serve gRPC and HTTP on the client port.
+//! Start-up: open the data dir, bootstrap a new member (a new cluster from
+//! `--initial-cluster`, or joining an existing one) or recover a known one,
+//! start the actors, then serve clients and peers.
+//!
+//! Threads: the RaftActor, the Ticker, the PeerActors and the peer server
+//! share one thread of their own (an actix Arbiter), so that nothing the
+//! rest of the member does (a large range, an image, a snapshot install)
+//! delays a tick or a heartbeat. The client API and the ApplyActor share
+//! the main actix thread; the WalWriter has its own.
+//!
+//! Identity: member and cluster IDs derive from the initial cluster and the
+//! token (every initial member computes the same ones); a joining member
+//! learns its ID (given by MemberAdd) from a running member. Both are stored
+//! in the data dir's marker; a restart uses them and ignores the
+//! initial-cluster flags, as etcd does.
 
 use std::fs;
 use std::path::Path;
@@ -11,23 +24,33 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, HardState, SnapshotMetadata};
 
 use crate::actors::apply::ApplyActor;
-use crate::actors::raft::RaftActor;
+use crate::actors::peer::PeerContext;
+use crate::actors::raft::{InitialMembers, RaftActor, RaftSettings};
 use crate::actors::ticker::Ticker;
 use crate::actors::wal::WalWriter;
 use crate::config::{Config, Engine};
 use crate::consensus::Node;
 use crate::error::StorageError;
-use crate::state_machine::{snapshot, StateMachine};
-use crate::status::NodeStatus;
-use crate::storage::engine::LogStore;
+use crate::proto::etcdserverpb::Member;
+use crate::proto::metastorepb;
+use crate::state_machine::membership::Membership;
+use crate::state_machine::{StateMachine, Store};
+use crate::status::{Faults, NodeStatus};
+use crate::storage::engine::{AppliedPoint, LogStore};
 use crate::storage::image;
+use crate::storage::mvcc::MemStore;
 use crate::storage::raft_log::{encode_message, record, RaftLog};
 use crate::storage::rocks::{self, RocksKv, RocksLog};
+use crate::storage::snapshots;
 use crate::storage::wal::{Wal, WalOptions};
 use crate::storage::wal_log::WalLog;
 
-/// Name of the file that says which engine wrote a data dir.
+/// Name of the file that says which engine wrote a data dir, and whose.
 const MARKER: &str = "metastore.meta";
+/// Data dir format: 2 added member and cluster IDs and the membership.
+const FORMAT: &str = "2";
+/// Where snapshots from the leader are received.
+pub const INCOMING: &str = "snap-incoming";
 
 /// FNV-1a: a stable hash for IDs (std's hasher may change between releases).
 fn fnv64(parts: &[&str]) -> u64 {
@@ -49,6 +72,16 @@ pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     fnv64(&urls)
 }
 
+/// ID of a member added at run time: its URLs and the time, so a member
+/// re-added at the same URLs gets a new ID (removed IDs never come back).
+pub fn new_member_id(peer_urls: &[String], nanos: u128) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let t = nanos.to_string();
+    urls.push(&t);
+    fnv64(&urls)
+}
+
 /// Cluster ID from the member IDs.
 pub fn cluster_id(member_ids: &[u64]) -> u64 {
     let mut ids: Vec<String> = member_ids.iter().map(|id| format!("{id:016x}")).collect();
@@ -57,40 +90,212 @@ pub fn cluster_id(member_ids: &[u64]) -> u64 {
     fnv64(&refs)
 }
 
-/// Refuses a data dir another engine (or program) wrote; stamps a new one.
-/// Returns whether the dir is brand new.
-pub fn check_marker(cfg: &Config) -> Result<bool, StorageError> {
+/// Who a member is, as its data dir records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// This member.
+    pub member_id: u64,
+    /// Its cluster.
+    pub cluster_id: u64,
+}
+
+fn marker_text(cfg: &Config, id: Identity) -> String {
+    format!(
+        "engine={}\nformat={FORMAT}\nmember={:x}\ncluster={:x}\n",
+        cfg.engine.as_str(),
+        id.member_id,
+        id.cluster_id
+    )
+}
+
+/// Reads the data dir's marker: None for a new, empty dir; refuses a dir
+/// another engine, format or program wrote.
+pub fn read_marker(cfg: &Config) -> Result<Option<Identity>, StorageError> {
     let dir = &cfg.data_dir;
     let path = dir.join(MARKER);
-    let want = format!("engine={}\nformat=1\n", cfg.engine.as_str());
+    let refuse = |why: String| StorageError::DataDir {
+        path: dir.clone(),
+        why,
+    };
     match fs::read_to_string(&path) {
-        Ok(found) if found == want => Ok(false),
-        Ok(found) => Err(StorageError::DataDir {
-            path: dir.clone(),
-            why: format!(
-                "was written by another engine or format ({}), this member runs engine={}",
-                found.trim().replace('\n', ", "),
-                cfg.engine.as_str()
-            ),
-        }),
+        Ok(found) => {
+            let field = |k: &str| {
+                found
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            let engine = field("engine").unwrap_or_default();
+            let format = field("format").unwrap_or_default();
+            if engine != cfg.engine.as_str() {
+                return Err(refuse(format!(
+                    "was written by another engine (engine={engine}); this member runs engine={}",
+                    cfg.engine.as_str()
+                )));
+            }
+            if format != FORMAT {
+                return Err(refuse(format!(
+                    "has data format {format:?}, this MetaStore reads format {FORMAT}; \
+                     move the data with `etcdctl snapshot save` and --restore-image"
+                )));
+            }
+            let hex = |k: &str| field(k).and_then(|v| u64::from_str_radix(&v, 16).ok());
+            match (hex("member"), hex("cluster")) {
+                (Some(member_id), Some(cluster_id)) => Ok(Some(Identity {
+                    member_id,
+                    cluster_id,
+                })),
+                _ => Err(refuse(format!("{MARKER} lacks the member or cluster ID"))),
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let non_empty = fs::read_dir(dir)
                 .map_err(|e| StorageError::io(format!("read {}", dir.display()), e))?
                 .next()
                 .is_some();
             if non_empty {
-                return Err(StorageError::DataDir {
-                    path: dir.clone(),
-                    why: format!("is not empty and has no {MARKER}; refusing to use it"),
-                });
+                return Err(refuse(format!(
+                    "is not empty and has no {MARKER}; refusing to use it"
+                )));
             }
-            fs::write(&path, want)
-                .and_then(|_| fs::File::open(dir)?.sync_all())
-                .map_err(|e| StorageError::io(format!("write {}", path.display()), e))?;
-            Ok(true)
+            Ok(None)
         }
         Err(e) => Err(StorageError::io(format!("read {}", path.display()), e)),
     }
+}
+
+/// Stamps a bootstrapped data dir (the last step of bootstrapping).
+pub fn write_marker(cfg: &Config, id: Identity) -> Result<(), StorageError> {
+    let dir = &cfg.data_dir;
+    let path = dir.join(MARKER);
+    let tmp = dir.join(format!("{MARKER}.tmp"));
+    fs::write(&tmp, marker_text(cfg, id))
+        .and_then(|_| fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| fs::rename(&tmp, &path))
+        .and_then(|_| fs::File::open(dir)?.sync_all())
+        .map_err(|e| StorageError::io(format!("write {}", path.display()), e))
+}
+
+/// A brand-new member's starting point.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// Who it is.
+    pub identity: Identity,
+    /// Where its state and log start.
+    pub point: AppliedPoint,
+}
+
+/// A member of a new cluster: every initial member derives the same IDs,
+/// membership and starting point from the same flags.
+pub fn plan_new(cfg: &Config) -> Result<Bootstrap, crate::error::ConfigError> {
+    let initial = cfg.initial_members()?;
+    let members: Vec<Member> = initial
+        .iter()
+        .map(|(name, urls)| Member {
+            id: member_id(urls, &cfg.initial_cluster_token),
+            name: name.clone(),
+            peer_ur_ls: urls.clone(),
+            client_ur_ls: Vec::new(),
+            is_learner: false,
+        })
+        .collect();
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let cid = cluster_id(&ids);
+    let me = member_id(&cfg.advertise_peer_list(), &cfg.initial_cluster_token);
+    let membership = Membership::new(cid, members);
+    Ok(Bootstrap {
+        identity: Identity {
+            member_id: me,
+            cluster_id: cid,
+        },
+        point: AppliedPoint {
+            index: 1,
+            term: 1,
+            conf_state: membership.conf_state(),
+            membership: membership.to_pb(),
+        },
+    })
+}
+
+/// Asks the members listed in `--initial-cluster` (other than this one)
+/// for the cluster as they know it; the first answer counts.
+pub fn discover(cfg: &Config) -> Result<metastorepb::Membership, String> {
+    let initial = cfg.initial_members().map_err(|e| e.to_string())?;
+    let mine = cfg.advertise_peer_list();
+    let urls: Vec<String> = initial
+        .into_iter()
+        .filter(|(name, _)| *name != cfg.name)
+        .flat_map(|(_, urls)| urls)
+        .filter(|u| !mine.contains(u))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            for url in &urls {
+                match ask_membership(url).await {
+                    Ok(m) => return Ok(m),
+                    Err(e) => errors.push(format!("{url}: {e}")),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(format!(
+            "no member of --initial-cluster answered: {}",
+            errors.join("; ")
+        ))
+    })
+}
+
+async fn ask_membership(url: &str) -> Result<metastorepb::Membership, String> {
+    use crate::proto::metastorepb::peer_client::PeerClient;
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    PeerClient::new(channel)
+        .membership(metastorepb::MembershipRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_owned())
+}
+
+/// A member joining a running cluster (`--initial-cluster-state existing`,
+/// after `etcdctl member add`): its ID is the one MemberAdd gave its peer
+/// URLs. It starts empty; the leader sends it a snapshot.
+pub fn plan_join(cfg: &Config) -> Result<Bootstrap, String> {
+    let pb = discover(cfg)?;
+    let mut mine = cfg.advertise_peer_list();
+    mine.sort();
+    let me = pb.members.iter().find(|m| {
+        let mut urls = m.peer_ur_ls.clone();
+        urls.sort();
+        urls == mine
+    });
+    let Some(me) = me else {
+        return Err(format!(
+            "the cluster has no member with peer URLs {}; add it first (etcdctl member add {} --peer-urls={})",
+            mine.join(","),
+            cfg.name,
+            mine.join(",")
+        ));
+    };
+    Ok(Bootstrap {
+        identity: Identity {
+            member_id: me.id,
+            cluster_id: pb.cluster_id,
+        },
+        point: AppliedPoint {
+            index: 0,
+            term: 0,
+            conf_state: ConfState::default(),
+            membership: pb,
+        },
+    })
 }
 
 /// Everything recovered from disk, ready to hand to the actors.
@@ -105,45 +310,73 @@ pub struct Recovered {
     pub rocks: Option<rocks::Dbs>,
 }
 
-/// Opens (or bootstraps) a member's data dir with the configured engine;
-/// `fresh` as [`check_marker`] said.
-pub fn recover(cfg: &Config, fresh: bool, voters: Vec<u64>) -> Result<Recovered, StorageError> {
+/// Writes a new member's starting point into its (empty) data dir, with the
+/// configured engine.
+pub fn bootstrap(cfg: &Config, plan: &Bootstrap) -> Result<(), StorageError> {
+    let (meta, hs) = start_point(&plan.point);
     match cfg.engine {
-        Engine::Memory => recover_memory(&cfg.data_dir, wal_options(cfg), voters),
-        Engine::Rocksdb => recover_rocks(&cfg.data_dir, fresh, cfg.wal_segment_size, voters),
+        Engine::Memory => {
+            let (mut wal, _) = Wal::open(&cfg.data_dir.join("wal"), wal_options(cfg))?;
+            if plan.point.index > 0 {
+                // The initial membership lives in the first snapshot file.
+                let image = image::write_memory_image(
+                    &MemStore::new(),
+                    &plan.point.header(1, -1),
+                    Vec::new(),
+                )
+                .map_err(|e| StorageError::io("encode the initial image", e))?;
+                snapshots::save(&cfg.data_dir, plan.point.index, &image)?;
+            }
+            start_wal(&mut wal, &meta, &hs)?;
+        }
+        Engine::Rocksdb => {
+            let dbs = rocks::open(&cfg.data_dir, true)?;
+            rocks::bootstrap(&dbs, &plan.point, &hs)?;
+            rocks::shutdown(&dbs)?;
+        }
     }
+    tracing::info!(
+        dir = %cfg.data_dir.display(),
+        member = format!("{:x}", plan.identity.member_id),
+        cluster = format!("{:x}", plan.identity.cluster_id),
+        index = plan.point.index,
+        "bootstrapped a new member"
+    );
+    Ok(())
 }
 
-/// Seeds a brand-new data dir from the image at `path`, as this lone member
-/// (`id`): the image's state, applied index and term, with the membership
-/// rewritten to this member (as `etcdctl snapshot restore` does).
-pub fn restore_image(cfg: &Config, path: &Path, id: u64) -> Result<(), StorageError> {
+/// Seeds a brand-new data dir from the image at `path`: the image's state,
+/// applied index and term, with the membership of `plan` (every member of
+/// the new cluster restores the same image with the same flags, as with
+/// `etcdctl snapshot restore`).
+pub fn restore_image(cfg: &Config, path: &Path, plan: &Bootstrap) -> Result<(), StorageError> {
     let open = || {
         fs::File::open(path)
             .map(std::io::BufReader::new)
             .map_err(|e| StorageError::io(format!("open image {}", path.display()), e))
     };
     let (h, _) = image::ImageReader::new(open()?)?;
-    let (meta, hs) = start_point(h.index, h.term, vec![id]);
-    let cs = meta.get_conf_state().clone();
+    let point = AppliedPoint {
+        index: h.index,
+        term: h.term,
+        ..plan.point.clone()
+    };
+    let (meta, hs) = start_point(&point);
     let data_dir = &cfg.data_dir;
     match cfg.engine {
         Engine::Memory => {
             let (_, store) = image::read_into_store(open()?, true)?;
-            snapshot::save(
-                data_dir,
-                h.index,
-                &snapshot::encode(h.index, h.term, &cs, &store),
-            )?;
+            let header = point.header(store.current_revision(), store.compact_main_revision());
+            let bytes = image::write_memory_image(&store, &header, Vec::new())
+                .map_err(|e| StorageError::io("encode the image", e))?;
+            snapshots::save(data_dir, h.index, &bytes)?;
             let (mut wal, _) = Wal::open(&data_dir.join("wal"), wal_options(cfg))?;
             start_wal(&mut wal, &meta, &hs)?;
         }
         Engine::Rocksdb => {
             let dbs = rocks::open(data_dir, true)?;
-            rocks::bootstrap(&dbs, h.index, h.term, &cs, &hs)?;
-            // The image carries its source's membership; this member is the
-            // cluster now.
-            RocksKv::install_image(&dbs, path, Some(&cs))?;
+            rocks::bootstrap(&dbs, &point, &hs)?;
+            RocksKv::install_image(&dbs, path, Some((&point.conf_state, &point.membership)))?;
             rocks::shutdown(&dbs)?;
         }
     }
@@ -159,23 +392,17 @@ fn wal_options(cfg: &Config) -> WalOptions {
     }
 }
 
-/// Where a member's log starts: `index` (committed, at `term`) with `voters`.
-/// Every initial member starts from index 1, term 1; a restored one from its
-/// image's applied index.
-fn start_point(index: u64, term: u64, voters: Vec<u64>) -> (SnapshotMetadata, HardState) {
-    let cs = ConfState {
-        voters,
-        ..Default::default()
-    };
+/// Where a member's log starts: committed at `point`.
+fn start_point(point: &AppliedPoint) -> (SnapshotMetadata, HardState) {
     let meta = SnapshotMetadata {
-        index,
-        term,
-        conf_state: protobuf::SingularPtrField::some(cs),
+        index: point.index,
+        term: point.term,
+        conf_state: protobuf::SingularPtrField::some(point.conf_state.clone()),
         ..Default::default()
     };
     let hs = HardState {
-        term,
-        commit: index,
+        term: point.term,
+        commit: point.index,
         ..Default::default()
     };
     (meta, hs)
@@ -189,42 +416,39 @@ fn start_wal(wal: &mut Wal, meta: &SnapshotMetadata, hs: &HardState) -> Result<(
     Ok(())
 }
 
+/// Opens a bootstrapped member's data dir with the configured engine.
+pub fn recover(cfg: &Config) -> Result<Recovered, StorageError> {
+    // Partly received snapshots from a previous run are of no use.
+    let incoming = cfg.data_dir.join(INCOMING);
+    let _ = fs::remove_dir_all(&incoming);
+    fs::create_dir_all(&incoming)
+        .map_err(|e| StorageError::io(format!("create {}", incoming.display()), e))?;
+    match cfg.engine {
+        Engine::Memory => recover_memory(&cfg.data_dir, wal_options(cfg)),
+        Engine::Rocksdb => recover_rocks(&cfg.data_dir, cfg.wal_segment_size),
+    }
+}
+
 /// The `rocksdb` engine: state machine and Raft log from the database; the
 /// log is replayed from the persisted applied index.
-fn recover_rocks(
-    data_dir: &Path,
-    fresh: bool,
-    wal_size: u64,
-    voters: Vec<u64>,
-) -> Result<Recovered, StorageError> {
-    let dbs = rocks::open_with(data_dir, fresh, Some(wal_size))?;
+fn recover_rocks(data_dir: &Path, wal_size: u64) -> Result<Recovered, StorageError> {
+    let dbs = rocks::open_with(data_dir, false, Some(wal_size))?;
     let meta = rocks::read_meta(&dbs)?;
     let Some((applied, applied_term)) = meta.applied else {
-        if !fresh {
-            return Err(StorageError::DataDir {
-                path: data_dir.to_owned(),
-                why: "the RocksDB database has no applied index (not written by MetaStore, or damaged)".into(),
-            });
-        }
-        let (snap, hs) = start_point(1, 1, voters);
-        let cs = snap.get_conf_state().clone();
-        rocks::bootstrap(&dbs, snap.index, snap.term, &cs, &hs)?;
-        tracing::info!(dir = %data_dir.display(), "bootstrapped a new member (rocksdb)");
-        let kv = RocksKv::open(dbs.kv.clone(), (1, -1))?;
-        return Ok(Recovered {
-            state_machine: StateMachine::rocks(kv, snap.index, snap.term, cs),
-            log: RaftLog::from_snapshot(snap, hs),
-            log_store: Box::new(RocksLog::new(&dbs, 1)),
-            rocks: Some(dbs),
+        return Err(StorageError::DataDir {
+            path: data_dir.to_owned(),
+            why: "the RocksDB database has no applied index (not written by MetaStore, or damaged)"
+                .into(),
         });
     };
-    let kv = RocksKv::open(dbs.kv.clone(), meta.revision)?;
-    let base = SnapshotMetadata {
+    let kv = RocksKv::open(&dbs, meta.revision)?;
+    let point = AppliedPoint {
         index: applied,
         term: applied_term,
-        conf_state: protobuf::SingularPtrField::some(meta.conf_state.clone()),
-        ..Default::default()
+        conf_state: meta.conf_state.clone(),
+        membership: meta.membership.clone(),
     };
+    let (base, _) = start_point(&point);
     let entries = rocks::read_entries(&dbs.raft, applied)?;
     let mut log = RaftLog::from_snapshot(base, meta.hard_state);
     log.append(&entries)?;
@@ -237,7 +461,7 @@ fn recover_rocks(
     );
     let last = log.last();
     Ok(Recovered {
-        state_machine: StateMachine::rocks(kv, applied, applied_term, meta.conf_state),
+        state_machine: StateMachine::new(Store::Rocks(kv), point),
         log,
         log_store: Box::new(RocksLog::new(&dbs, last)),
         rocks: Some(dbs),
@@ -245,64 +469,51 @@ fn recover_rocks(
 }
 
 /// The `memory` engine: latest snapshot file plus the WAL after it.
-pub fn recover_memory(
-    data_dir: &Path,
-    wal_options: WalOptions,
-    voters: Vec<u64>,
-) -> Result<Recovered, StorageError> {
-    let snap = snapshot::load_latest(data_dir)?;
-    let (mut wal, records) = Wal::open(&data_dir.join("wal"), wal_options)?;
-    if snap.is_none() && records.is_empty() {
-        let (meta, hs) = start_point(1, 1, voters);
-        let cs = meta.get_conf_state().clone();
-        start_wal(&mut wal, &meta, &hs)?;
-        tracing::info!(dir = %data_dir.display(), "bootstrapped a new member");
-        return Ok(Recovered {
-            state_machine: StateMachine::new(1, 1, cs),
-            log: RaftLog::from_snapshot(meta, hs.clone()),
-            log_store: Box::new(WalLog::new(wal, hs)),
-            rocks: None,
-        });
-    }
+fn recover_memory(data_dir: &Path, wal_options: WalOptions) -> Result<Recovered, StorageError> {
+    let snap = snapshots::load_latest(data_dir)?;
+    let (wal, records) = Wal::open(&data_dir.join("wal"), wal_options)?;
     let marker = records
         .iter()
-        .rev()
         .find(|r| r.kind == record::SNAPSHOT)
         .map(|r| SnapshotMetadata::parse_from_bytes(&r.payload))
         .transpose()
         .map_err(|e| StorageError::Decode(format!("snapshot marker: {e}")))?;
-    let (state_machine, base) = match snap {
-        Some(s) => {
-            let meta = SnapshotMetadata {
-                index: s.index,
-                term: s.term,
-                conf_state: protobuf::SingularPtrField::some(s.conf_state.clone()),
-                ..Default::default()
-            };
-            (
-                StateMachine::restore(s.store, s.index, s.term, s.conf_state),
-                meta,
-            )
-        }
+    let (point, store) = match snap {
+        Some((h, store)) => (
+            AppliedPoint {
+                index: h.index,
+                term: h.term,
+                conf_state: h.conf_state,
+                membership: h.membership,
+            },
+            store,
+        ),
         None => {
+            // A member that joined and has not received its first snapshot.
             let meta = marker.ok_or_else(|| StorageError::DataDir {
                 path: data_dir.to_owned(),
                 why: "the WAL has no starting point and there is no snapshot".into(),
             })?;
-            let sm = StateMachine::new(meta.index, meta.term, meta.get_conf_state().clone());
-            (sm, meta)
+            let point = AppliedPoint {
+                index: meta.index,
+                term: meta.term,
+                conf_state: meta.get_conf_state().clone(),
+                ..Default::default()
+            };
+            (point, MemStore::new())
         }
     };
+    let (base, _) = start_point(&point);
     let log = RaftLog::recover(base, &records)?;
     tracing::info!(
-        applied = state_machine.applied_index(),
+        applied = point.index,
         last = log.last(),
         commit = log.hard_state().commit,
         "recovered from snapshot and WAL"
     );
     let hard_state = log.hard_state().clone();
     Ok(Recovered {
-        state_machine,
+        state_machine: StateMachine::new(Store::Memory(store), point),
         log,
         log_store: Box::new(WalLog::new(wal, hard_state)),
         rocks: None,
@@ -354,101 +565,212 @@ pub struct Core {
     pub apply: Addr<ApplyActor>,
     /// Live status.
     pub status: Arc<NodeStatus>,
+    /// Test-only fault switches of the transport.
+    pub faults: Arc<Faults>,
+    /// The Raft thread (the peer server runs there too).
+    pub raft_thread: ArbiterHandle,
 }
 
-/// Starts the RaftActor, ApplyActor and Ticker on the CURRENT actix arbiter
-/// (and the WalWriter on its own thread), for a recovered member.
-///
-/// Raft, apply and the client handlers share one thread by default: measured on
-/// 2 cores, every thread hand-off on the write path costs a context switch
-/// (eventfd wake-up, futex) that is dearer than the work handed off, so only the
-/// blocking fsync gets its own thread.
+/// The threads a core runs on besides the caller's, joined at shutdown.
+pub struct CoreThreads {
+    raft: Arbiter,
+    wal: std::thread::JoinHandle<()>,
+}
+
+impl CoreThreads {
+    /// Waits for the Raft thread (stopped with the System) and the
+    /// WalWriter (which ends when the RaftActor is gone).
+    pub fn join(self) {
+        self.raft.stop();
+        let _ = self.raft.join();
+        let _ = self.wal.join();
+    }
+}
+
+/// Starts the RaftActor, Ticker and WalWriter on their own threads and the
+/// ApplyActor on the CURRENT actix arbiter, for a recovered member.
 pub fn start_core(
     cfg: &Config,
-    id: u64,
     status: Arc<NodeStatus>,
+    faults: Arc<Faults>,
     rec: Recovered,
-) -> Result<Core, StorageError> {
+) -> Result<(Core, CoreThreads), StorageError> {
+    let id = status.member_id;
     let rcfg = raft_config(cfg, id, rec.state_machine.applied_index());
     let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
-    let node = Node::new(&rcfg, rec.log, &logger)
+    let node: Node<crate::actors::messages::PendingRead> = Node::new(&rcfg, rec.log, &logger)
         .map_err(|e| StorageError::Decode(format!("raft: {e}")))?;
     let tick = Duration::from_millis(cfg.raft.tick_ms);
+    let members = rec.state_machine.membership().members();
 
-    let ctx = Context::<RaftActor>::new();
-    let raft = ctx.address();
-    let wal_addr = WalWriter::spawn(rec.log_store, raft.clone())
+    let apply_ctx = Context::<ApplyActor>::new();
+    let apply = apply_ctx.address();
+    let raft_thread = Arbiter::new();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let log_store = rec.log_store;
+    let peers = {
+        let status = status.clone();
+        let faults = faults.clone();
+        let cluster_id = status.cluster_id;
+        move |raft: Addr<RaftActor>, apply: Addr<ApplyActor>| PeerContext {
+            from: id,
+            cluster_id,
+            raft,
+            apply,
+            status,
+            faults,
+        }
+    };
+    let settings_catchup = cfg.snapshot_catchup_entries;
+    let raft_status = status.clone();
+    let apply_for_raft = apply.clone();
+    let spawned = raft_thread.spawn_fn(move || {
+        let ctx = Context::<RaftActor>::new();
+        let raft = ctx.address();
+        let wal = match WalWriter::spawn(log_store, raft.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        Ticker::new(raft.clone(), tick).start();
+        let settings = RaftSettings {
+            snapshot_catchup_entries: settings_catchup,
+            peers: peers(raft.clone(), apply_for_raft.clone()),
+        };
+        ctx.run(RaftActor::new(
+            node,
+            wal.0,
+            apply_for_raft,
+            raft_status,
+            settings,
+        ));
+        raft.do_send(InitialMembers(members));
+        let _ = tx.send(Ok((raft, wal.1)));
+    });
+    if !spawned {
+        return Err(StorageError::io(
+            "start the Raft thread",
+            std::io::Error::other("arbiter stopped"),
+        ));
+    }
+    let (raft, wal_thread) = rx
+        .recv()
+        .map_err(|_| StorageError::io("start the Raft thread", std::io::Error::other("gone")))?
         .map_err(|e| StorageError::io("start the WAL writer thread", e))?;
-    let apply = ApplyActor::new(
+    apply_ctx.run(ApplyActor::new(
         rec.state_machine,
         raft.clone(),
         status.clone(),
         cfg.data_dir.clone(),
         cfg.snapshot_count,
-    )
-    .start();
-    Ticker::new(raft.clone(), tick).start();
-    ctx.run(RaftActor::new(
-        node,
-        wal_addr,
-        apply.clone(),
-        status.clone(),
     ));
-    Ok(Core {
-        raft,
-        apply,
-        status,
-    })
+    let handle = raft_thread.handle();
+    Ok((
+        Core {
+            raft,
+            apply,
+            status,
+            faults,
+            raft_thread: handle,
+        },
+        CoreThreads {
+            raft: raft_thread,
+            wal: wal_thread,
+        },
+    ))
 }
 
-/// Runs a member until SIGINT/SIGTERM.
-pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
+/// Opens the data dir: who this member is, bootstrapping it first when the
+/// dir is new.
+pub fn prepare(cfg: &Config) -> Result<Identity, Box<dyn std::error::Error>> {
     fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| StorageError::io(format!("create {}", cfg.data_dir.display()), e))?;
-    let fresh = check_marker(&cfg)?;
-    let id = member_id(&cfg.advertise_peer_list(), &cfg.initial_cluster_token);
-    let fresh = match &cfg.restore_image {
-        Some(image) if fresh => {
-            if let Err(e) = restore_image(&cfg, image, id) {
-                // The dir was empty: leave it so, never half-restored (a later
-                // start without the flag would otherwise begin from it).
-                let _ = fs::remove_dir_all(&cfg.data_dir);
-                return Err(Box::new(e));
-            }
-            false
-        }
-        Some(_) => {
+    if let Some(id) = read_marker(cfg)? {
+        if cfg.restore_image.is_some() {
             return Err(Box::new(StorageError::DataDir {
                 path: cfg.data_dir.clone(),
                 why: "--restore-image needs a new, empty data dir".into(),
-            }))
+            }));
         }
-        None => fresh,
+        tracing::info!(
+            member = format!("{:x}", id.member_id),
+            cluster = format!("{:x}", id.cluster_id),
+            "known member; initial-cluster flags are ignored"
+        );
+        return Ok(id);
+    }
+    let plan = match (cfg.initial_cluster_state.as_str(), &cfg.restore_image) {
+        ("existing", Some(_)) => {
+            return Err(
+                "--restore-image seeds a new cluster; use --initial-cluster-state new".into(),
+            )
+        }
+        ("existing", None) => plan_join(cfg).map_err(|e| format!("cannot join: {e}"))?,
+        _ => plan_new(cfg)?,
     };
-    let status = Arc::new(NodeStatus::new(cluster_id(&[id]), id));
-    let rec = recover(&cfg, fresh, vec![id])?;
+    let done = match &cfg.restore_image {
+        Some(image) => restore_image(cfg, image, &plan),
+        None => bootstrap(cfg, &plan),
+    }
+    .and_then(|()| write_marker(cfg, plan.identity));
+    if let Err(e) = done {
+        // The dir was empty: leave it so, never half-bootstrapped (a later
+        // start would otherwise begin from it).
+        let _ = fs::remove_dir_all(&cfg.data_dir);
+        return Err(Box::new(e));
+    }
+    Ok(plan.identity)
+}
+
+/// Runs a member until SIGINT/SIGTERM (or until it is removed).
+pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let identity = prepare(&cfg)?;
+    let mut rec = recover(&cfg)?;
+    if rec.state_machine.membership().is_empty() && cfg.initial_cluster_state == "existing" {
+        // Joined, but restarted before the leader's first snapshot arrived:
+        // find the cluster again to know whom to talk to.
+        let pb = discover(&cfg).map_err(|e| format!("cannot rejoin: {e}"))?;
+        rec.state_machine.seed_membership(Membership::from_pb(pb));
+    }
+    let status = Arc::new(NodeStatus::new(identity.cluster_id, identity.member_id));
+    let faults = Arc::new(Faults::default());
     let rocks_dbs = rec.rocks.clone();
-    let addr = cfg.client_listen_addr()?;
-    tracing::info!(name = %cfg.name, member_id = format!("{id:x}"), %addr, engine = cfg.engine.as_str(), "starting");
+    let client_addr = cfg.client_listen_addr()?;
+    let peer_listener = std::net::TcpListener::bind(cfg.peer_listen_addr()?)
+        .map_err(|e| format!("cannot listen on peer URL {}: {e}", cfg.listen_peer_urls))?;
+    peer_listener.set_nonblocking(true)?;
+    tracing::info!(
+        name = %cfg.name,
+        member = format!("{:x}", identity.member_id),
+        cluster = format!("{:x}", identity.cluster_id),
+        %client_addr,
+        engine = cfg.engine.as_str(),
+        "starting"
+    );
 
     let system = System::new();
-    let served = system.block_on(async move {
-        let core = start_core(&cfg, id, status, rec)?;
+    let (served, threads) = system.block_on(async move {
+        let (core, threads) = start_core(&cfg, status, faults, rec)?;
         let served = actix_rt::spawn(async move {
-            let result = crate::api::serve(cfg, core, addr).await;
+            let result = crate::api::serve(cfg, core, client_addr, peer_listener).await;
             System::current().stop();
             result
         });
-        Ok::<_, StorageError>(served)
+        Ok::<_, StorageError>((served, threads))
     })?;
-    system.run()?;
+    let code = system.run_with_code()?;
     // The actors are gone with the System; the WAL writer follows them.
-    WalWriter::join();
+    threads.join();
     if let Some(dbs) = rocks_dbs {
         // A clean stop leaves nothing to replay.
         if let Err(e) = rocks::shutdown(&dbs) {
             tracing::warn!(error = %e, "flush at shutdown failed; the next start replays the log");
         }
+    }
+    if code != 0 {
+        return Err(format!("stopped with code {code}").into());
     }
     match system_result(served) {
         Ok(()) => Ok(()),

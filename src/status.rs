@@ -1,7 +1,10 @@
 //! What handlers and `/metrics` need to know about the member without asking
-//! an actor: atomics written by the actors, read by anyone. Not a lock.
+//! an actor: atomics written by the actors, read by anyone. Not a lock on
+//! any write path (the peer table is written on connect and disconnect only).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 /// Identity and live state of this member.
 #[derive(Debug, Default)]
@@ -22,7 +25,16 @@ pub struct NodeStatus {
     pub revision: AtomicI64,
     /// Approximate bytes of the store.
     pub db_size: AtomicU64,
+    /// This member is a learner.
+    pub is_learner: AtomicBool,
+    /// Since when each peer's stream has been up (None: down).
+    pub peers: parking_lot::RwLock<HashMap<u64, Option<Instant>>>,
+    /// Members removed for good: their traffic is refused.
+    pub removed: parking_lot::RwLock<HashSet<u64>>,
 }
+
+/// What a removed member's peers answer it (etcd's words).
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
 impl NodeStatus {
     /// A status for a member.
@@ -42,5 +54,55 @@ impl NodeStatus {
     /// Current leader.
     pub fn leader(&self) -> u64 {
         self.leader.load(Relaxed)
+    }
+
+    /// Whether this member is a learner.
+    pub fn is_learner(&self) -> bool {
+        self.is_learner.load(Relaxed)
+    }
+
+    /// Records a peer's stream going up or down.
+    pub fn set_peer_active(&self, id: u64, up: bool) {
+        let mut peers = self.peers.write();
+        let entry = peers.entry(id).or_insert(None);
+        match (up, entry.is_some()) {
+            (true, false) => *entry = Some(Instant::now()),
+            (false, _) => *entry = None,
+            (true, true) => {}
+        }
+    }
+
+    /// Whether `id` was removed from the cluster.
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed.read().contains(&id)
+    }
+
+    /// Forgets a removed peer.
+    pub fn forget_peer(&self, id: u64) {
+        self.peers.write().remove(&id);
+    }
+
+    /// Whether `id` (a peer; this member always is) has been connected
+    /// since `since` or earlier.
+    pub fn connected_since(&self, id: u64, since: Instant) -> bool {
+        if id == self.member_id {
+            return true;
+        }
+        matches!(self.peers.read().get(&id), Some(Some(t)) if *t <= since)
+    }
+}
+
+/// Test-only fault switches in the transport, set through the client port
+/// when the member runs with `--experimental-fault-injection`.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Drop every Raft message and snapshot to and from this member.
+    pub isolated: AtomicBool,
+}
+
+impl Faults {
+    /// Whether traffic is being dropped.
+    pub fn isolated(&self) -> bool {
+        self.isolated.load(Relaxed)
     }
 }

@@ -1,33 +1,51 @@
 //! The ApplyActor: owns the state machine. Applies committed entries in log
 //! order, one batch per `Apply` message; answers each waiting client by request
 //! id; serves reads once the applied index reaches their read index; reports
-//! `Applied` to the RaftActor; writes a snapshot every `snapshot_count` entries.
+//! `Applied` to the RaftActor; takes a snapshot every `snapshot_count`
+//! entries; installs snapshots from the leader.
+//!
+//! Invariants:
+//! - A membership change is applied here first (registry and conf state,
+//!   stored with the applied index), then handed to the RaftActor to apply
+//!   to Raft, before `Applied` for its index.
+//! - A waiter lives until its entry is applied, the leader epoch it was
+//!   proposed in ends ("leader changed"), or its client goes away: never
+//!   longer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use raft::eraftpb::EntryType;
 use tokio::sync::oneshot;
 
 use super::messages::*;
 use super::raft::RaftActor;
+use crate::error::ApiError;
 use crate::metrics::METRICS;
-use crate::state_machine::{snapshot, StateMachine, Store};
+use crate::state_machine::StateMachine;
 use crate::status::NodeStatus;
+use crate::storage::engine::Checkpoint;
 
 /// Mailbox depth for handlers' `send().await` (backpressure).
 const MAILBOX: usize = 4096;
+/// How often waiters whose clients went away are dropped.
+const SWEEP: Duration = Duration::from_secs(1);
+
+struct Waiter {
+    reply: oneshot::Sender<WriteResult>,
+    since: Instant,
+    epoch: u64,
+}
 
 /// Owns the state machine.
 pub struct ApplyActor {
     sm: StateMachine,
     raft: Addr<RaftActor>,
     status: Arc<NodeStatus>,
-    waiters: HashMap<u64, (oneshot::Sender<WriteResult>, Instant)>,
+    waiters: HashMap<u64, Waiter>,
     /// Reads waiting for the applied index to reach their key.
     reads: BTreeMap<u64, Vec<PendingRead>>,
     data_dir: PathBuf,
@@ -47,6 +65,7 @@ impl ApplyActor {
         snapshot_count: u64,
     ) -> ApplyActor {
         let last_snapshot = sm.applied_index();
+        *status.removed.write() = sm.membership().removed().collect();
         let a = ApplyActor {
             sm,
             raft,
@@ -88,63 +107,55 @@ impl ApplyActor {
         }
     }
 
-    /// Every `snapshot_count` entries: encode the state here (it must be a
-    /// consistent image), write and fsync it on a background thread so apply
-    /// does not stall on the disk.
+    /// Every `snapshot_count` entries: what the engine needs to make the
+    /// applied state durable (memory: an image encoded here, written and
+    /// fsynced on a background thread), then the log before it may go.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let applied = self.sm.applied_index();
         if self.saving || applied < self.last_snapshot + self.snapshot_count {
             return;
         }
         let term = self.sm.applied_term();
-        let store = match self.sm.store() {
-            Store::Memory(m) => m,
-            Store::Rocks(_) => {
-                // The applied state is in RocksDB already: the Raft log up to
-                // here may go once RocksDB's WAL is synced (RocksLog::purge).
+        match self.sm.checkpoint(&self.data_dir) {
+            Checkpoint::Durable => {
                 self.last_snapshot = applied;
                 self.raft.do_send(Snapshotted {
                     index: applied,
                     term,
                 });
-                return;
             }
-        };
-        let started = Instant::now();
-        let image = snapshot::encode(applied, term, self.sm.conf_state(), store);
-        tracing::debug!(
-            index = applied,
-            bytes = image.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot encoded"
-        );
-        self.saving = true;
-        let dir = self.data_dir.clone();
-        let me = ctx.address();
-        let spawned = std::thread::Builder::new()
-            .name("snapshot".into())
-            .spawn(move || {
-                let ok = match snapshot::save(&dir, applied, &image) {
-                    Ok(path) => {
-                        tracing::info!(index = applied, bytes = image.len(), file = %path.display(), "snapshot saved");
-                        true
-                    }
-                    Err(e) => {
-                        // The WAL still holds everything; try again later.
-                        tracing::error!(error = %e, "snapshot failed");
-                        false
-                    }
-                };
-                me.do_send(SnapshotSaved {
-                    index: applied,
-                    term,
-                    ok,
-                });
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the snapshot thread");
-            self.saving = false;
+            Checkpoint::Write(job) => {
+                self.saving = true;
+                let me = ctx.address();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("snapshot".into())
+                        .spawn(move || {
+                            let ok = match job() {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    // The WAL still holds everything; try again later.
+                                    tracing::error!(error = %e, "snapshot failed");
+                                    false
+                                }
+                            };
+                            me.do_send(SnapshotSaved {
+                                index: applied,
+                                term,
+                                ok,
+                            });
+                        });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start the snapshot thread");
+                    self.saving = false;
+                }
+            }
         }
+    }
+
+    /// Drops waiters whose clients went away (they timed out).
+    fn sweep(&mut self) {
+        self.waiters.retain(|_, w| !w.reply.is_closed());
     }
 }
 
@@ -167,6 +178,7 @@ impl Actor for ApplyActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
+        ctx.run_interval(SWEEP, |a, _| a.sweep());
     }
 }
 
@@ -174,8 +186,42 @@ impl Handler<Register> for ApplyActor {
     type Result = ();
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) {
         let now = Instant::now();
+        let epoch = msg.epoch;
         self.waiters
-            .extend(msg.0.into_iter().map(|(id, reply)| (id, (reply, now))));
+            .extend(msg.waiters.into_iter().map(|(id, reply)| {
+                (
+                    id,
+                    Waiter {
+                        reply,
+                        since: now,
+                        epoch,
+                    },
+                )
+            }));
+    }
+}
+
+impl Handler<LeaderChanged> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: LeaderChanged, _: &mut Context<Self>) {
+        // Everything committed before the change was applied already (the
+        // RaftActor sent it first); what is left was proposed to a leader
+        // that is gone and may never commit.
+        let before = self.waiters.len();
+        self.waiters.retain(|_, w| {
+            if w.epoch < msg.epoch {
+                let reply = std::mem::replace(&mut w.reply, oneshot::channel().0);
+                let _ = reply.send(Err(ApiError::LeaderChanged));
+                false
+            } else {
+                true
+            }
+        });
+        let failed = before - self.waiters.len();
+        if failed > 0 {
+            METRICS.proposals_failed.inc_by(failed as u64);
+            tracing::info!(failed, "pending proposals failed: leader changed");
+        }
     }
 }
 
@@ -186,20 +232,21 @@ impl Handler<Apply> for ApplyActor {
         let mut last = None;
         for entry in &msg.entries {
             last = Some(entry.index);
-            let data: &[u8] = match entry.get_entry_type() {
-                EntryType::EntryNormal => &entry.data,
-                // Membership changes arrive with multi-member clusters; a conf
-                // change entry still counts as applied.
-                _ => &[],
-            };
-            let Some(applied) = self.sm.apply(entry.index, entry.term, data) else {
+            let Some(applied) = self.sm.apply(entry) else {
                 continue;
             };
-            if let Some((reply, since)) = self.waiters.remove(&applied.id) {
+            if applied.members_changed {
+                *self.status.removed.write() = self.sm.membership().removed().collect();
+                self.raft.do_send(MembershipChanged {
+                    conf_change: applied.conf_change,
+                    members: self.sm.membership().members(),
+                });
+            }
+            if let Some(w) = self.waiters.remove(&applied.id) {
                 METRICS
                     .propose_duration_ms
-                    .observe(since.elapsed().as_secs_f64() * 1000.0);
-                let _ = reply.send(applied.result);
+                    .observe(w.since.elapsed().as_secs_f64() * 1000.0);
+                let _ = w.reply.send(applied.result);
             }
         }
         if let Err(e) = self.sm.commit() {
@@ -217,6 +264,41 @@ impl Handler<Apply> for ApplyActor {
         self.publish();
         self.serve_ready_reads();
         self.maybe_snapshot(ctx);
+    }
+}
+
+impl Handler<InstallSnapshot> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: InstallSnapshot, _: &mut Context<Self>) {
+        let path = PathBuf::from(String::from_utf8_lossy(&msg.0.data).into_owned());
+        let started = Instant::now();
+        match self.sm.install(&path, &self.data_dir) {
+            Ok(h) => {
+                tracing::info!(
+                    index = h.index,
+                    revision = h.current_rev,
+                    ms = started.elapsed().as_millis() as u64,
+                    "state replaced by the leader's snapshot"
+                );
+                self.last_snapshot = h.index;
+                *self.status.removed.write() = self.sm.membership().removed().collect();
+                self.raft.do_send(MembershipChanged {
+                    conf_change: None,
+                    members: self.sm.membership().members(),
+                });
+                // Raft counts it applied once its ready is durable.
+                self.raft.do_send(SnapshotInstalled { index: h.index });
+                self.publish();
+                self.serve_ready_reads();
+            }
+            Err(e) => {
+                // Raft moved on to the snapshot already; the state cannot
+                // follow. The data dir holds the old state or the new one
+                // (never a mix): a restart tries again.
+                tracing::error!(error = %e, file = %path.display(), "cannot install the leader's snapshot; stopping");
+                std::process::exit(2);
+            }
+        }
     }
 }
 
@@ -246,12 +328,19 @@ impl Handler<QueryStore> for ApplyActor {
     }
 }
 
+impl Handler<QueryMembers> for ApplyActor {
+    type Result = MessageResult<QueryMembers>;
+    fn handle(&mut self, _: QueryMembers, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.sm.membership().clone())
+    }
+}
+
 impl Handler<TakeImage> for ApplyActor {
-    type Result = Result<crate::storage::image::ImageJob, crate::error::ApiError>;
+    type Result = Result<crate::storage::image::ImageJob, ApiError>;
     fn handle(&mut self, _: TakeImage, _: &mut Context<Self>) -> Self::Result {
         self.sm
             .take_image(&self.data_dir)
-            .map_err(|e| crate::error::ApiError::Internal(e.to_string()))
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
 }
 

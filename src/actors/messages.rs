@@ -1,10 +1,12 @@
 //! Every message the actors exchange, each a named struct.
 
 use actix::Message;
-use raft::eraftpb::{Entry, HardState};
+use raft::eraftpb::{ConfChangeV2, Entry, HardState, Snapshot, SnapshotMetadata};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
+use crate::proto::etcdserverpb::Member;
+use crate::state_machine::membership::Membership;
 use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 
 /// The answer a writer waits for.
@@ -33,6 +35,109 @@ pub struct Propose {
     pub reply: oneshot::Sender<WriteResult>,
 }
 
+/// Handler → RaftActor: propose a membership change (a ConfChangeV2 whose
+/// context carries `id` and the member); answered like a write.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProposeConfChange {
+    /// Request id inside the context.
+    pub id: u64,
+    /// The change.
+    pub cc: ConfChangeV2,
+    /// Where the applied answer goes.
+    pub reply: oneshot::Sender<WriteResult>,
+}
+
+/// Handler → RaftActor: MoveLeader; answered once `to` leads (or not).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TransferLeader {
+    /// The member that should lead.
+    pub to: u64,
+    /// Ok once it leads.
+    pub reply: oneshot::Sender<Result<(), ApiError>>,
+}
+
+/// Handler → RaftActor: what only Raft knows, for membership checks.
+#[derive(Message)]
+#[rtype(result = "RaftView")]
+pub struct QueryRaft;
+
+/// Raft's view for membership checks.
+#[derive(Debug, Clone, Default)]
+pub struct RaftView {
+    /// This member leads.
+    pub is_leader: bool,
+    /// The known leader.
+    pub leader: u64,
+    /// On a leader: how far each member's log matches (its own included).
+    pub matched: Vec<(u64, u64)>,
+}
+
+/// Peer transport → RaftActor: messages from other members.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StepBatch(pub Vec<raft::eraftpb::Message>);
+
+/// PeerActor → RaftActor: messages to `0` were lost.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unreachable(pub u64);
+
+/// PeerActor → RaftActor: how a snapshot sent to `to` ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotSent {
+    /// The receiving member.
+    pub to: u64,
+    /// Whether it received and checked the whole image.
+    pub ok: bool,
+}
+
+/// RaftActor → ApplyActor: replace the state with the snapshot from the
+/// leader (its data is the path of the received, checked image file).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InstallSnapshot(pub Snapshot);
+
+/// ApplyActor → RaftActor: the snapshot is installed (durably).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotInstalled {
+    /// Its index.
+    pub index: u64,
+}
+
+/// ApplyActor → RaftActor: the member registry changed; `conf_change` is a
+/// membership change Raft must apply now (its entry was just applied).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MembershipChanged {
+    /// The conf change to apply to Raft, if this was one.
+    pub conf_change: Option<ConfChangeV2>,
+    /// Every member, for the transport.
+    pub members: Vec<Member>,
+}
+
+/// PeerActor → RaftActor: a peer says this member was removed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemovedFromCluster;
+
+/// RaftActor → ApplyActor: the leader changed; proposals registered in an
+/// earlier epoch can no longer be trusted to commit and fail at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeaderChanged {
+    /// The new epoch (one more per leader change).
+    pub epoch: u64,
+}
+
+/// Handler → ApplyActor: the member registry.
+#[derive(Message)]
+#[rtype(result = "Membership")]
+pub struct QueryMembers;
+
 /// Handler → RaftActor: a linearizable read; joins this turn's ReadIndex batch.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -52,6 +157,8 @@ pub struct RunTurn;
 pub struct Append {
     /// Ready number, answered in `Persisted`.
     pub number: u64,
+    /// A snapshot the state machine installed: the log starts over after it.
+    pub snapshot: Option<SnapshotMetadata>,
     /// New entries.
     pub entries: Vec<Entry>,
     /// Changed hard state.
@@ -90,7 +197,12 @@ pub struct Apply {
 /// of that turn, so a registration always precedes its entry.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Register(pub Vec<(u64, oneshot::Sender<WriteResult>)>);
+pub struct Register {
+    /// Request ids and where their answers go.
+    pub waiters: Vec<(u64, oneshot::Sender<WriteResult>)>,
+    /// The leader epoch they were proposed in (see [`LeaderChanged`]).
+    pub epoch: u64,
+}
 
 /// RaftActor → ApplyActor: these reads may be served once `index` is applied.
 #[derive(Message)]
@@ -115,7 +227,7 @@ pub struct Applied {
     pub index: u64,
 }
 
-/// ApplyActor → RaftActor: a snapshot at `index` is durable.
+/// ApplyActor → RaftActor: a local snapshot at `index` is durable.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Snapshotted {
@@ -125,7 +237,7 @@ pub struct Snapshotted {
     pub term: u64,
 }
 
-/// Snapshot writer thread → ApplyActor: the snapshot at `index` is saved (or not).
+/// Snapshot writer thread → ApplyActor: the local snapshot at `index` is saved (or not).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SnapshotSaved {

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod messages;
+pub mod peer;
 pub mod raft;
 pub mod ticker;
 pub mod wal;

@@ -1,27 +1,75 @@
-//! The RaftActor: a thin actix shell around [`Node`]. It collects proposals,
-//! reads, ticks and WAL answers from its mailbox, then runs one turn and carries
-//! out the outputs: appends to the WalWriter, committed entries to the
-//! ApplyActor, messages to peers. It never blocks: fsync happens in the
-//! WalWriter, apply in the ApplyActor.
+//! The RaftActor: a thin actix shell around [`Node`], on a thread of its own
+//! (with the Ticker, the PeerActors and the peer server). It collects
+//! proposals, reads, ticks, peer messages and WAL answers from its mailbox,
+//! then runs one turn and carries out the outputs: appends to the WalWriter,
+//! committed entries to the ApplyActor, messages to the PeerActors.
+//!
+//! It never blocks and never does heavy work: fsync happens in the
+//! WalWriter; apply, reads, images and snapshot installs in the ApplyActor
+//! on another thread. So ticks and heartbeats stay on time whatever the
+//! rest of the member is doing.
+//!
+//! Invariants:
+//! - A snapshot from the leader is installed in the state machine before the
+//!   ready that records it goes to the WAL (a crash in between restarts from
+//!   the old state or the new one; see `storage::raft_log`).
+//! - Proposals carry the leader epoch they were made in; the ApplyActor
+//!   fails them with "leader changed" once the epoch moves on.
+//! - Proposals that arrive without a leader wait (bounded) for one; their
+//!   clients time out otherwise. None is proposed after its client left.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use prost::Message as _;
+use raft::StateRole;
+use tokio::sync::oneshot;
 
 use super::apply::ApplyActor;
 use super::messages::*;
+use super::peer::{NewUrls, Outbox, PeerActor, PeerContext, Stop};
 use super::wal::{WalCommand, WalHandle};
-use crate::consensus::{Node, Turn};
+use crate::consensus::{Node, Persist, Turn};
 use crate::error::ApiError;
 use crate::metrics::METRICS;
+use crate::proto::etcdserverpb::Member;
+use crate::proto::metastorepb::ConfChangeContext;
 use crate::status::NodeStatus;
 
-/// Entries kept in the log behind a snapshot so a slightly lagging follower can
-/// catch up from the log instead of a snapshot (etcd keeps 5000).
-const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
 /// Mailbox depth: senders that `send().await` wait beyond it (backpressure).
 const MAILBOX: usize = 4096;
+/// Proposals held while there is no leader, at most.
+const MAX_WAITING: usize = 16384;
+/// Ticks a MoveLeader waits for the transfer (etcd: its request timeout).
+const TRANSFER_TICKS: u64 = 50;
+
+/// A proposal waiting for a leader.
+enum Waiting {
+    Write(Propose),
+    ConfChange(ProposeConfChange),
+}
+
+impl Waiting {
+    fn closed(&self) -> bool {
+        match self {
+            Waiting::Write(p) => p.reply.is_closed(),
+            Waiting::ConfChange(p) => p.reply.is_closed(),
+        }
+    }
+}
+
+/// A MoveLeader waiting: (target, deadline tick, reply).
+type Transfer = (u64, u64, oneshot::Sender<Result<(), ApiError>>);
+
+/// How the RaftActor is set up.
+pub struct RaftSettings {
+    /// Entries kept behind a local snapshot for lagging followers.
+    pub snapshot_catchup_entries: u64,
+    /// The shared context of the PeerActors.
+    pub peers: PeerContext,
+}
 
 /// Owns the Raft state of this member.
 pub struct RaftActor {
@@ -29,27 +77,48 @@ pub struct RaftActor {
     wal: WalHandle,
     apply: Addr<ApplyActor>,
     status: Arc<NodeStatus>,
+    settings: RaftSettings,
     turn_scheduled: bool,
     /// Proposals accepted since the last turn, registered with the applier in
     /// one message.
-    registrations: Vec<(u64, tokio::sync::oneshot::Sender<WriteResult>)>,
+    registrations: Vec<(u64, oneshot::Sender<WriteResult>)>,
+    /// One more per leader change.
+    epoch: u64,
+    waiting: VecDeque<Waiting>,
+    peers: HashMap<u64, (Vec<String>, Addr<PeerActor>)>,
+    /// A snapshot ready held back until the state machine installed it.
+    held: Option<Persist>,
+    transfers: Vec<Transfer>,
+    ticks: u64,
+    /// This member was removed from the cluster.
+    removed: bool,
 }
 
 impl RaftActor {
-    /// Wraps a node.
+    /// Wraps a node; `members` are the known members (PeerActors start for
+    /// every other one).
     pub fn new(
         node: Node<PendingRead>,
         wal: WalHandle,
         apply: Addr<ApplyActor>,
         status: Arc<NodeStatus>,
+        settings: RaftSettings,
     ) -> RaftActor {
         RaftActor {
             node,
             wal,
             apply,
             status,
+            settings,
             turn_scheduled: false,
             registrations: Vec::new(),
+            epoch: 0,
+            waiting: VecDeque::new(),
+            peers: HashMap::new(),
+            held: None,
+            transfers: Vec::new(),
+            ticks: 0,
+            removed: false,
         }
     }
 
@@ -62,17 +131,110 @@ impl RaftActor {
         }
     }
 
+    fn me(&self) -> String {
+        format!("{:x}", self.node.id())
+    }
+
+    /// Starts, updates or stops PeerActors to match the registry.
+    fn set_peers(&mut self, members: &[Member]) {
+        let me = self.node.id();
+        let wanted: HashMap<u64, &Member> = members
+            .iter()
+            .filter(|m| m.id != me)
+            .map(|m| (m.id, m))
+            .collect();
+        self.peers.retain(|id, (_, addr)| {
+            let keep = wanted.contains_key(id);
+            if !keep {
+                tracing::info!(peer = format!("{id:x}"), "peer removed; closing its stream");
+                addr.do_send(Stop);
+            }
+            keep
+        });
+        for (id, m) in wanted {
+            match self.peers.get_mut(&id) {
+                Some((urls, addr)) if *urls != m.peer_ur_ls => {
+                    *urls = m.peer_ur_ls.clone();
+                    addr.do_send(NewUrls(m.peer_ur_ls.clone()));
+                }
+                Some(_) => {}
+                None => {
+                    let addr =
+                        PeerActor::new(id, m.peer_ur_ls.clone(), self.settings.peers.clone())
+                            .start();
+                    self.peers.insert(id, (m.peer_ur_ls.clone(), addr));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, messages: Vec<raft::eraftpb::Message>) {
+        let mut by_peer: HashMap<u64, Vec<raft::eraftpb::Message>> = HashMap::new();
+        for m in messages {
+            by_peer.entry(m.to).or_default().push(m);
+        }
+        for (to, msgs) in by_peer {
+            match self.peers.get(&to) {
+                Some((_, addr)) => addr.do_send(Outbox(msgs)),
+                None => {
+                    tracing::debug!(
+                        to = format!("{to:x}"),
+                        n = msgs.len(),
+                        "no peer for messages"
+                    );
+                    self.node.report_unreachable(to);
+                }
+            }
+        }
+    }
+
+    fn propose(&mut self, w: Waiting) {
+        if w.closed() {
+            return;
+        }
+        if self.node.leader() == 0 || self.node.transferring() {
+            if self.waiting.len() >= MAX_WAITING {
+                reply_err(w, ApiError::TooManyRequests);
+            } else {
+                self.waiting.push_back(w);
+            }
+            return;
+        }
+        let result = match &w {
+            Waiting::Write(p) => self.node.propose(p.data.clone()),
+            Waiting::ConfChange(p) => {
+                let ctx = p.cc.context.to_vec();
+                self.node.propose_conf_change(ctx, p.cc.clone())
+            }
+        };
+        match (result, w) {
+            (Ok(()), Waiting::Write(p)) => self.registrations.push((p.id, p.reply)),
+            (Ok(()), Waiting::ConfChange(p)) => self.registrations.push((p.id, p.reply)),
+            (Err(ApiError::NoLeader), w) => self.waiting.push_back(w),
+            (Err(e), w) => {
+                METRICS.proposals_failed.inc();
+                reply_err(w, e);
+            }
+        }
+    }
+
+    fn propose_waiting(&mut self) {
+        if self.node.leader() == 0 || self.node.transferring() {
+            return;
+        }
+        for w in std::mem::take(&mut self.waiting) {
+            self.propose(w);
+        }
+    }
+
     fn execute(&mut self, turn: Turn<PendingRead>) {
         if turn.campaigned {
             METRICS.election_timeouts.inc();
+            tracing::info!(member = %self.me(), term = self.node.term(), "election timeout: campaigning");
         }
-        if let Some(leader) = turn.leader_changed {
-            self.status.leader.store(leader, Relaxed);
-            METRICS.has_leader.set(i64::from(leader != 0));
-            METRICS.is_leader.set(i64::from(self.node.is_leader()));
-            METRICS.leader_changes_seen.inc();
-            METRICS.raft_leader_changes.inc();
-            tracing::info!(leader, term = self.node.term(), "leader changed");
+        if let Some(role) = turn.role_changed {
+            tracing::info!(member = %self.me(), term = self.node.term(), ?role, "raft role changed");
+            METRICS.is_leader.set(i64::from(role == StateRole::Leader));
         }
         self.status.term.store(self.node.term(), Relaxed);
         self.status
@@ -81,20 +243,22 @@ impl RaftActor {
         METRICS
             .proposals_committed
             .set(self.node.commit_index() as i64);
-        if let Some(p) = turn.persist {
-            self.wal.send(WalCommand::Append(Append {
-                number: p.number,
-                entries: p.entries,
-                hard_state: p.hard_state,
-                must_sync: p.must_sync,
-            }));
+        match (turn.install, turn.persist) {
+            (Some(snapshot), Some(persist)) => {
+                // The state first, then the log that says it is there.
+                tracing::info!(
+                    member = %self.me(),
+                    index = snapshot.get_metadata().index,
+                    "installing a snapshot from the leader"
+                );
+                self.held = Some(persist);
+                self.apply.do_send(InstallSnapshot(snapshot));
+            }
+            (_, Some(p)) => self.wal.send(WalCommand::Append(append(p))),
+            (_, None) => {}
         }
         if !turn.messages.is_empty() {
-            // Peers arrive with multi-member clusters; a lone member sends nothing.
-            tracing::debug!(
-                n = turn.messages.len(),
-                "raft messages without peers dropped"
-            );
+            self.send(turn.messages);
         }
         if !turn.committed.is_empty() {
             self.apply.do_send(Apply {
@@ -104,8 +268,62 @@ impl RaftActor {
         for (index, reads) in turn.reads {
             self.apply.do_send(ServeReads { index, reads });
         }
+        if let Some(leader) = turn.leader_changed {
+            self.on_leader_changed(leader);
+        }
+    }
+
+    fn on_leader_changed(&mut self, leader: u64) {
+        self.status.leader.store(leader, Relaxed);
+        METRICS.has_leader.set(i64::from(leader != 0));
+        METRICS.is_leader.set(i64::from(self.node.is_leader()));
+        METRICS.leader_changes_seen.inc();
+        METRICS.raft_leader_changes.inc();
+        tracing::info!(
+            member = %self.me(),
+            leader = format!("{leader:x}"),
+            term = self.node.term(),
+            "leader changed"
+        );
+        // After this turn's Apply: what committed is answered first.
+        self.epoch += 1;
+        self.apply.do_send(LeaderChanged { epoch: self.epoch });
+        let transfers = std::mem::take(&mut self.transfers);
+        for (to, deadline, reply) in transfers {
+            if leader == to {
+                let _ = reply.send(Ok(()));
+            } else {
+                self.transfers.push((to, deadline, reply));
+            }
+        }
     }
 }
+
+fn append(p: Persist) -> Append {
+    Append {
+        number: p.number,
+        snapshot: p.snapshot,
+        entries: p.entries,
+        hard_state: p.hard_state,
+        must_sync: p.must_sync,
+    }
+}
+
+fn reply_err(w: Waiting, e: ApiError) {
+    match w {
+        Waiting::Write(p) => {
+            let _ = p.reply.send(Err(e));
+        }
+        Waiting::ConfChange(p) => {
+            let _ = p.reply.send(Err(e));
+        }
+    }
+}
+
+/// RaftActor → itself: start the PeerActors for the members known at start.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct InitialMembers(pub Vec<Member>);
 
 impl Actor for RaftActor {
     type Context = Context<Self>;
@@ -113,24 +331,62 @@ impl Actor for RaftActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
         self.status.term.store(self.node.term(), Relaxed);
-        // A lone voter need not wait an election timeout to lead.
-        if let Err(e) = self.node.campaign() {
-            tracing::warn!(error = %e, "campaign failed");
+        self.status
+            .is_learner
+            .store(self.node.is_learner(), Relaxed);
+        let cs = self.node.conf_state();
+        if cs.voters == [self.node.id()] && cs.learners.is_empty() {
+            // A lone voter need not wait an election timeout to lead.
+            if let Err(e) = self.node.campaign() {
+                tracing::warn!(error = %e, "campaign failed");
+            }
         }
         self.schedule(ctx);
+    }
+}
+
+impl Handler<InitialMembers> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: InitialMembers, _: &mut Context<Self>) {
+        self.set_peers(&msg.0);
     }
 }
 
 impl Handler<Propose> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) {
-        match self.node.propose(msg.data) {
-            Ok(()) => self.registrations.push((msg.id, msg.reply)),
-            Err(e) => {
-                METRICS.proposals_failed.inc();
-                let _ = msg.reply.send(Err(e));
+        self.propose(Waiting::Write(msg));
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<ProposeConfChange> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: ProposeConfChange, ctx: &mut Context<Self>) {
+        let removes_me = msg.cc.changes.iter().any(|c| {
+            c.get_change_type() == raft::eraftpb::ConfChangeType::RemoveNode
+                && c.node_id == self.node.id()
+        });
+        if removes_me && self.node.is_leader() {
+            // Hand over first: a leader that removed itself would keep
+            // leading a cluster it is no longer part of until it stops.
+            let best = self
+                .node
+                .conf_state()
+                .voters
+                .iter()
+                .filter(|&&v| v != self.node.id())
+                .filter_map(|&v| self.node.matched(v).map(|m| (m, v)))
+                .max();
+            if let Some((_, to)) = best {
+                tracing::info!(member = %self.me(), to = format!("{to:x}"), "removing the leader: handing leadership over first");
+                self.node.transfer_leader(to);
+                self.waiting.push_back(Waiting::ConfChange(msg));
+                self.schedule(ctx);
+                return;
             }
         }
+        self.propose(Waiting::ConfChange(msg));
         self.schedule(ctx);
     }
 }
@@ -143,14 +399,157 @@ impl Handler<ReadIndex> for RaftActor {
     }
 }
 
+impl Handler<StepBatch> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: StepBatch, ctx: &mut Context<Self>) {
+        for m in msg.0 {
+            if let Err(e) = self.node.step(m) {
+                tracing::debug!(error = %e, "raft message refused");
+            }
+        }
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<Unreachable> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: Unreachable, ctx: &mut Context<Self>) {
+        self.node.report_unreachable(msg.0);
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<SnapshotSent> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: SnapshotSent, ctx: &mut Context<Self>) {
+        self.node.report_snapshot(msg.to, msg.ok);
+        if !msg.ok {
+            self.node.report_unreachable(msg.to);
+        }
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<SnapshotInstalled> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: SnapshotInstalled, ctx: &mut Context<Self>) {
+        if let Some(p) = self.held.take() {
+            tracing::info!(member = %self.me(), index = msg.index, "snapshot installed");
+            self.wal.send(WalCommand::Append(append(p)));
+        }
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<MembershipChanged> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: MembershipChanged, ctx: &mut Context<Self>) {
+        if let Some(cc) = &msg.conf_change {
+            match self.node.apply_conf_change(cc) {
+                Ok(cs) => {
+                    tracing::info!(member = %self.me(), voters = ?cs.voters, learners = ?cs.learners, "raft configuration changed");
+                    let me = self.node.id();
+                    self.status
+                        .is_learner
+                        .store(cs.learners.contains(&me), Relaxed);
+                    if !cs.voters.contains(&me) && !cs.learners.contains(&me) {
+                        self.stop_removed(ctx);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "raft refused an applied conf change"),
+            }
+        }
+        self.set_peers(&msg.members);
+        self.schedule(ctx);
+    }
+}
+
+impl RaftActor {
+    /// This member was removed: stop shortly after (as etcd), once the
+    /// removal is acknowledged to whoever asked.
+    fn stop_removed(&mut self, ctx: &mut Context<Self>) {
+        if self.removed {
+            return;
+        }
+        self.removed = true;
+        tracing::warn!(member = %self.me(), "{}; stopping", crate::status::REMOVED);
+        ctx.run_later(std::time::Duration::from_secs(1), |_, _| {
+            System::current().stop_with_code(0);
+        });
+    }
+}
+
+impl Handler<RemovedFromCluster> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, _: RemovedFromCluster, ctx: &mut Context<Self>) {
+        self.stop_removed(ctx);
+    }
+}
+
+impl Handler<TransferLeader> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: TransferLeader, ctx: &mut Context<Self>) {
+        if !self.node.is_leader() {
+            let _ = msg.reply.send(Err(ApiError::NotLeader));
+            return;
+        }
+        let cs = self.node.conf_state();
+        if !cs.voters.contains(&msg.to) {
+            let _ = msg.reply.send(Err(ApiError::BadLeaderTransferee));
+            return;
+        }
+        if msg.to == self.node.id() {
+            let _ = msg.reply.send(Ok(()));
+            return;
+        }
+        tracing::info!(member = %self.me(), to = format!("{:x}", msg.to), term = self.node.term(), "leadership transfer");
+        self.node.transfer_leader(msg.to);
+        self.transfers
+            .push((msg.to, self.ticks + TRANSFER_TICKS, msg.reply));
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<QueryRaft> for RaftActor {
+    type Result = MessageResult<QueryRaft>;
+    fn handle(&mut self, _: QueryRaft, _: &mut Context<Self>) -> Self::Result {
+        let cs = self.node.conf_state();
+        let matched = cs
+            .voters
+            .iter()
+            .chain(cs.learners.iter())
+            .filter_map(|&id| self.node.matched(id).map(|m| (id, m)))
+            .collect();
+        MessageResult(RaftView {
+            is_leader: self.node.is_leader(),
+            leader: self.node.leader(),
+            matched,
+        })
+    }
+}
+
 impl Handler<Tick> for RaftActor {
     type Result = ();
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.ticks += 1;
         if self.node.is_leader() {
             METRICS.heartbeat_timeouts.inc();
         }
         for read in self.node.tick() {
             let _ = read.reply.send(Err(ApiError::Timeout));
+        }
+        // Clients that gave up while their proposal waited for a leader.
+        self.waiting.retain(|w| !w.closed());
+        // A leadership transfer that gave up leaves the leader in place.
+        self.propose_waiting();
+        let now = self.ticks;
+        let transfers = std::mem::take(&mut self.transfers);
+        for (to, deadline, reply) in transfers {
+            if now >= deadline {
+                let _ = reply.send(Err(ApiError::TimeoutLeaderTransfer));
+            } else {
+                self.transfers.push((to, deadline, reply));
+            }
         }
         self.schedule(ctx);
     }
@@ -161,10 +560,7 @@ impl Handler<Persisted> for RaftActor {
     fn handle(&mut self, msg: Persisted, ctx: &mut Context<Self>) {
         let ready_messages = self.node.on_persisted(msg.number);
         if !ready_messages.is_empty() {
-            tracing::debug!(
-                n = ready_messages.len(),
-                "persisted raft messages without peers dropped"
-            );
+            self.send(ready_messages);
         }
         self.schedule(ctx);
     }
@@ -181,8 +577,10 @@ impl Handler<Applied> for RaftActor {
 impl Handler<Snapshotted> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Snapshotted, _: &mut Context<Self>) {
-        self.node
-            .compact_log(msg.index.saturating_sub(SNAPSHOT_CATCHUP_ENTRIES));
+        self.node.compact_log(
+            msg.index
+                .saturating_sub(self.settings.snapshot_catchup_entries),
+        );
         self.wal.send(WalCommand::Purge(Purge {
             upto: msg.index,
             term: msg.term,
@@ -194,12 +592,9 @@ impl Handler<RunTurn> for RaftActor {
     type Result = ();
     fn handle(&mut self, _: RunTurn, _: &mut Context<Self>) {
         self.turn_scheduled = false;
-        if !self.registrations.is_empty() {
-            // Before any Apply of this turn: an entry's waiter is always known
-            // to the applier by the time the entry arrives.
-            self.apply
-                .do_send(Register(std::mem::take(&mut self.registrations)));
-        }
+        // Proposals made before this turn, in the epoch they were made in,
+        // before any Apply of this turn.
+        self.register();
         // A turn may unlock another (e.g. a no-entry ready behind the last one);
         // bounded so the mailbox is never starved.
         for _ in 0..4 {
@@ -210,7 +605,32 @@ impl Handler<RunTurn> for RaftActor {
             if turn.is_empty() {
                 break;
             }
+            let leader_known = matches!(turn.leader_changed, Some(l) if l != 0);
             self.execute(turn);
+            if leader_known {
+                self.propose_waiting();
+            }
+        }
+        // Proposals made in this turn (to a leader just found).
+        self.register();
+    }
+}
+
+impl RaftActor {
+    /// Tells the applier who waits for which request id. An entry can only
+    /// commit in a later turn than the one it was proposed in, so its waiter
+    /// is always known to the applier by the time the entry arrives.
+    fn register(&mut self) {
+        if !self.registrations.is_empty() {
+            self.apply.do_send(Register {
+                waiters: std::mem::take(&mut self.registrations),
+                epoch: self.epoch,
+            });
         }
     }
+}
+
+/// Encodes a membership change's context.
+pub fn conf_change_context(id: u64, member: Option<Member>) -> Vec<u8> {
+    ConfChangeContext { id, member }.encode_to_vec()
 }

@@ -18,10 +18,6 @@ use crate::storage::engine::LogStore;
 use actix::Addr;
 use crossbeam_channel::{Receiver, Sender};
 
-/// The writer thread, joined at shutdown.
-static WRITER_THREAD: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>> =
-    parking_lot::Mutex::new(None);
-
 /// What the WalWriter is asked to do.
 pub enum WalCommand {
     /// Make a ready durable.
@@ -54,23 +50,19 @@ pub struct WalWriter {
 }
 
 impl WalWriter {
-    /// Starts the writer thread over an engine's log store.
-    pub fn spawn(log: Box<dyn LogStore>, raft: Addr<RaftActor>) -> std::io::Result<WalHandle> {
+    /// Starts the writer thread over an engine's log store. Join the
+    /// returned thread at shutdown (it ends when the RaftActor, and with it
+    /// the last handle, is gone) so the process never exits inside a write.
+    pub fn spawn(
+        log: Box<dyn LogStore>,
+        raft: Addr<RaftActor>,
+    ) -> std::io::Result<(WalHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut writer = WalWriter { log, raft };
         let thread = std::thread::Builder::new()
             .name("wal".into())
             .spawn(move || writer.run(rx))?;
-        *WRITER_THREAD.lock() = Some(thread);
-        Ok(WalHandle { tx })
-    }
-
-    /// Waits until the writer thread has finished (its mailbox closes when the
-    /// RaftActor is gone), so the process never exits inside a log write.
-    pub fn join() {
-        if let Some(t) = WRITER_THREAD.lock().take() {
-            let _ = t.join();
-        }
+        Ok((WalHandle { tx }, thread))
     }
 
     fn run(&mut self, rx: Receiver<WalCommand>) {
@@ -85,7 +77,13 @@ impl WalWriter {
                         entries += a.entries.len();
                         must_sync |= a.must_sync;
                         highest = Some(a.number);
-                        self.log.append(&a.entries, a.hard_state.as_ref());
+                        if let Some(meta) = &a.snapshot {
+                            let hs = a.hard_state.clone().unwrap_or_default();
+                            self.log.reset(meta, &hs);
+                            self.log.append(&a.entries, None);
+                        } else {
+                            self.log.append(&a.entries, a.hard_state.as_ref());
+                        }
                     }
                     WalCommand::Purge(p) => purges.push(p),
                 }

@@ -1,12 +1,24 @@
-//! etcd's Cluster service. MemberList answers for the one member; membership
-//! changes arrive with multi-member clusters.
+//! etcd's Cluster service: MemberList, MemberAdd (voter or learner),
+//! MemberRemove, MemberUpdate, MemberPromote, with etcd's checks and errors.
+//! Changes go through the log (ConfChangeV2 for add / remove / promote);
+//! the answer comes once the change is applied on this member.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
 use super::Gateway;
+use crate::config::parse_url_addr;
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::*;
+use crate::proto::metastorepb::{internal_request, UpdatePeerUrlsRequest};
+use crate::state_machine::membership::{Change, Membership};
+use crate::state_machine::WriteResponse;
+
+/// How long a peer must have been connected to count as active (etcd's
+/// HealthInterval).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The Cluster service.
 pub struct ClusterService {
@@ -19,66 +31,208 @@ impl ClusterService {
         ClusterService { gw }
     }
 
-    fn me(&self) -> Member {
-        Member {
-            id: self.gw.status().member_id,
-            name: self.gw.name.clone(),
-            peer_ur_ls: self.gw.peer_urls.clone(),
-            client_ur_ls: self.gw.client_urls.clone(),
-            is_learner: false,
+    fn header(&self) -> Option<ResponseHeader> {
+        let revision = self
+            .gw
+            .status()
+            .revision
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.gw.header(revision)
+    }
+
+    fn active_since(&self) -> Instant {
+        Instant::now()
+            .checked_sub(HEALTH_INTERVAL)
+            .unwrap_or_else(Instant::now)
+    }
+
+    async fn add(&self, r: MemberAddRequest) -> Result<MemberAddResponse, ApiError> {
+        if r.peer_ur_ls.is_empty() || r.peer_ur_ls.iter().any(|u| parse_url_addr(u).is_none()) {
+            return Err(ApiError::MemberBadUrls);
         }
+        if self.gw.status().is_learner() {
+            return Err(ApiError::NotSupportedForLearner);
+        }
+        let members = self.gw.members().await?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let member = Member {
+            id: crate::server::new_member_id(&r.peer_ur_ls, nanos),
+            name: String::new(),
+            peer_ur_ls: r.peer_ur_ls,
+            client_ur_ls: Vec::new(),
+            is_learner: r.is_learner,
+        };
+        let change = Change::Add(member.clone());
+        members.check(&change)?;
+        if !member.is_learner {
+            // etcd's strict reconfiguration check: a started quorum must
+            // remain with the new (not yet started) voter counted.
+            check_started_quorum(&members, 1)?;
+            let since = self.active_since();
+            let all_up = members
+                .voters()
+                .all(|m| self.gw.status().connected_since(m.id, since));
+            if !all_up {
+                return Err(ApiError::Unhealthy);
+            }
+        }
+        let after = self.gw.change_membership(&change).await?;
+        Ok(MemberAddResponse {
+            header: self.header(),
+            member: Some(member),
+            members: after,
+        })
+    }
+
+    async fn remove(&self, r: MemberRemoveRequest) -> Result<MemberRemoveResponse, ApiError> {
+        let members = self.gw.members().await?;
+        let change = Change::Remove(r.id);
+        members.check(&change)?;
+        let target = members.get(r.id).cloned();
+        if let Some(t) = target.filter(|m| !m.is_learner) {
+            // etcd's mayRemoveMember: the started voters left must form a
+            // quorum, and so must the active ones (a member that is down
+            // already may always go).
+            let rest: Vec<&Member> = members.voters().filter(|m| m.id != t.id).collect();
+            let quorum = rest.len() / 2 + 1;
+            let started = rest.iter().filter(|m| Membership::is_started(m)).count();
+            if started < quorum {
+                return Err(ApiError::NotEnoughStarted);
+            }
+            let since = self.active_since();
+            let status = self.gw.status();
+            let target_down = t.id != status.member_id && !status.connected_since(t.id, since);
+            if !target_down {
+                let active = rest
+                    .iter()
+                    .filter(|m| status.connected_since(m.id, since))
+                    .count();
+                if active < quorum {
+                    return Err(ApiError::NotEnoughStarted);
+                }
+            }
+        }
+        let after = self.gw.change_membership(&change).await?;
+        Ok(MemberRemoveResponse {
+            header: self.header(),
+            members: after,
+        })
+    }
+
+    async fn update(&self, r: MemberUpdateRequest) -> Result<MemberUpdateResponse, ApiError> {
+        if r.peer_ur_ls.is_empty() || r.peer_ur_ls.iter().any(|u| parse_url_addr(u).is_none()) {
+            return Err(ApiError::MemberBadUrls);
+        }
+        let members = self.gw.members().await?;
+        if members.is_removed(r.id) || members.get(r.id).is_none() {
+            return Err(ApiError::MemberNotFound);
+        }
+        members.check_urls_free(r.id, &r.peer_ur_ls)?;
+        let req = internal_request::Request::UpdatePeerUrls(UpdatePeerUrlsRequest {
+            member_id: r.id,
+            peer_urls: r.peer_ur_ls,
+        });
+        match self.gw.write(req).await? {
+            WriteResponse::Members(after) => Ok(MemberUpdateResponse {
+                header: self.header(),
+                members: after,
+            }),
+            _ => Err(ApiError::Internal("unexpected membership answer".into())),
+        }
+    }
+
+    async fn promote(&self, r: MemberPromoteRequest) -> Result<MemberPromoteResponse, ApiError> {
+        let members = self.gw.members().await?;
+        members.check(&Change::Promote(r.id))?;
+        let view = self.gw.raft_view().await?;
+        let after = if view.is_leader {
+            self.gw.promote_here(r.id).await?
+        } else {
+            // Only the leader knows whether the learner caught up.
+            let leader = members.get(view.leader).ok_or(ApiError::NoLeader)?;
+            forward_promote(leader, r.id).await?
+        };
+        Ok(MemberPromoteResponse {
+            header: self.header(),
+            members: after,
+        })
     }
 }
 
-fn unsupported(what: &str) -> Status {
-    ApiError::Unsupported(format!(
-        "{what} is not supported yet (single-member clusters only)"
-    ))
-    .into()
+/// etcd's IsReadyToAddVotingMember / IsReadyToPromoteMember: with `extra`
+/// voters that have not started yet, the started voters are a quorum.
+pub fn check_started_quorum(members: &Membership, extra: usize) -> Result<(), ApiError> {
+    let voters = members.voters().count() + extra;
+    let started = members
+        .voters()
+        .filter(|m| Membership::is_started(m))
+        .count();
+    if started < voters / 2 + 1 {
+        return Err(ApiError::NotEnoughStarted);
+    }
+    Ok(())
+}
+
+/// MemberPromote handled by the leader's peer service.
+async fn forward_promote(leader: &Member, id: u64) -> Result<Vec<Member>, ApiError> {
+    use crate::proto::metastorepb::peer_client::PeerClient;
+    use crate::proto::metastorepb::PromoteRequest;
+    let url = leader.peer_ur_ls.first().ok_or(ApiError::NoLeader)?;
+    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|_| ApiError::Timeout)?;
+    match PeerClient::new(channel)
+        .promote(PromoteRequest { member_id: id })
+        .await
+    {
+        Ok(r) => Ok(r.into_inner().members),
+        Err(s) => Err(ApiError::from_status(&s)),
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(unsupported("MemberAdd"))
+        Ok(Response::new(self.add(req.into_inner()).await?))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(unsupported("MemberRemove"))
+        Ok(Response::new(self.remove(req.into_inner()).await?))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(unsupported("MemberUpdate"))
+        Ok(Response::new(self.update(req.into_inner()).await?))
     }
 
     async fn member_list(
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let revision = self
-            .gw
-            .status()
-            .revision
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let members = self.gw.members().await?;
         Ok(Response::new(MemberListResponse {
-            header: self.gw.header(revision),
-            members: vec![self.me()],
+            header: self.header(),
+            members: members.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(unsupported("MemberPromote"))
+        Ok(Response::new(self.promote(req.into_inner()).await?))
     }
 }

@@ -1,12 +1,13 @@
 //! HTTP on the client port: `/metrics` (Prometheus), `/health` and `/version`
-//! (etcd's JSON).
+//! (etcd's JSON); with `--experimental-fault-injection`, the test-only fault
+//! switches of the transport.
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use super::{Gateway, ETCD_VERSION};
@@ -15,12 +16,38 @@ use crate::proto::etcdserverpb::RangeRequest;
 use crate::state_machine::ReadRequest;
 
 /// The HTTP routes.
-pub fn router(gw: Gateway) -> Router {
-    Router::new()
+pub fn router(gw: Gateway, fault_injection: bool) -> Router {
+    let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .route("/version", get(version))
-        .with_state(gw)
+        .route("/version", get(version));
+    if fault_injection {
+        r = r
+            .route("/debug/fault/isolate", post(isolate))
+            .route("/debug/fault/heal", post(heal));
+    }
+    r.with_state(gw)
+}
+
+/// Drops every Raft message and snapshot to and from this member, as a
+/// network partition would.
+async fn isolate(State(gw): State<Gateway>) -> impl IntoResponse {
+    gw.core()
+        .faults
+        .isolated
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!("fault injection: isolated from all peers");
+    "isolated\n"
+}
+
+/// Ends [`isolate`].
+async fn heal(State(gw): State<Gateway>) -> impl IntoResponse {
+    gw.core()
+        .faults
+        .isolated
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!("fault injection: healed");
+    "healed\n"
 }
 
 async fn metrics() -> impl IntoResponse {

@@ -1,8 +1,8 @@
 //! etcd's Maintenance service. Status, Alarm (no alarms are raised yet),
 //! Defragment (compacts the rocksdb engine's files; the memory engine has
-//! nothing to defragment), MoveLeader for a
-//! lone member, Snapshot (MetaStore's own image format); Hash, HashKV and
-//! Downgrade are not supported yet.
+//! nothing to defragment), MoveLeader (on the leader, as etcd), Snapshot
+//! (MetaStore's own image format); Hash, HashKV and Downgrade are not
+//! supported yet.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::pin::Pin;
@@ -59,7 +59,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: st.applied_index,
             errors: Vec::new(),
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: status.is_learner(),
         }))
     }
 
@@ -107,12 +107,13 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
-        let st = self.gw.store_status().await?;
-        if target != self.gw.status().member_id {
-            return Err(Status::failed_precondition(
-                "etcdserver: bad leader transferee",
-            ));
+        let members = self.gw.members().await?;
+        match members.get(target) {
+            Some(m) if !m.is_learner => {}
+            _ => return Err(ApiError::BadLeaderTransferee.into()),
         }
+        self.gw.transfer_leader(target).await?;
+        let st = self.gw.store_status().await?;
         Ok(Response::new(MoveLeaderResponse {
             header: self.gw.header(st.revision),
         }))

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod http;
 pub mod kv;
 pub mod maintenance;
+pub mod peer;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -17,7 +18,8 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::actors::messages::{
-    LocalRead, PendingRead, Propose, QueryStore, ReadIndex, StoreStatus,
+    LocalRead, PendingRead, Propose, ProposeConfChange, QueryMembers, QueryRaft, QueryStore,
+    RaftView, ReadIndex, StoreStatus, TransferLeader,
 };
 use crate::config::Config;
 use crate::error::ApiError;
@@ -25,6 +27,7 @@ use crate::metrics::{CodeLabels, MethodLabels, METRICS};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::metastorepb::{internal_request, InternalRequest};
 use crate::server::Core;
+use crate::state_machine::membership::Membership;
 use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 
 /// The etcd API version MetaStore speaks (reported by Status and /version).
@@ -95,6 +98,16 @@ impl Gateway {
         &self.core.status
     }
 
+    /// The running core.
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// A fresh request id.
+    pub fn next_id(&self) -> u64 {
+        self.ids.next()
+    }
+
     /// A header with this member's ids and term over `revision`.
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
         let st = &self.core.status;
@@ -128,11 +141,96 @@ impl Gateway {
         }
         let (reply, rx) = oneshot::channel();
         deliver(&self.core.raft, Propose { id, data, reply }).await?;
+        self.wait(rx).await
+    }
+
+    /// Waits for a proposal's applied answer, at most the request timeout.
+    async fn wait(
+        &self,
+        rx: oneshot::Receiver<Result<WriteResponse, ApiError>>,
+    ) -> Result<WriteResponse, ApiError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ApiError::Stopped),
+            // No leader all along: say so (etcd's clients see "no leader"
+            // from a member cut off from the cluster).
+            Err(_) if self.status().leader() == 0 => Err(ApiError::NoLeader),
             Err(_) => Err(ApiError::Timeout),
         }
+    }
+
+    /// Proposes a membership change and waits until it is applied here;
+    /// answers the members afterwards.
+    pub async fn change_membership(
+        &self,
+        change: &crate::state_machine::membership::Change,
+    ) -> Result<Vec<crate::proto::etcdserverpb::Member>, ApiError> {
+        use crate::state_machine::membership::Change;
+        let id = self.ids.next();
+        let member = match change {
+            Change::Add(m) => Some(m.clone()),
+            Change::Remove(_) | Change::Promote(_) => None,
+        };
+        let cc = raft::eraftpb::ConfChangeV2 {
+            changes: vec![change.conf_change()].into(),
+            context: crate::actors::raft::conf_change_context(id, member).into(),
+            ..Default::default()
+        };
+        let (reply, rx) = oneshot::channel();
+        deliver(&self.core.raft, ProposeConfChange { id, cc, reply }).await?;
+        match self.wait(rx).await? {
+            WriteResponse::Members(m) => Ok(m),
+            _ => Err(ApiError::Internal("unexpected membership answer".into())),
+        }
+    }
+
+    /// The member registry as applied here.
+    pub async fn members(&self) -> Result<Membership, ApiError> {
+        self.core
+            .apply
+            .send(QueryMembers)
+            .await
+            .map_err(|_| ApiError::Stopped)
+    }
+
+    /// What Raft knows (leadership, replication progress on a leader).
+    pub async fn raft_view(&self) -> Result<RaftView, ApiError> {
+        self.core
+            .raft
+            .send(QueryRaft)
+            .await
+            .map_err(|_| ApiError::Stopped)
+    }
+
+    /// MoveLeader: hands leadership to `to`; answers once it leads.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ApiError> {
+        let (reply, rx) = oneshot::channel();
+        deliver(&self.core.raft, TransferLeader { to, reply }).await?;
+        rx.await.map_err(|_| ApiError::Stopped)?
+    }
+
+    /// MemberPromote on the leader: etcd's readiness checks, then the change.
+    pub async fn promote_here(
+        &self,
+        id: u64,
+    ) -> Result<Vec<crate::proto::etcdserverpb::Member>, ApiError> {
+        use crate::state_machine::membership::Change;
+        let members = self.members().await?;
+        members.check(&Change::Promote(id))?;
+        let view = self.raft_view().await?;
+        if !view.is_leader {
+            return Err(ApiError::NotLeader);
+        }
+        let matched = |m: u64| view.matched.iter().find(|(i, _)| *i == m).map(|(_, v)| *v);
+        let leader_match = matched(self.status().member_id).unwrap_or(0);
+        // etcd: a learner within 90% of the leader's log may be promoted.
+        if let Some(learner) = matched(id) {
+            if (learner as f64) < leader_match as f64 * 0.9 {
+                return Err(ApiError::LearnerNotReady);
+            }
+        }
+        cluster::check_started_quorum(&members, 1)?;
+        self.change_membership(&Change::Promote(id)).await
     }
 
     /// Serves a read: serializable from local state, otherwise after ReadIndex.
@@ -258,14 +356,26 @@ impl MethodMetrics {
     }
 }
 
-/// Serves gRPC and HTTP on `addr` until SIGINT/SIGTERM.
-pub async fn serve(cfg: Config, core: Core, addr: SocketAddr) -> Result<(), String> {
+/// Serves gRPC and HTTP on `addr` until SIGINT/SIGTERM, and the peer
+/// service on `peers` (on the Raft thread).
+pub async fn serve(
+    cfg: Config,
+    core: Core,
+    addr: SocketAddr,
+    peers: std::net::TcpListener,
+) -> Result<(), String> {
     use crate::proto::etcdserverpb::{
         cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
     };
     use axum::serve::ListenerExt;
 
     let gw = Gateway::new(&cfg, core);
+    let incoming = cfg.data_dir.join(crate::server::INCOMING);
+    let peer_gw = gw.clone();
+    gw.core()
+        .raft_thread
+        .spawn(async move { peer::serve(peer_gw, peers, incoming).await });
+    tokio::spawn(publish(gw.clone()));
     // gRPC refuses bodies far over the limit before decoding them; the exact
     // limit is checked on the encoded request (etcd's behaviour).
     let max_msg = cfg.max_request_bytes + 512 * 1024;
@@ -279,7 +389,7 @@ pub async fn serve(cfg: Config, core: Core, addr: SocketAddr) -> Result<(), Stri
     .prepare()
     .into_axum_router()
     .layer(axum::middleware::map_response(etcd_size_status));
-    let app = grpc.merge(http::router(gw));
+    let app = grpc.merge(http::router(gw, cfg.fault_injection));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?
@@ -291,6 +401,33 @@ pub async fn serve(cfg: Config, core: Core, addr: SocketAddr) -> Result<(), Stri
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Announces this member's name and client URLs through the log (as etcd's
+/// publish), once a leader exists; retried until applied.
+async fn publish(gw: Gateway) {
+    use crate::proto::metastorepb::PublishRequest;
+    let me = gw.status().member_id;
+    loop {
+        if let Ok(members) = gw.members().await {
+            let done = members
+                .get(me)
+                .is_some_and(|m| m.name == gw.name && m.client_ur_ls == gw.client_urls);
+            if done || members.is_removed(me) {
+                return;
+            }
+        }
+        let req = internal_request::Request::Publish(PublishRequest {
+            member_id: me,
+            name: gw.name.clone(),
+            client_urls: gw.client_urls.clone(),
+        });
+        match gw.write(req).await {
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "publish not applied yet; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// tonic refuses a message over the decoding limit with `OutOfRange` and its

@@ -2,8 +2,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use raft::eraftpb::{Entry, HardState, Message};
-use raft::{Config, RawNode, StateRole};
+use raft::eraftpb::{
+    ConfChangeV2, ConfState, Entry, HardState, Message, Snapshot, SnapshotMetadata,
+};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
 use crate::error::ApiError;
 use crate::storage::raft_log::RaftLog;
@@ -13,11 +15,14 @@ const READ_RETRY_TICKS: u64 = 5;
 /// ... and this many before they fail with "request timed out".
 const READ_TIMEOUT_TICKS: u64 = 50;
 
-/// What the WalWriter must make durable for ready `number`.
+/// What the WalWriter must make durable for ready `number`, in this order:
+/// the log restarting at a snapshot, new entries, the hard state.
 #[derive(Debug, Default)]
 pub struct Persist {
     /// Ready number, echoed back in `on_persisted`.
     pub number: u64,
+    /// An installed snapshot: the log starts over after it.
+    pub snapshot: Option<SnapshotMetadata>,
     /// New log entries.
     pub entries: Vec<Entry>,
     /// Changed hard state, if any.
@@ -29,6 +34,9 @@ pub struct Persist {
 /// The output of one turn.
 #[derive(Debug)]
 pub struct Turn<R> {
+    /// A snapshot from the leader: install it into the state machine BEFORE
+    /// handing `persist` (which records it in the log) to the WalWriter.
+    pub install: Option<Snapshot>,
     /// Hand this to the WalWriter (at most one per turn).
     pub persist: Option<Persist>,
     /// Send these to peers now.
@@ -39,6 +47,8 @@ pub struct Turn<R> {
     pub reads: Vec<(u64, Vec<R>)>,
     /// Set when the leader changed in this turn: the new leader id (0 = none).
     pub leader_changed: Option<u64>,
+    /// Set when this member's role changed in this turn.
+    pub role_changed: Option<StateRole>,
     /// This member started an election (pre-vote or vote) in this turn.
     pub campaigned: bool,
 }
@@ -46,11 +56,13 @@ pub struct Turn<R> {
 impl<R> Default for Turn<R> {
     fn default() -> Self {
         Turn {
+            install: None,
             persist: None,
             messages: Vec::new(),
             committed: Vec::new(),
             reads: Vec::new(),
             leader_changed: None,
+            role_changed: None,
             campaigned: false,
         }
     }
@@ -59,11 +71,13 @@ impl<R> Default for Turn<R> {
 impl<R> Turn<R> {
     /// True when the turn produced nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.persist.is_none()
+        self.install.is_none()
+            && self.persist.is_none()
             && self.messages.is_empty()
             && self.committed.is_empty()
             && self.reads.is_empty()
             && self.leader_changed.is_none()
+            && self.role_changed.is_none()
             && !self.campaigned
     }
 }
@@ -74,6 +88,9 @@ struct PendingReady {
     number: u64,
     /// False for readies with nothing to write: durable as soon as all before are.
     needs_wal: bool,
+    /// It carries a snapshot at this index: nothing after it is handed out
+    /// until it is durable (and the state machine holds it by then).
+    snapshot: Option<u64>,
     /// Messages that may leave only once this ready is durable.
     messages: Vec<Message>,
 }
@@ -90,6 +107,9 @@ pub struct Node<R> {
     pending: VecDeque<PendingReady>,
     /// Readies with entries handed to the WAL and not yet persisted.
     entries_in_flight: usize,
+    /// Hand out new entries while earlier ones are still being written
+    /// (several appends in flight), instead of one append at a time.
+    pipeline: bool,
     queued_reads: Vec<R>,
     reads_in_flight: HashMap<u64, ReadBatch<R>>,
     next_read_ctx: u64,
@@ -112,6 +132,7 @@ impl<R> Node<R> {
             raw,
             pending: VecDeque::new(),
             entries_in_flight: 0,
+            pipeline: true,
             queued_reads: Vec::new(),
             reads_in_flight: HashMap::new(),
             next_read_ctx: 1,
@@ -121,6 +142,17 @@ impl<R> Node<R> {
             role: StateRole::Follower,
             campaign_started: false,
         })
+    }
+
+    /// Whether new entries may be handed out while earlier ones are being
+    /// written (default: yes).
+    pub fn set_pipeline(&mut self, on: bool) {
+        self.pipeline = on;
+    }
+
+    /// This member's ID.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
     }
 
     /// Current term.
@@ -138,9 +170,43 @@ impl<R> Node<R> {
         self.raw.raft.state == StateRole::Leader
     }
 
+    /// Current role.
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
     /// Commit index.
     pub fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
+    }
+
+    /// Index of the last log entry.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// The Raft configuration this member runs with.
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// Whether this member is a learner.
+    pub fn is_learner(&self) -> bool {
+        self.conf_state().learners.contains(&self.id())
+    }
+
+    /// A leader's view of how far `id`'s log matches its own (None when not
+    /// leading or `id` is unknown).
+    pub fn matched(&self, id: u64) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.raw.raft.prs().get(id).map(|p| p.matched)
+    }
+
+    /// A leadership transfer is under way.
+    pub fn transferring(&self) -> bool {
+        self.raw.raft.lead_transferee.is_some()
     }
 
     /// Starts an election at once (a lone member need not wait a timeout).
@@ -149,14 +215,59 @@ impl<R> Node<R> {
         self.raw.campaign()
     }
 
-    /// Proposes an encoded request.
+    /// Proposes an encoded request. A follower forwards it to the leader.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => Ok(()),
-            Err(raft::Error::ProposalDropped) if self.leader() == 0 => Err(ApiError::NoLeader),
-            Err(raft::Error::ProposalDropped) => Err(ApiError::TooManyRequests),
-            Err(e) => Err(ApiError::Internal(format!("propose: {e}"))),
+            Err(e) => Err(self.refused(e)),
         }
+    }
+
+    /// Proposes a membership change (`context` travels with the entry).
+    pub fn propose_conf_change(
+        &mut self,
+        context: Vec<u8>,
+        cc: ConfChangeV2,
+    ) -> Result<(), ApiError> {
+        match self.raw.propose_conf_change(context, cc) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.refused(e)),
+        }
+    }
+
+    fn refused(&self, e: raft::Error) -> ApiError {
+        match e {
+            raft::Error::ProposalDropped if self.leader() == 0 => ApiError::NoLeader,
+            raft::Error::ProposalDropped if self.transferring() => ApiError::NoLeader,
+            raft::Error::ProposalDropped => ApiError::TooManyRequests,
+            e => ApiError::Internal(format!("propose: {e}")),
+        }
+    }
+
+    /// Applies a committed membership change to Raft (once the applier
+    /// applied its entry, as raft-rs requires).
+    pub fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> raft::Result<ConfState> {
+        self.raw.apply_conf_change(cc)
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// The transport could not deliver to `id`.
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+
+    /// How a snapshot sent to `id` ended.
+    pub fn report_snapshot(&mut self, id: u64, ok: bool) {
+        let status = if ok {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(id, status);
     }
 
     /// Queues a linearizable read; it joins this turn's batch.
@@ -189,14 +300,18 @@ impl<R> Node<R> {
                 retry.push(ctx);
             }
         }
-        for ctx in retry {
+        self.reissue_reads(retry);
+        expired
+    }
+
+    fn reissue_reads(&mut self, ctxs: Vec<u64>) {
+        for ctx in ctxs {
             if let Some(mut b) = self.reads_in_flight.remove(&ctx) {
-                b.issued_at = now;
+                b.issued_at = self.ticks;
                 let new_ctx = self.issue_read_index();
                 self.reads_in_flight.insert(new_ctx, b);
             }
         }
-        expired
     }
 
     fn issue_read_index(&mut self) -> u64 {
@@ -211,6 +326,7 @@ impl<R> Node<R> {
     pub fn on_persisted(&mut self, number: u64) -> Vec<Message> {
         let mut out = Vec::new();
         let mut last = None;
+        let mut installed = None;
         while let Some(front) = self.pending.front() {
             if front.needs_wal && front.number > number {
                 break;
@@ -220,17 +336,28 @@ impl<R> Node<R> {
                 self.entries_in_flight = self.entries_in_flight.saturating_sub(1);
             }
             last = Some(p.number);
+            installed = p.snapshot.or(installed);
             out.extend(p.messages);
         }
         if let Some(n) = last {
             self.raw.on_persist_ready(n);
+        }
+        if let Some(index) = installed {
+            // The state machine installed the snapshot before its ready was
+            // written: it is applied up to there.
+            self.on_applied(index);
         }
         out
     }
 
     /// The applier has applied everything up to `index`.
     pub fn on_applied(&mut self, index: u64) {
-        if index > self.raw.raft.raft_log.applied {
+        let log = &self.raw.raft.raft_log;
+        // raft-rs insists applied <= min(committed, persisted); the applier
+        // never runs ahead of what Raft handed out, but a panic here would
+        // take the member down, so hold to it explicitly.
+        let index = index.min(log.committed).min(log.persisted);
+        if index > log.applied {
             self.raw.advance_apply_to(index);
         }
     }
@@ -244,6 +371,20 @@ impl<R> Node<R> {
     /// True when a turn may have work.
     pub fn has_work(&self) -> bool {
         !self.queued_reads.is_empty() || self.raw.has_ready()
+    }
+
+    /// Whether the next Ready must wait: a snapshot is being installed, a
+    /// snapshot must not overtake earlier writes, or (without pipelining)
+    /// an append is in flight and new entries wait to leave as one batch.
+    fn must_wait(&self) -> bool {
+        if self.pending.iter().any(|p| p.snapshot.is_some()) {
+            return true;
+        }
+        let log = &self.raw.raft.raft_log;
+        if log.unstable.snapshot.is_some() && !self.pending.is_empty() {
+            return true;
+        }
+        !self.pipeline && self.entries_in_flight > 0 && !log.unstable_entries().is_empty()
     }
 
     /// Runs one turn: batches queued reads into one `read_index`, then handles at
@@ -265,12 +406,7 @@ impl<R> Node<R> {
                 },
             );
         }
-        if !self.raw.has_ready() {
-            return turn;
-        }
-        // One append in flight at a time: new entries wait in raft's unstable log
-        // and leave as one batch when the current write is durable.
-        if self.entries_in_flight > 0 && !self.raw.raft.raft_log.unstable_entries().is_empty() {
+        if !self.raw.has_ready() || self.must_wait() {
             return turn;
         }
         let mut rd = self.raw.ready();
@@ -283,6 +419,9 @@ impl<R> Node<R> {
                 StateRole::PreCandidate | StateRole::Candidate
             );
             turn.campaigned |= campaigning && self.role == StateRole::Follower;
+            if ss.raft_state != self.role {
+                turn.role_changed = Some(ss.raft_state);
+            }
             self.role = ss.raft_state;
             if ss.leader_id != self.leader {
                 self.leader = ss.leader_id;
@@ -295,11 +434,21 @@ impl<R> Node<R> {
                 turn.reads.push((rs.index, b.reads));
             }
         }
+        if matches!(turn.leader_changed, Some(l) if l != 0) {
+            // raft-rs forgets read requests across a leader change: ask the
+            // new leader at once rather than after the retry interval.
+            let ctxs: Vec<u64> = self.reads_in_flight.keys().copied().collect();
+            self.reissue_reads(ctxs);
+        }
         // A leader may send its appends before its own fsync (Raft thesis 10.2.1).
         turn.messages = rd.take_messages();
-        if !rd.snapshot().is_empty() {
-            // Installing snapshots from a leader arrives with multi-member clusters.
-            tracing::error!("received a raft snapshot; not supported by a single member");
+        let snapshot = rd.snapshot().clone();
+        let mut snapshot_meta = None;
+        if !snapshot.is_empty() {
+            let meta = snapshot.get_metadata().clone();
+            self.raw.mut_store().apply_snapshot(meta.clone());
+            snapshot_meta = Some(meta);
+            turn.install = Some(snapshot);
         }
         let entries = rd.take_entries();
         if !entries.is_empty() {
@@ -317,10 +466,18 @@ impl<R> Node<R> {
         let number = rd.number();
         let must_sync = rd.must_sync();
         self.raw.advance_append_async(rd);
+        let snapshot_index = snapshot_meta.as_ref().map(|m| m.index);
+        let has_snapshot = snapshot_index.is_some();
         // A hard state that only moved the commit index needs no fsync (raft
         // can recompute commit after a crash); rather than wake the WalWriter
         // for it, it rides along with the next append that has entries.
         let hard_state = match hard_state {
+            // The log restarts at the snapshot: its hard state (commit at
+            // least the snapshot's index) is written with the marker.
+            _ if has_snapshot => {
+                self.deferred_hard_state = None;
+                Some(self.raw.store().hard_state().clone())
+            }
             Some(hs) if entries.is_empty() && !must_sync => {
                 self.deferred_hard_state = Some(hs);
                 None
@@ -332,7 +489,7 @@ impl<R> Node<R> {
             None if !entries.is_empty() => self.deferred_hard_state.take(),
             None => None,
         };
-        let needs_wal = !entries.is_empty() || hard_state.is_some();
+        let needs_wal = !entries.is_empty() || hard_state.is_some() || has_snapshot;
 
         if needs_wal {
             if !entries.is_empty() {
@@ -341,13 +498,15 @@ impl<R> Node<R> {
             self.pending.push_back(PendingReady {
                 number,
                 needs_wal: true,
+                snapshot: snapshot_index,
                 messages: persisted_messages,
             });
             turn.persist = Some(Persist {
                 number,
+                snapshot: snapshot_meta,
                 entries,
                 hard_state,
-                must_sync,
+                must_sync: must_sync || has_snapshot,
             });
         } else if self.pending.is_empty() {
             self.raw.on_persist_ready(number);
@@ -356,6 +515,7 @@ impl<R> Node<R> {
             self.pending.push_back(PendingReady {
                 number,
                 needs_wal: false,
+                snapshot: None,
                 messages: persisted_messages,
             });
         }
@@ -447,6 +607,7 @@ mod tests {
     #[test]
     fn proposals_during_a_write_leave_as_one_batch() {
         let mut n = single(1);
+        n.set_pipeline(false);
         n.campaign().unwrap();
         settle(&mut n);
         n.propose(b"1".to_vec()).unwrap();
@@ -462,6 +623,7 @@ mod tests {
             t.persist.is_none(),
             "no second append while one is in flight"
         );
+        // (with pipelining off; see set_pipeline)
         n.on_persisted(first.number);
         let t = n.turn();
         let second = t.persist.expect("the batch is written");

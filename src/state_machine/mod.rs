@@ -6,26 +6,31 @@
 //! not found, key not found for ignore_value) changes nothing and consumes no
 //! revision, as in etcd. Reads run against the same store (serializable reads
 //! at once, linearizable reads once the applied index reached their read index).
+//!
+//! It also holds the member registry ([`membership`]): changed only by
+//! applied entries, stored with the applied point, carried in images.
 
 pub mod kv;
-pub mod snapshot;
+pub mod membership;
 
 use std::path::Path;
 
 use prost::Message as _;
-use raft::eraftpb::ConfState;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType};
 
 use crate::error::ApiError;
 use crate::error::StorageError;
 use crate::proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
+    CompactionResponse, DeleteRangeResponse, Member, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
 };
-use crate::proto::metastorepb::{internal_request, InternalRequest};
-use crate::storage::engine::KvEngine;
-use crate::storage::image::{self, ImageHeader, ImageJob};
+use crate::proto::metastorepb::{internal_request, ConfChangeContext, InternalRequest};
+use crate::storage::engine::{AppliedPoint, Checkpoint, KvEngine, StateEngine};
+use crate::storage::image::{ImageHeader, ImageJob};
 use crate::storage::mvcc::MemStore;
 use crate::storage::rocks::RocksKv;
+use membership::Membership;
 
 /// The answer to a write, before the API layer fills the header's ids and term.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +43,8 @@ pub enum WriteResponse {
     Txn(TxnResponse),
     /// Compact.
     Compact(CompactionResponse),
+    /// A membership change or publish: the members afterwards.
+    Members(Vec<Member>),
 }
 
 /// A read request (Range, or a Txn without writes).
@@ -65,6 +72,10 @@ pub struct Applied {
     pub id: u64,
     /// The answer.
     pub result: Result<WriteResponse, ApiError>,
+    /// A membership change took effect: Raft must apply it too.
+    pub conf_change: Option<ConfChangeV2>,
+    /// The member registry changed.
+    pub members_changed: bool,
 }
 
 /// The MVCC store of the configured engine.
@@ -78,7 +89,9 @@ pub enum Store {
     Rocks(RocksKv),
 }
 
-/// Runs `$body` with `$s` bound to the engine inside `$store`.
+/// Runs `$body` with `$s` bound to the engine inside `$store`: the one
+/// place that knows there are two engines; everything else goes through
+/// [`KvEngine`] and [`StateEngine`].
 macro_rules! on_store {
     ($store:expr, $s:ident => $body:expr) => {
         match $store {
@@ -88,41 +101,28 @@ macro_rules! on_store {
     };
 }
 
-/// etcd's KV state machine over the engine's MVCC store.
+/// etcd's KV state machine and the member registry over the engine's store.
 #[derive(Debug)]
 pub struct StateMachine {
     store: Store,
-    applied_index: u64,
-    applied_term: u64,
-    conf_state: ConfState,
+    point: AppliedPoint,
+    members: Membership,
 }
 
 impl StateMachine {
-    /// An empty in-memory state machine at `index` (the bootstrap point).
-    pub fn new(index: u64, term: u64, conf_state: ConfState) -> StateMachine {
-        StateMachine::restore(MemStore::new(), index, term, conf_state)
-    }
-
-    /// Rebuilds from a memory-engine snapshot.
-    pub fn restore(store: MemStore, index: u64, term: u64, conf_state: ConfState) -> StateMachine {
+    /// A state machine over `store` whose applied point is `point`.
+    pub fn new(store: Store, point: AppliedPoint) -> StateMachine {
         let mut store = store;
-        // No watcher consumes MVCC events yet, so the store does not build
-        // them (each would copy the written value).
-        store.set_record_events(false);
-        StateMachine::with_store(Store::Memory(store), index, term, conf_state)
-    }
-
-    /// A state machine over a RocksDB store whose applied point is `index`.
-    pub fn rocks(store: RocksKv, index: u64, term: u64, conf_state: ConfState) -> StateMachine {
-        StateMachine::with_store(Store::Rocks(store), index, term, conf_state)
-    }
-
-    fn with_store(store: Store, index: u64, term: u64, conf_state: ConfState) -> StateMachine {
+        if let Store::Memory(m) = &mut store {
+            // No watcher consumes MVCC events yet, so the store does not
+            // build them (each would copy the written value).
+            m.set_record_events(false);
+        }
+        let members = Membership::from_pb(point.membership.clone());
         StateMachine {
             store,
-            applied_index: index,
-            applied_term: term,
-            conf_state,
+            point,
+            members,
         }
     }
 
@@ -146,86 +146,92 @@ impl StateMachine {
         on_store!(&self.store, s => KvEngine::approximate_size_bytes(s))
     }
 
-    /// Ends a batch of applied entries: the RocksDB engine writes the changes
-    /// with the applied index in one (unsynced) write batch.
+    /// Ends a batch of applied entries (see [`StateEngine::commit`]).
     pub fn commit(&mut self) -> Result<(), StorageError> {
-        match &mut self.store {
-            Store::Memory(_) => Ok(()),
-            Store::Rocks(s) => s.commit(self.applied_index, self.applied_term, &self.conf_state),
-        }
+        on_store!(&mut self.store, s => StateEngine::commit(s, &self.point))
     }
 
-    /// Starts an image of the applied state (see [`image`]); the rocksdb
-    /// engine streams it into an unlinked file under `tmp_dir`.
+    /// Starts an image of the applied state (see [`ImageJob`]).
     pub fn take_image(&self, tmp_dir: &Path) -> Result<ImageJob, StorageError> {
-        match &self.store {
-            Store::Memory(m) => {
-                let header = ImageHeader {
-                    index: self.applied_index,
-                    term: self.applied_term,
-                    conf_state: self.conf_state.clone(),
-                    current_rev: m.current_revision(),
-                    compact_rev: m.compact_main_revision(),
-                };
-                let bytes = image::write_memory_image(m, &header, Vec::new())
-                    .map_err(|e| StorageError::io("encode the image", e))?;
-                Ok(ImageJob::Ready(bytes))
-            }
-            Store::Rocks(r) => {
-                let path = tmp_dir.join(format!("image-{}.tmp", self.applied_index));
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)
-                    .map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
-                // Unlinked at once: the file lives as long as the stream reads it.
-                std::fs::remove_file(&path)
-                    .map_err(|e| StorageError::io(format!("unlink {}", path.display()), e))?;
-                Ok(ImageJob::Writing(
-                    r.spawn_image(std::io::BufWriter::new(file))?,
-                ))
-            }
-        }
+        on_store!(&self.store, s => s.image(&self.point, tmp_dir))
     }
 
-    /// What Maintenance.Defragment runs off the apply thread: the rocksdb
-    /// engine compacts its files; the memory engine has nothing to do.
+    /// What a periodic snapshot at the applied point takes.
+    pub fn checkpoint(&self, data_dir: &Path) -> Checkpoint {
+        on_store!(&self.store, s => s.checkpoint(&self.point, data_dir))
+    }
+
+    /// Replaces the whole state with a snapshot from the leader (the checked
+    /// image file at `path`); see [`StateEngine::install`].
+    pub fn install(&mut self, path: &Path, data_dir: &Path) -> Result<ImageHeader, StorageError> {
+        let h = on_store!(&mut self.store, s => s.install(path, data_dir))?;
+        self.point = AppliedPoint {
+            index: h.index,
+            term: h.term,
+            conf_state: h.conf_state.clone(),
+            membership: h.membership.clone(),
+        };
+        self.members = Membership::from_pb(h.membership.clone());
+        Ok(h)
+    }
+
+    /// What Maintenance.Defragment runs off the apply thread, if anything.
     pub fn defragment_job(&self) -> Option<Box<dyn FnOnce() + Send>> {
-        match &self.store {
-            Store::Memory(_) => None,
-            Store::Rocks(s) => Some(Box::new(s.defragment_job())),
-        }
+        on_store!(&self.store, s => StateEngine::defragment_job(s))
     }
 
     /// Index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
-        self.applied_index
+        self.point.index
     }
 
     /// Term of the last applied entry.
     pub fn applied_term(&self) -> u64 {
-        self.applied_term
+        self.point.term
     }
 
-    /// Membership as of the applied index.
+    /// Raft membership as of the applied index.
     pub fn conf_state(&self) -> &ConfState {
-        &self.conf_state
+        &self.point.conf_state
     }
 
-    /// Applies one committed entry's payload. `data` empty (a new leader's
-    /// no-op) only advances the applied index.
-    pub fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Option<Applied> {
-        if index <= self.applied_index {
+    /// The member registry as of the applied index.
+    pub fn membership(&self) -> &Membership {
+        &self.members
+    }
+
+    /// A joining member's view of the cluster before the leader's first
+    /// snapshot arrives (which brings the replicated registry).
+    pub fn seed_membership(&mut self, members: Membership) {
+        self.set_members(members);
+    }
+
+    fn set_members(&mut self, members: Membership) {
+        self.point.membership = members.to_pb();
+        self.members = members;
+    }
+
+    /// Applies one committed entry. A new leader's empty entry only advances
+    /// the applied index.
+    pub fn apply(&mut self, entry: &Entry) -> Option<Applied> {
+        if entry.index <= self.point.index {
             // Already in the snapshot we restored from: never apply twice.
             return None;
         }
-        self.applied_index = index;
-        self.applied_term = term;
-        if data.is_empty() {
+        self.point.index = entry.index;
+        self.point.term = entry.term;
+        if entry.data.is_empty() {
             return None;
         }
+        match entry.get_entry_type() {
+            EntryType::EntryNormal => self.apply_request(entry.index, &entry.data),
+            EntryType::EntryConfChangeV2 => self.apply_conf_change(entry.index, &entry.data),
+            // MetaStore proposes ConfChangeV2 only.
+            EntryType::EntryConfChange => None,
+        }
+    }
+
+    fn apply_request(&mut self, index: u64, data: &[u8]) -> Option<Applied> {
         let req = match InternalRequest::decode(data) {
             Ok(r) => r,
             Err(e) => {
@@ -235,23 +241,98 @@ impl StateMachine {
                 return None;
             }
         };
-        // The MVCC events the writes return are for watchers; none exist yet.
-        let result = on_store!(&mut self.store, store => match req.request {
-            Some(internal_request::Request::Put(p)) => {
-                kv::put(store, &p).map(|(r, _)| WriteResponse::Put(r))
+        let mut members_changed = false;
+        let result = match req.request {
+            Some(internal_request::Request::Publish(p)) => {
+                let mut members = self.members.clone();
+                if members.publish(p.member_id, &p.name, &p.client_urls) {
+                    members_changed = members != self.members;
+                    self.set_members(members);
+                }
+                Ok(WriteResponse::Members(self.members.members()))
             }
-            Some(internal_request::Request::DeleteRange(d)) => {
-                Ok(WriteResponse::DeleteRange(kv::delete_range(store, &d).0))
+            Some(internal_request::Request::UpdatePeerUrls(u)) => {
+                let mut members = self.members.clone();
+                members
+                    .update_peer_urls(u.member_id, &u.peer_urls)
+                    .map(|()| {
+                        members_changed = true;
+                        self.set_members(members);
+                        WriteResponse::Members(self.members.members())
+                    })
             }
-            Some(internal_request::Request::Txn(t)) => {
-                kv::txn(store, &t).map(|(r, _)| WriteResponse::Txn(r))
+            // The MVCC events the writes return are for watchers; none exist yet.
+            request => on_store!(&mut self.store, store => match request {
+                Some(internal_request::Request::Put(p)) => {
+                    kv::put(store, &p).map(|(r, _)| WriteResponse::Put(r))
+                }
+                Some(internal_request::Request::DeleteRange(d)) => {
+                    Ok(WriteResponse::DeleteRange(kv::delete_range(store, &d).0))
+                }
+                Some(internal_request::Request::Txn(t)) => {
+                    kv::txn(store, &t).map(|(r, _)| WriteResponse::Txn(r))
+                }
+                Some(internal_request::Request::Compaction(c)) => {
+                    kv::compact(store, &c).map(WriteResponse::Compact)
+                }
+                _ => Err(ApiError::Internal("empty request in log entry".into())),
+            }),
+        };
+        Some(Applied {
+            id: req.id,
+            result,
+            conf_change: None,
+            members_changed,
+        })
+    }
+
+    /// A membership change: checked again against the registry (two racing
+    /// changes may both have passed the proposer's check), then applied to
+    /// the registry and the conf state; Raft applies it after.
+    fn apply_conf_change(&mut self, index: u64, data: &[u8]) -> Option<Applied> {
+        let cc = match ConfChangeV2::parse_from_bytes(data) {
+            Ok(cc) => cc,
+            Err(e) => {
+                tracing::error!(index, error = %e, "undecodable conf change skipped");
+                return None;
             }
-            Some(internal_request::Request::Compaction(c)) => {
-                kv::compact(store, &c).map(WriteResponse::Compact)
+        };
+        let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
+        let change = match membership::decode_change(&cc, &ctx) {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::error!(index, why, "conf change skipped");
+                return Some(Applied {
+                    id: ctx.id,
+                    result: Err(ApiError::Internal(why)),
+                    conf_change: None,
+                    members_changed: false,
+                });
             }
-            None => Err(ApiError::Internal("empty request in log entry".into())),
-        });
-        Some(Applied { id: req.id, result })
+        };
+        let mut members = self.members.clone();
+        match members.apply(&change, &self.point.conf_state) {
+            Ok(cs) => {
+                tracing::info!(index, ?change, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+                self.point.conf_state = cs;
+                self.set_members(members);
+                Some(Applied {
+                    id: ctx.id,
+                    result: Ok(WriteResponse::Members(self.members.members())),
+                    conf_change: Some(cc),
+                    members_changed: true,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(index, ?change, error = %e, "conf change refused");
+                Some(Applied {
+                    id: ctx.id,
+                    result: Err(e),
+                    conf_change: None,
+                    members_changed: false,
+                })
+            }
+        }
     }
 
     /// Serves a read against the applied state.

@@ -4,14 +4,22 @@
 //! revision per write txn, sub-revisions, tombstones, compaction) that the
 //! state machine's applier runs on; [`KvTxn`] is one write transaction on it.
 //! [`LogStore`] makes Raft's entries and hard state durable for the WalWriter.
-//! The `memory` engine implements them with [`MemStore`](super::mvcc::MemStore)
-//! and the [`Wal`](super::wal::Wal); a RocksDB engine implements the same
-//! traits over column families.
+//! [`StateEngine`] adds what differs between engines around the MVCC state:
+//! how an applied batch becomes durable, how an image is taken and
+//! installed, what a periodic snapshot means. The state machine and the
+//! ApplyActor only ever call these; they never ask which engine runs.
+//! The `memory` engine implements them with [`MemStore`](super::mvcc::MemStore),
+//! snapshot files and the [`Wal`](super::wal::Wal); the `rocksdb` engine with
+//! [`RocksKv`](super::rocks::RocksKv) and [`RocksLog`](super::rocks::RocksLog).
 
-use raft::eraftpb::{Entry, HardState};
+use std::path::Path;
 
+use raft::eraftpb::{ConfState, Entry, HardState};
+
+use super::image::{ImageHeader, ImageJob};
 use super::mvcc::{Event, KeyValue, MvccError, RangeOptions, RangeResult};
 use crate::error::StorageError;
+use crate::proto::metastorepb;
 
 /// MVCC key-value state with etcd's semantics.
 pub trait KvEngine {
@@ -48,6 +56,64 @@ pub trait KvTxn {
     fn end(self) -> (i64, Vec<Event>);
 }
 
+/// Where the applied state stands: what an engine stores atomically with it
+/// and what an image's header carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppliedPoint {
+    /// Index of the last applied entry.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// Raft membership as of that entry.
+    pub conf_state: ConfState,
+    /// The member registry as of that entry.
+    pub membership: metastorepb::Membership,
+}
+
+impl AppliedPoint {
+    /// The image header for this point over a store at these revisions.
+    pub fn header(&self, current_rev: i64, compact_rev: i64) -> ImageHeader {
+        ImageHeader {
+            index: self.index,
+            term: self.term,
+            conf_state: self.conf_state.clone(),
+            current_rev,
+            compact_rev,
+            membership: self.membership.clone(),
+        }
+    }
+}
+
+/// What a periodic snapshot takes for an engine.
+pub enum Checkpoint {
+    /// The applied state is durable by itself (rocksdb): the Raft log up to
+    /// here may go once the engine flushed (its log store's purge does).
+    Durable,
+    /// Run this off the apply thread; when it returns Ok the snapshot is
+    /// durable (memory: the image is encoded, the job writes the file).
+    Write(Box<dyn FnOnce() -> Result<(), StorageError> + Send>),
+}
+
+/// The MVCC state as the state machine drives it, engine by engine.
+pub trait StateEngine: KvEngine {
+    /// Ends a batch of applied entries at `point` (rocksdb: one unsynced
+    /// write with the applied point; memory: nothing, the WAL has it).
+    fn commit(&mut self, point: &AppliedPoint) -> Result<(), StorageError>;
+    /// Starts a consistent image of the applied state at `point`; `tmp_dir`
+    /// holds any temporary file.
+    fn image(&self, point: &AppliedPoint, tmp_dir: &Path) -> Result<ImageJob, StorageError>;
+    /// Every `snapshot-count` entries: what makes the state at `point`
+    /// durable so the log before it may go.
+    fn checkpoint(&self, point: &AppliedPoint, data_dir: &Path) -> Checkpoint;
+    /// Replaces the whole state with the image in the file at `path`
+    /// (received from the leader and checked), durably: after a crash the
+    /// member restarts from the old state or the new one, never a mix.
+    /// The file is consumed. Returns the image's header.
+    fn install(&mut self, path: &Path, data_dir: &Path) -> Result<ImageHeader, StorageError>;
+    /// What Maintenance.Defragment runs off the apply thread, if anything.
+    fn defragment_job(&self) -> Option<Box<dyn FnOnce() + Send>>;
+}
+
 /// Durable home of the Raft log: what the WalWriter writes through.
 pub trait LogStore: Send {
     /// Buffers entries and/or a hard state (no I/O promised yet).
@@ -56,4 +122,8 @@ pub trait LogStore: Send {
     fn sync(&mut self) -> Result<(), StorageError>;
     /// Forgets entries at or below `upto`, which a durable snapshot covers.
     fn purge(&mut self, upto: u64) -> Result<(), StorageError>;
+    /// The state machine installed a snapshot at `meta`'s index: the log
+    /// starts over after it (everything buffered before is written first).
+    /// Made durable by the next `sync`.
+    fn reset(&mut self, meta: &raft::eraftpb::SnapshotMetadata, hard_state: &HardState);
 }

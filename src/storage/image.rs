@@ -6,9 +6,10 @@
 //! Layout (integers little-endian):
 //!
 //! ```text
-//! magic "MSIMAGE1"
+//! magic "MSIMAGE2"
 //! header  = index u64 | term u64 | current_rev i64 | compact_rev i64
 //!         | conf_state length u32 | conf_state (raft ConfState, protobuf)
+//!         | membership length u32 | membership (metastorepb.Membership)
 //! record* = length u32 | revision (main u64 BE, sub u64 BE) | mvccpb.KeyValue
 //! trailer = 0xFFFFFFFF u32 | record count u64 | crc32c of everything before u32
 //! ```
@@ -17,6 +18,10 @@
 //! a tombstone), exactly as the `rocksdb` engine stores them, so it can stream
 //! its image straight from a RocksDB snapshot and install one by writing the
 //! records back. Readers check the checksum before anything is installed.
+//!
+//! The same format serves Maintenance.Snapshot, Raft snapshots sent to a
+//! lagging member, and the memory engine's snapshot files. Version 1
+//! ("MSIMAGE1", without the membership section) is still read.
 
 use std::io::{self, Read, Write};
 
@@ -26,9 +31,11 @@ use raft::eraftpb::ConfState;
 
 use super::mvcc::{KeyValue, MemStore, Rebuild, Revision};
 use crate::error::StorageError;
-use crate::proto::mvccpb;
+use crate::proto::{metastorepb, mvccpb};
 
-const MAGIC: &[u8; 8] = b"MSIMAGE1";
+const MAGIC: &[u8; 8] = b"MSIMAGE2";
+/// The first version, without the membership section.
+const MAGIC_V1: &[u8; 8] = b"MSIMAGE1";
 const END: u32 = u32::MAX;
 /// Largest record accepted (a 1.5 MiB request's key and value, with room).
 const MAX_RECORD: u32 = 64 << 20;
@@ -46,6 +53,8 @@ pub struct ImageHeader {
     pub current_rev: i64,
     /// Compacted revision (-1: never compacted).
     pub compact_rev: i64,
+    /// The membership registry at that index.
+    pub membership: metastorepb::Membership,
 }
 
 fn bad(why: impl Into<String>) -> StorageError {
@@ -75,6 +84,9 @@ impl<W: Write> ImageWriter<W> {
         w.put(&h.compact_rev.to_le_bytes())?;
         w.put(&(cs.len() as u32).to_le_bytes())?;
         w.put(&cs)?;
+        let members = h.membership.encode_to_vec();
+        w.put(&(members.len() as u32).to_le_bytes())?;
+        w.put(&members)?;
         Ok(w)
     }
 
@@ -154,7 +166,7 @@ impl<R: Read> ImageReader<R> {
             done: false,
         };
         let magic: [u8; 8] = r.array()?;
-        if &magic != MAGIC {
+        if &magic != MAGIC && &magic != MAGIC_V1 {
             return Err(bad("not a MetaStore image (bad magic)"));
         }
         let index = u64::from_le_bytes(r.array()?);
@@ -168,12 +180,24 @@ impl<R: Read> ImageReader<R> {
         let cs = r.bytes(len as usize)?;
         let conf_state =
             ConfState::parse_from_bytes(&cs).map_err(|e| bad(format!("conf state: {e}")))?;
+        let membership = if &magic == MAGIC {
+            let len = u32::from_le_bytes(r.array()?);
+            if len > MAX_RECORD {
+                return Err(bad("membership too large"));
+            }
+            let bytes = r.bytes(len as usize)?;
+            metastorepb::Membership::decode(bytes.as_slice())
+                .map_err(|e| bad(format!("membership: {e}")))?
+        } else {
+            metastorepb::Membership::default()
+        };
         let h = ImageHeader {
             index,
             term,
             conf_state,
             current_rev,
             compact_rev,
+            membership,
         };
         Ok((h, r))
     }

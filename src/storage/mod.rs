@@ -6,8 +6,10 @@
 pub mod conformance;
 pub mod engine;
 pub mod image;
+pub mod memory;
 pub mod mvcc;
 pub mod raft_log;
 pub mod rocks;
+pub mod snapshots;
 pub mod wal;
 pub mod wal_log;

@@ -21,7 +21,10 @@ pub mod record {
     pub const ENTRIES: u8 = 1;
     /// A HardState (protobuf).
     pub const HARD_STATE: u8 = 2;
-    /// A snapshot marker: SnapshotMetadata (protobuf) of a snapshot that is durable.
+    /// A snapshot marker: SnapshotMetadata (protobuf). The log starts over
+    /// after it: a new member's starting point, or a snapshot from the
+    /// leader that the state machine installed before the marker was
+    /// written.
     pub const SNAPSHOT: u8 = 3;
 }
 
@@ -48,7 +51,9 @@ impl RaftLog {
     }
 
     /// Rebuilds the log from WAL records, on top of the snapshot the state
-    /// machine was restored from (entries it covers are skipped).
+    /// machine was restored from (entries it covers are skipped). A snapshot
+    /// marker drops every entry before it: they belong to a log a snapshot
+    /// from the leader replaced.
     pub fn recover(
         base: SnapshotMetadata,
         records: &[crate::storage::wal::Record],
@@ -71,8 +76,18 @@ impl RaftLog {
                         .map_err(|e| StorageError::Decode(format!("hard state: {e}")))?;
                 }
                 record::SNAPSHOT => {
-                    // The snapshot file is the authority on what the state machine
-                    // holds; the marker only tells a WAL reader where history starts.
+                    let meta = SnapshotMetadata::parse_from_bytes(&rec.payload)
+                        .map_err(|e| StorageError::Decode(format!("snapshot marker: {e}")))?;
+                    if meta.index > log.snapshot.index {
+                        // The state machine must hold at least what the log
+                        // restarts after, or entries in between are lost.
+                        return Err(StorageError::Decode(format!(
+                            "the log restarts after index {} but the newest snapshot is at {}; \
+                             an install of a snapshot from the leader did not finish",
+                            meta.index, log.snapshot.index
+                        )));
+                    }
+                    log.entries.clear();
                 }
                 other => {
                     return Err(StorageError::Decode(format!("unknown record kind {other}")));
@@ -131,6 +146,14 @@ impl RaftLog {
         self.entries.truncate(keep);
         self.entries.extend(ents.iter().cloned());
         Ok(())
+    }
+
+    /// Restarts the log at a snapshot from the leader: every entry goes, the
+    /// commit index reaches the snapshot.
+    pub fn apply_snapshot(&mut self, meta: SnapshotMetadata) {
+        self.entries.clear();
+        self.snapshot = meta;
+        self.fix_commit();
     }
 
     /// Drops entries up to and including `index` (they live on in a snapshot).
@@ -200,12 +223,13 @@ impl raft::Storage for RaftLog {
         Ok(self.last())
     }
 
+    /// Where the log starts. Only the metadata: the transport replaces it
+    /// with a fresh image of the applied state (at or after this index) and
+    /// that image's index, term and membership before it leaves.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Followers that lag past the compacted log arrive with multi-member
-        // clusters; a single member never asks.
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+        let mut snap = Snapshot::default();
+        snap.set_metadata(self.snapshot.clone());
+        Ok(snap)
     }
 }
 

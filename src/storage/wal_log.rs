@@ -41,6 +41,15 @@ impl LogStore for WalLog {
         }
     }
 
+    fn reset(&mut self, meta: &raft::eraftpb::SnapshotMetadata, hard_state: &HardState) {
+        // On recovery a snapshot marker starts the log over (RaftLog::recover).
+        self.wal
+            .append(record::SNAPSHOT, &encode_message(meta), meta.index);
+        self.wal
+            .append(record::HARD_STATE, &encode_message(hard_state), 0);
+        self.hard_state = hard_state.clone();
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
         self.wal.sync()?;
         if self.wal.should_rotate() {

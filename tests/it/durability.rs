@@ -164,6 +164,25 @@ async fn count_prefix(client: &mut etcd_client::Client, prefix: &str) -> (i64, i
     (resp.count(), resp.header().expect("a header").revision())
 }
 
+/// A byte inside the payload of the middle record of a segment (frames:
+/// 8-byte segment magic, then `len u32 | crc u32 | hint u64 | kind | payload`
+/// with `len` counting kind and payload).
+fn middle_payload_byte(bytes: &[u8]) -> usize {
+    let mut offsets = Vec::new();
+    let mut at = 8;
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        offsets.push((at, len));
+        at += 16 + len;
+    }
+    assert!(offsets.len() > 10, "{} records", offsets.len());
+    let (at, len) = offsets[offsets.len() / 2];
+    at + 16 + len / 2
+}
+
 /// Where the records of a (zero-filled, preallocated) segment end.
 fn data_end(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
@@ -222,9 +241,10 @@ async fn a_corrupt_wal_record_refuses_to_start_naming_file_and_offset() {
     server.kill9();
     let seg = newest_segment(&server);
     let mut bytes = std::fs::read(&seg).unwrap();
-    // Flip a byte in the middle of the records: records follow it, so this is
-    // not a torn tail.
-    let mid = data_end(&bytes) / 2;
+    // Flip a byte inside the payload of a record in the middle: records
+    // follow it, so this is not a torn tail. (A flipped length field that
+    // points past the end of the file would read as a torn write.)
+    let mid = middle_payload_byte(&bytes);
     bytes[mid] ^= 0xff;
     std::fs::write(&seg, &bytes).unwrap();
     let out = server.run_to_exit();

@@ -13,12 +13,20 @@ use std::time::{Duration, Instant};
 use metastore::proto::etcdserverpb::kv_client::KvClient;
 use tonic::transport::Channel;
 
-/// A free loopback port (bound and released; the daemon binds it next).
+/// A free loopback port, below Linux's ephemeral range (32768+), so no
+/// outgoing connection of a daemon or client can take it between this probe
+/// and the daemon's bind; handed out once per test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 40) as u16 * 300;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = base + n % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `GET path` over plain HTTP/1.1; returns (status line, body).
@@ -82,7 +90,14 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
     /// Client port.
     pub port: u16,
-    peer_port: u16,
+    /// Peer port.
+    pub peer_port: u16,
+    /// Member name.
+    pub name: String,
+    /// `--initial-cluster` (None: this member alone).
+    pub initial_cluster: Option<String>,
+    /// `--initial-cluster-state`.
+    pub cluster_state: String,
     extra: Vec<String>,
 }
 
@@ -101,17 +116,38 @@ impl Server {
     pub fn start_with(kind: Kind, extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("data");
-        let mut s = Server {
+        let mut s = Server::unstarted(kind, "default", extra);
+        s.dir = dir;
+        s._tmp = Some(tmp);
+        s.spawn();
+        s
+    }
+
+    /// A daemon not started yet (a cluster member), with its own temp dir.
+    pub fn unstarted(kind: Kind, name: &str, extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        Server {
             child: None,
             kind,
-            dir,
+            dir: tmp.path().join("data"),
             _tmp: Some(tmp),
             port: free_port(),
             peer_port: free_port(),
+            name: name.to_owned(),
+            initial_cluster: None,
+            cluster_state: "new".into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        s.spawn(true);
-        s
+        }
+    }
+
+    /// The peer URL.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// The kind of daemon.
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// The etcd-style endpoint, `127.0.0.1:port`.
@@ -130,8 +166,12 @@ impl Server {
             }
             Kind::Etcd => Command::new("etcd"),
         };
+        let initial = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer}", self.name));
         cmd.arg("--name")
-            .arg("default")
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(&self.dir)
             .arg("--listen-client-urls")
@@ -143,7 +183,9 @@ impl Server {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
-            .arg(format!("default={peer}"))
+            .arg(initial)
+            .arg("--initial-cluster-state")
+            .arg(&self.cluster_state)
             .args(&self.extra)
             .args(self.small_wal_segments())
             .stdin(Stdio::null())
@@ -169,7 +211,7 @@ impl Server {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join("\n")
+        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     /// MetaStore zero-fills each WAL segment when it creates it (memory) or
@@ -188,28 +230,24 @@ impl Server {
         }
     }
 
-    /// Starts the daemon and waits until it is healthy. Free ports are probed
-    /// and released before the daemon binds them, so a parallel test can grab
-    /// one in between; a daemon that exits during start-up is retried on a new
-    /// client port (and, for a brand-new member, a new peer port and a clean
-    /// data dir: the member ID derives from the peer URL).
-    fn spawn(&mut self, fresh: bool) {
+    /// Starts the daemon and waits until it is healthy. A daemon that exits
+    /// during start-up because a port was taken (free ports are probed and
+    /// released before the daemon binds them) is retried on new ports, as
+    /// long as nothing depends on them yet; any other exit fails the test
+    /// with the daemon's log.
+    fn spawn(&mut self) {
         for attempt in 1..=3 {
-            let child = self.command().spawn().expect("start the daemon");
-            self.child = Some(child);
-            match self.wait_ready() {
+            self.launch();
+            match self.wait_ready(Duration::from_secs(20)) {
                 Ok(()) => return,
-                Err(status) if attempt < 3 => {
+                Err(status) if attempt < 3 && self.port_was_taken() && self.movable() => {
                     eprintln!(
-                        "daemon exited during start-up ({status}); retrying on new ports\n{}",
+                        "daemon could not bind its ports ({status}); retrying on new ones\n{}",
                         self.log_tail()
                     );
-                    self.child = None;
                     self.port = free_port();
-                    if fresh {
-                        self.peer_port = free_port();
-                        let _ = std::fs::remove_dir_all(&self.dir);
-                    }
+                    self.peer_port = free_port();
+                    let _ = std::fs::remove_dir_all(&self.dir);
                 }
                 Err(status) => panic!(
                     "daemon exited during start-up: {status}\n{}",
@@ -219,9 +257,25 @@ impl Server {
         }
     }
 
+    /// Starts the process without waiting for it.
+    pub fn launch(&mut self) {
+        let child = self.command().spawn().expect("start the daemon");
+        self.child = Some(child);
+    }
+
+    /// A brand-new lone member (its ports are part of nothing yet).
+    fn movable(&self) -> bool {
+        self.initial_cluster.is_none() && !self.dir.join("metastore.meta").exists()
+    }
+
+    fn port_was_taken(&self) -> bool {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        log.contains("Address already in use") || log.contains("address already in use")
+    }
+
     /// Waits until /health says true; Err if the daemon exited first.
-    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    pub fn wait_ready(&mut self, within: Duration) -> Result<(), std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -235,7 +289,43 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("daemon not healthy after 20 s");
+        panic!("daemon not healthy after {within:?}\n{}", self.log_tail());
+    }
+
+    /// Waits until the daemon started and is healthy (a cluster member
+    /// launched with [`Server::launch`]); fails the test with its log if it
+    /// exits.
+    pub fn wait_started(&mut self) {
+        if let Err(status) = self.wait_ready(Duration::from_secs(30)) {
+            panic!(
+                "{} exited during start-up: {status}\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last lines of the daemon's log.
+    pub fn log_tail_pub(&self) -> String {
+        self.log_tail()
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -270,7 +360,7 @@ impl Server {
     /// Starts again on the same data dir and port.
     pub fn restart(&mut self) {
         self.kill9();
-        self.spawn(false);
+        self.spawn();
     }
 
     /// Starts the binary on the data dir and returns how it exited, for
@@ -387,4 +477,113 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Several members of one cluster on loopback (MetaStore or etcd).
+pub struct Cluster {
+    /// The members, in `--initial-cluster` order.
+    pub members: Vec<Server>,
+}
+
+impl Cluster {
+    /// `n` MetaStore members on `engine`, started together.
+    pub fn start(n: usize, engine: Engine, extra: &[&str]) -> Cluster {
+        let kinds = vec![Kind::MetaStore(engine); n];
+        Cluster::start_kinds(&kinds, extra)
+    }
+
+    /// One member per kind (mixed engines, or etcd for every member).
+    pub fn start_kinds(kinds: &[Kind], extra: &[&str]) -> Cluster {
+        let mut members: Vec<Server> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Server::unstarted(*k, &format!("m{}", i + 1), extra))
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial_cluster = Some(initial.clone());
+            m.launch();
+        }
+        for m in &mut members {
+            m.wait_started();
+        }
+        Cluster { members }
+    }
+
+    /// The `--initial-cluster` value of the running members.
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Client endpoints of the running members.
+    pub fn endpoints(&mut self) -> Vec<String> {
+        self.members
+            .iter_mut()
+            .filter_map(|m| m.is_running().then(|| m.endpoint()))
+            .collect()
+    }
+
+    /// Every member's (leader, term) as its Status says (None: down or
+    /// not answering).
+    pub fn statuses(&mut self) -> Vec<Option<(u64, u64, u64)>> {
+        let mut out = Vec::new();
+        for m in &mut self.members {
+            if !m.is_running() {
+                out.push(None);
+                continue;
+            }
+            out.push(status_of(&m.endpoint()));
+        }
+        out
+    }
+
+    /// The index of the member all running members agree leads, waiting up
+    /// to `within`.
+    pub fn wait_leader(&mut self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses = self.statuses();
+            let leaders: Vec<u64> = statuses.iter().flatten().map(|s| s.1).collect();
+            if let Some(&l) = leaders.first() {
+                if l != 0 && leaders.iter().all(|&x| x == l) {
+                    if let Some(i) = statuses
+                        .iter()
+                        .position(|s| matches!(s, Some((id, _, _)) if *id == l))
+                    {
+                        return i;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}: {statuses:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// (member id, leader, term) from `etcdctl endpoint status`.
+pub fn status_of(endpoint: &str) -> Option<(u64, u64, u64)> {
+    let out = etcdctl_at(
+        endpoint,
+        &["endpoint", "status", "-w", "json", "--command-timeout=1s"],
+    );
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let s = v.get(0)?.get("Status")?;
+    let h = s.get("header")?;
+    // etcdctl's JSON leaves out fields that are zero.
+    let num = |o: &serde_json::Value, k: &str| o.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    Some((num(h, "member_id"), num(s, "leader"), num(h, "raft_term")))
 }

@@ -32,6 +32,7 @@ macro_rules! engine_tests {
     };
 }
 
+mod cluster;
 mod diff;
 mod durability;
 mod errors;

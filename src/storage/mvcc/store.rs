@@ -88,6 +88,11 @@ impl MemStore {
         self.record_events = on;
     }
 
+    /// Whether write txns collect events.
+    pub fn records_events(&self) -> bool {
+        self.record_events
+    }
+
     /// Main revision of the last committed change (1 for an empty store).
     pub fn current_revision(&self) -> i64 {
         self.current_rev

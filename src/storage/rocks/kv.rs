@@ -16,14 +16,14 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::{
     cf, db_error, encode, pair, Dbs, CF_KV, CF_META, META_APPLIED, META_CONF_STATE,
-    META_INSTALLING, META_REVISION,
+    META_INSTALLING, META_MEMBERSHIP, META_REVISION,
 };
 use crate::error::StorageError;
-use crate::proto::mvccpb;
-use crate::storage::engine::{KvEngine, KvTxn};
+use crate::proto::{metastorepb, mvccpb};
+use crate::storage::engine::{AppliedPoint, Checkpoint, KvEngine, KvTxn, StateEngine};
 use crate::storage::image::{
-    encode_record, parse_revision_key, read_into_store, revision_key, ImageHeader, ImageReader,
-    ImageWriter,
+    encode_record, parse_revision_key, read_into_store, revision_key, ImageHeader, ImageJob,
+    ImageReader, ImageWriter,
 };
 use crate::storage::mvcc::{
     Event, EventKind, KeyValue, MemStore, MvccError, RangeOptions, RangeResult, Rebuild, Revision,
@@ -46,6 +46,8 @@ const SIZE_REFRESH: Duration = Duration::from_secs(1);
 /// a later entry of the same batch) see them.
 pub struct RocksKv {
     db: Arc<DB>,
+    /// Both databases (an install also drops the Raft log).
+    dbs: Dbs,
     index: MemStore,
     batch: WriteBatch,
     pending: HashMap<Revision, Vec<u8>>,
@@ -57,6 +59,8 @@ pub struct RocksKv {
     no_wal: WriteOptions,
     /// The conf state last written (written again only when it changes).
     conf_state: Option<ConfState>,
+    /// The membership last written (likewise).
+    membership: Option<metastorepb::Membership>,
 }
 
 impl std::fmt::Debug for RocksKv {
@@ -71,7 +75,8 @@ impl std::fmt::Debug for RocksKv {
 impl RocksKv {
     /// Rebuilds the key index from the `kv` family of an opened database
     /// whose meta says the store is at `revision` = (current, compacted).
-    pub fn open(db: Arc<DB>, revision: (i64, i64)) -> Result<RocksKv, StorageError> {
+    pub fn open(dbs: &Dbs, revision: (i64, i64)) -> Result<RocksKv, StorageError> {
+        let db = dbs.kv.clone();
         let mut rebuild = Rebuild::new(false);
         let started = Instant::now();
         let mut n = 0u64;
@@ -104,7 +109,7 @@ impl RocksKv {
             ms = started.elapsed().as_millis() as u64,
             "key index rebuilt from rocksdb"
         );
-        Ok(RocksKv::with_index(db, index))
+        Ok(RocksKv::with_index(dbs, index))
     }
 
     /// Number of keys live at the current revision.
@@ -138,18 +143,17 @@ impl RocksKv {
     /// state, in one write batch, to the memtables only: an (atomic) flush
     /// makes it durable, and until then the Raft log holds the entries that
     /// produced it.
-    pub fn commit(
-        &mut self,
-        index: u64,
-        term: u64,
-        conf_state: &ConfState,
-    ) -> Result<(), StorageError> {
+    pub fn commit(&mut self, point: &AppliedPoint) -> Result<(), StorageError> {
         let meta = cf(&self.db, CF_META);
         let mut batch = std::mem::take(&mut self.batch);
-        batch.put_cf(meta, META_APPLIED, pair(index, term));
-        if self.conf_state.as_ref() != Some(conf_state) {
-            batch.put_cf(meta, META_CONF_STATE, encode(conf_state));
-            self.conf_state = Some(conf_state.clone());
+        batch.put_cf(meta, META_APPLIED, pair(point.index, point.term));
+        if self.conf_state.as_ref() != Some(&point.conf_state) {
+            batch.put_cf(meta, META_CONF_STATE, encode(&point.conf_state));
+            self.conf_state = Some(point.conf_state.clone());
+        }
+        if self.membership.as_ref() != Some(&point.membership) {
+            batch.put_cf(meta, META_MEMBERSHIP, point.membership.encode_to_vec());
+            self.membership = Some(point.membership.clone());
         }
         batch.put_cf(
             meta,
@@ -178,7 +182,7 @@ impl RocksKv {
         let db = self.db.clone();
         let busy = self.compacting.clone();
         let end = revision_key(Revision::new(rev.saturating_add(1), 0));
-        let spawned = super::spawn_background("rocksdb-compact", move || {
+        let spawned = super::spawn_background(&self.dbs, "rocksdb-compact", move || {
             let started = Instant::now();
             db.compact_range_cf(cf(&db, CF_KV), None::<&[u8]>, Some(&end[..]));
             tracing::info!(
@@ -197,17 +201,23 @@ impl RocksKv {
     /// apply thread (Maintenance.Defragment).
     pub fn defragment_job(&self) -> impl FnOnce() + Send + 'static {
         let db = self.db.clone();
+        let busy = super::Busy::start(&self.dbs);
         move || {
-            let _busy = super::Busy::start();
+            let _busy = busy;
             for name in [CF_KV, CF_META] {
                 db.compact_range_cf(cf(&db, name), None::<&[u8]>, None::<&[u8]>);
             }
         }
     }
 
-    /// The database (for snapshots and tests).
+    /// The kv database (for snapshots and tests).
     pub fn db(&self) -> &Arc<DB> {
         &self.db
+    }
+
+    /// Both databases.
+    pub fn dbs(&self) -> &Dbs {
+        &self.dbs
     }
 }
 
@@ -228,7 +238,7 @@ impl RocksKv {
         }
         let db = self.db.clone();
         let (taken, wait) = std::sync::mpsc::sync_channel(1);
-        let busy = super::Busy::start();
+        let busy = super::Busy::start(&self.dbs);
         let handle = std::thread::Builder::new()
             .name("rocksdb-image".into())
             .spawn(move || {
@@ -247,12 +257,12 @@ impl RocksKv {
     /// checked completely first (nothing changes if it is damaged), then
     /// written under an "installing" mark so an interrupted install is
     /// refused at start-up rather than half-used. The Raft log is dropped:
-    /// the image supersedes it. `conf_state` replaces the image's membership
-    /// (a restore into another cluster).
+    /// the image supersedes it. `members` replaces the image's conf state
+    /// and membership (a restore into another cluster).
     pub fn install_image(
         dbs: &Dbs,
         path: &Path,
-        conf_state: Option<&ConfState>,
+        members: Option<(&ConfState, &metastorepb::Membership)>,
     ) -> Result<(ImageHeader, RocksKv), StorageError> {
         let db = dbs.kv.clone();
         let open = || {
@@ -285,11 +295,9 @@ impl RocksKv {
             }
         }
         batch.put_cf(meta, META_APPLIED, pair(h.index, h.term));
-        batch.put_cf(
-            meta,
-            META_CONF_STATE,
-            encode(conf_state.unwrap_or(&h.conf_state)),
-        );
+        let (cs, membership) = members.unwrap_or((&h.conf_state, &h.membership));
+        batch.put_cf(meta, META_CONF_STATE, encode(cs));
+        batch.put_cf(meta, META_MEMBERSHIP, membership.encode_to_vec());
         batch.put_cf(
             meta,
             META_REVISION,
@@ -300,14 +308,15 @@ impl RocksKv {
             .map_err(|e| db_error("finish the image install", e))?;
         let kv = RocksKv {
             index,
-            ..RocksKv::with_index(db, MemStore::index_only())
+            ..RocksKv::with_index(dbs, MemStore::index_only())
         };
         Ok((h, kv))
     }
 
-    fn with_index(db: Arc<DB>, index: MemStore) -> RocksKv {
+    fn with_index(dbs: &Dbs, index: MemStore) -> RocksKv {
         RocksKv {
-            db,
+            db: dbs.kv.clone(),
+            dbs: dbs.clone(),
             index,
             batch: WriteBatch::default(),
             pending: HashMap::new(),
@@ -320,7 +329,50 @@ impl RocksKv {
                 wo
             },
             conf_state: None,
+            membership: None,
         }
+    }
+}
+
+impl StateEngine for RocksKv {
+    fn commit(&mut self, point: &AppliedPoint) -> Result<(), StorageError> {
+        RocksKv::commit(self, point)
+    }
+
+    fn image(&self, point: &AppliedPoint, tmp_dir: &Path) -> Result<ImageJob, StorageError> {
+        let path = tmp_dir.join(format!("image-{}.tmp", point.index));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
+        // Unlinked at once: the file lives as long as the stream reads it.
+        std::fs::remove_file(&path)
+            .map_err(|e| StorageError::io(format!("unlink {}", path.display()), e))?;
+        Ok(ImageJob::Writing(
+            self.spawn_image(std::io::BufWriter::new(file))?,
+        ))
+    }
+
+    fn checkpoint(&self, _: &AppliedPoint, _: &Path) -> Checkpoint {
+        // The applied state is in RocksDB already: the Raft log up to here
+        // may go once the kv database is flushed (RocksLog::purge does).
+        Checkpoint::Durable
+    }
+
+    fn install(&mut self, path: &Path, _: &Path) -> Result<ImageHeader, StorageError> {
+        let (h, kv) = RocksKv::install_image(&self.dbs, path, None)?;
+        *self = kv;
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove an installed image");
+        }
+        Ok(h)
+    }
+
+    fn defragment_job(&self) -> Option<Box<dyn FnOnce() + Send>> {
+        Some(Box::new(RocksKv::defragment_job(self)))
     }
 }
 
@@ -337,6 +389,7 @@ fn write_image<W: Write>(db: &DB, snap: &rocksdb::Snapshot<'_>, out: W) -> Resul
         conf_state: meta.conf_state,
         current_rev: meta.revision.0,
         compact_rev: meta.revision.1,
+        membership: meta.membership,
     };
     let io = |e| StorageError::io("write the image", e);
     let mut w = ImageWriter::new(out, &h).map_err(io)?;
@@ -521,21 +574,19 @@ impl Drop for RocksTxn<'_> {
 #[cfg(test)]
 pub(crate) fn fresh_for_test(dir: &Path) -> Dbs {
     let dbs = super::open(dir, true).expect("open fresh databases");
-    super::bootstrap(
-        &dbs,
-        1,
-        1,
-        &ConfState::default(),
-        &raft::eraftpb::HardState::default(),
-    )
-    .expect("bootstrap");
+    let point = AppliedPoint {
+        index: 1,
+        term: 1,
+        ..Default::default()
+    };
+    super::bootstrap(&dbs, &point, &raft::eraftpb::HardState::default()).expect("bootstrap");
     dbs
 }
 
 /// An empty store on fresh databases.
 #[cfg(test)]
 pub(crate) fn empty_for_test(dir: &Path) -> RocksKv {
-    RocksKv::open(fresh_for_test(dir).kv, (1, -1)).expect("empty store")
+    RocksKv::open(&fresh_for_test(dir), (1, -1)).expect("empty store")
 }
 
 #[cfg(test)]
@@ -567,10 +618,18 @@ mod tests {
     }
 
     fn reopen(kv: RocksKv) -> RocksKv {
-        let db = kv.db().clone();
+        let dbs = kv.dbs().clone();
         drop(kv);
-        let meta = super::super::read_kv_meta(&db).unwrap();
-        RocksKv::open(db, meta.revision).unwrap()
+        let meta = super::super::read_kv_meta(&dbs.kv).unwrap();
+        RocksKv::open(&dbs, meta.revision).unwrap()
+    }
+
+    fn at(index: u64, term: u64) -> AppliedPoint {
+        AppliedPoint {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     /// Random puts, deletes, txns and compactions on the memory store and on
@@ -624,10 +683,10 @@ mod tests {
             }
             if rng.gen_bool(0.3) {
                 applied += 1;
-                rocks.commit(applied, 1, &ConfState::default()).unwrap();
+                rocks.commit(&at(applied, 1)).unwrap();
             }
             if step % 97 == 0 {
-                rocks.commit(applied, 1, &ConfState::default()).unwrap();
+                rocks.commit(&at(applied, 1)).unwrap();
                 rocks = reopen(rocks);
             }
             let cur = mem.current_revision();
@@ -640,7 +699,7 @@ mod tests {
             );
             assert_eq!(all_at(&mem, 0), all_at(&rocks, 0), "step {step}");
         }
-        rocks.commit(applied, 1, &ConfState::default()).unwrap();
+        rocks.commit(&at(applied, 1)).unwrap();
         let rocks = reopen(rocks);
         assert_eq!(all_at(&mem, 0), all_at(&rocks, 0));
         assert_eq!(mem.key_count(), rocks.key_count());
@@ -665,7 +724,7 @@ mod tests {
                 KvEngine::compact(rocks, at).unwrap();
             }
         }
-        rocks.commit(300, 2, &ConfState::default()).unwrap();
+        rocks.commit(&at(300, 2)).unwrap();
     }
 
     fn same_at_every_revision(a: &impl KvEngine, b: &impl KvEngine) {
@@ -692,16 +751,10 @@ mod tests {
         let mut t = rocks.write();
         t.put_blind(b"late", b"x".to_vec(), 0);
         t.end();
-        rocks.commit(301, 2, &ConfState::default()).unwrap();
+        rocks.commit(&at(301, 2)).unwrap();
         let bytes = job.join().unwrap().unwrap();
 
-        let header = ImageHeader {
-            index: 300,
-            term: 2,
-            conf_state: ConfState::default(),
-            current_rev: before.current_revision(),
-            compact_rev: before.compact_main_revision(),
-        };
+        let header = at(300, 2).header(before.current_revision(), before.compact_main_revision());
         let from_mem =
             crate::storage::image::write_memory_image(&before, &header, Vec::new()).unwrap();
         assert_eq!(bytes, from_mem, "both engines write the same image");
@@ -731,7 +784,7 @@ mod tests {
         drop(reopened);
         assert!(RocksKv::install_image(&dbs, &path, None).is_err());
         let meta = super::super::read_kv_meta(&dbs.kv).unwrap();
-        let still = RocksKv::open(dbs.kv.clone(), meta.revision).unwrap();
+        let still = RocksKv::open(&dbs, meta.revision).unwrap();
         same_at_every_revision(&before, &still);
     }
 

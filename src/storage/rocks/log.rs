@@ -15,6 +15,8 @@ use crate::storage::engine::LogStore;
 pub struct RocksLog {
     /// The raft database.
     db: Arc<DB>,
+    /// Both databases (background purges are counted on them).
+    dbs: Dbs,
     /// The kv database, flushed before entries it was built from are dropped.
     kv: Arc<DB>,
     /// A purge is running on its thread.
@@ -33,6 +35,7 @@ impl RocksLog {
         sync.set_sync(true);
         RocksLog {
             db: dbs.raft.clone(),
+            dbs: dbs.clone(),
             kv: dbs.kv.clone(),
             purging: Arc::new(AtomicBool::new(false)),
             buf: Vec::new(),
@@ -69,6 +72,17 @@ impl LogStore for RocksLog {
         }
     }
 
+    fn reset(&mut self, meta: &raft::eraftpb::SnapshotMetadata, hard_state: &HardState) {
+        // The install dropped the Raft log already (RocksKv::install_image);
+        // what is still buffered may only hold entries the snapshot covers.
+        let raft = cf(&self.db, CF_RAFT);
+        self.batch
+            .delete_range_cf(raft, index_key(0), index_key(meta.index.saturating_add(1)));
+        self.batch
+            .put_cf(cf(&self.db, CF_META), META_HARD_STATE, encode(hard_state));
+        self.last = meta.index;
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
         let batch = std::mem::take(&mut self.batch);
         self.db
@@ -85,7 +99,7 @@ impl LogStore for RocksLog {
         let kv = self.kv.clone();
         let busy = self.purging.clone();
         // Flushing memtables takes a while: not on the thread Raft waits on.
-        super::spawn_background("raft-log-purge", move || {
+        super::spawn_background(&self.dbs, "raft-log-purge", move || {
             if let Err(e) = purge(&raft, &kv, upto) {
                 tracing::warn!(error = %e, upto, "raft log purge failed");
             }

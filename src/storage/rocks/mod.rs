@@ -38,6 +38,7 @@ mod log;
 use std::path::Path;
 use std::sync::Arc;
 
+use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState};
 use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Options, DB};
@@ -58,6 +59,7 @@ const META_HARD_STATE: &[u8] = b"hard_state";
 const META_APPLIED: &[u8] = b"applied";
 const META_CONF_STATE: &[u8] = b"conf_state";
 const META_REVISION: &[u8] = b"revision";
+const META_MEMBERSHIP: &[u8] = b"membership";
 /// Present while an image is being installed.
 const META_INSTALLING: &[u8] = b"installing";
 
@@ -75,6 +77,9 @@ pub struct Dbs {
     pub raft: Arc<DB>,
     /// The MVCC state and the applied point.
     pub kv: Arc<DB>,
+    /// Threads of ours working on them (log purges, file compactions,
+    /// images): a shutdown waits for them.
+    background: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Opens both databases; `create` only for a brand-new data dir, so that a
@@ -102,7 +107,11 @@ pub fn open_with(
         prime_wal(&raft, size)?;
     }
     let kv = open_one(data_dir, &root.join("kv"), &[CF_KV, CF_META], create, None)?;
-    Ok(Dbs { raft, kv })
+    Ok(Dbs {
+        raft,
+        kv,
+        background: Arc::default(),
+    })
 }
 
 const WAL_PRIMER: &[u8] = b"wal-primer";
@@ -188,32 +197,31 @@ fn open_one(
     Ok(Arc::new(db))
 }
 
-/// Threads of ours working on a database (log purges, file compactions).
-static BACKGROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Counts one piece of our work on a database while it lives, so a shutdown
-/// can wait for it.
-pub(crate) struct Busy(());
+/// Counts one piece of our work on a member's databases while it lives, so
+/// a shutdown can wait for it.
+pub(crate) struct Busy(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Busy {
-    pub(crate) fn start() -> Busy {
-        BACKGROUND.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Busy(())
+    pub(crate) fn start(dbs: &Dbs) -> Busy {
+        dbs.background
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Busy(dbs.background.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        BACKGROUND.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
 /// Runs `job` on a thread of its own, counted so a shutdown can wait for it.
 pub(crate) fn spawn_background(
+    dbs: &Dbs,
     name: &str,
     job: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
-    let busy = Busy::start();
+    let busy = Busy::start(dbs);
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
@@ -228,7 +236,7 @@ pub(crate) fn spawn_background(
 /// process never exits in the middle of a flush or compaction.
 pub fn shutdown(dbs: &Dbs) -> Result<(), StorageError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while BACKGROUND.load(std::sync::atomic::Ordering::Acquire) > 0
+    while dbs.background.load(std::sync::atomic::Ordering::Acquire) > 0
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -266,6 +274,8 @@ pub struct Meta {
     pub hard_state: HardState,
     /// Current and compacted (-1: never) MVCC revisions.
     pub revision: (i64, i64),
+    /// The member registry as of the applied index.
+    pub membership: crate::proto::metastorepb::Membership,
 }
 
 fn two_u64(what: &str, b: &[u8]) -> Result<(u64, u64), StorageError> {
@@ -337,15 +347,17 @@ fn meta_from(
         let (cur, compact) = two_u64("revision", &b)?;
         m.revision = (cur as i64, compact as i64);
     }
+    if let Some(b) = get(META_MEMBERSHIP)? {
+        m.membership = crate::proto::metastorepb::Membership::decode(b.as_slice())
+            .map_err(|e| StorageError::Rocks(format!("meta membership: {e}")))?;
+    }
     Ok(m)
 }
 
 /// Writes the starting point of a new member, synced.
 pub fn bootstrap(
     dbs: &Dbs,
-    index: u64,
-    term: u64,
-    conf_state: &ConfState,
+    point: &crate::storage::engine::AppliedPoint,
     hard_state: &HardState,
 ) -> Result<(), StorageError> {
     let mut wo = rocksdb::WriteOptions::default();
@@ -357,8 +369,9 @@ pub fn bootstrap(
         .map_err(|e| db_error("write the bootstrap hard state", e))?;
     let meta = cf(&dbs.kv, CF_META);
     let mut b = rocksdb::WriteBatch::default();
-    b.put_cf(meta, META_APPLIED, pair(index, term));
-    b.put_cf(meta, META_CONF_STATE, encode(conf_state));
+    b.put_cf(meta, META_APPLIED, pair(point.index, point.term));
+    b.put_cf(meta, META_CONF_STATE, encode(&point.conf_state));
+    b.put_cf(meta, META_MEMBERSHIP, point.membership.encode_to_vec());
     b.put_cf(meta, META_REVISION, pair(1, -1i64 as u64));
     dbs.kv
         .write_opt(b, &wo)

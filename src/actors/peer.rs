@@ -1,0 +1,492 @@
+//! The PeerActor: one per remote member, on the Raft thread. It owns a
+//! long-lived gRPC stream to that member's peer port and carries Raft's
+//! messages over it.
+//!
+//! - Coalescing: one batch is in flight at a time; every message queued
+//!   while it is (the receiver acks a batch once it is in its Raft mailbox)
+//!   leaves in the next batch, as one write.
+//! - Bounded: at most [`MAX_QUEUE`] messages wait; beyond that, and while the
+//!   stream is down, messages are dropped and Raft is told the member is
+//!   unreachable (it probes again). Memory never grows with a slow peer.
+//! - Reconnect with backoff (100 ms doubling to 2 s).
+//! - Snapshots go on their own stream (heartbeats keep flowing beside
+//!   them): the leader's MsgSnapshot only names where the log starts; this
+//!   actor asks the ApplyActor for a fresh image of the applied state,
+//!   rewrites the message's metadata to the image's index, term and
+//!   membership, and streams the image in chunks; Raft hears how it ended.
+//!
+//! Raft messages travel as raft-rs's own protobuf encoding inside our prost
+//! batch: one codec for Raft's types (rust-protobuf, which raft-rs is built
+//! on) and no second copy of raft's .proto to keep in step.
+
+use std::collections::VecDeque;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use super::apply::ApplyActor;
+use super::messages::{RemovedFromCluster, SnapshotSent, TakeImage, Unreachable};
+use super::raft::RaftActor;
+use crate::metrics::METRICS;
+use crate::proto::metastorepb::peer_client::PeerClient;
+use crate::proto::metastorepb::{RaftBatch, SnapshotChunk};
+use crate::status::{Faults, NodeStatus};
+use crate::storage::image::{ImageJob, ImageReader};
+
+/// Messages waiting for a peer, at most.
+pub const MAX_QUEUE: usize = 8192;
+/// Image bytes per snapshot chunk.
+const CHUNK: usize = 1 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What every PeerActor of a member shares.
+#[derive(Clone)]
+pub struct PeerContext {
+    /// This member.
+    pub from: u64,
+    /// The cluster (receivers refuse other clusters' traffic).
+    pub cluster_id: u64,
+    /// Where messages from peers and transport outcomes go.
+    pub raft: Addr<RaftActor>,
+    /// Where images for snapshots come from.
+    pub apply: Addr<ApplyActor>,
+    /// Connectivity for membership checks.
+    pub status: Arc<NodeStatus>,
+    /// Test-only fault switches.
+    pub faults: Arc<Faults>,
+}
+
+/// Carries Raft messages to one remote member.
+pub struct PeerActor {
+    to: u64,
+    urls: Vec<String>,
+    ctx: PeerContext,
+    queue: VecDeque<Message>,
+    /// The live stream's sending side.
+    tx: Option<mpsc::Sender<RaftBatch>>,
+    /// Messages in the batch awaiting its ack (0: none in flight).
+    in_flight: usize,
+    /// Stream generation: events of an older stream are ignored.
+    generation: u64,
+    connecting: bool,
+    backoff: Duration,
+    sending_snapshot: bool,
+}
+
+impl PeerActor {
+    /// A peer actor for member `to` at `urls`.
+    pub fn new(to: u64, urls: Vec<String>, ctx: PeerContext) -> PeerActor {
+        PeerActor {
+            to,
+            urls,
+            ctx,
+            queue: VecDeque::new(),
+            tx: None,
+            in_flight: 0,
+            generation: 0,
+            connecting: false,
+            backoff: BACKOFF_MIN,
+            sending_snapshot: false,
+        }
+    }
+
+    fn endpoint(&self) -> Option<Endpoint> {
+        let url = self.urls.first()?;
+        Endpoint::from_shared(url.clone()).ok().map(|e| {
+            e.connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+        })
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.connecting || self.tx.is_some() {
+            return;
+        }
+        let Some(endpoint) = self.endpoint() else {
+            tracing::warn!(peer = format!("{:x}", self.to), urls = ?self.urls, "no usable peer URL");
+            return;
+        };
+        self.connecting = true;
+        self.generation += 1;
+        let generation = self.generation;
+        let me = ctx.address();
+        actix::spawn(async move {
+            let (tx, rx) = mpsc::channel::<RaftBatch>(2);
+            let opened = async {
+                let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+                let mut client = PeerClient::new(channel).max_decoding_message_size(usize::MAX);
+                client
+                    .raft(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_owned())
+            };
+            match opened.await {
+                Ok(mut acks) => {
+                    me.do_send(StreamUp { generation, tx });
+                    let why = loop {
+                        match acks.message().await {
+                            Ok(Some(_)) => me.do_send(Acked { generation }),
+                            Ok(None) => break "closed by the peer".to_owned(),
+                            Err(s) => break s.message().to_owned(),
+                        }
+                    };
+                    me.do_send(StreamDown { generation, why });
+                }
+                Err(why) => me.do_send(StreamDown { generation, why }),
+            }
+        });
+    }
+
+    /// Sends what is queued if no batch is in flight.
+    fn flush(&mut self) {
+        if self.in_flight > 0 || self.queue.is_empty() {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        let messages: Vec<Vec<u8>> = self
+            .queue
+            .drain(..)
+            .map(|m| m.write_to_bytes().expect("raft message encodes"))
+            .collect();
+        let count = messages.len();
+        let batch = RaftBatch {
+            cluster_id: self.ctx.cluster_id,
+            from: self.ctx.from,
+            to: self.to,
+            messages,
+        };
+        match tx.try_send(batch) {
+            Ok(()) => {
+                self.in_flight = count;
+                METRICS.raft_inflight_messages.inc_by(count as i64);
+            }
+            Err(_) => {
+                // The stream is going away; its StreamDown follows.
+                self.lost();
+            }
+        }
+    }
+
+    /// Messages were lost: Raft probes the member again.
+    fn lost(&self) {
+        self.ctx.raft.do_send(Unreachable(self.to));
+    }
+
+    fn start_snapshot(&mut self, msg: Message, ctx: &mut Context<Self>) {
+        if self.sending_snapshot || self.ctx.faults.isolated() {
+            self.ctx.raft.do_send(SnapshotSent {
+                to: self.to,
+                ok: false,
+            });
+            return;
+        }
+        let Some(endpoint) = self.endpoint() else {
+            return self.ctx.raft.do_send(SnapshotSent {
+                to: self.to,
+                ok: false,
+            });
+        };
+        self.sending_snapshot = true;
+        let to = self.to;
+        let peer = self.ctx.clone();
+        let me = ctx.address();
+        actix::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = send_snapshot(endpoint, msg, &peer).await;
+            match &result {
+                Ok((index, bytes)) => tracing::info!(
+                    peer = format!("{to:x}"),
+                    index,
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "snapshot sent"
+                ),
+                Err(e) => {
+                    tracing::warn!(peer = format!("{to:x}"), error = %e, "snapshot send failed")
+                }
+            }
+            let ok = result.is_ok();
+            peer.raft.do_send(SnapshotSent { to, ok });
+            me.do_send(SnapshotEnded);
+        });
+    }
+}
+
+/// Builds the image, rewrites the message to it and streams it.
+async fn send_snapshot(
+    endpoint: Endpoint,
+    mut msg: Message,
+    peer: &PeerContext,
+) -> Result<(u64, u64), String> {
+    let job = peer
+        .apply
+        .send(TakeImage)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    // Materialize the image (the rocksdb engine writes it on a thread).
+    let (mut source, total) = tokio::task::spawn_blocking(move || open_image(job))
+        .await
+        .map_err(|e| e.to_string())??;
+    let (header, mut source) = tokio::task::spawn_blocking(move || {
+        let h = ImageReader::new(&mut source).map(|(h, _)| h);
+        (h, source)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let header = header.map_err(|e| e.to_string())?;
+    source.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    {
+        let meta = msg.mut_snapshot().mut_metadata();
+        meta.index = header.index;
+        meta.term = header.term;
+        meta.set_conf_state(header.conf_state.clone());
+    }
+    let first = SnapshotChunk {
+        cluster_id: peer.cluster_id,
+        from: peer.from,
+        message: msg.write_to_bytes().map_err(|e| e.to_string())?,
+        data: Vec::new(),
+    };
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+    let faults = peer.faults.clone();
+    let (cluster_id, from) = (peer.cluster_id, peer.from);
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        tx.blocking_send(first)
+            .map_err(|_| "stream closed".to_owned())?;
+        let mut sent = 0u64;
+        while sent < total {
+            if faults.isolated() {
+                return Err("isolated by fault injection".into());
+            }
+            let mut buf = vec![0u8; CHUNK.min((total - sent) as usize)];
+            source.read_exact(&mut buf).map_err(|e| e.to_string())?;
+            sent += buf.len() as u64;
+            let chunk = SnapshotChunk {
+                cluster_id,
+                from,
+                message: Vec::new(),
+                data: buf,
+            };
+            tx.blocking_send(chunk)
+                .map_err(|_| "stream closed".to_owned())?;
+        }
+        Ok(())
+    });
+    let channel: Channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut client = PeerClient::new(channel);
+    let answer = client
+        .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    reader.await.map_err(|e| e.to_string())??;
+    answer.map_err(|s| s.message().to_owned())?;
+    Ok((header.index, total))
+}
+
+/// A readable, seekable image and its length.
+fn open_image(job: ImageJob) -> Result<(Box<dyn ReadSeek>, u64), String> {
+    match job {
+        ImageJob::Ready(bytes) => {
+            let n = bytes.len() as u64;
+            Ok((Box::new(std::io::Cursor::new(bytes)), n))
+        }
+        ImageJob::Writing(thread) => {
+            let written = thread
+                .join()
+                .map_err(|_| "the image thread panicked".to_owned())?
+                .map_err(|e| e.to_string())?;
+            let mut file = written.into_inner().map_err(|e| e.error().to_string())?;
+            let len = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+            file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+            Ok((Box::new(file), len))
+        }
+    }
+}
+
+/// Read + Seek, boxed.
+trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
+impl Actor for PeerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.connect(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        METRICS.raft_inflight_messages.dec_by(self.in_flight as i64);
+        self.ctx.status.forget_peer(self.to);
+    }
+}
+
+/// RaftActor → PeerActor: messages for this member.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Outbox(pub Vec<Message>);
+
+/// RaftActor → PeerActor: the member's peer URLs changed.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct NewUrls(pub Vec<String>);
+
+/// RaftActor → PeerActor: stop (the member was removed).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct StreamUp {
+    generation: u64,
+    tx: mpsc::Sender<RaftBatch>,
+}
+
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct StreamDown {
+    generation: u64,
+    why: String,
+}
+
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Acked {
+    generation: u64,
+}
+
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct SnapshotEnded;
+
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Reconnect;
+
+impl Handler<Outbox> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, msg: Outbox, ctx: &mut Context<Self>) {
+        if self.ctx.faults.isolated() {
+            // A cut network: the messages vanish; Raft's timeouts notice.
+            return;
+        }
+        let mut dropped = false;
+        for m in msg.0 {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.start_snapshot(m, ctx);
+            } else if self.tx.is_none() || self.queue.len() >= MAX_QUEUE {
+                dropped = true;
+            } else {
+                self.queue.push_back(m);
+            }
+        }
+        if dropped {
+            METRICS.peer_dropped_messages.inc();
+            self.lost();
+        }
+        self.flush();
+    }
+}
+
+impl Handler<NewUrls> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, msg: NewUrls, ctx: &mut Context<Self>) {
+        if msg.0 == self.urls {
+            return;
+        }
+        self.urls = msg.0;
+        // Drop the old stream; the next connect uses the new URLs.
+        self.tx = None;
+        self.connecting = false;
+        self.generation += 1;
+        METRICS.raft_inflight_messages.dec_by(self.in_flight as i64);
+        self.in_flight = 0;
+        self.connect(ctx);
+    }
+}
+
+impl Handler<StreamUp> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, msg: StreamUp, _: &mut Context<Self>) {
+        if msg.generation != self.generation {
+            return;
+        }
+        self.connecting = false;
+        self.tx = Some(msg.tx);
+        self.backoff = BACKOFF_MIN;
+        self.ctx.status.set_peer_active(self.to, true);
+        tracing::info!(peer = format!("{:x}", self.to), "peer stream up");
+        self.flush();
+    }
+}
+
+impl Handler<Acked> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, msg: Acked, _: &mut Context<Self>) {
+        if msg.generation != self.generation {
+            return;
+        }
+        METRICS.raft_inflight_messages.dec_by(self.in_flight as i64);
+        self.in_flight = 0;
+        self.flush();
+    }
+}
+
+impl Handler<StreamDown> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, msg: StreamDown, ctx: &mut Context<Self>) {
+        if msg.generation != self.generation {
+            return;
+        }
+        if msg.why.contains(crate::status::REMOVED) {
+            self.ctx.raft.do_send(RemovedFromCluster);
+        }
+        let was_up = self.tx.take().is_some();
+        self.connecting = false;
+        if was_up {
+            tracing::warn!(peer = format!("{:x}", self.to), why = %msg.why, "peer stream down");
+        } else {
+            tracing::debug!(peer = format!("{:x}", self.to), why = %msg.why, "peer not reachable");
+        }
+        self.ctx.status.set_peer_active(self.to, false);
+        if self.in_flight > 0 || !self.queue.is_empty() {
+            METRICS.raft_inflight_messages.dec_by(self.in_flight as i64);
+            self.in_flight = 0;
+            self.queue.clear();
+            self.lost();
+        }
+        ctx.notify_later(Reconnect, self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+impl Handler<Reconnect> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, _: Reconnect, ctx: &mut Context<Self>) {
+        self.connect(ctx);
+    }
+}
+
+impl Handler<SnapshotEnded> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, _: SnapshotEnded, _: &mut Context<Self>) {
+        self.sending_snapshot = false;
+    }
+}

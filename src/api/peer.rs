@@ -1,0 +1,240 @@
+//! The peer service, on the peer port and the Raft thread: Raft message
+//! batches from other members' PeerActors go straight into the RaftActor's
+//! mailbox; snapshots are received into a file, checked whole, and only then
+//! stepped into Raft (with the file's path as the snapshot's data); joining
+//! members ask for the membership; followers forward MemberPromote here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::Stream;
+use protobuf::Message as _;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Gateway;
+use crate::actors::messages::StepBatch;
+use crate::proto::metastorepb::peer_server::{Peer, PeerServer};
+use crate::proto::metastorepb::{
+    Membership, MembershipRequest, PromoteRequest, PromoteResponse, RaftAck, RaftBatch,
+    SnapshotAck, SnapshotChunk,
+};
+use crate::status::REMOVED;
+use crate::storage::image::ImageReader;
+
+/// The peer service.
+pub struct PeerService {
+    gw: Gateway,
+    incoming: PathBuf,
+    received: Arc<AtomicU64>,
+}
+
+impl PeerService {
+    /// A peer service; received snapshots go to `incoming`.
+    pub fn new(gw: Gateway, incoming: PathBuf) -> PeerService {
+        PeerService {
+            gw,
+            incoming,
+            received: Arc::default(),
+        }
+    }
+
+    fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
+        let mine = self.gw.status().cluster_id;
+        if cluster_id != mine {
+            tracing::error!(
+                theirs = format!("{cluster_id:x}"),
+                mine = format!("{mine:x}"),
+                "peer traffic from another cluster refused"
+            );
+            return Err(Status::failed_precondition(
+                "etcdserver: cluster ID mismatch",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Serves the peer service on `listener` until the process stops.
+pub async fn serve(gw: Gateway, listener: std::net::TcpListener, incoming: PathBuf) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "peer listener");
+            return;
+        }
+    };
+    let addr = listener.local_addr().ok();
+    let stream = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tracing::info!(?addr, "serving peers");
+    let svc = PeerServer::new(PeerService::new(gw, incoming))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    if let Err(e) = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(svc)
+        .serve_with_incoming(stream)
+        .await
+    {
+        tracing::error!(error = %e, "peer server stopped");
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type RaftStream = Pin<Box<dyn Stream<Item = Result<RaftAck, Status>> + Send>>;
+
+    async fn raft(
+        &self,
+        req: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<Self::RaftStream>, Status> {
+        let mut batches = req.into_inner();
+        let raft = self.gw.core().raft.clone();
+        let faults = self.gw.core().faults.clone();
+        let status = self.gw.core().status.clone();
+        let cluster_id = status.cluster_id;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // tonic runs handlers as plain tokio tasks (no LocalSet).
+        tokio::spawn(async move {
+            while let Ok(Some(batch)) = batches.message().await {
+                if batch.cluster_id != cluster_id {
+                    let _ = tx
+                        .send(Err(Status::failed_precondition(
+                            "etcdserver: cluster ID mismatch",
+                        )))
+                        .await;
+                    return;
+                }
+                if status.is_removed(batch.from) {
+                    // It may not know yet: it never applies its own removal
+                    // once the others stop replicating to it.
+                    let _ = tx.send(Err(Status::permission_denied(REMOVED))).await;
+                    return;
+                }
+                let count = batch.messages.len() as u64;
+                if !faults.isolated() {
+                    let mut msgs = Vec::with_capacity(batch.messages.len());
+                    for bytes in &batch.messages {
+                        match raft::eraftpb::Message::parse_from_bytes(bytes) {
+                            Ok(m) => msgs.push(m),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "undecodable raft message dropped")
+                            }
+                        }
+                    }
+                    // Waits while the Raft mailbox is full: backpressure on
+                    // the sender, whose next batch coalesces meanwhile.
+                    if raft.send(StepBatch(msgs)).await.is_err() {
+                        return;
+                    }
+                }
+                if tx.send(Ok(RaftAck { count })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        let mut chunks = req.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        self.check_cluster(first.cluster_id)?;
+        if self.gw.status().is_removed(first.from) {
+            return Err(Status::permission_denied(REMOVED));
+        }
+        if self.gw.core().faults.isolated() {
+            return Err(Status::unavailable("isolated by fault injection"));
+        }
+        let mut msg = raft::eraftpb::Message::parse_from_bytes(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;
+        let index = msg.get_snapshot().get_metadata().index;
+        let n = self.received.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .incoming
+            .join(format!("{index:016x}-{:x}-{n}.image", first.from));
+        let result = receive(&mut chunks, &path, first.data).await;
+        let size = match result {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(Status::data_loss(format!("snapshot {index}: {e}")));
+            }
+        };
+        tracing::info!(
+            from = format!("{:x}", first.from),
+            index,
+            bytes = size,
+            "snapshot received and checked"
+        );
+        // The snapshot's data names the checked file; the ApplyActor
+        // installs from it.
+        msg.mut_snapshot()
+            .set_data(path.to_string_lossy().into_owned().into_bytes().into());
+        self.gw
+            .core()
+            .raft
+            .send(StepBatch(vec![msg]))
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        Ok(Response::new(SnapshotAck {}))
+    }
+
+    async fn membership(
+        &self,
+        _: Request<MembershipRequest>,
+    ) -> Result<Response<Membership>, Status> {
+        let m = self.gw.members().await?;
+        Ok(Response::new(m.to_pb()))
+    }
+
+    async fn promote(
+        &self,
+        req: Request<PromoteRequest>,
+    ) -> Result<Response<PromoteResponse>, Status> {
+        let members = self.gw.promote_here(req.into_inner().member_id).await?;
+        Ok(Response::new(PromoteResponse { members }))
+    }
+}
+
+/// Writes the image chunks to `path`, fsyncs it and checks it whole
+/// (checksum and every record); returns its size.
+async fn receive(
+    chunks: &mut Streaming<SnapshotChunk>,
+    path: &std::path::Path,
+    first_data: Vec<u8>,
+) -> Result<u64, String> {
+    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut size = first_data.len() as u64;
+    out.write_all(&first_data).map_err(|e| e.to_string())?;
+    while let Some(chunk) = chunks.message().await.map_err(|s| s.message().to_owned())? {
+        size += chunk.data.len() as u64;
+        // Page-cache writes of one chunk: short; the fsync and the check
+        // below run on a blocking thread.
+        out.write_all(&chunk.data).map_err(|e| e.to_string())?;
+    }
+    let file = out.into_inner().map_err(|e| e.error().to_string())?;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        file.sync_all().map_err(|e| e.to_string())?;
+        let reader =
+            std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| e.to_string())?);
+        let (_, mut r) = ImageReader::new(reader).map_err(|e| e.to_string())?;
+        while r.next_raw().map_err(|e| e.to_string())?.is_some() {}
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    Ok(size)
+}

@@ -1,0 +1,664 @@
+//! Clusters of 3 and 5 real members on loopback, on both engines: replication,
+//! any member serving, failover under load (kill -9), a follower catching up
+//! through a snapshot, a member cut off by the transport's fault switch
+//! (CheckQuorum, PreVote), membership changes under load. After every fault,
+//! every member holds the same keys, values and revisions.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::harness::{etcdctl_at, http_get, status_of, Cluster, Engine, Kind, Server};
+
+/// (key → (value, create_revision, mod_revision, version), header revision)
+type State = (BTreeMap<String, (String, i64, i64, i64)>, i64);
+
+/// Everything a member holds, read locally (serializable).
+fn state_of(endpoint: &str) -> Option<State> {
+    let out = etcdctl_at(
+        endpoint,
+        &[
+            "get",
+            "",
+            "--from-key",
+            "-w",
+            "json",
+            "--consistency=s",
+            "--command-timeout=5s",
+        ],
+    );
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let b64 = |s: &serde_json::Value| -> String { base64_decode(s.as_str().unwrap_or("")) };
+    let mut kvs = BTreeMap::new();
+    for kv in v
+        .get("kvs")
+        .and_then(|k| k.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let num = |f: &str| kv.get(f).and_then(|x| x.as_i64()).unwrap_or(0);
+        kvs.insert(
+            b64(&kv["key"]),
+            (
+                b64(kv.get("value").unwrap_or(&serde_json::Value::Null)),
+                num("create_revision"),
+                num("mod_revision"),
+                num("version"),
+            ),
+        );
+    }
+    let rev = v["header"]["revision"].as_i64()?;
+    Some((kvs, rev))
+}
+
+/// Standard base64 (etcdctl's JSON) to a string.
+fn base64_decode(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let Some(v) = T.iter().position(|&t| t == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits until every running member holds the same state; returns it.
+/// Also checks revisions are gap-free: every revision from 2 to the head
+/// is some key's mod_revision or a deleted one's (with no deletes here,
+/// exactly the keys' mod revisions).
+fn assert_converged(c: &mut Cluster, within: Duration) -> State {
+    let deadline = Instant::now() + within;
+    loop {
+        let endpoints = c.endpoints();
+        let states: Vec<Option<State>> = endpoints.iter().map(|e| state_of(e)).collect();
+        if let Some(first) = &states[0] {
+            if states.iter().all(|s| s.as_ref() == Some(first)) {
+                return first.clone();
+            }
+        }
+        if Instant::now() > deadline {
+            let summary: Vec<String> = states
+                .iter()
+                .zip(&endpoints)
+                .map(|(s, e)| match s {
+                    Some((kvs, rev)) => format!("{e}: {} keys at revision {rev}", kvs.len()),
+                    None => format!("{e}: no answer"),
+                })
+                .collect();
+            panic!("members did not converge: {summary:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assert_gap_free(state: &State) {
+    let mut revs: Vec<i64> = state.0.values().map(|v| v.2).collect();
+    revs.sort_unstable();
+    let expect: Vec<i64> = (2..=state.1).collect();
+    assert_eq!(
+        revs, expect,
+        "revisions are not exactly 2..={} (one put each)",
+        state.1
+    );
+}
+
+/// Acknowledged puts: key → (value, revision).
+type Acked = Arc<Mutex<BTreeMap<String, (String, i64)>>>;
+
+/// `clients` writers, each on its own connection to one member (spread
+/// over `endpoints`), putting new keys until `stop`; a failed put is
+/// retried on the next member. Returns their tasks.
+fn start_load(
+    endpoints: Vec<String>,
+    clients: usize,
+    prefix: &str,
+    acked: Acked,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    (0..clients)
+        .map(|c| {
+            let endpoints = endpoints.clone();
+            let acked = acked.clone();
+            let stop = stop.clone();
+            let prefix = prefix.to_owned();
+            tokio::spawn(async move {
+                let mut n = 0;
+                let mut target = c;
+                let mut client: Option<etcd_client::Client> = None;
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if client.is_none() {
+                        let ep = endpoints[target % endpoints.len()].clone();
+                        let opts = etcd_client::ConnectOptions::new()
+                            .with_connect_timeout(Duration::from_millis(500))
+                            .with_timeout(Duration::from_secs(3));
+                        client = etcd_client::Client::connect([ep], Some(opts)).await.ok();
+                        if client.is_none() {
+                            target += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                    let key = format!("{prefix}/c{c:02}/k{i:06}");
+                    let value = format!("v{c}-{i}");
+                    i += 1;
+                    match client
+                        .as_mut()
+                        .unwrap()
+                        .put(key.clone(), value.clone(), None)
+                        .await
+                    {
+                        Ok(resp) => {
+                            let rev = resp.header().map_or(0, |h| h.revision());
+                            acked.lock().insert(key, (value, rev));
+                            n += 1;
+                        }
+                        Err(_) => {
+                            // Not acknowledged: may or may not be applied.
+                            client = None;
+                            target += 1;
+                        }
+                    }
+                }
+                n
+            })
+        })
+        .collect()
+}
+
+async fn stop_load(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<usize>>) -> usize {
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total
+}
+
+/// Every acknowledged put is in `state` with the value and revision it was
+/// acknowledged with.
+fn assert_acked_present(state: &State, acked: &Acked) {
+    let acked = acked.lock();
+    for (key, (value, rev)) in acked.iter() {
+        let Some((v, _, mod_rev, _)) = state.0.get(key) else {
+            panic!("acknowledged put of {key} (revision {rev}) is lost");
+        };
+        assert_eq!(v, value, "{key}");
+        assert_eq!(mod_rev, rev, "{key}: another revision than acknowledged");
+    }
+}
+
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    tokio::task::spawn_blocking(f)
+}
+
+async fn three_members_replicate_and_any_member_serves(engine: Engine) {
+    let mut c = blocking(move || Cluster::start(3, engine, &[]))
+        .await
+        .unwrap();
+    let eps = c.endpoints();
+    for (i, ep) in eps.iter().enumerate() {
+        let out = etcdctl_at(ep, &["put", &format!("k{i}"), &format!("from-{i}")]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n", "{ep}");
+    }
+    // Linearizable reads on every member see every write.
+    for ep in &eps {
+        for i in 0..3 {
+            let out = etcdctl_at(ep, &["get", &format!("k{i}"), "--print-value-only"]);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("from-{i}\n"),
+                "{ep}"
+            );
+        }
+    }
+    let state = blocking(move || {
+        let s = assert_converged(&mut c, Duration::from_secs(10));
+        (s, c)
+    })
+    .await
+    .unwrap();
+    let (state, mut c) = state;
+    assert_gap_free(&state);
+    // Every member publishes itself: the same member list everywhere.
+    let lists: Vec<String> = c
+        .endpoints()
+        .iter()
+        .map(|ep| String::from_utf8_lossy(&etcdctl_at(ep, &["member", "list"]).stdout).into_owned())
+        .collect();
+    assert!(lists.iter().all(|l| *l == lists[0]), "{lists:?}");
+    for m in &c.members {
+        let line = format!(
+            ", started, {}, {}, http://127.0.0.1:{}, false",
+            m.name,
+            m.peer_url(),
+            m.port
+        );
+        assert!(lists[0].contains(&line), "{line} not in {}", lists[0]);
+    }
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let (_, body) = http_get(c.members[leader].port, "/metrics").unwrap();
+    assert!(body.contains("etcd_server_is_leader 1"), "{body}");
+}
+
+async fn kill9_the_leader_under_load_loses_no_acknowledged_write(engine: Engine) {
+    let mut c = blocking(move || Cluster::start(3, engine, &[]))
+        .await
+        .unwrap();
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = start_load(c.endpoints(), 16, "kill", acked.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (leader, mut c) = blocking(move || (c.wait_leader(Duration::from_secs(5)), c))
+        .await
+        .unwrap();
+    let old_term = status_of(&c.members[leader].endpoint()).unwrap().2;
+    let before = acked.lock().len();
+    c.members[leader].kill9();
+    let killed = Instant::now();
+    let (new_leader, mut c) = blocking(move || (c.wait_leader(Duration::from_secs(10)), c))
+        .await
+        .unwrap();
+    let took = killed.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(took < Duration::from_secs(3), "new leader after {took:?}");
+    let new_term = status_of(&c.members[new_leader].endpoint()).unwrap().2;
+    assert!(new_term > old_term);
+    // The load goes on against the survivors.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let total = stop_load(&stop, tasks).await;
+    let after = acked.lock().len();
+    assert!(after > before, "no write acknowledged after the failover");
+    eprintln!("{total} puts acknowledged; leader re-elected in {took:?}");
+    let state = blocking(move || {
+        c.members[leader].restart();
+        assert_converged(&mut c, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_acked_present(&state, &acked);
+    assert_gap_free(&state);
+}
+
+async fn a_follower_down_past_compaction_catches_up_through_a_snapshot(engine: Engine) {
+    let flags = [
+        "--snapshot-count",
+        "200",
+        "--snapshot-catchup-entries",
+        "50",
+    ];
+    let mut c = blocking(move || Cluster::start(3, engine, &flags))
+        .await
+        .unwrap();
+    let (leader, mut c) = blocking(move || (c.wait_leader(Duration::from_secs(5)), c))
+        .await
+        .unwrap();
+    let follower = (leader + 1) % 3;
+    c.members[follower].kill9();
+    let ep = c.members[leader].endpoint();
+    let mut client = etcd_client::Client::connect([ep], None).await.unwrap();
+    for i in 0..1200 {
+        client
+            .put(format!("snap/k{i:05}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    client.delete("snap/k00000", None).await.unwrap();
+    client.compact(1000, None).await.unwrap();
+    let (state, c) = blocking(move || {
+        c.members[follower].restart();
+        let s = assert_converged(&mut c, Duration::from_secs(30));
+        (s, c)
+    })
+    .await
+    .unwrap();
+    assert_eq!(state.0.len(), 1199);
+    let log = c.members[follower].log();
+    assert!(
+        log.contains("installing a snapshot from the leader"),
+        "the follower caught up without a snapshot:\n{}",
+        c.members[follower].log_tail_pub()
+    );
+    // Compacted history is compacted on the follower too.
+    let out = etcdctl_at(
+        &c.members[follower].endpoint(),
+        &["get", "snap/k00001", "--rev=500", "--consistency=s"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("compacted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn fault(port: u16, what: &str) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "POST /debug/fault/{what} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    assert!(buf.contains(what.trim_end_matches('e')), "{buf}");
+}
+
+fn a_cut_off_leader_steps_down_and_healing_causes_no_election(engine: Engine) {
+    let mut c = Cluster::start(3, engine, &["--experimental-fault-injection"]);
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let cut = c.members[leader].endpoint();
+    let (_, _, term0) = status_of(&cut).unwrap();
+    fault(c.members[leader].port, "isolate");
+    let isolated = Instant::now();
+    // CheckQuorum: the cut-off leader steps down within two election timeouts.
+    loop {
+        let (id, lead, _) = status_of(&cut).unwrap();
+        if lead != id {
+            break;
+        }
+        assert!(
+            isolated.elapsed() < Duration::from_secs(2) + Duration::from_millis(500),
+            "the cut-off leader still leads after {:?}",
+            isolated.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("stepped down after {:?}", isolated.elapsed());
+    // The others elect a new leader.
+    let others: Vec<String> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| c.members[i].endpoint())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (new_leader, new_term) = loop {
+        let s: Vec<_> = others.iter().filter_map(|e| status_of(e)).collect();
+        if s.len() == 2 && s[0].1 != 0 && s[0].1 == s[1].1 {
+            break (s[0].1, s[0].2);
+        }
+        assert!(Instant::now() < deadline, "no new leader: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = etcdctl_at(&others[0], &["put", "during", "cut"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // PreVote: the cut-off member campaigns without raising its term.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, _, cut_term) = status_of(&cut).unwrap();
+    assert_eq!(cut_term, term0, "the cut-off member's term grew");
+    fault(c.members[leader].port, "heal");
+    std::thread::sleep(Duration::from_secs(3));
+    for ep in others.iter().chain(std::iter::once(&cut)) {
+        let (_, lead, term) = status_of(ep).unwrap();
+        assert_eq!(
+            (lead, term),
+            (new_leader, new_term),
+            "{ep}: healing caused an election"
+        );
+    }
+    let state = assert_converged(&mut c, Duration::from_secs(10));
+    assert_eq!(state.0.get("during").map(|v| v.0.as_str()), Some("cut"));
+}
+
+async fn five_members_serve_with_two_down(engine: Engine) {
+    let mut c = blocking(move || Cluster::start(5, engine, &[]))
+        .await
+        .unwrap();
+    let (leader, mut c) = blocking(move || (c.wait_leader(Duration::from_secs(5)), c))
+        .await
+        .unwrap();
+    // The leader and one follower go down.
+    let down = [leader, (leader + 1) % 5];
+    for &i in &down {
+        c.members[i].kill9();
+    }
+    let up: Vec<String> = (0..5)
+        .filter(|i| !down.contains(i))
+        .map(|i| c.members[i].endpoint())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = etcdctl_at(&up[0], &["put", "five", "still", "--command-timeout=2s"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no writes with 3 of 5 up");
+    }
+    for ep in &up {
+        let out = etcdctl_at(ep, &["get", "five", "--print-value-only"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "still\n", "{ep}");
+    }
+    let mut client = etcd_client::Client::connect(up.clone(), None)
+        .await
+        .unwrap();
+    for i in 0..100 {
+        client.put(format!("f{i:03}"), "x", None).await.unwrap();
+    }
+    blocking(move || {
+        for &i in &down {
+            c.members[i].restart();
+        }
+        let state = assert_converged(&mut c, Duration::from_secs(20));
+        assert_gap_free(&state);
+        assert_eq!(state.0.len(), 101);
+    })
+    .await
+    .unwrap();
+}
+
+/// etcdctl, retried while it fails with `transient` (e.g. etcd's strict
+/// reconfiguration check wants peers connected for 5 s), up to 15 s.
+fn etcdctl_retry(ep: &str, args: &[&str], transient: &str) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = etcdctl_at(ep, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains(transient) || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+const NOT_ENOUGH_STARTED: &str = "not enough started members";
+
+fn member_add(ep: &str, name: &str, peer: &str, learner: bool) -> String {
+    let mut args = vec!["member", "add", name, "--peer-urls", peer];
+    if learner {
+        args.push("--learner");
+    }
+    // etcd refuses a voter while some voter connected less than 5 s ago.
+    let out = etcdctl_retry(ep, &args, "unhealthy cluster");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn member_id_of(list: &str, name: &str) -> String {
+    list.lines()
+        .find(|l| l.contains(&format!(", {name}, ")))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_else(|| panic!("{name} not in {list}"))
+        .to_owned()
+}
+
+/// Starts a member that `etcdctl member add` added: the environment it
+/// printed, as etcd's docs start one.
+fn start_added(kind: Kind, name: &str, added: &str, peer_port: u16) -> Server {
+    let mut s = Server::unstarted(kind, name, &[]);
+    s.peer_port = peer_port;
+    let env = |k: &str| {
+        added
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=\"")))
+            .map(|v| v.trim_end_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("{k} not printed: {added}"))
+    };
+    assert_eq!(env("ETCD_NAME"), name);
+    assert_eq!(env("ETCD_INITIAL_CLUSTER_STATE"), "existing");
+    s.initial_cluster = Some(env("ETCD_INITIAL_CLUSTER"));
+    s.cluster_state = "existing".into();
+    s.launch();
+    s.wait_started();
+    s
+}
+
+async fn members_are_added_promoted_removed_and_replaced_under_load(engine: Engine) {
+    // The new member runs the other engine: engines mix in one cluster.
+    let c = blocking(move || Cluster::start(3, engine, &[]))
+        .await
+        .unwrap();
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut c = c;
+    let eps = c.endpoints();
+    let tasks = start_load(eps.clone(), 8, "member", acked.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ep0 = eps[0].clone();
+    let c = blocking(move || {
+        // Add a learner, start it, promote it.
+        let peer_port = crate::harness::free_port();
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let added = member_add(&ep0, "m4", &peer, true);
+        assert!(added.contains("added to cluster"), "{added}");
+        let m4 = start_added(Kind::MetaStore(engine.other()), "m4", &added, peer_port);
+        let list =
+            String::from_utf8_lossy(&etcdctl_at(&ep0, &["member", "list"]).stdout).into_owned();
+        let id4 = member_id_of(&list, "m4");
+        assert!(
+            list.contains(&format!(
+                "{id4}, started, m4, {peer}, http://127.0.0.1:{}, true",
+                m4.port
+            )),
+            "{list}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = etcdctl_at(&ep0, &["member", "promote", &id4]);
+            if out.status.success() {
+                assert!(String::from_utf8_lossy(&out.stdout).contains("promoted"));
+                break;
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(err.contains("in sync with leader"), "{err}");
+            assert!(Instant::now() < deadline, "learner never caught up: {err}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c.members.push(m4);
+        // Replace m2: remove it, add m5 in its place.
+        let list =
+            String::from_utf8_lossy(&etcdctl_at(&ep0, &["member", "list"]).stdout).into_owned();
+        let id2 = member_id_of(&list, "m2");
+        let out = etcdctl_retry(&ep0, &["member", "remove", &id2], NOT_ENOUGH_STARTED);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A removed member stops by itself.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.members[1].is_running() {
+            assert!(
+                Instant::now() < deadline,
+                "the removed member kept running:\n{}",
+                c.members[1].log_tail_pub()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let peer_port = crate::harness::free_port();
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let added = member_add(&ep0, "m5", &peer, false);
+        let m5 = start_added(Kind::MetaStore(engine), "m5", &added, peer_port);
+        c.members.push(m5);
+        c
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = stop_load(&stop, tasks).await;
+    eprintln!("{total} puts acknowledged during the membership changes");
+    let mut c = c;
+    blocking(move || {
+        let state = assert_converged(&mut c, Duration::from_secs(30));
+        assert_acked_present(&state, &acked);
+        assert_gap_free(&state);
+        let list = String::from_utf8_lossy(
+            &etcdctl_at(&c.members[0].endpoint(), &["member", "list"]).stdout,
+        )
+        .into_owned();
+        assert_eq!(list.lines().count(), 4, "{list}");
+        assert!(!list.contains(", m2, "), "{list}");
+        assert!(!list.contains("true"), "no learner left: {list}");
+    })
+    .await
+    .unwrap();
+}
+
+fn removing_the_leader_hands_leadership_over(engine: Engine) {
+    let mut c = Cluster::start(3, engine, &[]);
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let ep = c.members[leader].endpoint();
+    let (id, _, _) = status_of(&ep).unwrap();
+    let out = etcdctl_retry(
+        &ep,
+        &["member", "remove", &format!("{id:x}")],
+        NOT_ENOUGH_STARTED,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.members[leader].is_running() {
+        assert!(Instant::now() < deadline, "the removed leader kept running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new_leader = c.wait_leader(Duration::from_secs(5));
+    assert_ne!(new_leader, leader);
+    let out = etcdctl_at(
+        &c.members[new_leader].endpoint(),
+        &["put", "after", "removal"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8_lossy(
+        &etcdctl_at(&c.members[new_leader].endpoint(), &["member", "list"]).stdout,
+    )
+    .into_owned();
+    assert_eq!(list.lines().count(), 2, "{list}");
+}
+
+engine_tests!(async: three_members_replicate_and_any_member_serves,
+    kill9_the_leader_under_load_loses_no_acknowledged_write,
+    a_follower_down_past_compaction_catches_up_through_a_snapshot,
+    five_members_serve_with_two_down,
+    members_are_added_promoted_removed_and_replaced_under_load);
+engine_tests!(sync: a_cut_off_leader_steps_down_and_healing_causes_no_election,
+    removing_the_leader_hands_leadership_over);

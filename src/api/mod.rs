@@ -2,6 +2,7 @@
 //! (`/metrics`, `/health`, `/version`). Handlers validate, then hand work to the
 //! actors through [`Gateway`]; they hold no state of their own.
 
+pub mod authority;
 pub mod cluster;
 pub mod http;
 pub mod kv;
@@ -367,7 +368,6 @@ pub async fn serve(
     use crate::proto::etcdserverpb::{
         cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
     };
-    use axum::serve::ListenerExt;
 
     let gw = Gateway::new(&cfg, core);
     let incoming = cfg.data_dir.join(crate::server::INCOMING);
@@ -390,12 +390,11 @@ pub async fn serve(
     .into_axum_router()
     .layer(axum::middleware::map_response(etcd_size_status));
     let app = grpc.merge(http::router(gw, cfg.fault_injection));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+    let listener = authority::Listener(
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+    );
     tracing::info!(%addr, "serving clients (gRPC and HTTP)");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

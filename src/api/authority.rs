@@ -1,0 +1,493 @@
+//! etcd's Go clients send a URL as the HTTP/2 `:authority` of some calls:
+//! `etcdctl endpoint status` and `endpoint health` (and every `--cluster`
+//! variant, which dials the members' client URLs) send
+//! `:authority: http://127.0.0.1:2379`. Go's HTTP/2 server takes any
+//! authority; hyper's refuses the stream (RST_STREAM PROTOCOL_ERROR) before
+//! any handler runs. This wrapper of the client connection fixes that one
+//! header on the way in, so those commands get etcd's answers.
+//!
+//! How: it watches the first header block of an HTTP/2 connection (a gRPC
+//! client keeps one authority per connection). If that authority is fine,
+//! the connection is passed through untouched from then on, at no cost.
+//! Otherwise every header block of the connection is decoded (keeping the
+//! client's HPACK dynamic table), the scheme is stripped from the
+//! authority, and the block is re-encoded with literals that never touch
+//! the server's dynamic table, so both sides' HPACK state stays consistent.
+//! HTTP/1.1 connections (`/metrics`, `/health`) are passed through.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// The server's SETTINGS_MAX_FRAME_SIZE (HTTP/2's default, hyper's too).
+const MAX_FRAME: usize = 16_384;
+/// A header block larger than this is refused (no client sends one).
+const MAX_BLOCK: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Waiting for the connection preface.
+    Preface,
+    /// HTTP/2, before the first header block.
+    Deciding,
+    /// Every header block is rewritten.
+    Rewrite,
+    /// Untouched from here on.
+    Pass,
+}
+
+/// A header block being collected (HEADERS, then CONTINUATION frames).
+struct Block {
+    flags: u8,
+    stream: u32,
+    priority: Option<[u8; 5]>,
+    fragment: Vec<u8>,
+    /// The original frames, forwarded as they are if no rewrite is needed.
+    raw: Vec<u8>,
+}
+
+/// A client connection with the `:authority` fix.
+pub struct FixAuthority<S> {
+    inner: S,
+    mode: Mode,
+    /// Bytes read from the socket and not yet processed.
+    input: Vec<u8>,
+    /// Processed bytes, ready for the server.
+    output: Vec<u8>,
+    /// How much of `output` the server has read.
+    taken: usize,
+    block: Option<Block>,
+    decoder: hpack::Decoder<'static>,
+}
+
+impl<S> FixAuthority<S> {
+    /// Wraps an accepted connection.
+    pub fn new(inner: S) -> FixAuthority<S> {
+        FixAuthority {
+            inner,
+            mode: Mode::Preface,
+            input: Vec::new(),
+            output: Vec::new(),
+            taken: 0,
+            block: None,
+            decoder: hpack::Decoder::new(),
+        }
+    }
+
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Moves what can be decided from `input` to `output`.
+    fn process(&mut self) -> io::Result<()> {
+        loop {
+            match self.mode {
+                Mode::Pass => {
+                    self.output.append(&mut self.input);
+                    return Ok(());
+                }
+                Mode::Preface => {
+                    let n = self.input.len().min(PREFACE.len());
+                    if self.input[..n] != PREFACE[..n] {
+                        self.mode = Mode::Pass; // HTTP/1.1
+                        continue;
+                    }
+                    if n < PREFACE.len() {
+                        return Ok(());
+                    }
+                    self.output.extend(self.input.drain(..PREFACE.len()));
+                    self.mode = Mode::Deciding;
+                }
+                Mode::Deciding | Mode::Rewrite => {
+                    if !self.frame()? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one whole frame from `input`; false if there is none yet.
+    fn frame(&mut self) -> io::Result<bool> {
+        if self.input.len() < FRAME_HEADER {
+            return Ok(false);
+        }
+        let len = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]) as usize;
+        if self.input.len() < FRAME_HEADER + len {
+            return Ok(false);
+        }
+        let kind = self.input[3];
+        let flags = self.input[4];
+        let stream =
+            u32::from_be_bytes([self.input[5], self.input[6], self.input[7], self.input[8]])
+                & 0x7fff_ffff;
+        let frame: Vec<u8> = self.input.drain(..FRAME_HEADER + len).collect();
+        let payload = &frame[FRAME_HEADER..];
+        match (kind, self.block.as_mut()) {
+            (HEADERS, None) => {
+                let mut body = payload;
+                let mut pad = 0;
+                if flags & PADDED != 0 {
+                    pad = *body.first().ok_or_else(|| bad("empty padded frame"))? as usize;
+                    body = &body[1..];
+                }
+                let mut priority = None;
+                if flags & PRIORITY != 0 {
+                    let p: [u8; 5] = body
+                        .get(..5)
+                        .and_then(|p| p.try_into().ok())
+                        .ok_or_else(|| bad("short priority"))?;
+                    priority = Some(p);
+                    body = &body[5..];
+                }
+                let end = body
+                    .len()
+                    .checked_sub(pad)
+                    .ok_or_else(|| bad("bad padding"))?;
+                self.block = Some(Block {
+                    flags,
+                    stream,
+                    priority,
+                    fragment: body[..end].to_vec(),
+                    raw: frame.clone(),
+                });
+            }
+            (CONTINUATION, Some(block)) if block.stream == stream => {
+                block.fragment.extend_from_slice(payload);
+                block.raw.extend_from_slice(&frame);
+                block.flags |= flags & END_HEADERS;
+            }
+            (_, Some(_)) => return Err(bad("frame inside a header block")),
+            (_, None) => {
+                self.output.extend_from_slice(&frame);
+                return Ok(true);
+            }
+        }
+        let done = self
+            .block
+            .as_ref()
+            .is_some_and(|b| b.flags & END_HEADERS != 0);
+        if self
+            .block
+            .as_ref()
+            .is_some_and(|b| b.fragment.len() > MAX_BLOCK)
+        {
+            return Err(bad("header block too large"));
+        }
+        if done {
+            let block = self.block.take().expect("checked above");
+            self.finish(block)?;
+        }
+        Ok(true)
+    }
+
+    /// A whole header block: decide, forward, or rewrite.
+    fn finish(&mut self, block: Block) -> io::Result<()> {
+        let headers = self
+            .decoder
+            .decode(&block.fragment)
+            .map_err(|e| bad(&format!("hpack: {e:?}")))?;
+        let needs_fix = headers
+            .iter()
+            .any(|(n, v)| n == b":authority" && fixed(v).is_some());
+        if self.mode == Mode::Deciding && !needs_fix {
+            self.output.extend_from_slice(&block.raw);
+            self.mode = Mode::Pass;
+            return Ok(());
+        }
+        self.mode = Mode::Rewrite;
+        let mut encoded = Vec::with_capacity(block.fragment.len() + 64);
+        for (name, value) in &headers {
+            let value = match (name.as_slice(), fixed(value)) {
+                (b":authority", Some(v)) => v,
+                _ => value.as_slice(),
+            };
+            literal(&mut encoded, name, value);
+        }
+        let mut first = Vec::new();
+        if let Some(p) = block.priority {
+            first.extend_from_slice(&p);
+        }
+        let room = MAX_FRAME - first.len();
+        let (head, mut rest) = encoded.split_at(encoded.len().min(room));
+        first.extend_from_slice(head);
+        let keep = block.flags & (END_STREAM | PRIORITY);
+        let last = rest.is_empty();
+        self.push_frame(
+            HEADERS,
+            keep | if last { END_HEADERS } else { 0 },
+            block.stream,
+            &first,
+        );
+        while !rest.is_empty() {
+            let (chunk, more) = rest.split_at(rest.len().min(MAX_FRAME));
+            rest = more;
+            let flags = if rest.is_empty() { END_HEADERS } else { 0 };
+            self.push_frame(CONTINUATION, flags, block.stream, chunk);
+        }
+        Ok(())
+    }
+
+    fn push_frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = payload.len() as u32;
+        self.output.extend_from_slice(&len.to_be_bytes()[1..]);
+        self.output.push(kind);
+        self.output.push(flags);
+        self.output.extend_from_slice(&stream.to_be_bytes());
+        self.output.extend_from_slice(payload);
+    }
+}
+
+/// The authority without a scheme, if it has one.
+fn fixed(authority: &[u8]) -> Option<&[u8]> {
+    let s = std::str::from_utf8(authority).ok()?;
+    let (_, rest) = s.split_once("://")?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    Some(&authority[authority.len() - rest.len()..][..host.len()])
+}
+
+/// HPACK "literal header field without indexing, new name", raw strings.
+fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    string(out, name);
+    string(out, value);
+}
+
+/// An HPACK string: 7-bit prefix length (Huffman bit clear), then bytes.
+fn string(out: &mut Vec<u8>, s: &[u8]) {
+    let mut n = s.len();
+    if n < 127 {
+        out.push(n as u8);
+    } else {
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
+    out.extend_from_slice(s);
+}
+
+fn bad(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("http/2: {why}"))
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        loop {
+            if me.taken < me.output.len() {
+                let n = (me.output.len() - me.taken).min(buf.remaining());
+                buf.put_slice(&me.output[me.taken..me.taken + n]);
+                me.taken += n;
+                if me.taken == me.output.len() {
+                    me.output.clear();
+                    me.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if me.mode == Mode::Pass && me.input.is_empty() {
+                // The fast path: straight through.
+                return Pin::new(&mut me.inner).poll_read(cx, buf);
+            }
+            let mut chunk = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut me.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let got = rb.filled();
+                    if got.is_empty() {
+                        // End of stream: hand over whatever is left as is.
+                        me.output.append(&mut me.input);
+                        if me.output.is_empty() {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                    me.input.extend_from_slice(got);
+                    me.process()?;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FixAuthority<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The client listener, handing out fixed connections (TCP_NODELAY on).
+pub struct Listener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for Listener {
+    type Io = FixAuthority<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = tcp.set_nodelay(true);
+        (FixAuthority::new(tcp), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.push(kind);
+        f.push(flags);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn block(enc: &mut hpack::Encoder<'_>, authority: &str) -> Vec<u8> {
+        enc.encode(vec![
+            (&b":method"[..], &b"POST"[..]),
+            (b":authority", authority.as_bytes()),
+            (b":path", b"/etcdserverpb.KV/Range"),
+        ])
+    }
+
+    /// Runs bytes through the wrapper as the server would read them, in
+    /// small pieces.
+    fn through(input: &[u8]) -> Vec<u8> {
+        let mut f = FixAuthority::new(());
+        let mut out = Vec::new();
+        for piece in input.chunks(7) {
+            f.input.extend_from_slice(piece);
+            f.process().unwrap();
+            out.append(&mut f.output);
+        }
+        out
+    }
+
+    /// The header blocks the server sees, decoded with one decoder per
+    /// connection, as h2 does.
+    fn server_sees(bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut at = PREFACE.len();
+        assert_eq!(&bytes[..at], PREFACE);
+        let mut dec = hpack::Decoder::new();
+        let mut out = Vec::new();
+        let mut fragment = Vec::new();
+        while at < bytes.len() {
+            let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+            let (kind, flags) = (bytes[at + 3], bytes[at + 4]);
+            let payload = &bytes[at + 9..at + 9 + len];
+            if kind == HEADERS || kind == CONTINUATION {
+                fragment.extend_from_slice(payload);
+                if flags & END_HEADERS != 0 {
+                    out.push(dec.decode(&fragment).unwrap());
+                    fragment.clear();
+                }
+            }
+            at += 9 + len;
+        }
+        out
+    }
+
+    fn authorities(blocks: &[Vec<(Vec<u8>, Vec<u8>)>]) -> Vec<String> {
+        blocks
+            .iter()
+            .map(|h| {
+                let a = &h.iter().find(|(n, _)| n == b":authority").unwrap().1;
+                String::from_utf8(a.clone()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_url_authority_is_fixed_on_every_request_of_the_connection() {
+        let mut enc = hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        for stream in [1, 3, 5] {
+            // The encoder indexes the authority: later blocks refer to it.
+            let b = block(&mut enc, "http://127.0.0.1:2379");
+            input.extend(frame(HEADERS, END_HEADERS, stream, &b));
+            input.extend(frame(0x0, END_STREAM, stream, b"\0\0\0\0\0"));
+        }
+        let out = through(&input);
+        let seen = server_sees(&out);
+        assert_eq!(authorities(&seen), vec!["127.0.0.1:2379"; 3]);
+        assert_eq!(seen[2][2].1, b"/etcdserverpb.KV/Range");
+    }
+
+    #[test]
+    fn a_good_connection_passes_untouched_and_http1_too() {
+        let mut enc = hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        for stream in [1, 3] {
+            let b = block(&mut enc, "127.0.0.1:2379");
+            input.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &b));
+        }
+        assert_eq!(through(&input), input);
+        let get = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        assert_eq!(through(&get), get);
+    }
+
+    #[test]
+    fn continuation_and_padding_are_reassembled() {
+        let mut enc = hpack::Encoder::new();
+        let b = block(&mut enc, "https://10.0.0.1:2379/");
+        let (a, c) = b.split_at(b.len() / 2);
+        let mut padded = vec![3u8];
+        padded.extend_from_slice(a);
+        padded.extend_from_slice(&[0, 0, 0]);
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, PADDED, 1, &padded));
+        input.extend(frame(CONTINUATION, END_HEADERS, 1, c));
+        let seen = server_sees(&through(&input));
+        assert_eq!(authorities(&seen), vec!["10.0.0.1:2379"]);
+    }
+}

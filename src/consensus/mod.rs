@@ -12,6 +12,8 @@
 //! - Linearizable reads that arrive in one turn share ONE `read_index` call, with
 //!   a context never used before.
 
+#[cfg(test)]
+pub mod network;
 pub mod node;
 
 pub use node::{Node, Persist, Turn};

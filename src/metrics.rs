@@ -66,6 +66,10 @@ pub struct Metrics {
     pub raft_inflight_messages: Gauge,
     /// Times messages to a peer were dropped (queue full or stream down).
     pub peer_dropped_messages: Counter,
+    /// Time between two ticks handled by the RaftActor.
+    pub tick_interval_seconds: Histogram,
+    /// The longest a tick was late (beyond its interval) since start, in ms.
+    pub tick_delay_max_ms: Gauge,
     /// Bytes held by the MVCC store.
     pub db_total_size: Gauge,
     /// Current MVCC revision.
@@ -104,6 +108,8 @@ impl Metrics {
             wal_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             raft_inflight_messages: Gauge::default(),
             peer_dropped_messages: Counter::default(),
+            tick_interval_seconds: Histogram::new(exponential_buckets(0.05, 1.5, 12)),
+            tick_delay_max_ms: Gauge::default(),
             db_total_size: Gauge::default(),
             mvcc_revision: Gauge::default(),
             keys_total: Gauge::default(),
@@ -191,6 +197,16 @@ impl Metrics {
             "metastore_peer_dropped_messages",
             "Times Raft messages to a peer were dropped (queue full or stream down)",
             m.peer_dropped_messages.clone(),
+        );
+        registry.register(
+            "metastore_raft_tick_interval_seconds",
+            "Time between two ticks handled by Raft (nominally raft.tick-ms)",
+            m.tick_interval_seconds.clone(),
+        );
+        registry.register(
+            "metastore_raft_tick_delay_max_ms",
+            "Longest a Raft tick was late since start (a late tick delays heartbeats)",
+            m.tick_delay_max_ms.clone(),
         );
         registry.register(
             "etcd_mvcc_db_total_size_in_bytes",

@@ -220,6 +220,15 @@ pub fn plan_new(cfg: &Config) -> Result<Bootstrap, crate::error::ConfigError> {
 /// Asks the members listed in `--initial-cluster` (other than this one)
 /// for the cluster as they know it; the first answer counts.
 pub fn discover(cfg: &Config) -> Result<metastorepb::Membership, String> {
+    discover_rounds(cfg, 3)
+}
+
+/// [`discover`], one round only.
+fn discover_once(cfg: &Config) -> Result<metastorepb::Membership, String> {
+    discover_rounds(cfg, 1)
+}
+
+fn discover_rounds(cfg: &Config, rounds: usize) -> Result<metastorepb::Membership, String> {
     let initial = cfg.initial_members().map_err(|e| e.to_string())?;
     let mine = cfg.advertise_peer_list();
     let urls: Vec<String> = initial
@@ -234,14 +243,16 @@ pub fn discover(cfg: &Config) -> Result<metastorepb::Membership, String> {
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
         let mut errors = Vec::new();
-        for _ in 0..3 {
+        for round in 0..rounds {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             for url in &urls {
                 match ask_membership(url).await {
                     Ok(m) => return Ok(m),
                     Err(e) => errors.push(format!("{url}: {e}")),
                 }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Err(format!(
             "no member of --initial-cluster answered: {}",
@@ -637,6 +648,7 @@ pub fn start_core(
         Ticker::new(raft.clone(), tick).start();
         let settings = RaftSettings {
             snapshot_catchup_entries: settings_catchup,
+            tick,
             peers: peers(raft.clone(), apply_for_raft.clone()),
         };
         ctx.run(RaftActor::new(
@@ -699,6 +711,23 @@ pub fn prepare(cfg: &Config) -> Result<Identity, Box<dyn std::error::Error>> {
             cluster = format!("{:x}", id.cluster_id),
             "known member; initial-cluster flags are ignored"
         );
+        if cfg.initial_cluster_state == "existing" {
+            // Joining a cluster with a data dir of another one would split
+            // two histories: ask the cluster named in the flags first (if
+            // nobody answers, this is an ordinary restart).
+            if let Ok(theirs) = discover_once(cfg) {
+                if theirs.cluster_id != id.cluster_id {
+                    return Err(format!(
+                        "data dir {} belongs to cluster {:x}, but the members in --initial-cluster \
+                         are cluster {:x}; use an empty data dir to join them",
+                        cfg.data_dir.display(),
+                        id.cluster_id,
+                        theirs.cluster_id
+                    )
+                    .into());
+                }
+            }
+        }
         return Ok(id);
     }
     let plan = match (cfg.initial_cluster_state.as_str(), &cfg.restore_image) {

@@ -458,6 +458,13 @@ impl Handler<StreamDown> for PeerActor {
         if msg.why.contains(crate::status::REMOVED) {
             self.ctx.raft.do_send(RemovedFromCluster);
         }
+        if msg.why.contains("cluster ID mismatch") {
+            tracing::error!(
+                peer = format!("{:x}", self.to),
+                cluster = format!("{:x}", self.ctx.cluster_id),
+                "the peer belongs to another cluster and refuses this member's messages"
+            );
+        }
         let was_up = self.tx.take().is_some();
         self.connecting = false;
         if was_up {

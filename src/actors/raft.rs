@@ -67,6 +67,8 @@ type Transfer = (u64, u64, oneshot::Sender<Result<(), ApiError>>);
 pub struct RaftSettings {
     /// Entries kept behind a local snapshot for lagging followers.
     pub snapshot_catchup_entries: u64,
+    /// The tick interval.
+    pub tick: std::time::Duration,
     /// The shared context of the PeerActors.
     pub peers: PeerContext,
 }
@@ -90,6 +92,8 @@ pub struct RaftActor {
     held: Option<Persist>,
     transfers: Vec<Transfer>,
     ticks: u64,
+    /// When the last tick was handled, and the nominal interval.
+    last_tick: Option<std::time::Instant>,
     /// This member was removed from the cluster.
     removed: bool,
 }
@@ -118,6 +122,7 @@ impl RaftActor {
             held: None,
             transfers: Vec::new(),
             ticks: 0,
+            last_tick: None,
             removed: false,
         }
     }
@@ -532,6 +537,17 @@ impl Handler<Tick> for RaftActor {
     type Result = ();
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
         self.ticks += 1;
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last_tick.replace(now) {
+            // A late tick is a late heartbeat: what nothing on this thread
+            // may cause.
+            let gap = now - last;
+            METRICS.tick_interval_seconds.observe(gap.as_secs_f64());
+            let late = gap.saturating_sub(self.settings.tick).as_millis() as i64;
+            if late > METRICS.tick_delay_max_ms.get() {
+                METRICS.tick_delay_max_ms.set(late);
+            }
+        }
         if self.node.is_leader() {
             METRICS.heartbeat_timeouts.inc();
         }

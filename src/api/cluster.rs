@@ -66,19 +66,22 @@ impl ClusterService {
             is_learner: r.is_learner,
         };
         let change = Change::Add(member.clone());
-        members.check(&change)?;
+        // etcd's strict reconfiguration check: a started quorum must remain
+        // with a new (not yet started) voter counted, and every voter must
+        // have been connected for a while.
         if !member.is_learner {
-            // etcd's strict reconfiguration check: a started quorum must
-            // remain with the new (not yet started) voter counted.
             check_started_quorum(&members, 1)?;
-            let since = self.active_since();
-            let all_up = members
-                .voters()
-                .all(|m| self.gw.status().connected_since(m.id, since));
-            if !all_up {
-                return Err(ApiError::Unhealthy);
-            }
         }
+        let since = self.active_since();
+        let all_up = members
+            .voters()
+            .all(|m| self.gw.status().connected_since(m.id, since));
+        if !all_up {
+            return Err(ApiError::Unhealthy);
+        }
+        // After the strict checks, as etcd (which checks the change itself
+        // when applying it).
+        members.check(&change)?;
         let after = self.gw.change_membership(&change).await?;
         Ok(MemberAddResponse {
             header: self.header(),

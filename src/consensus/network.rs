@@ -19,6 +19,9 @@ use raft::StateRole;
 use super::node::{Node, Persist};
 use crate::storage::raft_log::RaftLog;
 
+/// Which messages to hold back.
+type Filter = Box<dyn Fn(&Message) -> bool>;
+
 /// One member and its state machine.
 pub struct Member {
     /// The decision logic under test.
@@ -54,7 +57,7 @@ pub struct Network {
     slow_disk: BTreeSet<u64>,
     /// Messages held back (delivered by `deliver_held`).
     held: Vec<Message>,
-    hold: Option<Box<dyn Fn(&Message) -> bool>>,
+    hold: Option<Filter>,
 }
 
 fn config(id: u64) -> raft::Config {
@@ -132,7 +135,9 @@ impl Network {
             voters: (1..=n).collect(),
             ..Default::default()
         };
-        let members = (1..=n).map(|id| (id, Member::new(id, cs.clone(), 1))).collect();
+        let members = (1..=n)
+            .map(|id| (id, Member::new(id, cs.clone(), 1)))
+            .collect();
         Network {
             members,
             queue: VecDeque::new(),
@@ -381,6 +386,23 @@ pub fn change(t: ConfChangeType, id: u64) -> ConfChangeV2 {
     }
 }
 
+impl Network {
+    /// The leader the given members agree on, ticking until they do.
+    pub fn leader_among(&mut self, ids: &[u64]) -> u64 {
+        for _ in 0..100 {
+            let ls: BTreeSet<u64> = ids.iter().map(|i| self.members[i].node.leader()).collect();
+            if ls.len() == 1 {
+                let l = *ls.iter().next().expect("one");
+                if l != 0 && ids.contains(&l) {
+                    return l;
+                }
+            }
+            self.tick();
+        }
+        panic!("{ids:?} agree on no leader");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,7 +450,11 @@ mod tests {
         let term = net.members[&l].node.term();
         net.isolate(f);
         net.ticks(100);
-        assert_eq!(net.members[&f].node.term(), term, "pre-vote raised the term");
+        assert_eq!(
+            net.members[&f].node.term(),
+            term,
+            "pre-vote raised the term"
+        );
         net.heal();
         net.ticks(20);
         assert_eq!(net.leader(), Some(l));
@@ -595,22 +621,5 @@ mod tests {
         net.propose(l, b"after-removal");
         net.ticks(2);
         assert_eq!(applied(&net, 4).last().unwrap(), "after-removal");
-    }
-}
-
-impl Network {
-    /// The leader the given members agree on, ticking until they do.
-    pub fn leader_among(&mut self, ids: &[u64]) -> u64 {
-        for _ in 0..100 {
-            let ls: BTreeSet<u64> = ids.iter().map(|i| self.members[i].node.leader()).collect();
-            if ls.len() == 1 {
-                let l = *ls.iter().next().expect("one");
-                if l != 0 && ids.contains(&l) {
-                    return l;
-                }
-            }
-            self.tick();
-        }
-        panic!("{ids:?} agree on no leader");
     }
 }

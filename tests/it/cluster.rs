@@ -256,6 +256,37 @@ async fn three_members_replicate_and_any_member_serves(engine: Engine) {
     let leader = c.wait_leader(Duration::from_secs(5));
     let (_, body) = http_get(c.members[leader].port, "/metrics").unwrap();
     assert!(body.contains("etcd_server_is_leader 1"), "{body}");
+    // MoveLeader (etcdctl finds the leader among the endpoints): the new
+    // leader counts the change under both names.
+    let to = (leader + 1) % 3;
+    let before = http_get(c.members[to].port, "/metrics").unwrap().1;
+    let (to_id, _, term) = status_of(&c.members[to].endpoint()).unwrap();
+    let all = c.endpoints().join(",");
+    let out = etcdctl_at(&all, &["move-leader", &format!("{to_id:x}")]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Leadership transferred"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.wait_leader(Duration::from_secs(5)), to);
+    let after = http_get(c.members[to].port, "/metrics").unwrap().1;
+    for name in [
+        "raft_leader_changes_total",
+        "etcd_server_leader_changes_seen_total",
+    ] {
+        assert!(
+            metric(&after, name) > metric(&before, name),
+            "{name} did not move on the new leader"
+        );
+    }
+    assert_eq!(metric(&after, "etcd_server_is_leader"), 1.0);
+    assert_eq!(metric(&after, "etcd_server_has_leader"), 1.0);
+    assert!(
+        metric(&after, "raft_election_timeout_total")
+            >= metric(&before, "raft_election_timeout_total")
+    );
+    assert!(after.contains("raft_inflight_messages "), "{after}");
+    assert!(status_of(&c.members[to].endpoint()).unwrap().2 > term);
 }
 
 async fn kill9_the_leader_under_load_loses_no_acknowledged_write(engine: Engine) {
@@ -365,7 +396,7 @@ fn a_cut_off_leader_steps_down_and_healing_causes_no_election(engine: Engine) {
     let mut c = Cluster::start(3, engine, &["--experimental-fault-injection"]);
     let leader = c.wait_leader(Duration::from_secs(5));
     let cut = c.members[leader].endpoint();
-    let (_, _, term0) = status_of(&cut).unwrap();
+    let (old_id, _, term0) = status_of(&cut).unwrap();
     fault(c.members[leader].port, "isolate");
     let isolated = Instant::now();
     // CheckQuorum: the cut-off leader steps down within two election timeouts.
@@ -382,7 +413,8 @@ fn a_cut_off_leader_steps_down_and_healing_causes_no_election(engine: Engine) {
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("stepped down after {:?}", isolated.elapsed());
-    // The others elect a new leader.
+    // The others elect a new leader (they may name the old one until their
+    // own election timeout fires).
     let others: Vec<String> = (0..3)
         .filter(|&i| i != leader)
         .map(|i| c.members[i].endpoint())
@@ -390,7 +422,7 @@ fn a_cut_off_leader_steps_down_and_healing_causes_no_election(engine: Engine) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let (new_leader, new_term) = loop {
         let s: Vec<_> = others.iter().filter_map(|e| status_of(e)).collect();
-        if s.len() == 2 && s[0].1 != 0 && s[0].1 == s[1].1 {
+        if s.len() == 2 && s[0].1 != 0 && s[0].1 != old_id && s[0].1 == s[1].1 {
             break (s[0].1, s[0].2);
         }
         assert!(Instant::now() < deadline, "no new leader: {s:?}");
@@ -497,12 +529,23 @@ fn member_add(ep: &str, name: &str, peer: &str, learner: bool) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn member_id_of(list: &str, name: &str) -> String {
-    list.lines()
-        .find(|l| l.contains(&format!(", {name}, ")))
-        .and_then(|l| l.split(',').next())
-        .unwrap_or_else(|| panic!("{name} not in {list}"))
-        .to_owned()
+/// The ID of the member named `name` in `etcdctl member list` at `ep`,
+/// waiting for it to publish its name (members do so once they started).
+fn member_id_of(ep: &str, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list =
+            String::from_utf8_lossy(&etcdctl_at(ep, &["member", "list"]).stdout).into_owned();
+        if let Some(id) = list
+            .lines()
+            .find(|l| l.contains(&format!(", {name}, ")))
+            .and_then(|l| l.split(',').next())
+        {
+            return id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "{name} not in {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Starts a member that `etcdctl member add` added: the environment it
@@ -545,9 +588,9 @@ async fn members_are_added_promoted_removed_and_replaced_under_load(engine: Engi
         let added = member_add(&ep0, "m4", &peer, true);
         assert!(added.contains("added to cluster"), "{added}");
         let m4 = start_added(Kind::MetaStore(engine.other()), "m4", &added, peer_port);
+        let id4 = member_id_of(&ep0, "m4");
         let list =
             String::from_utf8_lossy(&etcdctl_at(&ep0, &["member", "list"]).stdout).into_owned();
-        let id4 = member_id_of(&list, "m4");
         assert!(
             list.contains(&format!(
                 "{id4}, started, m4, {peer}, http://127.0.0.1:{}, true",
@@ -569,9 +612,7 @@ async fn members_are_added_promoted_removed_and_replaced_under_load(engine: Engi
         }
         c.members.push(m4);
         // Replace m2: remove it, add m5 in its place.
-        let list =
-            String::from_utf8_lossy(&etcdctl_at(&ep0, &["member", "list"]).stdout).into_owned();
-        let id2 = member_id_of(&list, "m2");
+        let id2 = member_id_of(&ep0, "m2");
         let out = etcdctl_retry(&ep0, &["member", "remove", &id2], NOT_ENOUGH_STARTED);
         assert!(
             out.status.success(),
@@ -662,3 +703,162 @@ engine_tests!(async: three_members_replicate_and_any_member_serves,
     members_are_added_promoted_removed_and_replaced_under_load);
 engine_tests!(sync: a_cut_off_leader_steps_down_and_healing_causes_no_election,
     removing_the_leader_hands_leadership_over);
+
+/// Ticks and heartbeats run on the Raft thread, apart from everything heavy:
+/// on the leader of a 3-member cluster, load 100,000 keys, range all of
+/// them, save a snapshot image, compact, and have a follower install a
+/// snapshot of it all. No member sees a leader change meanwhile.
+async fn heavy_work_on_the_leader_causes_no_election(engine: Engine) {
+    let flags = [
+        "--snapshot-count",
+        "300",
+        "--snapshot-catchup-entries",
+        "100",
+    ];
+    let mut c = blocking(move || Cluster::start(3, engine, &flags))
+        .await
+        .unwrap();
+    let (leader, mut c) = blocking(move || (c.wait_leader(Duration::from_secs(5)), c))
+        .await
+        .unwrap();
+    let before: Vec<_> = blocking({
+        let eps = c.endpoints();
+        move || eps.iter().map(|e| status_of(e)).collect()
+    })
+    .await
+    .unwrap();
+    let follower = (leader + 1) % 3;
+    c.members[follower].kill9();
+    let ep = c.members[leader].endpoint();
+    let mut client = etcd_client::Client::connect([ep.clone()], None)
+        .await
+        .unwrap();
+    let value = "v".repeat(400);
+    for chunk in 0..(100_000 / 125) {
+        let ops: Vec<etcd_client::TxnOp> = (0..125)
+            .map(|i| {
+                let k = format!("heavy/k{:06}", chunk * 125 + i);
+                etcd_client::TxnOp::put(k, value.clone(), None)
+            })
+            .collect();
+        client
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+    }
+    // Whole-keyspace ranges (45 MB answers), an image, a compaction, on
+    // the leader.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{ep}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = metastore::proto::etcdserverpb::kv_client::KvClient::new(channel)
+        .max_decoding_message_size(usize::MAX);
+    for _ in 0..3 {
+        let resp = raw
+            .range(metastore::proto::etcdserverpb::RangeRequest {
+                key: b"heavy/".to_vec(),
+                range_end: b"heavy0".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.kvs.len(), 100_000);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.db");
+    let out = etcdctl_at(&ep, &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rev = client
+        .get("heavy/k000000", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(rev, None).await.unwrap();
+    // The follower comes back past the compacted log: a 100,000-key
+    // snapshot is built, streamed and installed.
+    let c = blocking(move || {
+        c.members[follower].restart();
+        let state = assert_converged(&mut c, Duration::from_secs(60));
+        assert_eq!(state.0.len(), 100_000);
+        c
+    })
+    .await
+    .unwrap();
+    assert!(c.members[follower]
+        .log()
+        .contains("installing a snapshot from the leader"));
+    let mut c = c;
+    let (after, c): (Vec<_>, Cluster) = blocking(move || {
+        let eps = c.endpoints();
+        (eps.iter().map(|e| status_of(e)).collect::<Vec<_>>(), c)
+    })
+    .await
+    .unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        let (b, a) = (b.unwrap(), a.unwrap());
+        assert_eq!(
+            (b.1, b.2),
+            (a.1, a.2),
+            "leader or term changed: {before:?} → {after:?}"
+        );
+    }
+    // No election is not enough (the timeout is 1 s): ticks, and the
+    // heartbeats they send, stayed on their 100 ms schedule.
+    let (_, metrics) = http_get(c.members[leader].port, "/metrics").unwrap();
+    let late = metric(&metrics, "metastore_raft_tick_delay_max_ms");
+    eprintln!("the leader's latest tick was {late} ms late");
+    assert!(late < 100.0, "a tick was {late} ms late on the leader");
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not exported"))
+}
+
+engine_tests!(async: heavy_work_on_the_leader_causes_no_election);
+
+/// Start-up refuses what does not fit: a name missing from
+/// --initial-cluster, a data dir of another cluster joining this one.
+fn mismatches_fail_startup_clearly(engine: Engine) {
+    let mut lone = Server::unstarted(Kind::MetaStore(engine), "m9", &[]);
+    lone.initial_cluster = Some("a=http://127.0.0.1:1,b=http://127.0.0.1:2".into());
+    let out = lone.run_to_exit();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("has no member named \"m9\""), "{err}");
+
+    let mut c = Cluster::start(3, engine, &[]);
+    c.wait_leader(Duration::from_secs(5));
+    // A member of another (single-member) cluster, stopped...
+    let mut other = Server::start_on(engine);
+    other.stop();
+    // ... is added to this cluster under its own peer URL and started on
+    // its old data dir with --initial-cluster-state existing.
+    let ep = c.members[0].endpoint();
+    let added = member_add(&ep, "default", &other.peer_url(), true);
+    assert!(added.contains("added"), "{added}");
+    other.initial_cluster = Some(format!(
+        "{},default={}",
+        c.initial_cluster(),
+        other.peer_url()
+    ));
+    other.cluster_state = "existing".into();
+    let out = other.run_to_exit();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("belongs to cluster"), "{err}");
+}
+
+engine_tests!(sync: mismatches_fail_startup_clearly);

@@ -33,6 +33,7 @@ macro_rules! engine_tests {
 }
 
 mod cluster;
+mod cluster_diff;
 mod diff;
 mod durability;
 mod errors;

@@ -1,0 +1,244 @@
+//! Connects, loads, measures.
+//!
+//! Clients are split over `--threads` client threads (each a single-threaded
+//! runtime, like separate application processes); operations are split into
+//! disjoint ranges, one per thread, so every operation number (and key) is
+//! used once. Each client has its own connection unless `--conns` makes the
+//! clients of a thread share some; connection `k` (counted over all
+//! threads) goes to endpoint `k % endpoints`, so a cluster's members get
+//! equal shares of the clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, KvClient};
+
+use crate::cli::Args;
+use crate::driver::{self, Outcome, Phase};
+use crate::http;
+use crate::procfs;
+use crate::report::{Probes, RunResult};
+use crate::workload::Spec;
+
+/// A server (one member or a whole cluster) to measure.
+pub struct Target {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    /// Its processes, for CPU and RSS (summed over members).
+    pub pids: Vec<u32>,
+    /// `host:port` serving /metrics, one per member.
+    pub http_addrs: Vec<String>,
+}
+
+/// `n` connections, the first going to endpoint `first % endpoints`.
+async fn connect(
+    endpoints: &[String],
+    name: &str,
+    n: usize,
+    first: usize,
+) -> Result<Vec<KvClient>, String> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(60));
+    let mut conns = Vec::with_capacity(n);
+    for k in 0..n {
+        let ep = &endpoints[(first + k) % endpoints.len()];
+        let client = Client::connect([ep], Some(opts.clone()))
+            .await
+            .map_err(|e| format!("connect {ep}: {e}"))?;
+        let mut kv = client.kv_client();
+        // Warm-up: the connection is established before the clock starts.
+        kv.get("loadgen-warmup", None)
+            .await
+            .map_err(|e| format!("warm-up request to {name} ({ep}): {e}"))?;
+        conns.push(kv);
+    }
+    Ok(conns)
+}
+
+/// One client thread's share: clients, operations and connections.
+struct Share {
+    clients: usize,
+    first_client: usize,
+    ops: (u64, u64),
+    conns: usize,
+}
+
+fn shares(args: &Args, total: u64) -> Vec<Share> {
+    let n = args.threads.min(args.clients).max(1);
+    let mut out = Vec::with_capacity(n);
+    let (mut client, mut op) = (0, 0);
+    for t in 0..n {
+        // As evenly as possible.
+        let clients = args.clients / n + usize::from(t < args.clients % n);
+        let ops = total / n as u64 + u64::from((t as u64) < total % n as u64);
+        out.push(Share {
+            clients,
+            first_client: client,
+            ops: (op, ops),
+            conns: args.conns.unwrap_or(clients).min(clients).max(1),
+        });
+        client += clients;
+        op += ops;
+    }
+    out
+}
+
+/// Client threads running a phase, connected and waiting at a barrier until
+/// `finish` releases them.
+struct Threads {
+    barrier: Arc<std::sync::Barrier>,
+    handles: Vec<std::thread::JoinHandle<Result<Outcome, String>>>,
+}
+
+impl Threads {
+    fn start(
+        args: &Args,
+        target: &Target,
+        spec: Arc<Spec>,
+        phase: Phase,
+        total: u64,
+        max: Duration,
+    ) -> Result<Threads, String> {
+        let shares = shares(args, total);
+        let barrier = Arc::new(std::sync::Barrier::new(shares.len() + 1));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut handles = Vec::with_capacity(shares.len());
+        for share in shares {
+            let endpoints = target.endpoints.clone();
+            let name = target.name.clone();
+            let spec = spec.clone();
+            let barrier = barrier.clone();
+            let ready_tx = ready_tx.clone();
+            handles.push(std::thread::spawn(move || -> Result<Outcome, String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async move {
+                    let conns = connect(&endpoints, &name, share.conns, share.first_client).await;
+                    let _ = ready_tx.send(conns.as_ref().map(|_| ()).map_err(Clone::clone));
+                    barrier.wait();
+                    let conns = conns?;
+                    Ok(driver::run(&conns, spec, phase, share.ops, share.clients, max).await)
+                })
+            }));
+        }
+        drop(ready_tx);
+        let n = handles.len();
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    barrier.wait();
+                    return Err(e);
+                }
+                Err(_) => return Err("a client thread died while connecting".into()),
+            }
+        }
+        Ok(Threads { barrier, handles })
+    }
+
+    /// Releases the threads and merges their outcomes.
+    fn finish(self) -> Outcome {
+        self.barrier.wait();
+        let mut parts = Vec::new();
+        for h in self.handles {
+            match h.join() {
+                Ok(Ok(o)) => parts.push(o),
+                Ok(Err(e)) => parts.push(Outcome::failed(e)),
+                Err(_) => parts.push(Outcome::failed("client thread panicked".into())),
+            }
+        }
+        Outcome::merge(parts)
+    }
+}
+
+fn sum<T: std::iter::Sum<T>>(parts: impl Iterator<Item = Option<T>>) -> Option<T> {
+    parts
+        .collect::<Option<Vec<T>>>()
+        .map(|v| v.into_iter().sum())
+}
+
+fn fsync_totals(target: &Target) -> Option<(f64, f64)> {
+    let parts: Option<Vec<(f64, f64)>> = target
+        .http_addrs
+        .iter()
+        .map(|a| http::fsync_totals(a))
+        .collect();
+    parts.map(|v| {
+        v.into_iter()
+            .fold((0.0, 0.0), |(n, s), (a, b)| (n + a, s + b))
+    })
+}
+
+/// Runs the configured workload against `target`; `say` prints progress.
+pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<RunResult, String> {
+    let spec = Arc::new(Spec::new(args));
+    let max = Duration::from_secs(args.max_seconds);
+    if args.workload.needs_preload() {
+        say(&format!(
+            "[{}] preloading {} keys (not measured)",
+            target.name, spec.keyspace
+        ));
+        let o = Threads::start(
+            args,
+            target,
+            spec.clone(),
+            Phase::Preload,
+            spec.keyspace,
+            max,
+        )?
+        .finish();
+        if o.errors > 0 || o.cut_short {
+            return Err(format!(
+                "preload against {} failed: {} errors, cut short: {}, e.g. {:?}",
+                target.name,
+                o.errors,
+                o.cut_short,
+                o.error_samples.keys().next()
+            ));
+        }
+    }
+    say(&format!(
+        "[{}] measuring {} x {} from {} clients on {} endpoint(s)",
+        target.name,
+        args.total,
+        args.workload.name(),
+        args.clients,
+        target.endpoints.len()
+    ));
+    // Every client thread connects first; the clock starts when all are ready.
+    let threads = Threads::start(args, target, spec, Phase::Measure, args.total, max)?;
+    let self_pid = std::process::id();
+    let server_cpu = || sum(target.pids.iter().map(|&p| procfs::cpu_micros(p)));
+    let server_cpu0 = server_cpu();
+    let client_cpu0 = procfs::cpu_micros(self_pid);
+    let fsync0 = fsync_totals(target);
+    let host0 = procfs::host_cpu_micros();
+
+    let outcome = threads.finish();
+
+    let server_cpu1 = server_cpu();
+    let client_cpu1 = procfs::cpu_micros(self_pid);
+    let host1 = procfs::host_cpu_micros();
+    let fsync1 = fsync_totals(target);
+    let probes = Probes {
+        server_cpu_us: server_cpu0.zip(server_cpu1).map(|(a, b)| b - a),
+        client_cpu_us: client_cpu0.zip(client_cpu1).map(|(a, b)| b - a),
+        rss_kib: sum(target.pids.iter().map(|&p| procfs::rss_kib(p))),
+        host_cpu_us: host0
+            .zip(host1)
+            .map(|((b0, t0), (b1, t1))| (b1.saturating_sub(b0), t1.saturating_sub(t0))),
+        fsync: fsync0
+            .zip(fsync1)
+            .map(|((n0, s0), (n1, s1))| (n1 - n0, s1 - s0)),
+        members: target.http_addrs.len().max(1),
+    };
+    Ok(RunResult::new(
+        &target.name,
+        args.workload.name(),
+        &outcome,
+        &probes,
+    ))
+}

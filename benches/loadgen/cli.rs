@@ -1,0 +1,150 @@
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// The operation mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Put(k, v).
+    Put,
+    /// Linearizable Range(k).
+    Get,
+    /// Serializable Range(k).
+    GetSerializable,
+    /// Txn(if version(k) > -1 then Put(k, v)).
+    Txn,
+    /// Linearizable gets and puts (--read-percent gets).
+    Mixed,
+}
+
+impl Workload {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::Get => "get",
+            Workload::GetSerializable => "get-serializable",
+            Workload::Txn => "txn",
+            Workload::Mixed => "mixed",
+        }
+    }
+
+    /// Whether the keyspace is loaded before the measured phase.
+    pub fn needs_preload(self) -> bool {
+        matches!(
+            self,
+            Workload::Get | Workload::GetSerializable | Workload::Mixed
+        )
+    }
+}
+
+/// Load generator for MetaStore and etcd (see the file's doc comment).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadgen")]
+pub struct Args {
+    /// Target an already running server: comma-separated endpoints.
+    #[arg(long, value_delimiter = ',', conflicts_with = "compare")]
+    pub endpoints: Vec<String>,
+    /// Start a fresh etcd and a fresh MetaStore and measure both.
+    #[arg(long)]
+    pub compare: bool,
+    /// Operation mix.
+    #[arg(long, value_enum, default_value_t = Workload::Put)]
+    pub workload: Workload,
+    /// Concurrent clients (tasks), each with one request in flight.
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+    /// gRPC connections per client thread, shared by its clients
+    /// round-robin. Default: one connection per client, as separate
+    /// application processes would have.
+    #[arg(long)]
+    pub conns: Option<usize>,
+    /// Client threads, each a single-threaded runtime with its own
+    /// connections and an equal share of the clients (like independent
+    /// application processes; one runtime per thread avoids cross-thread
+    /// wake-ups in the client).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Operations in the measured phase.
+    #[arg(long, default_value_t = 50_000)]
+    pub total: u64,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Distinct keys (default: --total, a new key for every operation).
+    #[arg(long)]
+    pub keyspace: Option<u64>,
+    /// Pick keys uniformly at random instead of in sequence.
+    #[arg(long)]
+    pub random_keys: bool,
+    /// Percentage of gets in the mixed workload.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub read_percent: u8,
+    /// MetaStore binary (default: $METASTORE_BIN, else the release build).
+    #[arg(long, env = "METASTORE_BIN")]
+    pub metastore_bin: Option<PathBuf>,
+    /// etcd binary.
+    #[arg(long, default_value = "etcd")]
+    pub etcd_bin: PathBuf,
+    /// Members per cluster in --compare (1, 3 or 5): each server runs as a
+    /// cluster of that many members on loopback, each with its own data
+    /// dir, and the clients are spread over their endpoints.
+    #[arg(long, default_value_t = 1)]
+    pub members: usize,
+    /// MetaStore's --engine; comma-separated for several, each measured
+    /// in the same run (`--engine memory,rocksdb`).
+    #[arg(long, value_delimiter = ',')]
+    pub engine: Vec<String>,
+    /// An extra flag for MetaStore in --compare, e.g.
+    /// `--metastore-arg=--snapshot-count=100000` (repeatable).
+    #[arg(long = "metastore-arg", allow_hyphen_values = true)]
+    pub metastore_args: Vec<String>,
+    /// An extra flag for etcd in --compare (repeatable).
+    #[arg(long = "etcd-arg", allow_hyphen_values = true)]
+    pub etcd_args: Vec<String>,
+    /// Where --compare puts the daemons' temp data dirs (default: system temp dir).
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// With --endpoints: the server's pid, for CPU and RSS (default: found
+    /// from the first endpoint's port).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// With --endpoints: the name printed for the server.
+    #[arg(long, default_value = "target")]
+    pub label: String,
+    /// Upper bound on one phase's duration; workers stop when it passes.
+    #[arg(long, default_value_t = 600)]
+    pub max_seconds: u64,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+impl Args {
+    /// Distinct keys.
+    pub fn keyspace(&self) -> u64 {
+        self.keyspace.unwrap_or(self.total).max(1)
+    }
+
+    /// Checks the flags that clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.clients == 0 || self.conns == Some(0) || self.total == 0 || self.members == 0 {
+            return Err("--clients, --conns, --members and --total must be at least 1".into());
+        }
+        let digits = (self.keyspace() - 1).max(1).ilog10() as usize + 1;
+        if digits > self.key_size {
+            return Err(format!(
+                "--key-size {} cannot hold {} distinct keys (needs {digits} digits)",
+                self.key_size,
+                self.keyspace()
+            ));
+        }
+        Ok(())
+    }
+}

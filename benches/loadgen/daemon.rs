@@ -1,0 +1,239 @@
+//! Starts and stops etcd and MetaStore for `--compare`.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::http;
+
+/// Start-up deadline.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+/// Grace period after SIGTERM before SIGKILL.
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Etcd,
+    MetaStore,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Etcd => "etcd",
+            Kind::MetaStore => "metastore",
+        }
+    }
+}
+
+/// A running server (one member); stopped on drop.
+pub struct Daemon {
+    pub kind: Kind,
+    child: Option<Child>,
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A free loopback port below Linux's ephemeral range, so that no outgoing
+/// connection takes it before the daemon binds it.
+fn free_port() -> Result<u16, String> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 12_000 + (std::process::id() % 20) as u16 * 400;
+    for _ in 0..4000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 8000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free loopback port".into())
+}
+
+/// One member to start: its ports and data dir.
+struct Planned {
+    name: String,
+    port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts a cluster of `n` members of `kind`, each with its own data
+    /// dir and ports, and waits until every member is healthy.
+    pub fn start_cluster(
+        kind: Kind,
+        bin: &Path,
+        n: usize,
+        extra: &[String],
+        root: Option<&Path>,
+    ) -> Result<Vec<Daemon>, String> {
+        let mut planned = Vec::with_capacity(n);
+        for i in 0..n {
+            let prefix = format!("loadgen-{}-{i}-", kind.name());
+            let mut tmp = tempfile::Builder::new();
+            tmp.prefix(&prefix);
+            let dir = match root {
+                Some(r) => tmp.tempdir_in(r),
+                None => tmp.tempdir(),
+            }
+            .map_err(|e| format!("temp dir: {e}"))?;
+            planned.push(Planned {
+                name: format!("m{i}"),
+                port: free_port()?,
+                peer_port: free_port()?,
+                dir,
+            });
+        }
+        let initial = planned
+            .iter()
+            .map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::with_capacity(n);
+        for p in planned {
+            let data = p.dir.path().join("data");
+            let log = p.dir.path().join("server.log");
+            let client = format!("http://127.0.0.1:{}", p.port);
+            let peer = format!("http://127.0.0.1:{}", p.peer_port);
+            let stderr = File::create(&log).map_err(|e| format!("log file: {e}"))?;
+            let child = Command::new(bin)
+                .arg("--name")
+                .arg(&p.name)
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--listen-client-urls")
+                .arg(&client)
+                .arg("--advertise-client-urls")
+                .arg(&client)
+                .arg("--listen-peer-urls")
+                .arg(&peer)
+                .arg("--initial-advertise-peer-urls")
+                .arg(&peer)
+                .arg("--initial-cluster")
+                .arg(&initial)
+                .arg("--initial-cluster-state")
+                .arg("new")
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .map_err(|e| format!("start {}: {e}", bin.display()))?;
+            members.push(Daemon {
+                kind,
+                child: Some(child),
+                port: p.port,
+                log,
+                _dir: p.dir,
+            });
+        }
+        for d in &mut members {
+            d.wait_ready()?;
+        }
+        Ok(members)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_WITHIN;
+        let addr = self.addr();
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!(
+                    "{} exited during start-up ({status}); log:\n{}",
+                    self.kind.name(),
+                    self.log_tail()
+                ));
+            }
+            if http::get(&addr, "/health").is_some_and(|b| b.contains("\"health\":\"true\"")) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "{} not healthy after {READY_WITHIN:?}; log:\n{}",
+            self.kind.name(),
+            self.log_tail()
+        ))
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last lines of the server's stderr.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signals our own child, whose pid we hold until we reap it.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_WITHIN;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The MetaStore binary to run: `explicit` (flag or $METASTORE_BIN), else
+/// the release binary cargo built for this bench.
+pub fn metastore_bin(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_metastore")))
+}
+
+/// A warning when `bin` is older than a file under the crate's `src/`.
+pub fn staleness_warning(bin: &Path) -> Option<String> {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let newest = newest_mtime(&src)?;
+    (newest > built).then(|| {
+        format!(
+            "warning: {} is older than the sources in {}; rebuild it (cargo build --release)",
+            bin.display(),
+            src.display()
+        )
+    })
+}
+
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            if meta.is_dir() {
+                newest_mtime(&e.path())
+            } else {
+                meta.modified().ok()
+            }
+        })
+        .max()
+}

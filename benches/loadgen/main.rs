@@ -1,0 +1,271 @@
+//! `loadgen`: one load generator for MetaStore and etcd 3.4, so the two are
+//! measured with the same client, the same workload and the same machine in the
+//! same run.
+//!
+//! # Usage
+//!
+//! ```text
+//! export CARGO_TARGET_DIR=$HOME/.cache/metastore-target
+//! cargo build --release    # target/release/metastore (cargo bench builds it too)
+//! cargo bench --bench loadgen -- --compare --workload put --clients 50 --total 50000
+//! cargo bench --bench loadgen -- --endpoints 127.0.0.1:2379 --workload get --json
+//! ```
+//!
+//! Two modes:
+//!
+//! * `--compare` starts a fresh etcd (`--etcd-bin`, default `etcd` on PATH) and
+//!   a fresh MetaStore (each a cluster of `--members` members, default 1, one
+//!   cluster at a time), each on free loopback ports with its own temp data dir
+//!   (under `--data-root`, default the system temp dir), runs the identical
+//!   workload against etcd and then MetaStore, prints both and the
+//!   MetaStore/etcd ratios, then stops them. Both daemons run with their default
+//!   settings (plus `--engine`, `--metastore-arg` and `--etcd-arg`), so both
+//!   fsync their WAL before answering a write (etcd once per Raft ready,
+//!   MetaStore once per group-commit batch).
+//! * `--endpoints a,b` targets a server that is already running. Its CPU and RSS
+//!   are read when `--server-pid` is given or when a listener on the first
+//!   (loopback) endpoint's port can be found in /proc.
+//!
+//! The MetaStore binary is, in order: `--metastore-bin`, `$METASTORE_BIN`, or
+//! the release binary `$CARGO_TARGET_DIR/release/metastore` that cargo builds
+//! for this bench (the same file `cargo build --release` writes). A warning is
+//! printed when that binary is older than the sources under `src/`.
+//!
+//! Without `--compare` or `--endpoints` the program prints a hint and exits 0,
+//! so a plain `cargo bench` or `cargo test --all-targets` does not start daemons.
+//!
+//! # Workloads
+//!
+//! `--total` operations are shared by `--clients` concurrent clients (tasks),
+//! each with one request in flight and, by default, its own gRPC connection
+//! (HTTP/2 channel), as separate application processes would have;
+//! `--conns N` makes the clients of each client thread share N connections
+//! instead (etcd's `benchmark` tool defaults to one). Clients are split over
+//! `--threads` client threads, and the operations into disjoint ranges, one
+//! per thread. With several endpoints (`--endpoints a,b,c`, or a cluster
+//! from `--members 3`) connection k goes to endpoint k mod n, so every
+//! member serves an equal share of the clients. Operation `i` uses key
+//! `i % keyspace` (or a uniformly random key with `--random-keys`), written as
+//! a zero-padded decimal of `--key-size` bytes; values are `--value-size`
+//! random bytes. `--keyspace` defaults to `--total`: every put writes a new key,
+//! like `benchmark put --sequential-keys`.
+//!
+//! * `put`: `Put(k, v)`.
+//! * `get`: linearizable `Range(k)`; `get-serializable`: serializable `Range(k)`.
+//! * `txn`: `Txn(if version(k) > -1 then Put(k, v))`, a compare-and-put whose
+//!   compare always holds (the API has no `>=`; `> -1` is `>= 0`).
+//! * `mixed`: linearizable gets (`--read-percent`, default 50) and puts.
+//!
+//! Read workloads first put every key of the keyspace once (not measured). A
+//! get that finds no key, or a txn whose compare fails, counts as an error.
+//!
+//! # What is measured
+//!
+//! Only the measured phase, which starts once every connection has answered a
+//! warm-up request:
+//!
+//! * throughput: successful operations / wall time of the phase;
+//! * latency of each successful operation (send to answer) in an HDR histogram
+//!   at microsecond resolution: p50, p99, p99.9, max;
+//! * errors (failed RPCs, missing keys, failed compares), with samples;
+//! * server CPU per operation: utime + stime of the server process (of all
+//!   members, summed, for a cluster) from `/proc/<pid>/stat` before and
+//!   after the phase, divided by operations;
+//!   the load generator's own CPU per operation the same way (it shares the
+//!   machine's cores with the server);
+//! * server RSS (`VmRSS` from `/proc/<pid>/status`) at the end of the phase;
+//! * the machine's CPU use during the phase (`/proc/stat`), and the part of it
+//!   that is neither the server nor the load generator ("other %"): other
+//!   processes competing for the cores, i.e. how noisy the run was;
+//! * WAL fsyncs during the phase from `etcd_disk_wal_fsync_duration_seconds`
+//!   at `/metrics` (both servers export it): operations per fsync shows how well
+//!   commits are grouped, and the mean fsync time how slow the disk is.
+//!
+//! `--json` prints the results as one JSON document on stdout (progress goes to
+//! stderr). The exit code is 1 when any operation failed.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+
+mod workload;
+
+mod driver;
+
+mod procfs;
+
+mod http;
+
+mod daemon;
+
+mod report;
+
+mod bench;
+
+use std::path::PathBuf;
+
+use bench::Target;
+use cli::Args;
+use daemon::{Daemon, Kind};
+use report::{Config, Ratios, Report};
+
+/// Flushes dirty pages so one server's writeback does not land in the next run.
+fn sync_disks() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+async fn compare(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
+    let ms_bin = daemon::metastore_bin(args.metastore_bin.as_deref());
+    if let Some(w) = daemon::staleness_warning(&ms_bin) {
+        say(&w);
+    }
+    // No --engine: the configured default; several: one daemon each.
+    let engines: Vec<Option<&str>> = if args.engine.is_empty() {
+        vec![None]
+    } else {
+        args.engine.iter().map(|e| Some(e.as_str())).collect()
+    };
+    let root = args.data_root.as_deref();
+    let mut results = Vec::new();
+    // One daemon at a time, so an idle one never shares the cores.
+    let mut runs: Vec<(String, Kind, PathBuf, Vec<String>)> = vec![(
+        "etcd".to_owned(),
+        Kind::Etcd,
+        args.etcd_bin.clone(),
+        args.etcd_args.clone(),
+    )];
+    for engine in &engines {
+        let mut extra = Vec::new();
+        if let Some(e) = engine {
+            extra = vec!["--engine".to_owned(), (*e).to_owned()];
+        }
+        extra.extend(args.metastore_args.iter().cloned());
+        let name = match engine {
+            Some(e) if engines.len() > 1 => format!("ms-{e}"),
+            _ => "metastore".to_owned(),
+        };
+        runs.push((name, Kind::MetaStore, ms_bin.clone(), extra));
+    }
+    for (name, kind, bin, extra) in runs {
+        say(&format!(
+            "starting {name} ({}, {} member(s))",
+            bin.display(),
+            args.members
+        ));
+        let members = Daemon::start_cluster(kind, &bin, args.members, &extra, root)?;
+        sync_disks();
+        let target = Target {
+            name,
+            endpoints: members.iter().map(Daemon::addr).collect(),
+            pids: members.iter().filter_map(Daemon::pid).collect(),
+            http_addrs: members.iter().map(Daemon::addr).collect(),
+        };
+        let r = bench::run(args, &target, say).await.map_err(|e| {
+            let logs: Vec<String> = members.iter().map(Daemon::log_tail).collect();
+            format!("{e}\n{} logs:\n{}", target.name, logs.join("\n---\n"))
+        })?;
+        say(&r.summary());
+        results.push(r);
+        // Stopped before the next server starts: one at a time on the cores.
+        drop(members);
+    }
+    let mut ratios: Vec<(String, Ratios)> = results[1..]
+        .iter()
+        .map(|r| (format!("{}/etcd", r.server), Ratios::new(r, &results[0])))
+        .collect();
+    // Engines against the first one (memory, if listed first).
+    for r in results.iter().skip(2) {
+        ratios.push((
+            format!("{}/{}", r.server, results[1].server),
+            Ratios::new(r, &results[1]),
+        ));
+    }
+    Ok(Report {
+        config: Config::new(args),
+        results,
+        ratios,
+    })
+}
+
+async fn external(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
+    let http_addr = http::host_port(&args.endpoints[0]).to_owned();
+    let pid = args.server_pid.or_else(|| {
+        let (host, port) = http_addr.rsplit_once(':')?;
+        let loopback = host.starts_with("127.") || host == "localhost" || host == "[::1]";
+        loopback.then(|| procfs::listener_pid(port.parse().ok()?))?
+    });
+    if pid.is_none() {
+        say("server pid unknown (--server-pid): no server CPU or RSS");
+    }
+    let target = Target {
+        name: args.label.clone(),
+        endpoints: args.endpoints.clone(),
+        pids: pid.into_iter().collect(),
+        http_addrs: vec![http_addr],
+    };
+    let r = bench::run(args, &target, say).await?;
+    say(&r.summary());
+    Ok(Report {
+        config: Config::new(args),
+        results: vec![r],
+        ratios: Vec::new(),
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !args.compare && args.endpoints.is_empty() {
+        println!(
+            "loadgen: nothing to do; pass --compare or --endpoints \
+             (cargo bench --bench loadgen -- --help)"
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = args.validate() {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
+    let json = args.json;
+    // Progress goes to stderr when stdout carries JSON.
+    let say = move |s: &str| {
+        if json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let report = rt.block_on(async {
+        if args.compare {
+            compare(&args, &say).await
+        } else {
+            external(&args, &say).await
+        }
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("results serialize")
+        );
+    } else {
+        print!("\n{}", report.table());
+    }
+    if report.results.iter().any(|r| r.errors > 0 || r.cut_short) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

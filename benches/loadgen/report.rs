@@ -1,0 +1,298 @@
+//! Results, their text tables and JSON.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::cli::Args;
+use crate::driver::Outcome;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// One workload against one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub server: String,
+    pub workload: String,
+    pub ops: u64,
+    pub errors: u64,
+    pub error_samples: BTreeMap<String, u64>,
+    pub cut_short: bool,
+    pub elapsed_s: f64,
+    pub ops_per_s: f64,
+    pub latency_us: Latency,
+    pub server_cpu_us_per_op: Option<f64>,
+    pub client_cpu_us_per_op: Option<f64>,
+    pub server_rss_kib: Option<u64>,
+    /// CPU used on the whole machine during the phase, % of all cores.
+    pub host_cpu_busy_pct: Option<f64>,
+    /// ... of which neither the server nor the load generator: other
+    /// processes competing for the cores (noise), % of all cores.
+    pub other_cpu_pct: Option<f64>,
+    pub wal_fsyncs: Option<u64>,
+    pub ops_per_fsync: Option<f64>,
+    pub fsync_mean_us: Option<f64>,
+}
+
+/// Figures taken around the measured phase.
+pub struct Probes {
+    pub server_cpu_us: Option<u64>,
+    pub client_cpu_us: Option<u64>,
+    pub rss_kib: Option<u64>,
+    /// (busy, total) machine CPU deltas in microseconds.
+    pub host_cpu_us: Option<(u64, u64)>,
+    /// (count, seconds) deltas of WAL fsyncs, summed over members.
+    pub fsync: Option<(f64, f64)>,
+    /// Members the figures are summed over.
+    pub members: usize,
+}
+
+impl RunResult {
+    pub fn new(server: &str, workload: &str, o: &Outcome, p: &Probes) -> RunResult {
+        let ops = o.ok;
+        let per_op = |us: Option<u64>| us.filter(|_| ops > 0).map(|us| us as f64 / ops as f64);
+        let q = |v: f64| {
+            if o.hist.is_empty() {
+                0
+            } else {
+                o.hist.value_at_quantile(v)
+            }
+        };
+        RunResult {
+            server: server.to_owned(),
+            workload: workload.to_owned(),
+            ops,
+            errors: o.errors,
+            error_samples: o.error_samples.clone(),
+            cut_short: o.cut_short,
+            elapsed_s: o.elapsed.as_secs_f64(),
+            ops_per_s: ops as f64 / o.elapsed.as_secs_f64().max(1e-9),
+            latency_us: Latency {
+                p50: q(0.5),
+                p99: q(0.99),
+                p999: q(0.999),
+                max: o.hist.max(),
+                mean: o.hist.mean(),
+            },
+            server_cpu_us_per_op: per_op(p.server_cpu_us),
+            client_cpu_us_per_op: per_op(p.client_cpu_us),
+            server_rss_kib: p.rss_kib,
+            host_cpu_busy_pct: p
+                .host_cpu_us
+                .filter(|(_, total)| *total > 0)
+                .map(|(busy, total)| busy as f64 * 100.0 / total as f64),
+            other_cpu_pct: p.host_cpu_us.filter(|(_, total)| *total > 0).and_then(
+                |(busy, total)| {
+                    let ours = p.server_cpu_us? + p.client_cpu_us?;
+                    Some(busy.saturating_sub(ours) as f64 * 100.0 / total as f64)
+                },
+            ),
+            wal_fsyncs: p.fsync.map(|(n, _)| n as u64),
+            // Per member: each member fsyncs every write once.
+            ops_per_fsync: p
+                .fsync
+                .filter(|(n, _)| *n > 0.0)
+                .map(|(n, _)| ops as f64 * p.members as f64 / n),
+            fsync_mean_us: p.fsync.filter(|(n, _)| *n > 0.0).map(|(n, s)| s * 1e6 / n),
+        }
+    }
+
+    /// The per-run block printed as soon as a run ends.
+    pub fn summary(&self) -> String {
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.1} {unit}"));
+        let l = &self.latency_us;
+        let mut s = format!(
+            "[{}] {}: {} ops in {:.2} s, {} errors{}\n",
+            self.server,
+            self.workload,
+            self.ops,
+            self.elapsed_s,
+            self.errors,
+            if self.cut_short {
+                " (stopped at --max-seconds)"
+            } else {
+                ""
+            }
+        );
+        s += &format!("  throughput  {:.0} ops/s\n", self.ops_per_s);
+        s += &format!(
+            "  latency us  p50 {}  p99 {}  p99.9 {}  max {}  mean {:.0}\n",
+            l.p50, l.p99, l.p999, l.max, l.mean
+        );
+        s += &format!(
+            "  server      CPU {}/op  RSS {} (all members)\n",
+            opt(self.server_cpu_us_per_op, "us"),
+            opt(self.server_rss_kib.map(|k| k as f64 / 1024.0), "MiB")
+        );
+        s += &format!(
+            "  client      CPU {}/op\n",
+            opt(self.client_cpu_us_per_op, "us")
+        );
+        s += &format!(
+            "  machine     CPU busy {} of all cores, other processes {}\n",
+            opt(self.host_cpu_busy_pct, "%"),
+            opt(self.other_cpu_pct, "%")
+        );
+        if let Some(n) = self.wal_fsyncs {
+            s += &format!(
+                "  WAL fsyncs  {n} ({} ops/fsync, mean fsync {})\n",
+                self.ops_per_fsync
+                    .map_or("n/a".to_owned(), |v| format!("{v:.1}")),
+                opt(self.fsync_mean_us, "us")
+            );
+        }
+        for (msg, n) in &self.error_samples {
+            s += &format!("  error x{n}: {msg}\n");
+        }
+        s
+    }
+}
+
+/// MetaStore / etcd for the headline figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    pub throughput: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub cpu_per_op: Option<f64>,
+    pub rss: Option<f64>,
+}
+
+impl Ratios {
+    pub fn new(ms: &RunResult, etcd: &RunResult) -> Ratios {
+        let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        Ratios {
+            throughput: div(ms.ops_per_s, etcd.ops_per_s),
+            p50: div(ms.latency_us.p50 as f64, etcd.latency_us.p50 as f64),
+            p99: div(ms.latency_us.p99 as f64, etcd.latency_us.p99 as f64),
+            cpu_per_op: ms
+                .server_cpu_us_per_op
+                .zip(etcd.server_cpu_us_per_op)
+                .map(|(a, b)| div(a, b)),
+            rss: ms
+                .server_rss_kib
+                .zip(etcd.server_rss_kib)
+                .map(|(a, b)| div(a as f64, b as f64)),
+        }
+    }
+}
+
+/// The workload's parameters, echoed in the output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub workload: String,
+    pub clients: usize,
+    /// Connections per client thread (None: one per client).
+    pub conns: Option<usize>,
+    pub members: usize,
+    pub total: u64,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub keyspace: u64,
+    pub random_keys: bool,
+    pub read_percent: Option<u8>,
+}
+
+impl Config {
+    pub fn new(a: &Args) -> Config {
+        Config {
+            workload: a.workload.name().to_owned(),
+            clients: a.clients,
+            conns: a.conns,
+            members: a.members,
+            total: a.total,
+            key_size: a.key_size,
+            value_size: a.value_size,
+            keyspace: a.keyspace(),
+            random_keys: a.random_keys,
+            read_percent: (a.workload == crate::cli::Workload::Mixed).then_some(a.read_percent),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "workload={} clients={} conns={} members={} total={} key-size={} value-size={} keyspace={} keys={}{}",
+            self.workload,
+            self.clients,
+            self.conns
+                .map_or("one per client".to_owned(), |c| format!("{c} per thread")),
+            self.members,
+            self.total,
+            self.key_size,
+            self.value_size,
+            self.keyspace,
+            if self.random_keys { "random" } else { "sequential" },
+            self.read_percent
+                .map_or(String::new(), |p| format!(" read-percent={p}"))
+        )
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub config: Config,
+    pub results: Vec<RunResult>,
+    /// Each MetaStore run against the first run (etcd), in --compare mode.
+    pub ratios: Vec<(String, Ratios)>,
+}
+
+impl Report {
+    /// The final table.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
+        let mut s = format!("{}\n", self.config.line());
+        s += &format!(
+            "{:<10} {:>9} {:>8} {:>8} {:>9} {:>8} {:>7} {:>11} {:>8} {:>10} {:>8}\n",
+            "server",
+            "ops/s",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            "errors",
+            "CPU us/op",
+            "RSS MiB",
+            "ops/fsync",
+            "other %"
+        );
+        for r in &self.results {
+            let l = &r.latency_us;
+            s += &format!(
+                "{:<10} {:>9.0} {:>8} {:>8} {:>9} {:>8} {:>7} {:>11} {:>8} {:>10} {:>8}\n",
+                r.server,
+                r.ops_per_s,
+                l.p50,
+                l.p99,
+                l.p999,
+                l.max,
+                r.errors,
+                opt(r.server_cpu_us_per_op),
+                opt(r.server_rss_kib.map(|k| k as f64 / 1024.0)),
+                opt(r.ops_per_fsync),
+                opt(r.other_cpu_pct),
+            );
+        }
+        for (name, x) in &self.ratios {
+            let opt2 = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}x"));
+            s += &format!(
+                "{name}: throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  CPU/op {}  RSS {}\n",
+                x.throughput,
+                x.p50,
+                x.p99,
+                opt2(x.cpu_per_op),
+                opt2(x.rss)
+            );
+        }
+        s
+    }
+}

@@ -81,11 +81,6 @@ impl KeyHistory {
         }
     }
 
-    /// Wraps versions that the caller has already validated.
-    pub(super) fn from_versions(versions: Vec<Version>) -> Self {
-        KeyHistory { versions }
-    }
-
     /// The retained versions, oldest first.
     pub(super) fn versions(&self) -> &[Version] {
         &self.versions
@@ -151,7 +146,8 @@ impl KeyHistory {
         freed
     }
 
-    /// Bytes charged to all retained versions.
+    /// Bytes charged to all retained versions (tests recount with it).
+    #[cfg(test)]
     pub(super) fn size(&self) -> u64 {
         self.versions.iter().map(Version::size).sum()
     }

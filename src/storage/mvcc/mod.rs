@@ -6,7 +6,7 @@
 //! format. It knows nothing about leases beyond storing the lease id, nor
 //! about watchers, raft or the wire protocol.
 //!
-//! Invariants (checked again by `decode_snapshot`, relied on everywhere):
+//! Invariants (checked again by `Rebuild`, relied on everywhere):
 //! - The store's main revision starts at 1 for an empty store. A write
 //!   transaction that changes something commits as `current + 1`; its n-th
 //!   put/delete gets sub revision n. A transaction without changes does not
@@ -32,13 +32,13 @@
 //! built here.
 
 mod history;
+mod rebuild;
 mod revision;
-mod snapshot;
 mod store;
 mod txn;
 
+pub use rebuild::Rebuild;
 pub use revision::Revision;
-pub use snapshot::Rebuild;
 pub use store::MemStore;
 pub use txn::WriteTxn;
 

@@ -802,9 +802,12 @@ pub(super) mod tests {
                     assert_eq!(s.compact(rev), want, "step {step}");
                 }
                 _ => {
-                    let mut buf = vec![];
-                    s.encode_snapshot(&mut buf);
-                    let d = MemStore::decode_snapshot(&buf).unwrap();
+                    let h = crate::storage::engine::AppliedPoint::default()
+                        .header(s.current_revision(), s.compact_main_revision());
+                    let img =
+                        crate::storage::image::write_memory_image(&s, &h, Vec::new()).unwrap();
+                    let (_, d) =
+                        crate::storage::image::read_into_store(img.as_slice(), true).unwrap();
                     assert_eq!(d, s);
                 }
             }

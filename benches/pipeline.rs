@@ -98,7 +98,7 @@ fn main() {
         let ids = Arc::new(RequestIds::new(id));
         let per = args.total / args.clients;
         let value = vec![b'v'; args.value_size];
-        let wal_batches_before = metastore::metrics::METRICS.render();
+        let wal_batches_before = core.metrics.render();
         let started = Instant::now();
         let tasks: Vec<_> = (0..args.clients)
             .map(|c| tokio::task::spawn_local(proposer(core.clone(), ids.clone(), per, c, value.clone())))
@@ -109,7 +109,7 @@ fn main() {
         }
         let elapsed = started.elapsed();
         let ops = per * args.clients;
-        let (batches, entries) = wal_batch_stats(&metastore::metrics::METRICS.render());
+        let (batches, entries) = wal_batch_stats(&core.metrics.render());
         let (b0, e0) = wal_batch_stats(&wal_batches_before);
         println!(
             "pipeline put: clients={} ops={} value={}B  {:.0} ops/s  p50={}us p99={}us p99.9={}us max={}us  entries/fsync={:.1}",

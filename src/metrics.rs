@@ -4,9 +4,8 @@
 //! `etcd_disk_wal_fsync_duration_seconds`, ...) so existing dashboards work.
 //!
 //! Metrics are atomics inside prometheus-client types: updating one never takes
-//! a lock on the write path.
-
-use std::sync::LazyLock;
+//! a lock on the write path. Each member has its own [`Metrics`] (no
+//! process-wide registry), shared by its actors and handlers through an `Arc`.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -89,7 +88,8 @@ fn ms_histogram() -> Histogram {
 }
 
 impl Metrics {
-    fn new() -> Metrics {
+    /// A fresh set of metrics with its registry.
+    pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             has_leader: Gauge::default(),
@@ -250,5 +250,8 @@ impl Metrics {
     }
 }
 
-/// The process-wide metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

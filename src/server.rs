@@ -580,6 +580,8 @@ pub struct Core {
     pub faults: Arc<Faults>,
     /// The Raft thread (the peer server runs there too).
     pub raft_thread: ArbiterHandle,
+    /// This member's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The threads a core runs on besides the caller's, joined at shutdown.
@@ -606,6 +608,7 @@ pub fn start_core(
     faults: Arc<Faults>,
     rec: Recovered,
 ) -> Result<(Core, CoreThreads), StorageError> {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let id = status.member_id;
     let rcfg = raft_config(cfg, id, rec.state_machine.applied_index());
     let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
@@ -622,6 +625,7 @@ pub fn start_core(
     let peers = {
         let status = status.clone();
         let faults = faults.clone();
+        let metrics = metrics.clone();
         let cluster_id = status.cluster_id;
         move |raft: Addr<RaftActor>, apply: Addr<ApplyActor>| PeerContext {
             from: id,
@@ -630,15 +634,17 @@ pub fn start_core(
             apply,
             status,
             faults,
+            metrics,
         }
     };
     let settings_catchup = cfg.snapshot_catchup_entries;
     let raft_status = status.clone();
+    let wal_metrics = metrics.clone();
     let apply_for_raft = apply.clone();
     let spawned = raft_thread.spawn_fn(move || {
         let ctx = Context::<RaftActor>::new();
         let raft = ctx.address();
-        let wal = match WalWriter::spawn(log_store, raft.clone()) {
+        let wal = match WalWriter::spawn(log_store, raft.clone(), wal_metrics) {
             Ok(w) => w,
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -677,6 +683,7 @@ pub fn start_core(
         status.clone(),
         cfg.data_dir.clone(),
         cfg.snapshot_count,
+        metrics.clone(),
     ));
     let handle = raft_thread.handle();
     Ok((
@@ -686,6 +693,7 @@ pub fn start_core(
             status,
             faults,
             raft_thread: handle,
+            metrics,
         },
         CoreThreads {
             raft: raft_thread,
@@ -755,6 +763,16 @@ pub fn prepare(cfg: &Config) -> Result<Identity, Box<dyn std::error::Error>> {
 
 /// Runs a member until SIGINT/SIGTERM (or until it is removed).
 pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
+    run_until(cfg, crate::api::shutdown_signal())
+}
+
+/// Runs a member until `stop` completes (or until it is removed). Nothing
+/// of a member is process-wide: several can run in one process, each on
+/// its own threads.
+pub fn run_until(
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error>> {
     let identity = prepare(&cfg)?;
     let mut rec = recover(&cfg)?;
     if rec.state_machine.membership().is_empty() && cfg.initial_cluster_state == "existing" {
@@ -783,7 +801,7 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     let (served, threads) = system.block_on(async move {
         let (core, threads) = start_core(&cfg, status, faults, rec)?;
         let served = actix_rt::spawn(async move {
-            let result = crate::api::serve(cfg, core, client_addr, peer_listener).await;
+            let result = crate::api::serve(cfg, core, client_addr, peer_listener, stop).await;
             System::current().stop();
             result
         });

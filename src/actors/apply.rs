@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use super::messages::*;
 use super::raft::RaftActor;
 use crate::error::ApiError;
-use crate::metrics::METRICS;
+use crate::metrics::Metrics;
 use crate::state_machine::StateMachine;
 use crate::status::NodeStatus;
 use crate::storage::engine::Checkpoint;
@@ -53,6 +53,7 @@ pub struct ApplyActor {
     last_snapshot: u64,
     /// A snapshot file is being written by a background thread.
     saving: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl ApplyActor {
@@ -63,6 +64,7 @@ impl ApplyActor {
         status: Arc<NodeStatus>,
         data_dir: PathBuf,
         snapshot_count: u64,
+        metrics: Arc<Metrics>,
     ) -> ApplyActor {
         let last_snapshot = sm.applied_index();
         *status.removed.write() = sm.membership().removed().collect();
@@ -76,6 +78,7 @@ impl ApplyActor {
             snapshot_count: snapshot_count.max(1),
             last_snapshot,
             saving: false,
+            metrics,
         };
         a.publish();
         a
@@ -89,13 +92,15 @@ impl ApplyActor {
             .store(self.sm.applied_index(), Relaxed);
         self.status.revision.store(revision, Relaxed);
         self.status.db_size.store(size, Relaxed);
-        METRICS
+        self.metrics
             .proposals_applied
             .set(self.sm.applied_index() as i64);
-        METRICS.mvcc_revision.set(revision);
-        METRICS.db_total_size.set(size as i64);
-        METRICS.keys_total.set(self.sm.key_count() as i64);
-        METRICS.proposals_pending.set(self.waiters.len() as i64);
+        self.metrics.mvcc_revision.set(revision);
+        self.metrics.db_total_size.set(size as i64);
+        self.metrics.keys_total.set(self.sm.key_count() as i64);
+        self.metrics
+            .proposals_pending
+            .set(self.waiters.len() as i64);
     }
 
     fn serve_ready_reads(&mut self) {
@@ -219,7 +224,7 @@ impl Handler<LeaderChanged> for ApplyActor {
         });
         let failed = before - self.waiters.len();
         if failed > 0 {
-            METRICS.proposals_failed.inc_by(failed as u64);
+            self.metrics.proposals_failed.inc_by(failed as u64);
             tracing::info!(failed, "pending proposals failed: leader changed");
         }
     }
@@ -243,7 +248,7 @@ impl Handler<Apply> for ApplyActor {
                 });
             }
             if let Some(w) = self.waiters.remove(&applied.id) {
-                METRICS
+                self.metrics
                     .propose_duration_ms
                     .observe(w.since.elapsed().as_secs_f64() * 1000.0);
                 let _ = w.reply.send(applied.result);
@@ -255,7 +260,7 @@ impl Handler<Apply> for ApplyActor {
             tracing::error!(error = %e, "cannot write applied changes; stopping");
             std::process::exit(2);
         }
-        METRICS
+        self.metrics
             .apply_duration_ms
             .observe(started.elapsed().as_secs_f64() * 1000.0);
         if let Some(index) = last {

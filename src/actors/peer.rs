@@ -33,7 +33,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::apply::ApplyActor;
 use super::messages::{RemovedFromCluster, SnapshotSent, TakeImage, Unreachable};
 use super::raft::RaftActor;
-use crate::metrics::METRICS;
+use crate::metrics::Metrics;
 use crate::proto::metastorepb::peer_client::PeerClient;
 use crate::proto::metastorepb::{RaftBatch, SnapshotChunk};
 use crate::status::{Faults, NodeStatus};
@@ -61,6 +61,8 @@ pub struct PeerContext {
     pub status: Arc<NodeStatus>,
     /// Test-only fault switches.
     pub faults: Arc<Faults>,
+    /// The member's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Carries Raft messages to one remote member.
@@ -168,7 +170,7 @@ impl PeerActor {
         match tx.try_send(batch) {
             Ok(()) => {
                 self.in_flight = count;
-                METRICS.raft_inflight_messages.inc_by(count as i64);
+                self.ctx.metrics.raft_inflight_messages.inc_by(count as i64);
             }
             Err(_) => {
                 // The stream is going away; its StreamDown follows.
@@ -325,7 +327,10 @@ impl Actor for PeerActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        METRICS.raft_inflight_messages.dec_by(self.in_flight as i64);
+        self.ctx
+            .metrics
+            .raft_inflight_messages
+            .dec_by(self.in_flight as i64);
         self.ctx.status.forget_peer(self.to);
     }
 }
@@ -398,7 +403,7 @@ impl Handler<Outbox> for PeerActor {
             }
         }
         if dropped {
-            METRICS.peer_dropped_messages.inc();
+            self.ctx.metrics.peer_dropped_messages.inc();
             self.lost();
         }
         self.flush();
@@ -416,7 +421,10 @@ impl Handler<NewUrls> for PeerActor {
         self.tx = None;
         self.connecting = false;
         self.generation += 1;
-        METRICS.raft_inflight_messages.dec_by(self.in_flight as i64);
+        self.ctx
+            .metrics
+            .raft_inflight_messages
+            .dec_by(self.in_flight as i64);
         self.in_flight = 0;
         self.connect(ctx);
     }
@@ -443,7 +451,10 @@ impl Handler<Acked> for PeerActor {
         if msg.generation != self.generation {
             return;
         }
-        METRICS.raft_inflight_messages.dec_by(self.in_flight as i64);
+        self.ctx
+            .metrics
+            .raft_inflight_messages
+            .dec_by(self.in_flight as i64);
         self.in_flight = 0;
         self.flush();
     }
@@ -474,7 +485,10 @@ impl Handler<StreamDown> for PeerActor {
         }
         self.ctx.status.set_peer_active(self.to, false);
         if self.in_flight > 0 || !self.queue.is_empty() {
-            METRICS.raft_inflight_messages.dec_by(self.in_flight as i64);
+            self.ctx
+                .metrics
+                .raft_inflight_messages
+                .dec_by(self.in_flight as i64);
             self.in_flight = 0;
             self.queue.clear();
             self.lost();

@@ -33,7 +33,7 @@ use super::peer::{NewUrls, Outbox, PeerActor, PeerContext, Stop};
 use super::wal::{WalCommand, WalHandle};
 use crate::consensus::{Node, Persist, Turn};
 use crate::error::ApiError;
-use crate::metrics::METRICS;
+use crate::metrics::Metrics;
 use crate::proto::etcdserverpb::Member;
 use crate::proto::metastorepb::ConfChangeContext;
 use crate::status::NodeStatus;
@@ -69,7 +69,7 @@ pub struct RaftSettings {
     pub snapshot_catchup_entries: u64,
     /// The tick interval.
     pub tick: std::time::Duration,
-    /// The shared context of the PeerActors.
+    /// The shared context of the PeerActors (with the member's metrics).
     pub peers: PeerContext,
 }
 
@@ -134,6 +134,10 @@ impl RaftActor {
             self.turn_scheduled = true;
             ctx.notify(RunTurn);
         }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.settings.peers.metrics
     }
 
     fn me(&self) -> String {
@@ -217,7 +221,7 @@ impl RaftActor {
             (Ok(()), Waiting::ConfChange(p)) => self.registrations.push((p.id, p.reply)),
             (Err(ApiError::NoLeader), w) => self.waiting.push_back(w),
             (Err(e), w) => {
-                METRICS.proposals_failed.inc();
+                self.metrics().proposals_failed.inc();
                 reply_err(w, e);
             }
         }
@@ -234,18 +238,20 @@ impl RaftActor {
 
     fn execute(&mut self, turn: Turn<PendingRead>) {
         if turn.campaigned {
-            METRICS.election_timeouts.inc();
+            self.metrics().election_timeouts.inc();
             tracing::info!(member = %self.me(), term = self.node.term(), "election timeout: campaigning");
         }
         if let Some(role) = turn.role_changed {
             tracing::info!(member = %self.me(), term = self.node.term(), ?role, "raft role changed");
-            METRICS.is_leader.set(i64::from(role == StateRole::Leader));
+            self.metrics()
+                .is_leader
+                .set(i64::from(role == StateRole::Leader));
         }
         self.status.term.store(self.node.term(), Relaxed);
         self.status
             .commit_index
             .store(self.node.commit_index(), Relaxed);
-        METRICS
+        self.metrics()
             .proposals_committed
             .set(self.node.commit_index() as i64);
         match (turn.install, turn.persist) {
@@ -280,10 +286,12 @@ impl RaftActor {
 
     fn on_leader_changed(&mut self, leader: u64) {
         self.status.leader.store(leader, Relaxed);
-        METRICS.has_leader.set(i64::from(leader != 0));
-        METRICS.is_leader.set(i64::from(self.node.is_leader()));
-        METRICS.leader_changes_seen.inc();
-        METRICS.raft_leader_changes.inc();
+        self.metrics().has_leader.set(i64::from(leader != 0));
+        self.metrics()
+            .is_leader
+            .set(i64::from(self.node.is_leader()));
+        self.metrics().leader_changes_seen.inc();
+        self.metrics().raft_leader_changes.inc();
         tracing::info!(
             member = %self.me(),
             leader = format!("{leader:x}"),
@@ -542,14 +550,16 @@ impl Handler<Tick> for RaftActor {
             // A late tick is a late heartbeat: what nothing on this thread
             // may cause.
             let gap = now - last;
-            METRICS.tick_interval_seconds.observe(gap.as_secs_f64());
+            self.metrics()
+                .tick_interval_seconds
+                .observe(gap.as_secs_f64());
             let late = gap.saturating_sub(self.settings.tick).as_millis() as i64;
-            if late > METRICS.tick_delay_max_ms.get() {
-                METRICS.tick_delay_max_ms.set(late);
+            if late > self.metrics().tick_delay_max_ms.get() {
+                self.metrics().tick_delay_max_ms.set(late);
             }
         }
         if self.node.is_leader() {
-            METRICS.heartbeat_timeouts.inc();
+            self.metrics().heartbeat_timeouts.inc();
         }
         for read in self.node.tick() {
             let _ = read.reply.send(Err(ApiError::Timeout));

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::messages::{Append, Persisted, Purge};
 use super::raft::RaftActor;
-use crate::metrics::METRICS;
+use crate::metrics::Metrics;
 use crate::storage::engine::LogStore;
 use actix::Addr;
 use crossbeam_channel::{Receiver, Sender};
@@ -47,6 +47,7 @@ impl WalHandle {
 pub struct WalWriter {
     log: Box<dyn LogStore>,
     raft: Addr<RaftActor>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl WalWriter {
@@ -56,9 +57,10 @@ impl WalWriter {
     pub fn spawn(
         log: Box<dyn LogStore>,
         raft: Addr<RaftActor>,
+        metrics: std::sync::Arc<Metrics>,
     ) -> std::io::Result<(WalHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut writer = WalWriter { log, raft };
+        let mut writer = WalWriter { log, raft, metrics };
         let thread = std::thread::Builder::new()
             .name("wal".into())
             .spawn(move || writer.run(rx))?;
@@ -90,7 +92,7 @@ impl WalWriter {
             }
             if must_sync {
                 self.sync();
-                METRICS.wal_batch_entries.observe(entries as f64);
+                self.metrics.wal_batch_entries.observe(entries as f64);
             }
             // Without must_sync (nothing but a hard state that needs no fsync)
             // the records ride along with the next sync.
@@ -113,7 +115,7 @@ impl WalWriter {
             tracing::error!(error = %e, "Raft log write failed; stopping");
             std::process::exit(2);
         }
-        METRICS
+        self.metrics
             .wal_fsync_seconds
             .observe(started.elapsed().as_secs_f64());
     }

@@ -11,7 +11,6 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::{Gateway, ETCD_VERSION};
-use crate::metrics::METRICS;
 use crate::proto::etcdserverpb::RangeRequest;
 use crate::state_machine::ReadRequest;
 
@@ -50,13 +49,13 @@ async fn heal(State(gw): State<Gateway>) -> impl IntoResponse {
     "healed\n"
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(gw): State<Gateway>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        METRICS.render(),
+        gw.core().metrics.render(),
     )
 }
 

@@ -18,12 +18,22 @@ use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 /// The KV service.
 pub struct KvService {
     gw: Gateway,
+    metrics: [MethodMetrics; 5],
 }
+
+/// The methods, in the order of `KvService::metrics`.
+const METHODS: [&str; 5] = ["Range", "Put", "DeleteRange", "Txn", "Compact"];
 
 impl KvService {
     /// A KV service over the gateway.
     pub fn new(gw: Gateway) -> KvService {
-        KvService { gw }
+        let metrics = METHODS.map(|m| MethodMetrics::new(&gw.core().metrics, m));
+        KvService { gw, metrics }
+    }
+
+    fn method(&self, name: &str) -> &MethodMetrics {
+        let i = METHODS.iter().position(|m| *m == name).unwrap_or(0);
+        &self.metrics[i]
     }
 
     fn unexpected(what: &str) -> ApiError {
@@ -96,12 +106,10 @@ impl KvService {
 
 /// Runs a handler body, records metrics, maps the error to etcd's status.
 macro_rules! rpc {
-    ($method:literal, $fut:expr) => {{
-        static METRICS: std::sync::LazyLock<MethodMetrics> =
-            std::sync::LazyLock::new(|| MethodMetrics::new($method));
+    ($self:ident, $method:literal, $fut:expr) => {{
         let started = Instant::now();
         let result = $fut.await.map(Response::new).map_err(Status::from);
-        METRICS.observe(started, &result);
+        $self.method($method).observe(started, &result);
         result
     }};
 }
@@ -110,12 +118,12 @@ macro_rules! rpc {
 impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        rpc!("Range", self.range_inner(req.into_inner()))
+        rpc!(self, "Range", self.range_inner(req.into_inner()))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        rpc!("Put", self.put_inner(req.into_inner()))
+        rpc!(self, "Put", self.put_inner(req.into_inner()))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -123,12 +131,12 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        rpc!("DeleteRange", self.delete_inner(req.into_inner()))
+        rpc!(self, "DeleteRange", self.delete_inner(req.into_inner()))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        rpc!("Txn", self.txn_inner(req.into_inner()))
+        rpc!(self, "Txn", self.txn_inner(req.into_inner()))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -136,6 +144,6 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        rpc!("Compact", self.compact_inner(req.into_inner()))
+        rpc!(self, "Compact", self.compact_inner(req.into_inner()))
     }
 }

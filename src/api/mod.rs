@@ -24,7 +24,7 @@ use crate::actors::messages::{
 };
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::metrics::{CodeLabels, MethodLabels, METRICS};
+use crate::metrics::{CodeLabels, MethodLabels, Metrics};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::metastorepb::{internal_request, InternalRequest};
 use crate::server::Core;
@@ -310,28 +310,33 @@ where
 /// allocates nothing and takes no lock (the label lookup happens at start-up).
 pub struct MethodMetrics {
     method: &'static str,
+    handled: prometheus_client::metrics::family::Family<
+        CodeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
     started: prometheus_client::metrics::counter::Counter,
     ok: prometheus_client::metrics::counter::Counter,
     duration_ms: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl MethodMetrics {
-    /// Handles for `method`.
-    pub fn new(method: &'static str) -> MethodMetrics {
+    /// Handles for `method` in `metrics`.
+    pub fn new(metrics: &Metrics, method: &'static str) -> MethodMetrics {
         let labels = MethodLabels {
             grpc_method: method.to_owned(),
         };
         MethodMetrics {
             method,
-            started: METRICS.grpc_started.get_or_create(&labels).clone(),
-            ok: METRICS
+            handled: metrics.grpc_handled.clone(),
+            started: metrics.grpc_started.get_or_create(&labels).clone(),
+            ok: metrics
                 .grpc_handled
                 .get_or_create(&CodeLabels {
                     grpc_method: method.to_owned(),
                     grpc_code: "OK".to_owned(),
                 })
                 .clone(),
-            duration_ms: METRICS.grpc_duration_ms.get_or_create(&labels).clone(),
+            duration_ms: metrics.grpc_duration_ms.get_or_create(&labels).clone(),
         }
     }
 
@@ -343,8 +348,7 @@ impl MethodMetrics {
                 self.ok.inc();
             }
             Err(s) => {
-                METRICS
-                    .grpc_handled
+                self.handled
                     .get_or_create(&CodeLabels {
                         grpc_method: self.method.to_owned(),
                         grpc_code: format!("{:?}", s.code()),
@@ -357,13 +361,14 @@ impl MethodMetrics {
     }
 }
 
-/// Serves gRPC and HTTP on `addr` until SIGINT/SIGTERM, and the peer
+/// Serves gRPC and HTTP on `addr` until `stop` completes, and the peer
 /// service on `peers` (on the Raft thread).
 pub async fn serve(
     cfg: Config,
     core: Core,
     addr: SocketAddr,
     peers: std::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     use crate::proto::etcdserverpb::{
         cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
@@ -397,7 +402,7 @@ pub async fn serve(
     );
     tracing::info!(%addr, "serving clients (gRPC and HTTP)");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .map_err(|e| e.to_string())
 }
@@ -489,7 +494,8 @@ fn tonic_too_large(msg: &str) -> Option<(u64, u64)> {
     Some((found.parse().ok()?, limit.parse().ok()?))
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,

@@ -39,6 +39,7 @@ mod durability;
 mod errors;
 mod etcdctl;
 mod harness;
+mod inprocess;
 mod kv;
 mod smoke;
 mod snapshot;

@@ -368,4 +368,48 @@ mod tests {
             assert!(decode_entries(&payload[..cut]).is_err());
         }
     }
+
+    /// A snapshot from the leader was installed after some entries of an
+    /// older log: its marker starts the log over, and entries after it
+    /// follow. A marker beyond the state machine's snapshot means the
+    /// install did not finish: refused.
+    #[test]
+    fn a_snapshot_marker_starts_the_log_over() {
+        use crate::storage::wal::Record;
+        let entries = |es: &[Entry]| {
+            let mut payload = Vec::new();
+            encode_entries(es, &mut payload);
+            Record {
+                kind: record::ENTRIES,
+                payload,
+            }
+        };
+        let marker = |index| Record {
+            kind: record::SNAPSHOT,
+            payload: encode_message(&SnapshotMetadata {
+                index,
+                term: 3,
+                ..Default::default()
+            }),
+        };
+        // Stale entries 2..=6 of an old term, then the install at 10.
+        let records = vec![
+            entries(&[ent(2, 1), ent(3, 1), ent(4, 1), ent(5, 1), ent(6, 1)]),
+            marker(10),
+            entries(&[ent(11, 3), ent(12, 3)]),
+        ];
+        let base = |index| SnapshotMetadata {
+            index,
+            term: 3,
+            ..Default::default()
+        };
+        let log = RaftLog::recover(base(10), &records).unwrap();
+        assert_eq!(
+            (log.first_index().unwrap(), log.last_index().unwrap()),
+            (11, 12)
+        );
+        assert_eq!(log.hard_state().commit, 10);
+        let err = RaftLog::recover(base(1), &records).unwrap_err();
+        assert!(err.to_string().contains("did not finish"), "{err}");
+    }
 }

@@ -256,6 +256,11 @@ async fn three_members_replicate_and_any_member_serves(engine: Engine) {
     let leader = c.wait_leader(Duration::from_secs(5));
     let (_, body) = http_get(c.members[leader].port, "/metrics").unwrap();
     assert!(body.contains("etcd_server_is_leader 1"), "{body}");
+    // (etcdctl 3.4 prints the health lines on stderr.)
+    let out = etcdctl_at(&c.endpoints()[0], &["endpoint", "health", "--cluster"]);
+    assert!(out.status.success());
+    let health = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
     // MoveLeader (etcdctl finds the leader among the endpoints): the new
     // leader counts the change under both names.
     let to = (leader + 1) % 3;
@@ -862,3 +867,53 @@ fn mismatches_fail_startup_clearly(engine: Engine) {
 }
 
 engine_tests!(sync: mismatches_fail_startup_clearly);
+
+/// Without a quorum a request never hangs: a write fails with etcd's "no
+/// leader" once the request timeout (7 s) passes, a linearizable read with
+/// "request timed out"; a serializable read is still served locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_requests_fail_after_the_request_timeout() {
+    let mut c = blocking(|| Cluster::start(3, Engine::Memory, &[]))
+        .await
+        .unwrap();
+    let ep = c.members[0].endpoint();
+    let out = etcdctl_at(&ep, &["put", "k", "v"]);
+    assert!(out.status.success());
+    c.members[1].kill9();
+    c.members[2].kill9();
+    // (A write made while it still thinks a leader exists fails with
+    // "leader changed" as soon as that leader is declared lost.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_of(&ep).is_none_or(|s| s.1 != 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the lone member still sees a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(20));
+    let mut client = etcd_client::Client::connect([ep], Some(opts))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = client.put("k", "w", None).await.unwrap_err().to_string();
+    let took = started.elapsed();
+    assert!(
+        err.contains("etcdserver: no leader") || err.contains("etcdserver: request timed out"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let err = client.get("k", None).await.unwrap_err().to_string();
+    assert!(err.contains("etcdserver: request timed out"), "{err}");
+    let resp = client
+        .get(
+            "k",
+            Some(etcd_client::GetOptions::new().with_serializable()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.kvs()[0].value(), b"v");
+}

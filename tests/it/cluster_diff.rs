@@ -269,5 +269,28 @@ fn cluster_commands_read_as_against_etcd() {
         run(&etcd, &me, &["member", "remove", &le]),
         run(&ms, &mm, &["member", "remove", &lm]),
     );
+    // MemberUpdate: a second peer URL for member m3.
+    let id_of = |c: &Cluster, name: &str| {
+        let out = etcdctl_at(&c.members[0].endpoint(), &["member", "list"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains(&format!(", {name}, ")))
+            .and_then(|l| l.split(',').next())
+            .unwrap()
+            .to_owned()
+    };
+    let (ue, um) = (id_of(&etcd, "m3"), id_of(&ms, "m3"));
+    let two = |c: &Cluster| format!("--peer-urls={},http://127.0.0.1:1", c.members[2].peer_url());
+    let (two_e, two_m) = (two(&etcd), two(&ms));
+    check(
+        "member update",
+        run(&etcd, &me, &["member", "update", &ue, &two_e]),
+        run(&ms, &mm, &["member", "update", &um, &two_m]),
+    );
+    check(
+        "member list after the update",
+        sorted(run(&etcd, &me, &["member", "list"])),
+        sorted(run(&ms, &mm, &["member", "list"])),
+    );
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }

@@ -739,6 +739,18 @@ mod tests {
     /// call, even while writes go on; it installs into a fresh RocksDB store
     /// and reads into a memory store, both equal to the original; the memory
     /// engine's image of the same state is the same bytes.
+    /// An install that stopped halfway (its mark still set) refuses to be
+    /// opened: the member must be re-seeded, never started on a mix.
+    #[test]
+    fn an_interrupted_install_refuses_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let dbs = fresh_for_test(dir.path());
+        let meta = cf(&dbs.kv, CF_META);
+        dbs.kv.put_cf(meta, META_INSTALLING, b"1").unwrap();
+        let err = super::super::read_kv_meta(&dbs.kv).unwrap_err().to_string();
+        assert!(err.contains("interrupted"), "{err}");
+    }
+
     #[test]
     fn images_are_consistent_and_install_on_both_engines() {
         let dir = tempfile::tempdir().unwrap();

@@ -29,6 +29,9 @@ pub struct RaftConfig {
     pub max_inflight_msgs: usize,
     /// Bytes of uncommitted entries after which proposals are refused.
     pub max_uncommitted_size: u64,
+    /// Hand new entries to the WAL (and to followers) while an earlier
+    /// append is still being written, instead of one append at a time.
+    pub pipeline_appends: bool,
 }
 
 impl Default for RaftConfig {
@@ -42,6 +45,7 @@ impl Default for RaftConfig {
             max_size_per_msg: 4 * 1024 * 1024,
             max_inflight_msgs: 512,
             max_uncommitted_size: 1 << 30,
+            pipeline_appends: true,
         }
     }
 }
@@ -216,6 +220,10 @@ pub struct Flags {
     /// on the client port, which drop (or restore) all peer traffic.
     #[arg(long, hide = true)]
     pub experimental_fault_injection: bool,
+    /// For measurements: one append in flight at a time (sets
+    /// raft.pipeline-appends = false).
+    #[arg(long, hide = true)]
+    pub experimental_unpipelined_appends: bool,
 }
 
 impl Config {
@@ -270,6 +278,9 @@ impl Config {
             log_level
         );
         cfg.fault_injection = flags.experimental_fault_injection;
+        if flags.experimental_unpipelined_appends {
+            cfg.raft.pipeline_appends = false;
+        }
         let ticks = |ms: u64, tick_ms: u64| (ms / tick_ms.max(1)).max(1) as usize;
         if let Some(ms) = flags.heartbeat_interval {
             cfg.raft.heartbeat_tick = ticks(ms, cfg.raft.tick_ms);

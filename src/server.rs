@@ -612,8 +612,10 @@ pub fn start_core(
     let id = status.member_id;
     let rcfg = raft_config(cfg, id, rec.state_machine.applied_index());
     let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
-    let node: Node<crate::actors::messages::PendingRead> = Node::new(&rcfg, rec.log, &logger)
-        .map_err(|e| StorageError::Decode(format!("raft: {e}")))?;
+    let mut node: Node<crate::actors::messages::PendingRead> =
+        Node::new(&rcfg, rec.log, &logger)
+            .map_err(|e| StorageError::Decode(format!("raft: {e}")))?;
+    node.set_pipeline(cfg.raft.pipeline_appends);
     let tick = Duration::from_millis(cfg.raft.tick_ms);
     let members = rec.state_machine.membership().members();
 

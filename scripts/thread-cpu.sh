@@ -14,6 +14,8 @@ dir=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
 "$bin" --engine "$engine" --data-dir "$dir/data" \
   --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+  --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+  --initial-cluster "default=http://127.0.0.1:$((port + 1))" \
   >"$dir/log" 2>&1 &
 pid=$!
 until curl -s "127.0.0.1:$port/health" | grep -q true; do sleep 0.05; done

@@ -104,6 +104,8 @@ impl PeerActor {
         Endpoint::from_shared(url.clone()).ok().map(|e| {
             e.connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
+                .initial_stream_window_size(crate::api::peer::PEER_WINDOW)
+                .initial_connection_window_size(crate::api::peer::PEER_WINDOW)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(5))
         })

@@ -57,6 +57,10 @@ impl PeerService {
     }
 }
 
+/// HTTP/2 flow-control windows of peer streams: room for several 4 MiB
+/// append messages (the default 64 KiB would throttle a catching-up member).
+pub const PEER_WINDOW: u32 = 16 << 20;
+
 /// Serves the peer service on `listener` until the process stops.
 pub async fn serve(gw: Gateway, listener: std::net::TcpListener, incoming: PathBuf) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -67,13 +71,22 @@ pub async fn serve(gw: Gateway, listener: std::net::TcpListener, incoming: PathB
         }
     };
     let addr = listener.local_addr().ok();
-    let stream = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small writes (acks, heartbeats) must leave at once: without
+    // TCP_NODELAY, Nagle and the peer's delayed ACK hold them ~40 ms.
+    use futures::StreamExt as _;
+    let stream = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        if let Ok(tcp) = &s {
+            let _ = tcp.set_nodelay(true);
+        }
+        s
+    });
     tracing::info!(?addr, "serving peers");
     let svc = PeerServer::new(PeerService::new(gw, incoming))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     if let Err(e) = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .initial_stream_window_size(PEER_WINDOW)
+        .initial_connection_window_size(PEER_WINDOW)
         .add_service(svc)
         .serve_with_incoming(stream)
         .await

@@ -580,6 +580,27 @@ mod tests {
         assert!(index >= net.members[&l].applied_index);
     }
 
+    /// Two members' reads reach the leader in the same round with the same
+    /// counters: neither is dropped (contexts carry the member id).
+    #[test]
+    fn concurrent_reads_from_two_followers_are_both_answered() {
+        let mut net = Network::new(3);
+        let l = net.elect(50);
+        net.propose(l, b"w");
+        let fs: Vec<u64> = (1..=3).filter(|&i| i != l).collect();
+        for &f in &fs {
+            net.m(f).node.read(7);
+        }
+        net.settle();
+        for &f in &fs {
+            assert_eq!(
+                net.members[&f].reads.len(),
+                1,
+                "follower {f}'s read was dropped"
+            );
+        }
+    }
+
     /// MemberAdd as a learner, catch up (snapshot), promote; MemberRemove.
     #[test]
     fn a_learner_joins_catches_up_is_promoted_and_a_member_is_removed() {

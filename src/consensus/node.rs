@@ -317,7 +317,12 @@ impl<R> Node<R> {
     fn issue_read_index(&mut self) -> u64 {
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        // The leader keeps pending reads by context and silently drops a
+        // second request with the same one: contexts are unique in the
+        // cluster (this member's id, then a counter).
+        let mut bytes = self.id().to_le_bytes().to_vec();
+        bytes.extend_from_slice(&ctx.to_le_bytes());
+        self.raw.read_index(bytes);
         ctx
     }
 
@@ -429,7 +434,9 @@ impl<R> Node<R> {
             }
         }
         for rs in rd.take_read_states() {
-            let ctx = read_ctx(&rs.request_ctx);
+            let Some(ctx) = read_ctx(self.id(), &rs.request_ctx) else {
+                continue;
+            };
             if let Some(b) = self.reads_in_flight.remove(&ctx) {
                 turn.reads.push((rs.index, b.reads));
             }
@@ -523,11 +530,11 @@ impl<R> Node<R> {
     }
 }
 
-fn read_ctx(bytes: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = bytes.len().min(8);
-    b[..n].copy_from_slice(&bytes[..n]);
-    u64::from_le_bytes(b)
+/// The counter of a read context this member issued.
+fn read_ctx(me: u64, bytes: &[u8]) -> Option<u64> {
+    let (id, ctx) = bytes.split_at_checked(8)?;
+    let id = u64::from_le_bytes(id.try_into().ok()?);
+    (id == me).then_some(u64::from_le_bytes(ctx.try_into().ok()?))
 }
 
 #[cfg(test)]

@@ -61,7 +61,8 @@ pub struct Metrics {
     pub wal_fsync_seconds: Histogram,
     /// Entries per WAL write (group-commit batch size).
     pub wal_batch_entries: Histogram,
-    /// Raft messages handed to peers and not acknowledged.
+    /// On the leader: append messages sent to followers and not yet
+    /// answered by them.
     pub raft_inflight_messages: Gauge,
     /// Times messages to a peer were dropped (queue full or stream down).
     pub peer_dropped_messages: Counter,
@@ -190,7 +191,7 @@ impl Metrics {
         );
         registry.register(
             "raft_inflight_messages",
-            "Raft messages sent and not yet acknowledged",
+            "Append messages the leader sent to followers and they have not answered yet",
             m.raft_inflight_messages.clone(),
         );
         registry.register(

@@ -2,9 +2,11 @@
 //! long-lived gRPC stream to that member's peer port and carries Raft's
 //! messages over it.
 //!
-//! - Coalescing: one batch is in flight at a time; every message queued
-//!   while it is (the receiver acks a batch once it is in its Raft mailbox)
-//!   leaves in the next batch, as one write.
+//! - Coalescing: one batch is being written at a time (it sits in a
+//!   one-slot channel until the gRPC stream takes it); every message queued
+//!   meanwhile leaves in the next batch, as one write. There is no
+//!   transport-level ack: Raft's own responses acknowledge its appends
+//!   (`raft_inflight_messages` counts the appends they have not answered).
 //! - Bounded: at most [`MAX_QUEUE`] messages wait; beyond that, and while the
 //!   stream is down, messages are dropped and Raft is told the member is
 //!   unreachable (it probes again). Memory never grows with a slow peer.
@@ -73,8 +75,8 @@ pub struct PeerActor {
     queue: VecDeque<Message>,
     /// The live stream's sending side.
     tx: Option<mpsc::Sender<RaftBatch>>,
-    /// Messages in the batch awaiting its ack (0: none in flight).
-    in_flight: usize,
+    /// A batch sits in the channel, not yet taken by the stream.
+    writing: bool,
     /// Stream generation: events of an older stream are ignored.
     generation: u64,
     connecting: bool,
@@ -91,7 +93,7 @@ impl PeerActor {
             ctx,
             queue: VecDeque::new(),
             tx: None,
-            in_flight: 0,
+            writing: false,
             generation: 0,
             connecting: false,
             backoff: BACKOFF_MIN,
@@ -124,36 +126,30 @@ impl PeerActor {
         let generation = self.generation;
         let me = ctx.address();
         actix::spawn(async move {
-            let (tx, rx) = mpsc::channel::<RaftBatch>(2);
-            let opened = async {
-                let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-                let mut client = PeerClient::new(channel).max_decoding_message_size(usize::MAX);
-                client
-                    .raft(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| s.message().to_owned())
-            };
-            match opened.await {
-                Ok(mut acks) => {
-                    me.do_send(StreamUp { generation, tx });
-                    let why = loop {
-                        match acks.message().await {
-                            Ok(Some(_)) => me.do_send(Acked { generation }),
-                            Ok(None) => break "closed by the peer".to_owned(),
-                            Err(s) => break s.message().to_owned(),
-                        }
-                    };
-                    me.do_send(StreamDown { generation, why });
+            let channel = match endpoint.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let why = e.to_string();
+                    return me.do_send(StreamDown { generation, why });
                 }
-                Err(why) => me.do_send(StreamDown { generation, why }),
-            }
+            };
+            // One slot: a batch waits there until the stream takes it.
+            let (tx, rx) = mpsc::channel::<RaftBatch>(1);
+            me.do_send(StreamUp { generation, tx });
+            let ended = PeerClient::new(channel)
+                .raft(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            let why = match ended {
+                Ok(_) => "closed by the peer".to_owned(),
+                Err(s) => s.message().to_owned(),
+            };
+            me.do_send(StreamDown { generation, why });
         });
     }
 
-    /// Sends what is queued if no batch is in flight.
-    fn flush(&mut self) {
-        if self.in_flight > 0 || self.queue.is_empty() {
+    /// Sends what is queued if no batch is waiting to be written.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.queue.is_empty() {
             return;
         }
         let Some(tx) = &self.tx else { return };
@@ -162,7 +158,6 @@ impl PeerActor {
             .drain(..)
             .map(|m| m.write_to_bytes().expect("raft message encodes"))
             .collect();
-        let count = messages.len();
         let batch = RaftBatch {
             cluster_id: self.ctx.cluster_id,
             from: self.ctx.from,
@@ -171,8 +166,15 @@ impl PeerActor {
         };
         match tx.try_send(batch) {
             Ok(()) => {
-                self.in_flight = count;
-                self.ctx.metrics.raft_inflight_messages.inc_by(count as i64);
+                self.writing = true;
+                // Told when the stream took it: the next batch may go.
+                let tx = tx.clone();
+                let me = ctx.address();
+                let generation = self.generation;
+                actix::spawn(async move {
+                    let _ = tx.reserve().await;
+                    me.do_send(Drained { generation });
+                });
             }
             Err(_) => {
                 // The stream is going away; its StreamDown follows.
@@ -329,10 +331,6 @@ impl Actor for PeerActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.ctx
-            .metrics
-            .raft_inflight_messages
-            .dec_by(self.in_flight as i64);
         self.ctx.status.forget_peer(self.to);
     }
 }
@@ -375,7 +373,7 @@ struct StreamDown {
 
 #[derive(actix::Message)]
 #[rtype(result = "()")]
-struct Acked {
+struct Drained {
     generation: u64,
 }
 
@@ -408,7 +406,7 @@ impl Handler<Outbox> for PeerActor {
             self.ctx.metrics.peer_dropped_messages.inc();
             self.lost();
         }
-        self.flush();
+        self.flush(ctx);
     }
 }
 
@@ -423,42 +421,35 @@ impl Handler<NewUrls> for PeerActor {
         self.tx = None;
         self.connecting = false;
         self.generation += 1;
-        self.ctx
-            .metrics
-            .raft_inflight_messages
-            .dec_by(self.in_flight as i64);
-        self.in_flight = 0;
+        self.writing = false;
         self.connect(ctx);
     }
 }
 
 impl Handler<StreamUp> for PeerActor {
     type Result = ();
-    fn handle(&mut self, msg: StreamUp, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: StreamUp, ctx: &mut Context<Self>) {
         if msg.generation != self.generation {
             return;
         }
         self.connecting = false;
         self.tx = Some(msg.tx);
+        self.writing = false;
         self.backoff = BACKOFF_MIN;
         self.ctx.status.set_peer_active(self.to, true);
         tracing::info!(peer = format!("{:x}", self.to), "peer stream up");
-        self.flush();
+        self.flush(ctx);
     }
 }
 
-impl Handler<Acked> for PeerActor {
+impl Handler<Drained> for PeerActor {
     type Result = ();
-    fn handle(&mut self, msg: Acked, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Drained, ctx: &mut Context<Self>) {
         if msg.generation != self.generation {
             return;
         }
-        self.ctx
-            .metrics
-            .raft_inflight_messages
-            .dec_by(self.in_flight as i64);
-        self.in_flight = 0;
-        self.flush();
+        self.writing = false;
+        self.flush(ctx);
     }
 }
 
@@ -486,12 +477,9 @@ impl Handler<StreamDown> for PeerActor {
             tracing::debug!(peer = format!("{:x}", self.to), why = %msg.why, "peer not reachable");
         }
         self.ctx.status.set_peer_active(self.to, false);
-        if self.in_flight > 0 || !self.queue.is_empty() {
-            self.ctx
-                .metrics
-                .raft_inflight_messages
-                .dec_by(self.in_flight as i64);
-            self.in_flight = 0;
+        // A batch in the channel or queued may never arrive.
+        if self.writing || !self.queue.is_empty() {
+            self.writing = false;
             self.queue.clear();
             self.lost();
         }

@@ -254,6 +254,9 @@ impl RaftActor {
         self.metrics()
             .proposals_committed
             .set(self.node.commit_index() as i64);
+        self.metrics()
+            .raft_inflight_messages
+            .set(self.node.inflight_appends() as i64);
         match (turn.install, turn.persist) {
             (Some(snapshot), Some(persist)) => {
                 // The state first, then the log that says it is there.

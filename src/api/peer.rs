@@ -6,11 +6,9 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures::Stream;
 use protobuf::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -18,7 +16,7 @@ use super::Gateway;
 use crate::actors::messages::StepBatch;
 use crate::proto::metastorepb::peer_server::{Peer, PeerServer};
 use crate::proto::metastorepb::{
-    Membership, MembershipRequest, PromoteRequest, PromoteResponse, RaftAck, RaftBatch,
+    Membership, MembershipRequest, PromoteRequest, PromoteResponse, RaftBatch, RaftEnd,
     SnapshotAck, SnapshotChunk,
 };
 use crate::status::REMOVED;
@@ -97,60 +95,37 @@ pub async fn serve(gw: Gateway, listener: std::net::TcpListener, incoming: PathB
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    type RaftStream = Pin<Box<dyn Stream<Item = Result<RaftAck, Status>> + Send>>;
-
-    async fn raft(
-        &self,
-        req: Request<Streaming<RaftBatch>>,
-    ) -> Result<Response<Self::RaftStream>, Status> {
+    async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftEnd>, Status> {
         let mut batches = req.into_inner();
-        let raft = self.gw.core().raft.clone();
-        let faults = self.gw.core().faults.clone();
-        let status = self.gw.core().status.clone();
-        let cluster_id = status.cluster_id;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        // tonic runs handlers as plain tokio tasks (no LocalSet).
-        tokio::spawn(async move {
-            while let Ok(Some(batch)) = batches.message().await {
-                if batch.cluster_id != cluster_id {
-                    let _ = tx
-                        .send(Err(Status::failed_precondition(
-                            "etcdserver: cluster ID mismatch",
-                        )))
-                        .await;
-                    return;
-                }
-                if status.is_removed(batch.from) {
-                    // It may not know yet: it never applies its own removal
-                    // once the others stop replicating to it.
-                    let _ = tx.send(Err(Status::permission_denied(REMOVED))).await;
-                    return;
-                }
-                let count = batch.messages.len() as u64;
-                if !faults.isolated() {
-                    let mut msgs = Vec::with_capacity(batch.messages.len());
-                    for bytes in &batch.messages {
-                        match raft::eraftpb::Message::parse_from_bytes(bytes) {
-                            Ok(m) => msgs.push(m),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "undecodable raft message dropped")
-                            }
-                        }
-                    }
-                    // Waits while the Raft mailbox is full: backpressure on
-                    // the sender, whose next batch coalesces meanwhile.
-                    if raft.send(StepBatch(msgs)).await.is_err() {
-                        return;
-                    }
-                }
-                if tx.send(Ok(RaftAck { count })).await.is_err() {
-                    return;
+        let core = self.gw.core();
+        while let Some(batch) = batches.message().await? {
+            if batch.cluster_id != core.status.cluster_id {
+                return Err(Status::failed_precondition(
+                    "etcdserver: cluster ID mismatch",
+                ));
+            }
+            if core.status.is_removed(batch.from) {
+                // It may not know yet: it never applies its own removal once
+                // the others stop replicating to it.
+                return Err(Status::permission_denied(REMOVED));
+            }
+            if core.faults.isolated() {
+                continue;
+            }
+            let mut msgs = Vec::with_capacity(batch.messages.len());
+            for bytes in &batch.messages {
+                match raft::eraftpb::Message::parse_from_bytes(bytes) {
+                    Ok(m) => msgs.push(m),
+                    Err(e) => tracing::warn!(error = %e, "undecodable raft message dropped"),
                 }
             }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            // Waits while the Raft mailbox is full: backpressure on the
+            // sender, whose next batch coalesces meanwhile.
+            if core.raft.send(StepBatch(msgs)).await.is_err() {
+                return Err(Status::unavailable("etcdserver: server stopped"));
+            }
+        }
+        Ok(Response::new(RaftEnd {}))
     }
 
     async fn snapshot(

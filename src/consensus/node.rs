@@ -204,6 +204,22 @@ impl<R> Node<R> {
         self.raw.raft.prs().get(id).map(|p| p.matched)
     }
 
+    /// On a leader: append messages sent to followers and not yet answered
+    /// (raft's in-flight windows, summed).
+    pub fn inflight_appends(&self) -> usize {
+        if !self.is_leader() {
+            return 0;
+        }
+        let me = self.id();
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(_, p)| p.ins.count())
+            .sum()
+    }
+
     /// A leadership transfer is under way.
     pub fn transferring(&self) -> bool {
         self.raw.raft.lead_transferee.is_some()

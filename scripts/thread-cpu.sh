@@ -8,7 +8,7 @@ set -euo pipefail
 engine=${1:-memory}
 port=${2:-23799}
 target=${CARGO_TARGET_DIR:-$HOME/.cache/metastore-target}
-bin=$target/release/metastore
+bin=${BIN:-$target/release/metastore}
 loadgen=$(ls -t "$target"/release/deps/loadgen-* | grep -v '\.d$' | head -1)
 dir=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT

@@ -643,7 +643,13 @@ pub fn start_core(
     let raft_status = status.clone();
     let wal_metrics = metrics.clone();
     let apply_for_raft = apply.clone();
-    let spawned = raft_thread.spawn_fn(move || {
+    // A lone voter has no heartbeats to send and no election to lose: its
+    // Raft runs on the client thread, which saves two thread hand-offs per
+    // batch (measured: ~20% more puts/s on 2 cores). Any other member
+    // gives Raft a thread of its own.
+    let cs = rec.state_machine.conf_state();
+    let lone = cs.voters == [id] && cs.learners.is_empty();
+    let start = move || {
         let ctx = Context::<RaftActor>::new();
         let raft = ctx.address();
         let wal = match WalWriter::spawn(log_store, raft.clone(), wal_metrics) {
@@ -657,6 +663,7 @@ pub fn start_core(
         let settings = RaftSettings {
             snapshot_catchup_entries: settings_catchup,
             tick,
+            on_client_thread: lone,
             peers: peers(raft.clone(), apply_for_raft.clone()),
         };
         ctx.run(RaftActor::new(
@@ -668,7 +675,13 @@ pub fn start_core(
         ));
         raft.do_send(InitialMembers(members));
         let _ = tx.send(Ok((raft, wal.1)));
-    });
+    };
+    let spawned = if lone {
+        start();
+        true
+    } else {
+        raft_thread.spawn_fn(start)
+    };
     if !spawned {
         return Err(StorageError::io(
             "start the Raft thread",

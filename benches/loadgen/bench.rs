@@ -11,14 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, KvClient};
-
 use crate::cli::Args;
 use crate::driver::{self, Outcome, Phase};
 use crate::http;
 use crate::procfs;
 use crate::report::{Probes, RunResult};
-use crate::workload::Spec;
+use crate::workload::{KvClient, Spec};
 
 /// A server (one member or a whole cluster) to measure.
 pub struct Target {
@@ -37,20 +35,27 @@ async fn connect(
     n: usize,
     first: usize,
 ) -> Result<Vec<KvClient>, String> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(60));
     let mut conns = Vec::with_capacity(n);
     for k in 0..n {
         let ep = &endpoints[(first + k) % endpoints.len()];
-        let client = Client::connect([ep], Some(opts.clone()))
+        let url = format!("http://{}", crate::http::host_port(ep));
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| format!("endpoint {ep}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .connect()
             .await
             .map_err(|e| format!("connect {ep}: {e}"))?;
-        let mut kv = client.kv_client();
+        let mut kv = KvClient::new(channel);
         // Warm-up: the connection is established before the clock starts.
-        kv.get("loadgen-warmup", None)
+        let warm = metastore::proto::etcdserverpb::RangeRequest {
+            key: b"loadgen-warmup".to_vec(),
+            ..Default::default()
+        };
+        kv.range(warm)
             .await
-            .map_err(|e| format!("warm-up request to {name} ({ep}): {e}"))?;
+            .map_err(|e| format!("warm-up request to {name} ({ep}): {}", e.message()))?;
         conns.push(kv);
     }
     Ok(conns)

@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::KvClient;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::workload::{execute, Op, Spec};
+use crate::workload::{execute, KvClient, Op, Spec};
 
 /// Distinct error messages kept as samples.
 const ERROR_SAMPLES: usize = 5;

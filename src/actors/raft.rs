@@ -69,6 +69,9 @@ pub struct RaftSettings {
     pub snapshot_catchup_entries: u64,
     /// The tick interval.
     pub tick: std::time::Duration,
+    /// Raft shares the client thread (a member that started as the only
+    /// voter); see `server::start_core`.
+    pub on_client_thread: bool,
     /// The shared context of the PeerActors (with the member's metrics).
     pub peers: PeerContext,
 }
@@ -474,6 +477,15 @@ impl Handler<MembershipChanged> for RaftActor {
                 }
                 Err(e) => tracing::error!(error = %e, "raft refused an applied conf change"),
             }
+        }
+        if self.settings.on_client_thread && msg.members.len() > 1 {
+            self.settings.on_client_thread = false;
+            tracing::warn!(
+                member = %self.me(),
+                "this member started as the only one and its Raft shares the client thread: \
+                 heavy requests can delay its heartbeats now that it has peers; \
+                 restart it to give Raft a thread of its own"
+            );
         }
         self.set_peers(&msg.members);
         self.schedule(ctx);

@@ -10,6 +10,13 @@ use metastore::config::{Config, Flags};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
+    // A panic on any thread is a bug; a member with a dead Raft or WAL
+    // thread must not go on answering: report it and stop the process.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(70);
+    }));
     let flags = Flags::parse();
     let cfg = match Config::load(flags) {
         Ok(c) => c,

@@ -89,6 +89,10 @@ pub struct Args {
     /// etcd binary.
     #[arg(long, default_value = "etcd")]
     pub etcd_bin: PathBuf,
+    /// --compare this many times in a row (etcd, MetaStore, etcd, ...) and
+    /// summarise the ratios (median) at the end.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Members per cluster in --compare (1, 3 or 5): each server runs as a
     /// cluster of that many members on loopback, each with its own data
     /// dir, and the clients are spread over their endpoints.

@@ -246,29 +246,47 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let report = rt.block_on(async {
-        if args.compare {
-            compare(&args, &say).await
-        } else {
-            external(&args, &say).await
+    let rounds = if args.compare { args.rounds.max(1) } else { 1 };
+    let mut reports = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        if rounds > 1 {
+            say(&format!("round {} of {rounds}", round + 1));
         }
-    });
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("loadgen: {e}");
-            return ExitCode::FAILURE;
+        let report = rt.block_on(async {
+            if args.compare {
+                compare(&args, &say).await
+            } else {
+                external(&args, &say).await
+            }
+        });
+        match report {
+            Ok(r) => {
+                if !json {
+                    print!("\n{}", r.table());
+                }
+                reports.push(r);
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("results serialize")
-        );
-    } else {
-        print!("\n{}", report.table());
     }
-    if report.results.iter().any(|r| r.errors > 0 || r.cut_short) {
+    if json {
+        let out = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])
+        } else {
+            serde_json::to_string_pretty(&reports)
+        };
+        println!("{}", out.expect("results serialize"));
+    } else if reports.len() > 1 {
+        print!("\n{}", report::rounds_summary(&reports));
+    }
+    let failed = reports
+        .iter()
+        .flat_map(|r| &r.results)
+        .any(|r| r.errors > 0 || r.cut_short);
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

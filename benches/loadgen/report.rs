@@ -246,6 +246,59 @@ pub struct Report {
     pub ratios: Vec<(String, Ratios)>,
 }
 
+/// The ratios of several rounds of --compare, each with its median.
+pub fn rounds_summary(reports: &[Report]) -> String {
+    let mut names: Vec<&String> = Vec::new();
+    for r in reports {
+        for (n, _) in &r.ratios {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.retain(|x| x.is_finite());
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        }
+    };
+    let mut s = format!("{} rounds:\n", reports.len());
+    for r in reports {
+        let line: Vec<String> = r
+            .results
+            .iter()
+            .map(|x| format!("{} {:.0}", x.server, x.ops_per_s))
+            .collect();
+        s += &format!("  {}\n", line.join("  "));
+    }
+    for name in names {
+        let of = |f: &dyn Fn(&Ratios) -> Option<f64>| -> Vec<f64> {
+            reports
+                .iter()
+                .filter_map(|r| r.ratios.iter().find(|(n, _)| n == name))
+                .filter_map(|(_, x)| f(x))
+                .collect()
+        };
+        let tput = of(&|x| Some(x.throughput));
+        let list: Vec<String> = tput.iter().map(|t| format!("{t:.2}x")).collect();
+        s += &format!(
+            "{name}: throughput {} (median {:.2}x), p99 median {:.2}x, CPU/op median {:.2}x\n",
+            list.join(" "),
+            median(tput.clone()),
+            median(of(&|x| Some(x.p99))),
+            median(of(&|x| x.cpu_per_op)),
+        );
+    }
+    s
+}
+
 impl Report {
     /// The final table.
     pub fn table(&self) -> String {

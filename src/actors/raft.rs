@@ -421,6 +421,10 @@ impl Handler<ReadIndex> for RaftActor {
 impl Handler<StepBatch> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: StepBatch, ctx: &mut Context<Self>) {
+        if self.removed {
+            // Stopping: what Raft would make of it no longer matters.
+            return;
+        }
         for m in msg.0 {
             if let Err(e) = self.node.step(m) {
                 tracing::debug!(error = %e, "raft message refused");
@@ -463,11 +467,39 @@ impl Handler<SnapshotInstalled> for RaftActor {
 impl Handler<MembershipChanged> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: MembershipChanged, ctx: &mut Context<Self>) {
+        if self.removed {
+            return;
+        }
+        let me = self.node.id();
+        let removes_me = msg.conf_change.as_ref().is_some_and(|cc| {
+            cc.changes.iter().any(|c| {
+                c.get_change_type() == raft::eraftpb::ConfChangeType::RemoveNode && c.node_id == me
+            })
+        });
+        if removes_me && self.node.is_leader() {
+            // A leader outside its own configuration trips raft-rs (its own
+            // progress is gone); the others applied the removal and elect a
+            // successor. Hand over at once to the most caught-up voter so
+            // they need not wait an election timeout, and stop.
+            let best = self
+                .node
+                .conf_state()
+                .voters
+                .iter()
+                .filter(|&&v| v != me)
+                .filter_map(|&v| self.node.matched(v).map(|m| (m, v)))
+                .max();
+            if let Some((_, to)) = best {
+                self.node.transfer_leader(to);
+            }
+            self.stop_removed(ctx);
+            self.schedule(ctx);
+            return;
+        }
         if let Some(cc) = &msg.conf_change {
             match self.node.apply_conf_change(cc) {
                 Ok(cs) => {
                     tracing::info!(member = %self.me(), voters = ?cs.voters, learners = ?cs.learners, "raft configuration changed");
-                    let me = self.node.id();
                     self.status
                         .is_learner
                         .store(cs.learners.contains(&me), Relaxed);

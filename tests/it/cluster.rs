@@ -926,3 +926,40 @@ async fn without_a_quorum_requests_fail_after_the_request_timeout() {
         .unwrap();
     assert_eq!(resp.kvs()[0].value(), b"v");
 }
+
+/// `--restore-image` seeds every member of a new cluster from one image
+/// (as `etcdctl snapshot restore` does): same keys, revisions, and the
+/// cluster takes writes.
+fn every_member_of_a_new_cluster_restores_the_same_image(engine: Engine) {
+    let source = Server::start_on(engine.other());
+    for i in 0..20 {
+        let out = source.etcdctl(&["put", &format!("img{i:02}"), &format!("v{i}")]);
+        assert!(out.status.success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("backup.img");
+    let out = source.etcdctl(&["snapshot", "save", image.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = image.to_str().unwrap().to_owned();
+    let mut c = Cluster::start(3, engine, &["--restore-image", &path]);
+    c.wait_leader(Duration::from_secs(5));
+    let ep = c.endpoints()[1].clone();
+    let out = etcdctl_at(&ep, &["put", "after", "restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = assert_converged(&mut c, Duration::from_secs(10));
+    assert_eq!(state.0.len(), 21);
+    assert_eq!(state.0["img07"].0, "v7");
+    assert_eq!(state.0["after"].2, 22, "revisions go on from the image's");
+    let list = String::from_utf8_lossy(&etcdctl_at(&ep, &["member", "list"]).stdout).into_owned();
+    assert_eq!(list.lines().count(), 3, "{list}");
+}
+
+engine_tests!(sync: every_member_of_a_new_cluster_restores_the_same_image);

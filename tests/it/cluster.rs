@@ -203,6 +203,19 @@ fn assert_acked_present(state: &State, acked: &Acked) {
     }
 }
 
+/// A cluster of `n` started (off the async runtime) and the index of its
+/// agreed leader.
+async fn with_leader(n: usize, engine: Engine, flags: &[&'static str]) -> (Cluster, usize) {
+    let flags = flags.to_vec();
+    blocking(move || {
+        let mut c = Cluster::start(n, engine, &flags);
+        let leader = c.wait_leader(Duration::from_secs(5));
+        (c, leader)
+    })
+    .await
+    .unwrap()
+}
+
 fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> tokio::task::JoinHandle<T> {
@@ -340,12 +353,7 @@ async fn a_follower_down_past_compaction_catches_up_through_a_snapshot(engine: E
         "--snapshot-catchup-entries",
         "50",
     ];
-    let mut c = blocking(move || Cluster::start(3, engine, &flags))
-        .await
-        .unwrap();
-    let (leader, mut c) = blocking(move || (c.wait_leader(Duration::from_secs(5)), c))
-        .await
-        .unwrap();
+    let (mut c, leader) = with_leader(3, engine, &flags).await;
     let follower = (leader + 1) % 3;
     c.members[follower].kill9();
     let ep = c.members[leader].endpoint();
@@ -455,15 +463,11 @@ fn a_cut_off_leader_steps_down_and_healing_causes_no_election(engine: Engine) {
     }
     let state = assert_converged(&mut c, Duration::from_secs(10));
     assert_eq!(state.0.get("during").map(|v| v.0.as_str()), Some("cut"));
+    assert_gap_free(&state);
 }
 
 async fn five_members_serve_with_two_down(engine: Engine) {
-    let mut c = blocking(move || Cluster::start(5, engine, &[]))
-        .await
-        .unwrap();
-    let (leader, mut c) = blocking(move || (c.wait_leader(Duration::from_secs(5)), c))
-        .await
-        .unwrap();
+    let (mut c, leader) = with_leader(5, engine, &[]).await;
     // The leader and one follower go down.
     let down = [leader, (leader + 1) % 5];
     for &i in &down {
@@ -729,12 +733,7 @@ async fn heavy_work_on_the_leader_causes_no_election(engine: Engine) {
         "--snapshot-catchup-entries",
         "100",
     ];
-    let mut c = blocking(move || Cluster::start(3, engine, &flags))
-        .await
-        .unwrap();
-    let (leader, mut c) = blocking(move || (c.wait_leader(Duration::from_secs(5)), c))
-        .await
-        .unwrap();
+    let (mut c, leader) = with_leader(3, engine, &flags).await;
     let before: Vec<_> = blocking({
         let eps = c.endpoints();
         move || eps.iter().map(|e| status_of(e)).collect()

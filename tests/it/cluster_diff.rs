@@ -54,18 +54,7 @@ impl Masks {
 }
 
 fn stderr_lines(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .map(|line| match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(mut log)) => {
-                log.remove("ts");
-                log.remove("target");
-                Value::Object(log).to_string()
-            }
-            _ => line.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::etcdctl::normalise_stderr(&String::from_utf8_lossy(&out.stderr))
 }
 
 /// (exit code, stdout, stderr) of etcdctl on the first member, masked.

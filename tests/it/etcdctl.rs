@@ -139,7 +139,8 @@ fn normalise_stdout(s: &str) -> String {
         .join("\n")
 }
 
-fn normalise_stderr(s: &str) -> String {
+/// etcdctl's log lines without what differs between runs (time, target).
+pub(crate) fn normalise_stderr(s: &str) -> String {
     s.lines()
         .map(|line| match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(mut log)) => {

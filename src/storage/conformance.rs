@@ -3,7 +3,7 @@
 //! constructor for a fresh, empty engine.
 
 use super::engine::{KvEngine, KvTxn};
-use super::mvcc::{KeyValue, MvccError, RangeOptions};
+use super::mvcc::{EventKind, KeyValue, MvccError, RangeOptions};
 
 fn get<E: KvEngine>(e: &E, key: &[u8], rev: i64) -> Result<Option<KeyValue>, MvccError> {
     let opts = RangeOptions {
@@ -120,12 +120,63 @@ pub fn compaction<E: KvEngine>(mut e: E) {
     assert_eq!(e.current_revision(), 6, "compaction takes no revision");
 }
 
+/// History (what a watcher from the past is sent): every change in range
+/// from a revision on, values and previous values filled, whole revisions.
+pub fn history<E: KvEngine>(mut e: E) {
+    put(&mut e, b"a", b"1"); // 2
+    put(&mut e, b"a", b"2"); // 3
+    put(&mut e, b"b", b"x"); // 4
+    let mut t = e.write();
+    t.delete_range(b"a", b"c"); // 5: a and b
+    t.end();
+    put(&mut e, b"z", b"out of range"); // 6
+    let all = e.history(b"a", b"c", 2, 100).unwrap();
+    type Seen<'a> = (EventKind, &'a [u8], i64, &'a [u8], Option<&'a [u8]>);
+    let seen: Vec<Seen> = all
+        .iter()
+        .map(|ev| {
+            (
+                ev.kind,
+                ev.kv.key.as_slice(),
+                ev.kv.mod_revision,
+                ev.kv.value.as_slice(),
+                ev.prev_kv.as_ref().map(|p| p.value.as_slice()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (EventKind::Put, &b"a"[..], 2, &b"1"[..], None),
+            (EventKind::Put, b"a", 3, b"2", Some(&b"1"[..])),
+            (EventKind::Put, b"b", 4, b"x", None),
+            (EventKind::Delete, b"a", 5, b"", Some(&b"2"[..])),
+            (EventKind::Delete, b"b", 5, b"", Some(&b"x"[..])),
+        ]
+    );
+    // A chunk never splits a revision: asking for 4 gives through rev 5.
+    assert_eq!(e.history(b"a", b"c", 2, 4).unwrap().len(), 5);
+    assert_eq!(e.history(b"a", b"c", 2, 2).unwrap().len(), 2);
+    assert_eq!(e.history(b"a", b"c", 4, 100).unwrap().len(), 3);
+    assert!(e.history(b"a", b"c", 7, 100).unwrap().is_empty());
+    e.compact(4).unwrap();
+    assert_eq!(e.history(b"a", b"c", 3, 100), Err(MvccError::Compacted));
+    // From the compacted revision: what compaction kept of it, and after.
+    let kept = e.history(b"a", b"c", 4, 100).unwrap();
+    assert_eq!(kept.len(), 3);
+    assert_eq!(
+        kept[1].prev_kv.as_ref().map(|p| p.value.as_slice()),
+        Some(&b"2"[..])
+    );
+}
+
 /// Runs every case, each on a fresh engine from `make`.
 pub fn run_all<E: KvEngine>(make: impl Fn() -> E) {
     revisions(make());
     ranges(make());
     txn_reads_its_writes(make());
     compaction(make());
+    history(make());
 }
 
 #[test]

@@ -34,6 +34,16 @@ pub trait KvEngine {
     fn compact_main_revision(&self) -> i64;
     /// Range read at `opts.rev` (0 = current).
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError>;
+    /// Changes to `[key, end)` from revision `from` on, values and previous
+    /// values filled, in revision order, about `max` at most (never a
+    /// revision split): what a watcher that starts in the past is sent.
+    fn history(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Event>, MvccError>;
     /// Opens a write transaction at revision current + 1.
     fn write(&mut self) -> Self::Txn<'_>;
     /// Drops history at or below `rev`, keeping the newest version of live keys.

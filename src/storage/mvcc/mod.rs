@@ -83,6 +83,18 @@ pub struct Event {
     pub prev_kv: Option<KeyValue>,
 }
 
+/// A change from the store's history (see `MemStore::history`), with where
+/// its versions are stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEvent {
+    /// The change.
+    pub event: Event,
+    /// Where `event.kv` was written.
+    pub rev: Revision,
+    /// Where `event.prev_kv` was written.
+    pub prev_rev: Option<Revision>,
+}
+
 /// Errors from reads, compaction and snapshot decoding.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MvccError {
@@ -135,6 +147,18 @@ impl crate::storage::engine::KvEngine for MemStore {
     }
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError> {
         MemStore::range(self, key, end, opts)
+    }
+    fn history(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Event>, MvccError> {
+        Ok(MemStore::history(self, key, end, from, max)?
+            .into_iter()
+            .map(|h| h.event)
+            .collect())
     }
     fn write(&mut self) -> WriteTxn<'_> {
         MemStore::write(self)

@@ -6,7 +6,7 @@ use std::ops::Bound;
 use super::history::{KeyHistory, KEY_OVERHEAD};
 use super::revision::Revision;
 use super::txn::WriteTxn;
-use super::{MvccError, RangeOptions, RangeResult};
+use super::{HistoryEvent, KeyValue, MvccError, RangeOptions, RangeResult};
 
 /// Map bounds for etcd's `[key, range_end)` convention, or `None` when the
 /// range is empty. An empty `range_end` selects just `key`; a single zero
@@ -210,6 +210,69 @@ impl MemStore {
             }
         }
         Ok(result)
+    }
+
+    /// The changes to keys in `[key, range_end)` from revision `from` on, in
+    /// revision order, as watch events (delete events carry the key and
+    /// the deleting revision; `prev_kv` is the version before, if it was
+    /// live): what a watcher that starts in the past is sent. At most about
+    /// `max` events: a main revision is never split, so a chunk ends at a
+    /// revision boundary (and holds a whole revision even if it is larger).
+    /// Each event comes with the revisions its kv and prev_kv were stored
+    /// at, for an engine that keeps the values elsewhere.
+    pub fn history(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<HistoryEvent>, MvccError> {
+        // As etcd's watchers: history from the compacted revision itself is
+        // there (what compaction kept of it), from before it is not.
+        if from < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let Some(bounds) = key_bounds(key, range_end) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (k, h) in self.keys.range::<[u8], _>(bounds) {
+            let vs = h.versions();
+            let start = vs.partition_point(|v| v.rev.main < from);
+            for i in start..vs.len() {
+                let v = &vs[i];
+                let prev = i
+                    .checked_sub(1)
+                    .map(|p| &vs[p])
+                    .filter(|p| !p.is_tombstone());
+                let (kind, kv) = if v.is_tombstone() {
+                    let kv = KeyValue {
+                        key: k.to_vec(),
+                        mod_revision: v.rev.main,
+                        ..KeyValue::default()
+                    };
+                    (super::EventKind::Delete, kv)
+                } else {
+                    (super::EventKind::Put, v.to_kv(k, true))
+                };
+                out.push(HistoryEvent {
+                    event: super::Event {
+                        kind,
+                        kv,
+                        prev_kv: prev.map(|p| p.to_kv(k, true)),
+                    },
+                    rev: v.rev,
+                    prev_rev: prev.map(|p| p.rev),
+                });
+            }
+        }
+        out.sort_unstable_by_key(|e| e.rev);
+        if out.len() > max {
+            let last_main = out[max.max(1) - 1].rev.main;
+            let cut = out.partition_point(|e| e.rev.main <= last_main);
+            out.truncate(cut);
+        }
+        Ok(out)
     }
 
     /// Every retained version in revision order, as stored: tombstones with

@@ -456,6 +456,43 @@ impl KvEngine for RocksKv {
         }
         Ok(r)
     }
+    fn history(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Event>, MvccError> {
+        let history = self.index.history(key, end, from, max)?;
+        // The index holds no values: read them (and the previous ones) by
+        // revision, from the pending batch or the database.
+        let mut kvs = Vec::new();
+        let mut revs = Vec::new();
+        for h in &history {
+            if h.event.kind == EventKind::Put {
+                kvs.push(h.event.kv.clone());
+                revs.push(h.rev);
+            }
+            if let (Some(p), Some(r)) = (&h.event.prev_kv, h.prev_rev) {
+                kvs.push(p.clone());
+                revs.push(r);
+            }
+        }
+        fill_values(&self.db, &self.pending, &mut kvs, &revs)?;
+        let mut filled = kvs.into_iter();
+        let mut out = Vec::with_capacity(history.len());
+        for h in history {
+            let mut e = h.event;
+            if e.kind == EventKind::Put {
+                e.kv = filled.next().unwrap_or_default();
+            }
+            if e.prev_kv.is_some() && h.prev_rev.is_some() {
+                e.prev_kv = filled.next();
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
     fn write(&mut self) -> RocksTxn<'_> {
         RocksTxn {
             txn: Some(self.index.write()),

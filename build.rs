@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Shared, not copied, by every watcher a batch of events matches.
+        .bytes(".metastorepb.WatchResponseWire.events")
         .compile_fds(fds)?;
     Ok(())
 }

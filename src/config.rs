@@ -108,6 +108,10 @@ pub struct Config {
     pub wal_segment_size: u64,
     /// tracing filter.
     pub log_level: String,
+    /// How often a watcher that asked for progress notifications and got no
+    /// events is sent the current revision (etcd's
+    /// `--experimental-watch-progress-notify-interval`, 10 minutes).
+    pub watch_progress_notify_interval_ms: u64,
     /// Raft knobs.
     pub raft: RaftConfig,
     /// Flag only: seed a brand-new data dir from a state image (what
@@ -139,6 +143,7 @@ impl Default for Config {
             snapshot_catchup_entries: 5000,
             wal_segment_size: 64 * 1024 * 1024,
             log_level: "info".into(),
+            watch_progress_notify_interval_ms: 10 * 60 * 1000,
             raft: RaftConfig::default(),
             restore_image: None,
             fault_injection: false,
@@ -211,6 +216,10 @@ pub struct Flags {
     /// etcd's election timeout in ms; sets raft.election-tick in ticks of raft.tick-ms.
     #[arg(long)]
     pub election_timeout: Option<u64>,
+    /// Progress notification interval for watchers that ask for it, as a
+    /// duration ("10m", "5s", "500ms").
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub experimental_watch_progress_notify_interval: Option<u64>,
     /// Seed a new (empty) data dir from a state image, e.g. a file written by
     /// `etcdctl snapshot save` against MetaStore, then start. Either engine
     /// restores an image either engine wrote.
@@ -277,6 +286,9 @@ impl Config {
             wal_segment_size,
             log_level
         );
+        if let Some(ms) = flags.experimental_watch_progress_notify_interval {
+            cfg.watch_progress_notify_interval_ms = ms;
+        }
         cfg.fault_injection = flags.experimental_fault_injection;
         if flags.experimental_unpipelined_appends {
             cfg.raft.pipeline_appends = false;
@@ -312,6 +324,12 @@ impl Config {
         }
         if self.wal_segment_size < 4096 {
             return bad("wal-segment-size", "must be at least 4096 bytes".into());
+        }
+        if self.watch_progress_notify_interval_ms == 0 {
+            return bad(
+                "watch-progress-notify-interval-ms",
+                "must be positive".into(),
+            );
         }
         if self.raft.tick_ms == 0 {
             return bad("raft.tick-ms", "must be positive".into());
@@ -442,6 +460,37 @@ pub fn parse_url_addr(url: &str) -> Option<std::net::SocketAddr> {
     rest.parse().ok()
 }
 
+/// A Go-style duration ("10m", "1m30s", "5s", "250ms", "1h") in milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let bad = || format!("invalid duration {text:?} (e.g. 10m, 5s, 500ms)");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (num, tail) = rest.split_at(num_len);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let ms = match unit {
+            "ms" => 1.0,
+            "s" => 1000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return Err(bad()),
+        };
+        total += n * ms;
+        rest = tail;
+    }
+    Ok(total.round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +500,17 @@ mod tests {
         let text = include_str!("../config.toml");
         let cfg = Config::from_toml(text).expect("config.toml parses");
         assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn durations_parse_as_go_writes_them() {
+        assert_eq!(parse_duration_ms("10m"), Ok(600_000));
+        assert_eq!(parse_duration_ms("1m30s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1500));
+        assert!(parse_duration_ms("10").is_err());
+        assert!(parse_duration_ms("5x").is_err());
+        assert!(parse_duration_ms("").is_err());
     }
 
     #[test]

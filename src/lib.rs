@@ -15,3 +15,4 @@ pub mod server;
 pub mod state_machine;
 pub mod status;
 pub mod storage;
+pub mod watch;

@@ -76,6 +76,14 @@ pub struct Metrics {
     pub mvcc_revision: Gauge,
     /// Live keys.
     pub keys_total: Gauge,
+    /// Watchers on this member.
+    pub watchers: Gauge,
+    /// Watchers catching up (their clients read slower than writes come).
+    pub slow_watchers: Gauge,
+    /// Watch streams.
+    pub watch_streams: Gauge,
+    /// Bytes of encoded events kept for watchers catching up.
+    pub watch_ring_bytes: Gauge,
     /// Requests started, per method.
     pub grpc_started: Family<MethodLabels, Counter>,
     /// Requests finished, per method and code.
@@ -114,6 +122,10 @@ impl Metrics {
             db_total_size: Gauge::default(),
             mvcc_revision: Gauge::default(),
             keys_total: Gauge::default(),
+            watchers: Gauge::default(),
+            slow_watchers: Gauge::default(),
+            watch_streams: Gauge::default(),
+            watch_ring_bytes: Gauge::default(),
             grpc_started: Family::default(),
             grpc_handled: Family::default(),
             grpc_duration_ms: Family::new_with_constructor(ms_histogram),
@@ -223,6 +235,26 @@ impl Metrics {
             "etcd_debugging_mvcc_keys_total",
             "Live keys",
             m.keys_total.clone(),
+        );
+        registry.register(
+            "etcd_debugging_mvcc_watcher_total",
+            "Watchers",
+            m.watchers.clone(),
+        );
+        registry.register(
+            "etcd_debugging_mvcc_slow_watcher_total",
+            "Watchers catching up from history",
+            m.slow_watchers.clone(),
+        );
+        registry.register(
+            "etcd_debugging_mvcc_watch_stream_total",
+            "Watch streams",
+            m.watch_streams.clone(),
+        );
+        registry.register(
+            "metastore_watch_ring_bytes",
+            "Bytes of encoded events kept for watchers catching up",
+            m.watch_ring_bytes.clone(),
         );
         registry.register(
             "grpc_server_started",

@@ -699,6 +699,13 @@ pub fn start_core(
         cfg.data_dir.clone(),
         cfg.snapshot_count,
         metrics.clone(),
+        crate::actors::apply::WatchSettings {
+            hub: crate::watch::HubConfig {
+                max_response_bytes: cfg.max_request_bytes,
+                ..Default::default()
+            },
+            progress_notify: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
+        },
     ));
     let handle = raft_thread.handle();
     Ok((

@@ -28,11 +28,14 @@ use crate::metrics::Metrics;
 use crate::state_machine::StateMachine;
 use crate::status::NodeStatus;
 use crate::storage::engine::Checkpoint;
+use crate::watch::{Hub, HubConfig};
 
 /// Mailbox depth for handlers' `send().await` (backpressure).
 const MAILBOX: usize = 4096;
 /// How often waiters whose clients went away are dropped.
 const SWEEP: Duration = Duration::from_secs(1);
+/// How often lagging watchers are given another slice when no batch comes.
+const CATCH_UP: Duration = Duration::from_millis(10);
 
 struct Waiter {
     reply: oneshot::Sender<WriteResult>,
@@ -54,6 +57,18 @@ pub struct ApplyActor {
     /// A snapshot file is being written by a background thread.
     saving: bool,
     metrics: Arc<Metrics>,
+    /// Every watcher of this member.
+    hub: Hub,
+    progress_notify: Duration,
+}
+
+/// What the ApplyActor's watch hub needs.
+#[derive(Debug, Clone)]
+pub struct WatchSettings {
+    /// Sizes and limits of the hub.
+    pub hub: HubConfig,
+    /// etcd's `--experimental-watch-progress-notify-interval`.
+    pub progress_notify: Duration,
 }
 
 impl ApplyActor {
@@ -65,9 +80,16 @@ impl ApplyActor {
         data_dir: PathBuf,
         snapshot_count: u64,
         metrics: Arc<Metrics>,
+        watch: WatchSettings,
     ) -> ApplyActor {
         let last_snapshot = sm.applied_index();
         *status.removed.write() = sm.membership().removed().collect();
+        let hub = Hub::new(
+            watch.hub,
+            status.clone(),
+            sm.current_revision(),
+            sm.compact_revision(),
+        );
         let a = ApplyActor {
             sm,
             raft,
@@ -79,9 +101,40 @@ impl ApplyActor {
             last_snapshot,
             saving: false,
             metrics,
+            hub,
+            progress_notify: watch.progress_notify,
         };
         a.publish();
         a
+    }
+
+    /// Events read per catch-up slice: bounds how long a slice keeps the
+    /// applier (and, on a lone member, Raft) busy.
+    const CATCH_UP_BUDGET: usize = 2000;
+
+    /// Routes the applied batch's events to the watchers; moves lagging
+    /// watchers on by one slice.
+    fn feed_watchers(&mut self) {
+        let events = self.sm.take_events();
+        self.hub.compacted(self.sm.compact_revision());
+        self.hub.publish(&events, self.sm.current_revision());
+        self.catch_up();
+    }
+
+    fn catch_up(&mut self) {
+        if self.hub.has_lagging() {
+            self.hub.catch_up(&self.sm, Self::CATCH_UP_BUDGET);
+        }
+    }
+
+    /// The engine returns events only while someone watches.
+    fn watchers_changed(&mut self) {
+        self.sm.set_watched(self.hub.watching());
+        let st = self.hub.stats();
+        self.metrics.watchers.set(st.watchers as i64);
+        self.metrics.slow_watchers.set(st.lagging as i64);
+        self.metrics.watch_streams.set(st.streams as i64);
+        self.metrics.watch_ring_bytes.set(st.ring_bytes as i64);
     }
 
     fn publish(&self) {
@@ -183,7 +236,14 @@ impl Actor for ApplyActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
-        ctx.run_interval(SWEEP, |a, _| a.sweep());
+        ctx.run_interval(SWEEP, |a, _| {
+            a.sweep();
+            a.hub.sweep();
+            a.watchers_changed();
+        });
+        // Lagging watchers whose clients made room since the last batch.
+        ctx.run_interval(CATCH_UP, |a, _| a.catch_up());
+        ctx.run_interval(self.progress_notify, |a, _| a.hub.progress_tick());
     }
 }
 
@@ -263,6 +323,7 @@ impl Handler<Apply> for ApplyActor {
         self.metrics
             .apply_duration_ms
             .observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.feed_watchers();
         if let Some(index) = last {
             self.raft.do_send(Applied { index });
         }
@@ -286,6 +347,8 @@ impl Handler<InstallSnapshot> for ApplyActor {
                     "state replaced by the leader's snapshot"
                 );
                 self.last_snapshot = h.index;
+                self.hub
+                    .state_replaced(self.sm.current_revision(), self.sm.compact_revision());
                 *self.status.removed.write() = self.sm.membership().removed().collect();
                 self.raft.do_send(MembershipChanged {
                     conf_change: None,
@@ -353,5 +416,50 @@ impl Handler<Defragment> for ApplyActor {
     type Result = Option<Box<dyn FnOnce() + Send>>;
     fn handle(&mut self, _: Defragment, _: &mut Context<Self>) -> Self::Result {
         self.sm.defragment_job()
+    }
+}
+
+impl Handler<WatchOpen> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: WatchOpen, ctx: &mut Context<Self>) {
+        let stream = self.hub.open_stream(msg.outbox);
+        let me = ctx.address();
+        super::watch::WatchSession::create(move |sctx| {
+            sctx.add_stream(msg.requests);
+            super::watch::WatchSession::new(me, stream)
+        });
+        self.watchers_changed();
+    }
+}
+
+impl Handler<WatchCreate> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: WatchCreate, _: &mut Context<Self>) {
+        self.hub.create(msg.stream, &msg.request);
+        self.watchers_changed();
+        self.catch_up();
+    }
+}
+
+impl Handler<WatchCancel> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: WatchCancel, _: &mut Context<Self>) {
+        self.hub.cancel(msg.stream, msg.watch_id);
+        self.watchers_changed();
+    }
+}
+
+impl Handler<WatchProgress> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: WatchProgress, _: &mut Context<Self>) {
+        self.hub.progress(msg.stream);
+    }
+}
+
+impl Handler<WatchClose> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: WatchClose, _: &mut Context<Self>) {
+        self.hub.close_stream(msg.stream);
+        self.watchers_changed();
     }
 }

@@ -275,3 +275,56 @@ pub struct TakeImage;
 #[derive(Message)]
 #[rtype(result = "Option<Box<dyn FnOnce() + Send>>")]
 pub struct Defragment;
+
+/// The requests of one Watch stream, as the client sends them.
+pub type WatchRequests = futures::stream::BoxStream<
+    'static,
+    Result<crate::proto::etcdserverpb::WatchRequest, tonic::Status>,
+>;
+
+/// Watch service → ApplyActor: a new Watch stream. Its responses go to
+/// `outbox`; a session actor is started for its `requests`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchOpen {
+    /// Where the stream's responses go.
+    pub outbox: crate::watch::Outbox,
+    /// What the client sends.
+    pub requests: WatchRequests,
+}
+
+/// Watch session → ApplyActor: create a watcher.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchCreate {
+    /// The stream.
+    pub stream: crate::watch::StreamId,
+    /// The request.
+    pub request: crate::proto::etcdserverpb::WatchCreateRequest,
+}
+
+/// Watch session → ApplyActor: cancel a watcher.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchCancel {
+    /// The stream.
+    pub stream: crate::watch::StreamId,
+    /// The watcher's id on the stream.
+    pub watch_id: i64,
+}
+
+/// Watch session → ApplyActor: a progress request.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchProgress {
+    /// The stream.
+    pub stream: crate::watch::StreamId,
+}
+
+/// Watch session → ApplyActor: the client ended the stream.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchClose {
+    /// The stream.
+    pub stream: crate::watch::StreamId,
+}

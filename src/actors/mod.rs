@@ -9,3 +9,4 @@ pub mod peer;
 pub mod raft;
 pub mod ticker;
 pub mod wal;
+pub mod watch;

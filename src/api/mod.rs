@@ -9,6 +9,7 @@ pub mod kv;
 pub mod maintenance;
 pub mod peer;
 pub mod validate;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -292,7 +293,7 @@ impl Gateway {
 
 /// Puts a message in an actor's mailbox without waiting for it to be handled;
 /// waits only while the mailbox is full (backpressure).
-async fn deliver<A, M>(addr: &actix::Addr<A>, msg: M) -> Result<(), ApiError>
+pub(crate) async fn deliver<A, M>(addr: &actix::Addr<A>, msg: M) -> Result<(), ApiError>
 where
     A: actix::Actor<Context = actix::Context<A>> + actix::Handler<M>,
     M: actix::Message<Result = ()> + Send + 'static,
@@ -391,6 +392,7 @@ pub async fn serve(
         maintenance::MaintenanceService::new(gw.clone()),
     ))
     .add_service(ClusterServer::new(cluster::ClusterService::new(gw.clone())))
+    .add_service(watch::WatchService::new(gw.clone()))
     .prepare()
     .into_axum_router()
     .layer(axum::middleware::map_response(etcd_size_status));

@@ -28,7 +28,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::metastorepb::{internal_request, ConfChangeContext, InternalRequest};
 use crate::storage::engine::{AppliedPoint, Checkpoint, KvEngine, StateEngine};
 use crate::storage::image::{ImageHeader, ImageJob};
-use crate::storage::mvcc::MemStore;
+use crate::storage::mvcc::{Event, MemStore, MvccError};
 use crate::storage::rocks::RocksKv;
 use membership::Membership;
 
@@ -78,6 +78,16 @@ pub struct Applied {
     pub members_changed: bool,
 }
 
+fn keep_events(watched: bool, into: &mut Vec<Event>, events: Vec<Event>) {
+    if watched {
+        if into.is_empty() {
+            *into = events;
+        } else {
+            into.extend(events);
+        }
+    }
+}
+
 /// The MVCC store of the configured engine.
 // One per process, never moved on a hot path: its size does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -107,23 +117,45 @@ pub struct StateMachine {
     store: Store,
     point: AppliedPoint,
     members: Membership,
+    /// Someone watches: applied writes leave their events in `events`.
+    watched: bool,
+    events: Vec<Event>,
 }
 
 impl StateMachine {
     /// A state machine over `store` whose applied point is `point`.
     pub fn new(store: Store, point: AppliedPoint) -> StateMachine {
         let mut store = store;
-        if let Store::Memory(m) = &mut store {
-            // No watcher consumes MVCC events yet, so the store does not
-            // build them (each would copy the written value).
-            m.set_record_events(false);
-        }
+        // Until someone watches, writes build no events (each would copy
+        // the written value).
+        on_store!(&mut store, s => s.set_watched(false));
         let members = Membership::from_pb(point.membership.clone());
         StateMachine {
             store,
             point,
             members,
+            watched: false,
+            events: Vec::new(),
         }
+    }
+
+    /// Turns event collection on (someone watches) or off.
+    pub fn set_watched(&mut self, on: bool) {
+        if on != self.watched {
+            self.watched = on;
+            on_store!(&mut self.store, s => s.set_watched(on));
+        }
+    }
+
+    /// The events of the writes applied since the last call, in order
+    /// (none unless watched).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// etcd's compacted revision (-1 before the first compaction).
+    pub fn compact_revision(&self) -> i64 {
+        on_store!(&self.store, s => s.compact_main_revision())
     }
 
     /// The MVCC store.
@@ -165,6 +197,8 @@ impl StateMachine {
     /// image file at `path`); see [`StateEngine::install`].
     pub fn install(&mut self, path: &Path, data_dir: &Path) -> Result<ImageHeader, StorageError> {
         let h = on_store!(&mut self.store, s => s.install(path, data_dir))?;
+        let watched = self.watched;
+        on_store!(&mut self.store, s => s.set_watched(watched));
         self.point = AppliedPoint {
             index: h.index,
             term: h.term,
@@ -261,16 +295,24 @@ impl StateMachine {
                         WriteResponse::Members(self.members.members())
                     })
             }
-            // The MVCC events the writes return are for watchers; none exist yet.
+            // The events the writes return are for watchers.
             request => on_store!(&mut self.store, store => match request {
                 Some(internal_request::Request::Put(p)) => {
-                    kv::put(store, &p).map(|(r, _)| WriteResponse::Put(r))
+                    kv::put(store, &p).map(|(r, ev)| {
+                        keep_events(self.watched, &mut self.events, ev);
+                        WriteResponse::Put(r)
+                    })
                 }
                 Some(internal_request::Request::DeleteRange(d)) => {
-                    Ok(WriteResponse::DeleteRange(kv::delete_range(store, &d).0))
+                    let (r, ev) = kv::delete_range(store, &d);
+                    keep_events(self.watched, &mut self.events, ev);
+                    Ok(WriteResponse::DeleteRange(r))
                 }
                 Some(internal_request::Request::Txn(t)) => {
-                    kv::txn(store, &t).map(|(r, _)| WriteResponse::Txn(r))
+                    kv::txn(store, &t).map(|(r, ev)| {
+                        keep_events(self.watched, &mut self.events, ev);
+                        WriteResponse::Txn(r)
+                    })
                 }
                 Some(internal_request::Request::Compaction(c)) => {
                     kv::compact(store, &c).map(WriteResponse::Compact)
@@ -341,5 +383,17 @@ impl StateMachine {
             ReadRequest::Range(r) => kv::range(store, r).map(ReadResponse::Range),
             ReadRequest::Txn(t) => kv::txn(store, t).map(|(r, _)| ReadResponse::Txn(r)),
         })
+    }
+}
+
+impl crate::watch::HistorySource for StateMachine {
+    fn history(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Event>, MvccError> {
+        on_store!(&self.store, s => KvEngine::history(s, key, end, from, max))
     }
 }

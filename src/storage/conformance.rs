@@ -2,7 +2,7 @@
 //! once against the trait. Each engine's tests call [`run_all`] with a
 //! constructor for a fresh, empty engine.
 
-use super::engine::{KvEngine, KvTxn};
+use super::engine::{KvEngine, KvTxn, StateEngine};
 use super::mvcc::{EventKind, KeyValue, MvccError, RangeOptions};
 
 fn get<E: KvEngine>(e: &E, key: &[u8], rev: i64) -> Result<Option<KeyValue>, MvccError> {
@@ -170,13 +170,81 @@ pub fn history<E: KvEngine>(mut e: E) {
     );
 }
 
+/// Watched, a write txn returns complete events: the written values, and
+/// the previous states with their values (as a watcher with prev_kv gets).
+pub fn watched_events<E: StateEngine>(mut e: E) {
+    e.set_watched(true);
+    put(&mut e, b"a", b"1"); // 2
+    let mut t = e.write();
+    t.put_blind(b"a", b"2".to_vec(), 0);
+    t.put_blind(b"b", b"x".to_vec(), 7);
+    let (rev, events) = t.end();
+    assert_eq!(rev, 3);
+    let seen: Vec<_> = events
+        .iter()
+        .map(|ev| {
+            (
+                ev.kind,
+                ev.kv.key.clone(),
+                ev.kv.value.clone(),
+                ev.kv.lease,
+                ev.prev_kv
+                    .as_ref()
+                    .map(|p| (p.value.clone(), p.mod_revision)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                EventKind::Put,
+                b"a".to_vec(),
+                b"2".to_vec(),
+                0,
+                Some((b"1".to_vec(), 2))
+            ),
+            (EventKind::Put, b"b".to_vec(), b"x".to_vec(), 7, None),
+        ]
+    );
+    let mut t = e.write();
+    t.delete_range(b"a", b"c");
+    let (_, events) = t.end();
+    let prevs: Vec<_> = events
+        .iter()
+        .map(|ev| {
+            (
+                ev.kind,
+                ev.kv.mod_revision,
+                ev.prev_kv.clone().map(|p| p.value),
+            )
+        })
+        .collect();
+    assert_eq!(
+        prevs,
+        vec![
+            (EventKind::Delete, 4, Some(b"2".to_vec())),
+            (EventKind::Delete, 4, Some(b"x".to_vec())),
+        ]
+    );
+    e.set_watched(false);
+    let mut t = e.write();
+    t.put_blind(b"c", b"y".to_vec(), 0);
+    let (_, events) = t.end();
+    assert!(
+        events.iter().all(|ev| ev.kv.value.is_empty()),
+        "unwatched, no values are copied into events"
+    );
+}
+
 /// Runs every case, each on a fresh engine from `make`.
-pub fn run_all<E: KvEngine>(make: impl Fn() -> E) {
+pub fn run_all<E: StateEngine>(make: impl Fn() -> E) {
     revisions(make());
     ranges(make());
     txn_reads_its_writes(make());
     compaction(make());
     history(make());
+    watched_events(make());
 }
 
 #[test]

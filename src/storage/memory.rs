@@ -62,4 +62,8 @@ impl StateEngine for MemStore {
     fn defragment_job(&self) -> Option<Box<dyn FnOnce() + Send>> {
         None
     }
+
+    fn set_watched(&mut self, on: bool) {
+        self.set_record_events(on);
+    }
 }

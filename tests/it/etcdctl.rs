@@ -103,10 +103,12 @@ fn mask_id(v: &mut Value) {
 fn mask_json(v: &mut Value) {
     match v {
         Value::Object(map) => {
-            if let Some(Value::Object(h)) = map.get_mut("header") {
-                for k in ["cluster_id", "member_id", "raft_term"] {
-                    if let Some(x) = h.get_mut(k) {
-                        mask_id(x);
+            for header in ["header", "Header"] {
+                if let Some(Value::Object(h)) = map.get_mut(header) {
+                    for k in ["cluster_id", "member_id", "raft_term"] {
+                        if let Some(x) = h.get_mut(k) {
+                            mask_id(x);
+                        }
                     }
                 }
             }
@@ -117,7 +119,7 @@ fn mask_json(v: &mut Value) {
     }
 }
 
-fn normalise_stdout(s: &str) -> String {
+pub(crate) fn normalise_stdout(s: &str) -> String {
     s.lines()
         .map(|line| {
             if let Ok(mut v) = serde_json::from_str::<Value>(line) {

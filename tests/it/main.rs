@@ -43,3 +43,4 @@ mod inprocess;
 mod kv;
 mod smoke;
 mod snapshot;
+mod watch;

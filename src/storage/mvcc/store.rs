@@ -52,6 +52,9 @@ pub struct MemStore {
     /// Whether versions keep their values. An engine that stores values
     /// elsewhere (RocksDB, by revision) keeps only this index in memory.
     pub(super) keep_values: bool,
+    /// Whether an index-only store's events carry previous states (their
+    /// values left for the caller to fill).
+    pub(super) event_prevs: bool,
 }
 
 impl Default for MemStore {
@@ -71,6 +74,7 @@ impl MemStore {
             size_bytes: 0,
             record_events: true,
             keep_values: true,
+            event_prevs: false,
         }
     }
 
@@ -86,6 +90,11 @@ impl MemStore {
     /// Turns event collection on or off (the events `WriteTxn::end` returns).
     pub fn set_record_events(&mut self, on: bool) {
         self.record_events = on;
+    }
+
+    /// Makes an index-only store's events carry previous states.
+    pub fn set_event_prevs(&mut self, on: bool) {
+        self.event_prevs = on;
     }
 
     /// Whether write txns collect events.
@@ -235,42 +244,45 @@ impl MemStore {
         let Some(bounds) = key_bounds(key, range_end) else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
+        // Positions first (cheap), values only for what the chunk keeps.
+        let mut found: Vec<(Revision, &[u8], &[super::history::Version], usize)> = Vec::new();
         for (k, h) in self.keys.range::<[u8], _>(bounds) {
             let vs = h.versions();
             let start = vs.partition_point(|v| v.rev.main < from);
-            for i in start..vs.len() {
-                let v = &vs[i];
-                let prev = i
-                    .checked_sub(1)
-                    .map(|p| &vs[p])
-                    .filter(|p| !p.is_tombstone());
-                let (kind, kv) = if v.is_tombstone() {
-                    let kv = KeyValue {
-                        key: k.to_vec(),
-                        mod_revision: v.rev.main,
-                        ..KeyValue::default()
-                    };
-                    (super::EventKind::Delete, kv)
-                } else {
-                    (super::EventKind::Put, v.to_kv(k, true))
-                };
-                out.push(HistoryEvent {
-                    event: super::Event {
-                        kind,
-                        kv,
-                        prev_kv: prev.map(|p| p.to_kv(k, true)),
-                    },
-                    rev: v.rev,
-                    prev_rev: prev.map(|p| p.rev),
-                });
-            }
+            found.extend((start..vs.len()).map(|i| (vs[i].rev, &k[..], vs, i)));
         }
-        out.sort_unstable_by_key(|e| e.rev);
-        if out.len() > max {
-            let last_main = out[max.max(1) - 1].rev.main;
-            let cut = out.partition_point(|e| e.rev.main <= last_main);
-            out.truncate(cut);
+        found.sort_unstable_by_key(|f| f.0);
+        if found.len() > max {
+            let last_main = found[max.max(1) - 1].0.main;
+            let cut = found.partition_point(|f| f.0.main <= last_main);
+            found.truncate(cut);
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for (_, k, vs, i) in found {
+            let v = &vs[i];
+            let prev = i
+                .checked_sub(1)
+                .map(|p| &vs[p])
+                .filter(|p| !p.is_tombstone());
+            let (kind, kv) = if v.is_tombstone() {
+                let kv = KeyValue {
+                    key: k.to_vec(),
+                    mod_revision: v.rev.main,
+                    ..KeyValue::default()
+                };
+                (super::EventKind::Delete, kv)
+            } else {
+                (super::EventKind::Put, v.to_kv(k, true))
+            };
+            out.push(HistoryEvent {
+                event: super::Event {
+                    kind,
+                    kv,
+                    prev_kv: prev.map(|p| p.to_kv(k, true)),
+                },
+                rev: v.rev,
+                prev_rev: prev.map(|p| p.rev),
+            });
         }
         Ok(out)
     }

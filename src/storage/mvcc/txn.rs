@@ -20,6 +20,8 @@ pub struct WriteTxn<'a> {
     begin_rev: i64,
     /// One entry per change when the store records events.
     events: Vec<Event>,
+    /// Where each event's previous version was stored (with `events`).
+    prev_revs: Vec<Option<Revision>>,
     /// Changes so far: the next sub revision.
     changes: i64,
     finished: bool,
@@ -33,6 +35,7 @@ impl<'a> WriteTxn<'a> {
             store,
             begin_rev,
             events: Vec::new(),
+            prev_revs: Vec::new(),
             changes: 0,
             finished: false,
         }
@@ -124,16 +127,18 @@ impl<'a> WriteTxn<'a> {
             value: kept.into_boxed_slice(),
         };
         store.size_bytes += version.size();
+        let mut prev_rev = None;
         let (had_prev, prev_kv, create_revision, ver) = match store.keys.get_mut(key) {
             Some(h) => {
                 let prev = h.latest_live();
                 // An index-only store's events leave prev_kv out: its caller
                 // keeps the values and the index holds none to copy.
-                let prev_kv = if want_prev || (record && store.keep_values) {
+                let prev_kv = if want_prev || (record && (store.keep_values || store.event_prevs)) {
                     prev.map(|p| p.to_kv(key, true))
                 } else {
                     None
                 };
+                prev_rev = prev.map(|p| p.rev);
                 let had_prev = prev.is_some();
                 if let Some(p) = prev {
                     version.create_revision = p.create_revision;
@@ -157,6 +162,7 @@ impl<'a> WriteTxn<'a> {
         if !record {
             return prev_kv;
         }
+        self.prev_revs.push(prev_kv.as_ref().and(prev_rev));
         self.events.push(Event {
             kind: EventKind::Put,
             kv: KeyValue {
@@ -203,6 +209,7 @@ impl<'a> WriteTxn<'a> {
         let store = &mut *self.store;
         let record = store.record_events;
         let events = &mut self.events;
+        let prev_revs = &mut self.prev_revs;
         let changes = &mut self.changes;
         let mut deleted = Vec::new();
         for (k, h) in store.keys.range_mut::<[u8], _>(bounds) {
@@ -210,14 +217,16 @@ impl<'a> WriteTxn<'a> {
                 continue;
             };
             let prev = live.to_kv(k, true);
+            let live_rev = live.rev;
             if let Some(revs) = revs.as_deref_mut() {
-                revs.push(live.rev);
+                revs.push(live_rev);
             }
             let tomb = Version::tombstone(Revision::new(main, *changes));
             *changes += 1;
             store.size_bytes += tomb.size();
             h.push(tomb);
             if record {
+                prev_revs.push(Some(live_rev));
                 events.push(Event {
                     kind: EventKind::Delete,
                     kv: KeyValue {
@@ -238,6 +247,13 @@ impl<'a> WriteTxn<'a> {
     /// transaction changed nothing) and the changes in order.
     pub fn end(mut self) -> (i64, Vec<Event>) {
         self.finish()
+    }
+
+    /// Like `end`, also returning where each event's `prev_kv` was stored
+    /// (for an index-only store whose caller keeps the values).
+    pub fn end_with_prev_revisions(mut self) -> (i64, Vec<Event>, Vec<Option<Revision>>) {
+        let (rev, events) = self.finish();
+        (rev, events, std::mem::take(&mut self.prev_revs))
     }
 
     fn finish(&mut self) -> (i64, Vec<Event>) {

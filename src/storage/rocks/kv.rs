@@ -61,6 +61,9 @@ pub struct RocksKv {
     conf_state: Option<ConfState>,
     /// The membership last written (likewise).
     membership: Option<metastorepb::Membership>,
+    /// Write txns return complete events (values and previous states filled
+    /// in): someone watches.
+    fill_events: bool,
 }
 
 impl std::fmt::Debug for RocksKv {
@@ -330,6 +333,7 @@ impl RocksKv {
             },
             conf_state: None,
             membership: None,
+            fill_events: false,
         }
     }
 }
@@ -373,6 +377,11 @@ impl StateEngine for RocksKv {
 
     fn defragment_job(&self) -> Option<Box<dyn FnOnce() + Send>> {
         Some(Box::new(RocksKv::defragment_job(self)))
+    }
+
+    fn set_watched(&mut self, on: bool) {
+        self.fill_events = on;
+        self.index.set_event_prevs(on);
     }
 }
 
@@ -499,6 +508,7 @@ impl KvEngine for RocksKv {
             db: &self.db,
             batch: &mut self.batch,
             pending: &mut self.pending,
+            fill: self.fill_events,
         }
     }
     fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
@@ -528,6 +538,8 @@ pub struct RocksTxn<'a> {
     db: &'a DB,
     batch: &'a mut WriteBatch,
     pending: &'a mut HashMap<Revision, Vec<u8>>,
+    /// Fill the events' values and previous states.
+    fill: bool,
 }
 
 impl<'a> RocksTxn<'a> {
@@ -549,7 +561,7 @@ impl<'a> RocksTxn<'a> {
         let Some(txn) = self.txn.take() else {
             return (0, Vec::new());
         };
-        let (rev, events) = txn.end();
+        let (rev, mut events, prev_revs) = txn.end_with_prev_revisions();
         let kv_cf = cf(self.db, CF_KV);
         for (sub, ev) in events.iter().enumerate() {
             let at = Revision::new(ev.kv.mod_revision, sub as i64);
@@ -569,7 +581,41 @@ impl<'a> RocksTxn<'a> {
             };
             self.batch.put_cf(kv_cf, revision_key(at), record);
         }
+        if self.fill {
+            self.fill_events(&mut events, &prev_revs);
+        }
         (rev, events)
+    }
+
+    /// Puts the written values into the put events and the previous values
+    /// into their previous states (the index holds no values).
+    fn fill_events(&self, events: &mut [Event], prev_revs: &[Option<Revision>]) {
+        let mut prevs = Vec::new();
+        let mut revs = Vec::new();
+        for (sub, ev) in events.iter_mut().enumerate() {
+            if ev.kind == EventKind::Put {
+                let at = Revision::new(ev.kv.mod_revision, sub as i64);
+                ev.kv.value = self.pending.get(&at).cloned().unwrap_or_default();
+            }
+            if let Some(Some(r)) = prev_revs.get(sub) {
+                if let Some(p) = ev.prev_kv.take() {
+                    prevs.push(p);
+                    revs.push(*r);
+                }
+            }
+        }
+        if let Err(e) = fill_values(self.db, self.pending, &mut prevs, &revs) {
+            // The writes stand; only the watchers' previous values are
+            // missing, which a damaged database explains in the log.
+            tracing::error!(error = %e, "cannot read previous values for watchers");
+            return;
+        }
+        let mut prevs = prevs.into_iter();
+        for (sub, ev) in events.iter_mut().enumerate() {
+            if matches!(prev_revs.get(sub), Some(Some(_))) && ev.prev_kv.is_none() {
+                ev.prev_kv = prevs.next();
+            }
+        }
     }
 }
 

@@ -112,6 +112,9 @@ pub struct Config {
     /// events is sent the current revision (etcd's
     /// `--experimental-watch-progress-notify-interval`, 10 minutes).
     pub watch_progress_notify_interval_ms: u64,
+    /// How often the leader records how long leases have left (etcd's
+    /// `--experimental-lease-checkpoint-interval`).
+    pub lease_checkpoint_interval_ms: u64,
     /// Raft knobs.
     pub raft: RaftConfig,
     /// Flag only: seed a brand-new data dir from a state image (what
@@ -144,6 +147,7 @@ impl Default for Config {
             wal_segment_size: 64 * 1024 * 1024,
             log_level: "info".into(),
             watch_progress_notify_interval_ms: 10 * 60 * 1000,
+            lease_checkpoint_interval_ms: 5000,
             raft: RaftConfig::default(),
             restore_image: None,
             fault_injection: false,
@@ -220,6 +224,9 @@ pub struct Flags {
     /// duration ("10m", "5s", "500ms").
     #[arg(long, value_parser = parse_duration_ms)]
     pub experimental_watch_progress_notify_interval: Option<u64>,
+    /// How often the leader checkpoints remaining lease TTLs ("5s").
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub experimental_lease_checkpoint_interval: Option<u64>,
     /// Seed a new (empty) data dir from a state image, e.g. a file written by
     /// `etcdctl snapshot save` against MetaStore, then start. Either engine
     /// restores an image either engine wrote.
@@ -289,6 +296,9 @@ impl Config {
         if let Some(ms) = flags.experimental_watch_progress_notify_interval {
             cfg.watch_progress_notify_interval_ms = ms;
         }
+        if let Some(ms) = flags.experimental_lease_checkpoint_interval {
+            cfg.lease_checkpoint_interval_ms = ms;
+        }
         cfg.fault_injection = flags.experimental_fault_injection;
         if flags.experimental_unpipelined_appends {
             cfg.raft.pipeline_appends = false;
@@ -324,6 +334,9 @@ impl Config {
         }
         if self.wal_segment_size < 4096 {
             return bad("wal-segment-size", "must be at least 4096 bytes".into());
+        }
+        if self.lease_checkpoint_interval_ms == 0 {
+            return bad("lease-checkpoint-interval-ms", "must be positive".into());
         }
         if self.watch_progress_notify_interval_ms == 0 {
             return bad(

@@ -36,6 +36,12 @@ pub enum ApiError {
     /// A lease ID that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// LeaseGrant with an ID in use.
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    /// LeaseGrant with a TTL over etcd's maximum.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// A request over --max-request-bytes.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
@@ -108,8 +114,9 @@ impl ApiError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | RequestTooLarge => Code::InvalidArgument,
-            Compacted | FutureRevision => Code::OutOfRange,
+            Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
+            LeaseExist => Code::FailedPrecondition,
             TooManyRequests => Code::ResourceExhausted,
             NoLeader
             | Timeout
@@ -143,6 +150,8 @@ impl ApiError {
             Compacted,
             FutureRevision,
             LeaseNotFound,
+            LeaseExist,
+            LeaseTtlTooLarge,
             RequestTooLarge,
             NoLeader,
             Timeout,

@@ -213,6 +213,7 @@ pub fn plan_new(cfg: &Config) -> Result<Bootstrap, crate::error::ConfigError> {
             term: 1,
             conf_state: membership.conf_state(),
             membership: membership.to_pb(),
+            leases: Default::default(),
         },
     })
 }
@@ -305,6 +306,7 @@ pub fn plan_join(cfg: &Config) -> Result<Bootstrap, String> {
             term: 0,
             conf_state: ConfState::default(),
             membership: pb,
+            leases: Default::default(),
         },
     })
 }
@@ -458,6 +460,7 @@ fn recover_rocks(data_dir: &Path, wal_size: u64) -> Result<Recovered, StorageErr
         term: applied_term,
         conf_state: meta.conf_state.clone(),
         membership: meta.membership.clone(),
+        leases: meta.leases.clone(),
     };
     let (base, _) = start_point(&point);
     let entries = rocks::read_entries(&dbs.raft, applied)?;
@@ -496,6 +499,7 @@ fn recover_memory(data_dir: &Path, wal_options: WalOptions) -> Result<Recovered,
                 term: h.term,
                 conf_state: h.conf_state,
                 membership: h.membership,
+                leases: h.leases,
             },
             store,
         ),
@@ -574,6 +578,10 @@ pub struct Core {
     pub raft: Addr<RaftActor>,
     /// The ApplyActor.
     pub apply: Addr<ApplyActor>,
+    /// The Lessor.
+    pub lessor: Addr<crate::actors::lessor::Lessor>,
+    /// Request ids of this member.
+    pub ids: Arc<crate::actors::propose::RequestIds>,
     /// Live status.
     pub status: Arc<NodeStatus>,
     /// Test-only fault switches of the transport.
@@ -692,19 +700,39 @@ pub fn start_core(
         .recv()
         .map_err(|_| StorageError::io("start the Raft thread", std::io::Error::other("gone")))?
         .map_err(|e| StorageError::io("start the WAL writer thread", e))?;
+    let ids = Arc::new(crate::actors::propose::RequestIds::new(id));
+    let proposer = crate::actors::propose::Proposer {
+        raft: raft.clone(),
+        ids: ids.clone(),
+        status: status.clone(),
+        max_request_bytes: cfg.max_request_bytes,
+    };
+    let lessor = crate::actors::lessor::Lessor::new(
+        crate::actors::lessor::LessorConfig {
+            extend: Duration::from_millis(cfg.raft.tick_ms * cfg.raft.election_tick as u64),
+            checkpoint_interval: Duration::from_millis(cfg.lease_checkpoint_interval_ms),
+        },
+        status.clone(),
+        proposer,
+        rec.state_machine.leases(),
+    )
+    .start();
     apply_ctx.run(ApplyActor::new(
         rec.state_machine,
         raft.clone(),
+        lessor.clone(),
         status.clone(),
-        cfg.data_dir.clone(),
-        cfg.snapshot_count,
         metrics.clone(),
-        crate::actors::apply::WatchSettings {
-            hub: crate::watch::HubConfig {
-                max_response_bytes: cfg.max_request_bytes,
-                ..Default::default()
+        crate::actors::apply::ApplySettings {
+            data_dir: cfg.data_dir.clone(),
+            snapshot_count: cfg.snapshot_count,
+            watch: crate::actors::apply::WatchSettings {
+                hub: crate::watch::HubConfig {
+                    max_response_bytes: cfg.max_request_bytes,
+                    ..Default::default()
+                },
+                progress_notify: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
             },
-            progress_notify: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
         },
     ));
     let handle = raft_thread.handle();
@@ -712,6 +740,8 @@ pub fn start_core(
         Core {
             raft,
             apply,
+            lessor,
+            ids,
             status,
             faults,
             raft_thread: handle,

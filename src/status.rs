@@ -51,7 +51,12 @@ impl NodeStatus {
         self.term.load(Relaxed)
     }
 
-    /// Current leader.
+    /// MVCC revision as of the last applied batch.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Relaxed)
+    }
+
+    /// The known leader (0: none).
     pub fn leader(&self) -> u64 {
         self.leader.load(Relaxed)
     }

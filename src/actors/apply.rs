@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::lessor::{LeasesChanged, LeasesReplaced, Lessor};
 use super::messages::*;
 use super::raft::RaftActor;
 use crate::error::ApiError;
@@ -47,6 +48,7 @@ struct Waiter {
 pub struct ApplyActor {
     sm: StateMachine,
     raft: Addr<RaftActor>,
+    lessor: Addr<Lessor>,
     status: Arc<NodeStatus>,
     waiters: HashMap<u64, Waiter>,
     /// Reads waiting for the applied index to reach their key.
@@ -60,6 +62,17 @@ pub struct ApplyActor {
     /// Every watcher of this member.
     hub: Hub,
     progress_notify: Duration,
+}
+
+/// Where and how often the ApplyActor snapshots, and its watch settings.
+#[derive(Debug, Clone)]
+pub struct ApplySettings {
+    /// The data dir (snapshot files, received images).
+    pub data_dir: PathBuf,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
+    /// The watch hub's settings.
+    pub watch: WatchSettings,
 }
 
 /// What the ApplyActor's watch hub needs.
@@ -76,12 +89,16 @@ impl ApplyActor {
     pub fn new(
         sm: StateMachine,
         raft: Addr<RaftActor>,
+        lessor: Addr<Lessor>,
         status: Arc<NodeStatus>,
-        data_dir: PathBuf,
-        snapshot_count: u64,
         metrics: Arc<Metrics>,
-        watch: WatchSettings,
+        settings: ApplySettings,
     ) -> ApplyActor {
+        let ApplySettings {
+            data_dir,
+            snapshot_count,
+            watch,
+        } = settings;
         let last_snapshot = sm.applied_index();
         *status.removed.write() = sm.membership().removed().collect();
         let hub = Hub::new(
@@ -93,6 +110,7 @@ impl ApplyActor {
         let a = ApplyActor {
             sm,
             raft,
+            lessor,
             status,
             waiters: HashMap::new(),
             reads: BTreeMap::new(),
@@ -115,6 +133,10 @@ impl ApplyActor {
     /// Routes the applied batch's events to the watchers; moves lagging
     /// watchers on by one slice.
     fn feed_watchers(&mut self) {
+        let changes = self.sm.take_lease_changes();
+        if !changes.is_empty() {
+            self.lessor.do_send(LeasesChanged(changes));
+        }
         let events = self.sm.take_events();
         self.hub.compacted(self.sm.compact_revision());
         self.hub.publish(&events, self.sm.current_revision());
@@ -349,6 +371,8 @@ impl Handler<InstallSnapshot> for ApplyActor {
                 self.last_snapshot = h.index;
                 self.hub
                     .state_replaced(self.sm.current_revision(), self.sm.compact_revision());
+                self.lessor
+                    .do_send(LeasesReplaced(self.sm.leases().clone()));
                 *self.status.removed.write() = self.sm.membership().removed().collect();
                 self.raft.do_send(MembershipChanged {
                     conf_change: None,
@@ -461,5 +485,17 @@ impl Handler<WatchClose> for ApplyActor {
     fn handle(&mut self, msg: WatchClose, _: &mut Context<Self>) {
         self.hub.close_stream(msg.stream);
         self.watchers_changed();
+    }
+}
+
+impl Handler<QueryLeases> for ApplyActor {
+    type Result = MessageResult<QueryLeases>;
+    fn handle(&mut self, msg: QueryLeases, _: &mut Context<Self>) -> Self::Result {
+        let ids = self.sm.leases().iter().map(|(id, _)| id).collect();
+        let keys = msg
+            .keys_of
+            .map(|id| self.sm.lease_keys(id))
+            .unwrap_or_default();
+        MessageResult((ids, keys))
     }
 }

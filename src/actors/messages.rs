@@ -328,3 +328,12 @@ pub struct WatchClose {
     /// The stream.
     pub stream: crate::watch::StreamId,
 }
+
+/// Lease service → ApplyActor: every lease id, and the keys of lease
+/// `keys_of` (in order).
+#[derive(Message)]
+#[rtype(result = "(Vec<i64>, Vec<Vec<u8>>)")]
+pub struct QueryLeases {
+    /// Whose keys to list, if any.
+    pub keys_of: Option<i64>,
+}

@@ -4,8 +4,10 @@
 //! behind a lock; batching comes from mailboxes filling while an actor is busy.
 
 pub mod apply;
+pub mod lessor;
 pub mod messages;
 pub mod peer;
+pub mod propose;
 pub mod raft;
 pub mod ticker;
 pub mod wal;

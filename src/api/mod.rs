@@ -6,69 +6,43 @@ pub mod authority;
 pub mod cluster;
 pub mod http;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod peer;
 pub mod validate;
 pub mod watch;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::actors::messages::{
-    LocalRead, PendingRead, Propose, ProposeConfChange, QueryMembers, QueryRaft, QueryStore,
-    RaftView, ReadIndex, StoreStatus, TransferLeader,
+    LocalRead, PendingRead, ProposeConfChange, QueryMembers, QueryRaft, QueryStore, RaftView,
+    ReadIndex, StoreStatus, TransferLeader,
 };
+use crate::actors::propose::Proposer;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::{CodeLabels, MethodLabels, Metrics};
 use crate::proto::etcdserverpb::ResponseHeader;
-use crate::proto::metastorepb::{internal_request, InternalRequest};
+use crate::proto::metastorepb::internal_request;
 use crate::server::Core;
 use crate::state_machine::membership::Membership;
 use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 
 /// The etcd API version MetaStore speaks (reported by Status and /version).
 pub const ETCD_VERSION: &str = "3.5.0";
-/// etcd's default request timeout: 5 s plus two election timeouts.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+use crate::actors::propose::REQUEST_TIMEOUT;
 
-/// Unique request ids: member id in the top 16 bits, start time and a counter
-/// below (etcd's idutil scheme), so ids never repeat across restarts.
-#[derive(Debug)]
-pub struct RequestIds {
-    prefix: u64,
-    next: AtomicU64,
-}
-
-impl RequestIds {
-    /// A generator for a member.
-    pub fn new(member_id: u64) -> RequestIds {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        RequestIds {
-            prefix: (member_id & 0xffff) << 48,
-            next: AtomicU64::new((ms & 0xff_ffff_ffff) << 8),
-        }
-    }
-
-    /// The next id.
-    pub fn next(&self) -> u64 {
-        self.prefix | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff)
-    }
-}
+pub use crate::actors::propose::RequestIds;
 
 /// What every handler needs: the actors, the ids, the limits.
 #[derive(Clone)]
 pub struct Gateway {
     core: Core,
-    ids: Arc<RequestIds>,
+    proposer: Proposer,
     /// Largest encoded request (`--max-request-bytes`).
     pub max_request_bytes: usize,
     /// Most ops per txn branch.
@@ -79,20 +53,63 @@ pub struct Gateway {
     pub peer_urls: Vec<String>,
     /// Advertised client URLs.
     pub client_urls: Vec<String>,
+    /// Raft's election timeout (etcd derives the minimum lease TTL from it).
+    pub election_timeout_ms: u64,
+    /// A channel to the leader's peer service, for forwarded lease calls.
+    leader_link: Arc<parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>>,
 }
 
 impl Gateway {
     /// A gateway to a running core.
     pub fn new(cfg: &Config, core: Core) -> Gateway {
         Gateway {
-            ids: Arc::new(RequestIds::new(core.status.member_id)),
+            proposer: Proposer {
+                raft: core.raft.clone(),
+                ids: core.ids.clone(),
+                status: core.status.clone(),
+                max_request_bytes: cfg.max_request_bytes,
+            },
             core,
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
             name: cfg.name.clone(),
             peer_urls: cfg.advertise_peer_list(),
             client_urls: cfg.advertise_client_list(),
+            election_timeout_ms: cfg.raft.tick_ms * cfg.raft.election_tick as u64,
+            leader_link: Arc::default(),
         }
+    }
+
+    /// The leader's peer service (for calls only the leader answers).
+    pub async fn leader_peer(
+        &self,
+    ) -> Result<
+        crate::proto::metastorepb::peer_client::PeerClient<tonic::transport::Channel>,
+        ApiError,
+    > {
+        use crate::proto::metastorepb::peer_client::PeerClient;
+        let leader = self.status().leader();
+        if leader == 0 {
+            return Err(ApiError::NoLeader);
+        }
+        if let Some((id, ch)) = self.leader_link.lock().as_ref() {
+            if *id == leader {
+                return Ok(PeerClient::new(ch.clone()));
+            }
+        }
+        let members = self.members().await?;
+        let url = members
+            .get(leader)
+            .and_then(|m| m.peer_ur_ls.first().cloned())
+            .ok_or(ApiError::NoLeader)?;
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        *self.leader_link.lock() = Some((leader, channel.clone()));
+        Ok(PeerClient::new(channel))
     }
 
     /// Live status.
@@ -107,7 +124,12 @@ impl Gateway {
 
     /// A fresh request id.
     pub fn next_id(&self) -> u64 {
-        self.ids.next()
+        self.proposer.ids.next()
+    }
+
+    /// Proposes writes for this member.
+    pub fn proposer(&self) -> &Proposer {
+        &self.proposer
     }
 
     /// A header with this member's ids and term over `revision`.
@@ -132,33 +154,7 @@ impl Gateway {
         &self,
         request: internal_request::Request,
     ) -> Result<WriteResponse, ApiError> {
-        let id = self.ids.next();
-        let data = InternalRequest {
-            id,
-            request: Some(request),
-        }
-        .encode_to_vec();
-        if data.len() > self.max_request_bytes {
-            return Err(ApiError::RequestTooLarge);
-        }
-        let (reply, rx) = oneshot::channel();
-        deliver(&self.core.raft, Propose { id, data, reply }).await?;
-        self.wait(rx).await
-    }
-
-    /// Waits for a proposal's applied answer, at most the request timeout.
-    async fn wait(
-        &self,
-        rx: oneshot::Receiver<Result<WriteResponse, ApiError>>,
-    ) -> Result<WriteResponse, ApiError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ApiError::Stopped),
-            // No leader all along: say so (etcd's clients see "no leader"
-            // from a member cut off from the cluster).
-            Err(_) if self.status().leader() == 0 => Err(ApiError::NoLeader),
-            Err(_) => Err(ApiError::Timeout),
-        }
+        self.proposer.write(request).await
     }
 
     /// Proposes a membership change and waits until it is applied here;
@@ -168,7 +164,7 @@ impl Gateway {
         change: &crate::state_machine::membership::Change,
     ) -> Result<Vec<crate::proto::etcdserverpb::Member>, ApiError> {
         use crate::state_machine::membership::Change;
-        let id = self.ids.next();
+        let id = self.next_id();
         let member = match change {
             Change::Add(m) => Some(m.clone()),
             Change::Remove(_) | Change::Promote(_) => None,
@@ -180,7 +176,7 @@ impl Gateway {
         };
         let (reply, rx) = oneshot::channel();
         deliver(&self.core.raft, ProposeConfChange { id, cc, reply }).await?;
-        match self.wait(rx).await? {
+        match self.proposer.wait(rx).await? {
             WriteResponse::Members(m) => Ok(m),
             _ => Err(ApiError::Internal("unexpected membership answer".into())),
         }
@@ -393,6 +389,9 @@ pub async fn serve(
     ))
     .add_service(ClusterServer::new(cluster::ClusterService::new(gw.clone())))
     .add_service(watch::WatchService::new(gw.clone()))
+    .add_service(crate::proto::etcdserverpb::lease_server::LeaseServer::new(
+        lease::LeaseService::new(gw.clone()),
+    ))
     .prepare()
     .into_axum_router()
     .layer(axum::middleware::map_response(etcd_size_status));

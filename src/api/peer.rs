@@ -14,6 +14,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Gateway;
 use crate::actors::messages::StepBatch;
+use crate::error::ApiError;
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 use crate::proto::metastorepb::peer_server::{Peer, PeerServer};
 use crate::proto::metastorepb::{
     Membership, MembershipRequest, PromoteRequest, PromoteResponse, RaftBatch, RaftEnd,
@@ -192,6 +196,31 @@ impl Peer for PeerService {
     ) -> Result<Response<PromoteResponse>, Status> {
         let members = self.gw.promote_here(req.into_inner().member_id).await?;
         Ok(Response::new(PromoteResponse { members }))
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let id = req.into_inner().id;
+        let ttl = match self.gw.lease_renew_here(id).await {
+            Ok(ttl) => ttl,
+            Err(ApiError::LeaseNotFound) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: self.gw.header(self.gw.status().revision()),
+            id,
+            ttl,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(self.gw.lease_time_to_live_here(&r).await?))
     }
 }
 

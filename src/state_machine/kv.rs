@@ -11,6 +11,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb;
 use crate::storage::engine::{KvEngine, KvTxn};
+use crate::storage::leases::LeaseTable;
 use crate::storage::mvcc::{Event, KeyValue, MvccError, RangeOptions, RangeResult};
 
 /// Read access shared by the store and an open write txn.
@@ -92,7 +93,8 @@ impl<'a, E: KvEngine + 'a> View for Writer<'a, E> {
     }
 }
 
-fn header(revision: i64) -> Option<ResponseHeader> {
+/// A header with only the revision set (the API layer fills the rest).
+pub fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision,
         ..Default::default()
@@ -197,17 +199,18 @@ fn range_in(view: &impl View, r: &RangeRequest) -> Result<RangeResponse, ApiErro
 pub fn put<E: KvEngine>(
     store: &mut E,
     p: &PutRequest,
+    leases: &LeaseTable,
 ) -> Result<(PutResponse, Vec<Event>), ApiError> {
-    check_lease(p.lease)?;
+    check_lease(p.lease, leases)?;
     let mut w = Writer::new(store);
     let resp = put_in(&mut w, p)?;
     let (_, events) = w.txn.end();
     Ok((resp, events))
 }
 
-/// Leases arrive with the Lease service; until then no lease exists.
-fn check_lease(lease: i64) -> Result<(), ApiError> {
-    if lease != 0 {
+/// A put's lease must exist (0: none).
+fn check_lease(lease: i64, leases: &LeaseTable) -> Result<(), ApiError> {
+    if lease != 0 && !leases.contains(lease) {
         return Err(ApiError::LeaseNotFound);
     }
     Ok(())
@@ -306,14 +309,15 @@ pub fn txn_is_serializable(t: &TxnRequest) -> bool {
 pub fn txn<E: KvEngine>(
     store: &mut E,
     t: &TxnRequest,
+    leases: &LeaseTable,
 ) -> Result<(TxnResponse, Vec<Event>), ApiError> {
     let mut path = Vec::new();
     compare_path(store, t, &mut path);
     let read_only = txn_is_read_only(t);
     if !read_only {
-        check_branch(store, t, &path, &mut 0, true)?;
+        check_branch(store, t, &path, &mut 0, Some(leases))?;
     }
-    check_branch(store, t, &path, &mut 0, false)?;
+    check_branch(store, t, &path, &mut 0, None)?;
     if read_only {
         let resp = apply_txn_read(store, t, &path, &mut 0)?;
         let mut resp = resp;
@@ -340,30 +344,33 @@ fn compare_path(view: &impl View, t: &TxnRequest, path: &mut Vec<bool>) {
     }
 }
 
-/// Validates the branch taken: puts (`puts == true`: lease exists, key exists
-/// for ignore_value/ignore_lease) or ranges (revision neither future nor compacted).
+/// Validates the branch taken: puts (with `puts` the lease table: lease
+/// exists, key exists for ignore_value/ignore_lease) or ranges (revision
+/// neither future nor compacted).
 fn check_branch(
     view: &impl View,
     t: &TxnRequest,
     path: &[bool],
     at: &mut usize,
-    puts: bool,
+    puts: Option<&LeaseTable>,
 ) -> Result<(), ApiError> {
     let ok = path[*at];
     *at += 1;
     let branch = if ok { &t.success } else { &t.failure };
     for op in branch {
         match &op.request {
-            Some(request_op::Request::RequestPut(p)) if puts => {
+            Some(request_op::Request::RequestPut(p)) if puts.is_some() => {
                 if p.ignore_value || p.ignore_lease {
                     let rr = view.range(&p.key, &[], &RangeOptions::default())?;
                     if rr.kvs.is_empty() {
                         return Err(ApiError::KeyNotFound);
                     }
                 }
-                check_lease(p.lease)?;
+                if let Some(leases) = puts {
+                    check_lease(p.lease, leases)?;
+                }
             }
-            Some(request_op::Request::RequestRange(r)) if !puts && r.revision != 0 => {
+            Some(request_op::Request::RequestRange(r)) if puts.is_none() && r.revision != 0 => {
                 if r.revision > view.rev() {
                     return Err(ApiError::FutureRevision);
                 }
@@ -566,11 +573,11 @@ mod tests {
     #[test]
     fn put_revisions_and_prev_kv_match_etcd() {
         let mut s = MemStore::new();
-        let (r, _) = put(&mut s, &put_req("foo", "bar")).unwrap();
+        let (r, _) = put(&mut s, &put_req("foo", "bar"), &LeaseTable::default()).unwrap();
         assert_eq!(r.header.unwrap().revision, 2);
         let mut p = put_req("foo", "baz");
         p.prev_kv = true;
-        let (r, _) = put(&mut s, &p).unwrap();
+        let (r, _) = put(&mut s, &p, &LeaseTable::default()).unwrap();
         assert_eq!(r.header.unwrap().revision, 3);
         let prev = r.prev_kv.unwrap();
         assert_eq!(
@@ -587,10 +594,13 @@ mod tests {
         let mut s = MemStore::new();
         let mut p = put_req("k", "");
         p.ignore_value = true;
-        assert_eq!(put(&mut s, &p).unwrap_err(), ApiError::KeyNotFound);
+        assert_eq!(
+            put(&mut s, &p, &LeaseTable::default()).unwrap_err(),
+            ApiError::KeyNotFound
+        );
         assert_eq!(s.current_revision(), 1);
-        put(&mut s, &put_req("k", "v1")).unwrap();
-        put(&mut s, &p).unwrap();
+        put(&mut s, &put_req("k", "v1"), &LeaseTable::default()).unwrap();
+        put(&mut s, &p, &LeaseTable::default()).unwrap();
         assert_eq!(get(&s, "k").kvs[0].value, b"v1");
     }
 
@@ -599,7 +609,10 @@ mod tests {
         let mut s = MemStore::new();
         let mut p = put_req("k", "v");
         p.lease = 42;
-        assert_eq!(put(&mut s, &p).unwrap_err(), ApiError::LeaseNotFound);
+        assert_eq!(
+            put(&mut s, &p, &LeaseTable::default()).unwrap_err(),
+            ApiError::LeaseNotFound
+        );
         assert_eq!(s.current_revision(), 1);
     }
 
@@ -625,7 +638,7 @@ mod tests {
             success: vec![op_put("a", "1"), op_put("b", "2"), op_get("a")],
             failure: vec![op_get("a")],
         };
-        let (r, events) = txn(&mut s, &t).unwrap();
+        let (r, events) = txn(&mut s, &t, &LeaseTable::default()).unwrap();
         assert!(r.succeeded);
         assert_eq!(r.header.unwrap().revision, 2);
         assert_eq!(events.len(), 2);
@@ -636,7 +649,7 @@ mod tests {
         assert_eq!(rr.kvs[0].value, b"1");
         assert_eq!(rr.header.as_ref().unwrap().revision, 2);
         // Second time the compare fails: the failure branch only reads.
-        let (r, events) = txn(&mut s, &t).unwrap();
+        let (r, events) = txn(&mut s, &t, &LeaseTable::default()).unwrap();
         assert!(!r.succeeded);
         assert!(events.is_empty());
         assert_eq!(r.header.unwrap().revision, 2);
@@ -656,13 +669,13 @@ mod tests {
             success: vec![],
             failure: vec![],
         };
-        assert!(!txn(&mut s, &t).unwrap().0.succeeded);
+        assert!(!txn(&mut s, &t, &LeaseTable::default()).unwrap().0.succeeded);
     }
 
     #[test]
     fn nested_txn_follows_its_own_compare() {
         let mut s = MemStore::new();
-        put(&mut s, &put_req("a", "1")).unwrap();
+        put(&mut s, &put_req("a", "1"), &LeaseTable::default()).unwrap();
         let inner = TxnRequest {
             compare: vec![cmp_version("a", CompareResult::Greater, 5)],
             success: vec![op_put("x", "then")],
@@ -675,7 +688,7 @@ mod tests {
             }],
             failure: vec![],
         };
-        let (r, _) = txn(&mut s, &outer).unwrap();
+        let (r, _) = txn(&mut s, &outer, &LeaseTable::default()).unwrap();
         assert!(r.succeeded);
         let Some(response_op::Response::ResponseTxn(inner_resp)) = &r.responses[0].response else {
             panic!("nested txn response expected");
@@ -700,7 +713,10 @@ mod tests {
             ],
             failure: vec![],
         };
-        assert_eq!(txn(&mut s, &t).unwrap_err(), ApiError::KeyNotFound);
+        assert_eq!(
+            txn(&mut s, &t, &LeaseTable::default()).unwrap_err(),
+            ApiError::KeyNotFound
+        );
         assert_eq!(s.current_revision(), 1);
         assert!(get(&s, "k1").kvs.is_empty());
     }
@@ -709,7 +725,7 @@ mod tests {
     fn range_sorts_limits_and_reports_more() {
         let mut s = MemStore::new();
         for (k, v) in [("a", "3"), ("b", "1"), ("c", "2")] {
-            put(&mut s, &put_req(k, v)).unwrap();
+            put(&mut s, &put_req(k, v), &LeaseTable::default()).unwrap();
         }
         let r = range(
             &s,
@@ -746,9 +762,9 @@ mod tests {
     #[test]
     fn negative_range_revision_in_a_txn_passes_until_a_compaction() {
         let mut s = MemStore::new();
-        put(&mut s, &put_req("k", "v")).unwrap();
+        put(&mut s, &put_req("k", "v"), &LeaseTable::default()).unwrap();
         // etcd compares with compactMainRev, which is -1 before any compaction.
-        assert!(txn(&mut s, &read_txn(-1)).is_ok());
+        assert!(txn(&mut s, &read_txn(-1), &LeaseTable::default()).is_ok());
         compact(
             &mut s,
             &CompactionRequest {
@@ -757,13 +773,16 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(txn(&mut s, &read_txn(-1)).unwrap_err(), ApiError::Compacted);
+        assert_eq!(
+            txn(&mut s, &read_txn(-1), &LeaseTable::default()).unwrap_err(),
+            ApiError::Compacted
+        );
     }
 
     #[test]
     fn unknown_compare_target_is_equal_and_unknown_result_holds() {
         let mut s = MemStore::new();
-        put(&mut s, &put_req("a", "1")).unwrap();
+        put(&mut s, &put_req("a", "1"), &LeaseTable::default()).unwrap();
         let with = |target: i32, result: i32| TxnRequest {
             compare: vec![Compare {
                 target,
@@ -773,7 +792,7 @@ mod tests {
             success: vec![],
             failure: vec![],
         };
-        let ok = |s: &mut MemStore, t| txn(s, &t).unwrap().0.succeeded;
+        let ok = |s: &mut MemStore, t| txn(s, &t, &LeaseTable::default()).unwrap().0.succeeded;
         assert!(ok(&mut s, with(42, CompareResult::Equal as i32)));
         assert!(!ok(&mut s, with(42, CompareResult::Less as i32)));
         assert!(ok(&mut s, with(CompareTarget::Version as i32, 42)));
@@ -788,10 +807,20 @@ mod tests {
         let mut s = MemStore::new();
         // 40 keys, every 4th at version 2: etcd 3.4.23 answered this order.
         for i in 0..40 {
-            put(&mut s, &put_req(&format!("s{i:02}"), "v")).unwrap();
+            put(
+                &mut s,
+                &put_req(&format!("s{i:02}"), "v"),
+                &LeaseTable::default(),
+            )
+            .unwrap();
         }
         for i in (0..40).step_by(4) {
-            put(&mut s, &put_req(&format!("s{i:02}"), "v")).unwrap();
+            put(
+                &mut s,
+                &put_req(&format!("s{i:02}"), "v"),
+                &LeaseTable::default(),
+            )
+            .unwrap();
         }
         let r = range(
             &s,

@@ -11,6 +11,7 @@
 //! applied entries, stored with the applied point, carried in images.
 
 pub mod kv;
+pub mod lease;
 pub mod membership;
 
 use std::path::Path;
@@ -22,14 +23,16 @@ use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType};
 use crate::error::ApiError;
 use crate::error::StorageError;
 use crate::proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, Member, PutResponse, RangeRequest, RangeResponse,
-    TxnRequest, TxnResponse,
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, Member,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::proto::metastorepb::{internal_request, ConfChangeContext, InternalRequest};
-use crate::storage::engine::{AppliedPoint, Checkpoint, KvEngine, StateEngine};
+use crate::storage::engine::{AppliedPoint, Checkpoint, KvEngine, KvTxn, StateEngine};
 use crate::storage::image::{ImageHeader, ImageJob};
+use crate::storage::leases::{LeaseEntry, LeaseTable};
 use crate::storage::mvcc::{Event, MemStore, MvccError};
 use crate::storage::rocks::RocksKv;
+use lease::{LeaseChange, LeaseIndex};
 use membership::Membership;
 
 /// The answer to a write, before the API layer fills the header's ids and term.
@@ -45,6 +48,12 @@ pub enum WriteResponse {
     Compact(CompactionResponse),
     /// A membership change or publish: the members afterwards.
     Members(Vec<Member>),
+    /// LeaseGrant.
+    LeaseGrant(LeaseGrantResponse),
+    /// LeaseRevoke.
+    LeaseRevoke(LeaseRevokeResponse),
+    /// A lease checkpoint was recorded.
+    LeaseCheckpoint,
 }
 
 /// A read request (Range, or a Txn without writes).
@@ -120,6 +129,10 @@ pub struct StateMachine {
     /// Someone watches: applied writes leave their events in `events`.
     watched: bool,
     events: Vec<Event>,
+    /// Which keys each lease holds.
+    lease_index: LeaseIndex,
+    /// What applying changed about leases, for the Lessor.
+    lease_changes: Vec<LeaseChange>,
 }
 
 impl StateMachine {
@@ -130,13 +143,31 @@ impl StateMachine {
         // the written value).
         on_store!(&mut store, s => s.set_watched(false));
         let members = Membership::from_pb(point.membership.clone());
+        let lease_index = on_store!(&store, s => LeaseIndex::rebuild(s));
         StateMachine {
             store,
             point,
             members,
             watched: false,
             events: Vec::new(),
+            lease_index,
+            lease_changes: Vec::new(),
         }
+    }
+
+    /// Every lease as of the applied index.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.point.leases
+    }
+
+    /// The keys lease `id` holds, in order.
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.lease_index.keys_of(id)
+    }
+
+    /// What applying changed about leases since the last call.
+    pub fn take_lease_changes(&mut self) -> Vec<LeaseChange> {
+        std::mem::take(&mut self.lease_changes)
     }
 
     /// Turns event collection on (someone watches) or off.
@@ -204,8 +235,11 @@ impl StateMachine {
             term: h.term,
             conf_state: h.conf_state.clone(),
             membership: h.membership.clone(),
+            leases: h.leases.clone(),
         };
         self.members = Membership::from_pb(h.membership.clone());
+        self.lease_index = on_store!(&self.store, s => LeaseIndex::rebuild(s));
+        self.lease_changes.clear();
         Ok(h)
     }
 
@@ -295,21 +329,61 @@ impl StateMachine {
                         WriteResponse::Members(self.members.members())
                     })
             }
+            Some(internal_request::Request::LeaseGrant(g)) => {
+                if self.point.leases.contains(g.id) {
+                    Err(ApiError::LeaseExist)
+                } else {
+                    self.point.leases.insert(
+                        g.id,
+                        LeaseEntry {
+                            ttl: g.ttl,
+                            remaining: 0,
+                        },
+                    );
+                    self.lease_changes.push(LeaseChange::Granted {
+                        id: g.id,
+                        ttl: g.ttl,
+                    });
+                    Ok(WriteResponse::LeaseGrant(LeaseGrantResponse {
+                        header: kv::header(self.current_revision()),
+                        id: g.id,
+                        ttl: g.ttl,
+                        error: String::new(),
+                    }))
+                }
+            }
+            Some(internal_request::Request::LeaseRevoke(r)) => self.revoke(r.id),
+            Some(internal_request::Request::LeaseCheckpoint(c)) => {
+                for cp in &c.checkpoints {
+                    if self.point.leases.checkpoint(cp.id, cp.remaining_ttl) {
+                        self.lease_changes.push(LeaseChange::Checkpointed {
+                            id: cp.id,
+                            remaining: cp.remaining_ttl,
+                        });
+                    }
+                }
+                Ok(WriteResponse::LeaseCheckpoint)
+            }
             // The events the writes return are for watchers.
             request => on_store!(&mut self.store, store => match request {
                 Some(internal_request::Request::Put(p)) => {
-                    kv::put(store, &p).map(|(r, ev)| {
+                    kv::put(store, &p, &self.point.leases).map(|(r, ev)| {
+                        self.lease_index.put(&p);
                         keep_events(self.watched, &mut self.events, ev);
                         WriteResponse::Put(r)
                     })
                 }
                 Some(internal_request::Request::DeleteRange(d)) => {
                     let (r, ev) = kv::delete_range(store, &d);
+                    if r.deleted > 0 {
+                        self.lease_index.delete_range(&d);
+                    }
                     keep_events(self.watched, &mut self.events, ev);
                     Ok(WriteResponse::DeleteRange(r))
                 }
                 Some(internal_request::Request::Txn(t)) => {
-                    kv::txn(store, &t).map(|(r, ev)| {
+                    kv::txn(store, &t, &self.point.leases).map(|(r, ev)| {
+                        self.lease_index.txn(&t, &r);
                         keep_events(self.watched, &mut self.events, ev);
                         WriteResponse::Txn(r)
                     })
@@ -326,6 +400,34 @@ impl StateMachine {
             conf_change: None,
             members_changed,
         })
+    }
+
+    /// LeaseRevoke (or an expiry the leader proposed): the lease's keys are
+    /// deleted in one revision, as in etcd.
+    fn revoke(&mut self, id: i64) -> Result<WriteResponse, ApiError> {
+        if !self.point.leases.contains(id) {
+            return Err(ApiError::LeaseNotFound);
+        }
+        let keys = self.lease_index.keys_of(id);
+        let rev = if keys.is_empty() {
+            self.current_revision()
+        } else {
+            let (rev, events) = on_store!(&mut self.store, store => {
+                let mut t = store.write();
+                for k in &keys {
+                    t.delete_range(k, &[]);
+                }
+                t.end()
+            });
+            keep_events(self.watched, &mut self.events, events);
+            rev
+        };
+        self.lease_index.forget(id);
+        self.point.leases.remove(id);
+        self.lease_changes.push(LeaseChange::Revoked { id });
+        Ok(WriteResponse::LeaseRevoke(LeaseRevokeResponse {
+            header: kv::header(rev),
+        }))
     }
 
     /// A membership change: checked again against the registry (two racing
@@ -381,7 +483,9 @@ impl StateMachine {
     pub fn read(&mut self, req: &ReadRequest) -> Result<ReadResponse, ApiError> {
         on_store!(&mut self.store, store => match req {
             ReadRequest::Range(r) => kv::range(store, r).map(ReadResponse::Range),
-            ReadRequest::Txn(t) => kv::txn(store, t).map(|(r, _)| ReadResponse::Txn(r)),
+            ReadRequest::Txn(t) => {
+                kv::txn(store, t, &self.point.leases).map(|(r, _)| ReadResponse::Txn(r))
+            }
         })
     }
 }

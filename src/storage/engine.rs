@@ -17,6 +17,7 @@ use std::path::Path;
 use raft::eraftpb::{ConfState, Entry, HardState};
 
 use super::image::{ImageHeader, ImageJob};
+use super::leases::LeaseTable;
 use super::mvcc::{Event, KeyValue, MvccError, RangeOptions, RangeResult};
 use crate::error::StorageError;
 use crate::proto::metastorepb;
@@ -78,6 +79,8 @@ pub struct AppliedPoint {
     pub conf_state: ConfState,
     /// The member registry as of that entry.
     pub membership: metastorepb::Membership,
+    /// Every lease as of that entry.
+    pub leases: LeaseTable,
 }
 
 impl AppliedPoint {
@@ -90,6 +93,7 @@ impl AppliedPoint {
             current_rev,
             compact_rev,
             membership: self.membership.clone(),
+            leases: self.leases.clone(),
         }
     }
 }

@@ -6,10 +6,11 @@
 //! Layout (integers little-endian):
 //!
 //! ```text
-//! magic "MSIMAGE2"
+//! magic "MSIMAGE3"
 //! header  = index u64 | term u64 | current_rev i64 | compact_rev i64
 //!         | conf_state length u32 | conf_state (raft ConfState, protobuf)
 //!         | membership length u32 | membership (metastorepb.Membership)
+//!         | leases length u32 | leases (metastorepb.Leases)
 //! record* = length u32 | revision (main u64 BE, sub u64 BE) | mvccpb.KeyValue
 //! trailer = 0xFFFFFFFF u32 | record count u64 | crc32c of everything before u32
 //! ```
@@ -20,8 +21,11 @@
 //! records back. Readers check the checksum before anything is installed.
 //!
 //! The same format serves Maintenance.Snapshot, Raft snapshots sent to a
-//! lagging member, and the memory engine's snapshot files. Version 1
-//! ("MSIMAGE1", without the membership section) is still read.
+//! lagging member, and the memory engine's snapshot files. Images of other
+//! versions are refused with a message that says which: version 1 had no
+//! membership and version 2 no leases, so reading them would silently lose
+//! what a member of this version must have (a version 2 image's keys may
+//! point at leases it does not carry).
 
 use std::io::{self, Read, Write};
 
@@ -29,13 +33,16 @@ use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 
+use super::leases::LeaseTable;
 use super::mvcc::{KeyValue, MemStore, Rebuild, Revision};
 use crate::error::StorageError;
 use crate::proto::{metastorepb, mvccpb};
 
-const MAGIC: &[u8; 8] = b"MSIMAGE2";
-/// The first version, without the membership section.
-const MAGIC_V1: &[u8; 8] = b"MSIMAGE1";
+const MAGIC: &[u8; 8] = b"MSIMAGE3";
+/// What every version's magic starts with.
+const MAGIC_PREFIX: &[u8; 7] = b"MSIMAGE";
+/// The version this build reads and writes.
+const VERSION: u8 = b'3';
 const END: u32 = u32::MAX;
 /// Largest record accepted (a 1.5 MiB request's key and value, with room).
 const MAX_RECORD: u32 = 64 << 20;
@@ -55,6 +62,8 @@ pub struct ImageHeader {
     pub compact_rev: i64,
     /// The membership registry at that index.
     pub membership: metastorepb::Membership,
+    /// Every lease at that index.
+    pub leases: LeaseTable,
 }
 
 fn bad(why: impl Into<String>) -> StorageError {
@@ -87,6 +96,9 @@ impl<W: Write> ImageWriter<W> {
         let members = h.membership.encode_to_vec();
         w.put(&(members.len() as u32).to_le_bytes())?;
         w.put(&members)?;
+        let leases = h.leases.encode();
+        w.put(&(leases.len() as u32).to_le_bytes())?;
+        w.put(&leases)?;
         Ok(w)
     }
 
@@ -166,8 +178,20 @@ impl<R: Read> ImageReader<R> {
             done: false,
         };
         let magic: [u8; 8] = r.array()?;
-        if &magic != MAGIC && &magic != MAGIC_V1 {
+        if !magic.starts_with(MAGIC_PREFIX) {
             return Err(bad("not a MetaStore image (bad magic)"));
+        }
+        if &magic != MAGIC {
+            let theirs = magic[7];
+            let which = if theirs > VERSION {
+                "a newer"
+            } else {
+                "an older"
+            };
+            return Err(bad(format!(
+                "image format version {} is from {which} MetaStore; this one reads version {} only",
+                theirs as char, VERSION as char
+            )));
         }
         let index = u64::from_le_bytes(r.array()?);
         let term = u64::from_le_bytes(r.array()?);
@@ -180,17 +204,19 @@ impl<R: Read> ImageReader<R> {
         let cs = r.bytes(len as usize)?;
         let conf_state =
             ConfState::parse_from_bytes(&cs).map_err(|e| bad(format!("conf state: {e}")))?;
-        let membership = if &magic == MAGIC {
-            let len = u32::from_le_bytes(r.array()?);
-            if len > MAX_RECORD {
-                return Err(bad("membership too large"));
-            }
-            let bytes = r.bytes(len as usize)?;
-            metastorepb::Membership::decode(bytes.as_slice())
-                .map_err(|e| bad(format!("membership: {e}")))?
-        } else {
-            metastorepb::Membership::default()
-        };
+        let len = u32::from_le_bytes(r.array()?);
+        if len > MAX_RECORD {
+            return Err(bad("membership too large"));
+        }
+        let bytes = r.bytes(len as usize)?;
+        let membership = metastorepb::Membership::decode(bytes.as_slice())
+            .map_err(|e| bad(format!("membership: {e}")))?;
+        let len = u32::from_le_bytes(r.array()?);
+        if len > MAX_RECORD {
+            return Err(bad("lease table too large"));
+        }
+        let bytes = r.bytes(len as usize)?;
+        let leases = LeaseTable::decode(&bytes).map_err(|e| bad(format!("leases: {e}")))?;
         let h = ImageHeader {
             index,
             term,
@@ -198,6 +224,7 @@ impl<R: Read> ImageReader<R> {
             current_rev,
             compact_rev,
             membership,
+            leases,
         };
         Ok((h, r))
     }
@@ -368,6 +395,14 @@ mod tests {
     }
 
     fn image(s: &MemStore) -> Vec<u8> {
+        let mut leases = LeaseTable::default();
+        leases.insert(
+            -3,
+            crate::storage::leases::LeaseEntry {
+                ttl: 60,
+                remaining: 12,
+            },
+        );
         let point = AppliedPoint {
             index: 9,
             term: 2,
@@ -375,6 +410,7 @@ mod tests {
                 cluster_id: 5,
                 ..Default::default()
             },
+            leases,
             ..Default::default()
         };
         let h = point.header(s.current_revision(), s.compact_main_revision());
@@ -391,6 +427,11 @@ mod tests {
         let mut s = sample();
         let (h, d) = read_into_store(image(&s).as_slice(), true).unwrap();
         assert_eq!((h.index, h.term, h.membership.cluster_id), (9, 2, 5));
+        assert_eq!(
+            h.leases.get(-3).map(|l| (l.ttl, l.remaining)),
+            Some((60, 12)),
+            "the lease table travels with the image"
+        );
         assert_eq!(d, s);
         assert_eq!(d.approximate_size_bytes(), s.approximate_size_bytes());
         s.compact(4).unwrap();
@@ -405,6 +446,26 @@ mod tests {
         let mut t = d.write();
         t.put(b"c", b"1".to_vec(), 0);
         assert_eq!(t.end().0, s.current_revision() + 1);
+    }
+
+    #[test]
+    fn images_of_other_versions_are_refused_saying_which() {
+        let mut old = image(&sample());
+        old[7] = b'2';
+        let e = read_into_store(old.as_slice(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 2 is from an older MetaStore"), "{e}");
+        let mut new = image(&sample());
+        new[7] = b'4';
+        let e = read_into_store(new.as_slice(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 4 is from a newer MetaStore"), "{e}");
+        let e = read_into_store(&b"SQLite format 3\0"[..], true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a MetaStore image"), "{e}");
     }
 
     #[test]

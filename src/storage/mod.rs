@@ -6,6 +6,7 @@
 pub mod conformance;
 pub mod engine;
 pub mod image;
+pub mod leases;
 pub mod memory;
 pub mod mvcc;
 pub mod raft_log;

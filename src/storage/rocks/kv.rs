@@ -16,7 +16,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::{
     cf, db_error, encode, pair, Dbs, CF_KV, CF_META, META_APPLIED, META_CONF_STATE,
-    META_INSTALLING, META_MEMBERSHIP, META_REVISION,
+    META_INSTALLING, META_LEASES, META_MEMBERSHIP, META_REVISION,
 };
 use crate::error::StorageError;
 use crate::proto::{metastorepb, mvccpb};
@@ -64,6 +64,8 @@ pub struct RocksKv {
     /// Write txns return complete events (values and previous states filled
     /// in): someone watches.
     fill_events: bool,
+    /// Version of the lease table last written.
+    leases_written: Option<u64>,
 }
 
 impl std::fmt::Debug for RocksKv {
@@ -157,6 +159,10 @@ impl RocksKv {
         if self.membership.as_ref() != Some(&point.membership) {
             batch.put_cf(meta, META_MEMBERSHIP, point.membership.encode_to_vec());
             self.membership = Some(point.membership.clone());
+        }
+        if self.leases_written != Some(point.leases.version()) {
+            batch.put_cf(meta, META_LEASES, point.leases.encode());
+            self.leases_written = Some(point.leases.version());
         }
         batch.put_cf(
             meta,
@@ -301,6 +307,7 @@ impl RocksKv {
         let (cs, membership) = members.unwrap_or((&h.conf_state, &h.membership));
         batch.put_cf(meta, META_CONF_STATE, encode(cs));
         batch.put_cf(meta, META_MEMBERSHIP, membership.encode_to_vec());
+        batch.put_cf(meta, META_LEASES, h.leases.encode());
         batch.put_cf(
             meta,
             META_REVISION,
@@ -334,6 +341,7 @@ impl RocksKv {
             conf_state: None,
             membership: None,
             fill_events: false,
+            leases_written: None,
         }
     }
 }
@@ -399,6 +407,7 @@ fn write_image<W: Write>(db: &DB, snap: &rocksdb::Snapshot<'_>, out: W) -> Resul
         current_rev: meta.revision.0,
         compact_rev: meta.revision.1,
         membership: meta.membership,
+        leases: meta.leases,
     };
     let io = |e| StorageError::io("write the image", e);
     let mut w = ImageWriter::new(out, &h).map_err(io)?;

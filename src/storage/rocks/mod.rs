@@ -60,6 +60,7 @@ const META_APPLIED: &[u8] = b"applied";
 const META_CONF_STATE: &[u8] = b"conf_state";
 const META_REVISION: &[u8] = b"revision";
 const META_MEMBERSHIP: &[u8] = b"membership";
+const META_LEASES: &[u8] = b"leases";
 /// Present while an image is being installed.
 const META_INSTALLING: &[u8] = b"installing";
 
@@ -276,6 +277,8 @@ pub struct Meta {
     pub revision: (i64, i64),
     /// The member registry as of the applied index.
     pub membership: crate::proto::metastorepb::Membership,
+    /// Every lease as of the applied index.
+    pub leases: crate::storage::leases::LeaseTable,
 }
 
 fn two_u64(what: &str, b: &[u8]) -> Result<(u64, u64), StorageError> {
@@ -350,6 +353,10 @@ fn meta_from(
     if let Some(b) = get(META_MEMBERSHIP)? {
         m.membership = crate::proto::metastorepb::Membership::decode(b.as_slice())
             .map_err(|e| StorageError::Rocks(format!("meta membership: {e}")))?;
+    }
+    if let Some(b) = get(META_LEASES)? {
+        m.leases = crate::storage::leases::LeaseTable::decode(&b)
+            .map_err(|e| StorageError::Rocks(format!("meta leases: {e}")))?;
     }
     Ok(m)
 }

@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "etcdserverpb/rpc.proto",
             "metastore/internal.proto",
             "metastore/peer.proto",
+            "v3lockpb/v3lock.proto",
+            "v3electionpb/v3election.proto",
         ],
         ["proto"],
     )?;

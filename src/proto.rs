@@ -1,5 +1,6 @@
 //! Generated code for the etcd v3 API (packages `etcdserverpb`, `mvccpb`,
-//! `authpb`) and MetaStore's own messages (`metastorepb`).
+//! `authpb`, `v3lockpb`, `v3electionpb`) and MetaStore's own messages
+//! (`metastorepb`).
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
@@ -21,4 +22,14 @@ pub mod etcdserverpb {
 /// What a Raft log entry carries.
 pub mod metastorepb {
     tonic::include_proto!("metastorepb");
+}
+
+/// etcd's lock service.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's election service.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }

@@ -4,6 +4,7 @@
 
 pub mod authority;
 pub mod cluster;
+pub mod concurrency;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -392,6 +393,14 @@ pub async fn serve(
     .add_service(crate::proto::etcdserverpb::lease_server::LeaseServer::new(
         lease::LeaseService::new(gw.clone()),
     ))
+    .add_service(crate::proto::v3lockpb::lock_server::LockServer::new(
+        concurrency::LockService::new(gw.clone()),
+    ))
+    .add_service(
+        crate::proto::v3electionpb::election_server::ElectionServer::new(
+            concurrency::ElectionService::new(gw.clone()),
+        ),
+    )
     .prepare()
     .into_axum_router()
     .layer(axum::middleware::map_response(etcd_size_status));

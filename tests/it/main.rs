@@ -34,6 +34,7 @@ macro_rules! engine_tests {
 
 mod cluster;
 mod cluster_diff;
+mod concurrency;
 mod diff;
 mod durability;
 mod errors;

@@ -213,6 +213,16 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
         args.clients,
         target.endpoints.len()
     ));
+    // Watchers and kept-alive leases first (not measured), from the next
+    // revision on.
+    let first_rev = current_revision(&target.endpoints[0]).await? + 1;
+    let side = crate::side::Side::start(args, &target.endpoints, first_rev)?;
+    if side.is_some() {
+        say(&format!(
+            "[{}] {} watchers on {} streams, {} leases (TTL {} s) kept alive",
+            target.name, args.watchers, args.watch_streams, args.leases, args.lease_ttl
+        ));
+    }
     // Every client thread connects first; the clock starts when all are ready.
     let threads = Threads::start(args, target, spec, Phase::Measure, args.total, max)?;
     let self_pid = std::process::id();
@@ -228,6 +238,13 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     let client_cpu1 = procfs::cpu_micros(self_pid);
     let host1 = procfs::host_cpu_micros();
     let fsync1 = fsync_totals(target);
+    let (watch, lease) = match side {
+        Some(side) => {
+            let last = current_revision(&target.endpoints[0]).await?;
+            side.finish(last)?
+        }
+        None => (None, None),
+    };
     let probes = Probes {
         server_cpu_us: server_cpu0.zip(server_cpu1).map(|(a, b)| b - a),
         client_cpu_us: client_cpu0.zip(client_cpu1).map(|(a, b)| b - a),
@@ -240,10 +257,26 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
             .map(|((n0, s0), (n1, s1))| (n1 - n0, s1 - s0)),
         members: target.http_addrs.len().max(1),
     };
-    Ok(RunResult::new(
-        &target.name,
-        args.workload.name(),
-        &outcome,
-        &probes,
-    ))
+    let mut r = RunResult::new(&target.name, args.workload.name(), &outcome, &probes);
+    r.watch = watch;
+    r.lease = lease;
+    Ok(r)
+}
+
+/// The server's current revision (a serializable read of a missing key).
+async fn current_revision(endpoint: &str) -> Result<i64, String> {
+    let url = format!("http://{}", crate::http::host_port(endpoint));
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| format!("endpoint {endpoint}: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("connect {endpoint}: {e}"))?;
+    let r = KvClient::new(channel)
+        .range(metastore::proto::etcdserverpb::RangeRequest {
+            key: b"loadgen-revision".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("revision of {endpoint}: {}", e.message()))?;
+    Ok(r.into_inner().header.map_or(0, |h| h.revision))
 }

@@ -122,6 +122,19 @@ pub struct Args {
     /// Upper bound on one phase's duration; workers stop when it passes.
     #[arg(long, default_value_t = 600)]
     pub max_seconds: u64,
+    /// Watchers on the whole keyspace during the measured phase (see
+    /// side.rs): each must receive every write of the phase exactly once.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
+    /// Watch streams (each on its own connection) the watchers are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub watch_streams: usize,
+    /// Leases kept alive by one client during the measured phase.
+    #[arg(long, default_value_t = 0)]
+    pub leases: usize,
+    /// TTL of those leases in seconds (each is renewed every third of it).
+    #[arg(long, default_value_t = 30)]
+    pub lease_ttl: i64,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,

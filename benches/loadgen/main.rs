@@ -59,6 +59,14 @@
 //! Read workloads first put every key of the keyspace once (not measured). A
 //! get that finds no key, or a txn whose compare fails, counts as an error.
 //!
+//! Side loads run next to any workload on a client thread of their own
+//! (side.rs): `--watchers N` watchers on the whole keyspace over
+//! `--watch-streams` streams (each must get every write of the phase exactly
+//! once, in order; the report says how many did, what was lost or repeated,
+//! and how long the slowest lagged behind the last write), and `--leases N`
+//! leases of `--lease-ttl` seconds kept alive by one client (a keep-alive
+//! answered with TTL 0 is a lease that expired).
+//!
 //! # What is measured
 //!
 //! Only the measured phase, which starts once every connection has answered a
@@ -108,6 +116,8 @@ mod daemon;
 mod report;
 
 mod bench;
+
+mod side;
 
 use std::path::PathBuf;
 

@@ -40,6 +40,10 @@ pub struct RunResult {
     pub wal_fsyncs: Option<u64>,
     pub ops_per_fsync: Option<f64>,
     pub fsync_mean_us: Option<f64>,
+    /// What `--watchers` saw.
+    pub watch: Option<crate::side::WatchStats>,
+    /// What `--leases` saw.
+    pub lease: Option<crate::side::LeaseStats>,
 }
 
 /// Figures taken around the measured phase.
@@ -102,6 +106,8 @@ impl RunResult {
                 .filter(|(n, _)| *n > 0.0)
                 .map(|(n, _)| ops as f64 * p.members as f64 / n),
             fsync_mean_us: p.fsync.filter(|(n, _)| *n > 0.0).map(|(n, s)| s * 1e6 / n),
+            watch: None,
+            lease: None,
         }
     }
 
@@ -148,6 +154,18 @@ impl RunResult {
                 self.ops_per_fsync
                     .map_or("n/a".to_owned(), |v| format!("{v:.1}")),
                 opt(self.fsync_mean_us, "us")
+            );
+        }
+        if let Some(w) = &self.watch {
+            s += &format!(
+                "  watchers    {}/{} got all {} revisions once, in order ({} streams); {} events, {} lost, {} repeated, {} canceled; last one done {} ms after the last write\n",
+                w.complete, w.watchers, w.expected_per_watcher, w.streams, w.events, w.lost, w.repeated, w.canceled, w.drain_ms
+            );
+        }
+        if let Some(l) = &self.lease {
+            s += &format!(
+                "  leases      {} kept alive (TTL {} s): {} keep-alives sent, {} answered, {} expired\n",
+                l.leases, l.ttl_s, l.keepalives_sent, l.keepalives_answered, l.expired
             );
         }
         for (msg, n) in &self.error_samples {
@@ -200,6 +218,10 @@ pub struct Config {
     pub keyspace: u64,
     pub random_keys: bool,
     pub read_percent: Option<u8>,
+    /// (watchers, streams) during the phase.
+    pub watchers: Option<(usize, usize)>,
+    /// (leases, TTL) kept alive during the phase.
+    pub leases: Option<(usize, i64)>,
 }
 
 impl Config {
@@ -215,6 +237,8 @@ impl Config {
             keyspace: a.keyspace(),
             random_keys: a.random_keys,
             read_percent: (a.workload == crate::cli::Workload::Mixed).then_some(a.read_percent),
+            watchers: (a.watchers > 0).then_some((a.watchers, a.watch_streams)),
+            leases: (a.leases > 0).then_some((a.leases, a.lease_ttl)),
         }
     }
 
@@ -233,7 +257,12 @@ impl Config {
             if self.random_keys { "random" } else { "sequential" },
             self.read_percent
                 .map_or(String::new(), |p| format!(" read-percent={p}"))
-        )
+        ) + &self
+            .watchers
+            .map_or(String::new(), |(w, s)| format!(" watchers={w} watch-streams={s}"))
+            + &self
+                .leases
+                .map_or(String::new(), |(n, t)| format!(" leases={n} lease-ttl={t}"))
     }
 }
 

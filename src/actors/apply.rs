@@ -62,6 +62,8 @@ pub struct ApplyActor {
     /// Every watcher of this member.
     hub: Hub,
     progress_notify: Duration,
+    /// A [`CatchUpMore`] is in the mailbox.
+    catch_up_queued: bool,
 }
 
 /// Where and how often the ApplyActor snapshots, and its watch settings.
@@ -121,18 +123,22 @@ impl ApplyActor {
             metrics,
             hub,
             progress_notify: watch.progress_notify,
+            catch_up_queued: false,
         };
         a.publish();
         a
     }
 
-    /// Events read per catch-up slice: bounds how long a slice keeps the
-    /// applier (and, on a lone member, Raft) busy.
-    const CATCH_UP_BUDGET: usize = 2000;
+    /// Events looked at per catch-up round: bounds how long a round keeps
+    /// the applier (and, on a lone member, Raft) busy (about a millisecond
+    /// from the ring). A round that moved a watcher queues the next one
+    /// behind the messages already in the mailbox, so applies interleave
+    /// with catching up, and lagging watchers move at their clients' pace.
+    const CATCH_UP_BUDGET: usize = 10_000;
 
     /// Routes the applied batch's events to the watchers; moves lagging
     /// watchers on by one slice.
-    fn feed_watchers(&mut self) {
+    fn feed_watchers(&mut self, ctx: &mut Context<Self>) {
         let changes = self.sm.take_lease_changes();
         if !changes.is_empty() {
             self.lessor.do_send(LeasesChanged(changes));
@@ -140,12 +146,17 @@ impl ApplyActor {
         let events = self.sm.take_events();
         self.hub.compacted(self.sm.compact_revision());
         self.hub.publish(&events, self.sm.current_revision());
-        self.catch_up();
+        self.catch_up(ctx);
     }
 
-    fn catch_up(&mut self) {
-        if self.hub.has_lagging() {
-            self.hub.catch_up(&self.sm, Self::CATCH_UP_BUDGET);
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        if !self.hub.has_lagging() {
+            return;
+        }
+        let round = self.hub.catch_up(&self.sm, Self::CATCH_UP_BUDGET);
+        if round.lagging && round.progressed && !self.catch_up_queued {
+            self.catch_up_queued = true;
+            ctx.notify(CatchUpMore);
         }
     }
 
@@ -264,7 +275,7 @@ impl Actor for ApplyActor {
             a.watchers_changed();
         });
         // Lagging watchers whose clients made room since the last batch.
-        ctx.run_interval(CATCH_UP, |a, _| a.catch_up());
+        ctx.run_interval(CATCH_UP, |a, ctx| a.catch_up(ctx));
         ctx.run_interval(self.progress_notify, |a, _| a.hub.progress_tick());
     }
 }
@@ -345,7 +356,7 @@ impl Handler<Apply> for ApplyActor {
         self.metrics
             .apply_duration_ms
             .observe(started.elapsed().as_secs_f64() * 1000.0);
-        self.feed_watchers();
+        self.feed_watchers(ctx);
         if let Some(index) = last {
             self.raft.do_send(Applied { index });
         }
@@ -458,10 +469,23 @@ impl Handler<WatchOpen> for ApplyActor {
 
 impl Handler<WatchCreate> for ApplyActor {
     type Result = ();
-    fn handle(&mut self, msg: WatchCreate, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: WatchCreate, ctx: &mut Context<Self>) {
         self.hub.create(msg.stream, &msg.request);
         self.watchers_changed();
-        self.catch_up();
+        self.catch_up(ctx);
+    }
+}
+
+/// Another catch-up round (queued by the actor itself).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CatchUpMore;
+
+impl Handler<CatchUpMore> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, _: CatchUpMore, ctx: &mut Context<Self>) {
+        self.catch_up_queued = false;
+        self.catch_up(ctx);
     }
 }
 

@@ -869,9 +869,10 @@ impl Hub {
 
     /// Moves lagging watchers forward by about `budget` events (from the
     /// ring, or from `source` past it); those that reach the current
-    /// revision rejoin their group. Returns whether any still lag.
-    pub fn catch_up(&mut self, source: &dyn HistorySource, budget: usize) -> bool {
+    /// revision rejoin their group.
+    pub fn catch_up(&mut self, source: &dyn HistorySource, budget: usize) -> CatchUp {
         self.flush_blocked();
+        let mut progressed = false;
         let mut spent = 0;
         let mut rounds = self.lagging.len();
         while spent < budget && rounds > 0 {
@@ -880,19 +881,24 @@ impl Hub {
                 break;
             };
             match self.step_lagging(source, sid, id) {
-                Step::Gone => {}
+                Step::Gone => progressed = true,
                 Step::Synced => {
+                    progressed = true;
                     self.maybe_progress(sid);
                 }
                 Step::Blocked => self.lagging.push_back((sid, id)),
                 Step::Moved(n) => {
+                    progressed = true;
                     spent += n.max(1);
                     self.lagging.push_back((sid, id));
                 }
             }
         }
         self.drop_closed();
-        self.has_lagging()
+        CatchUp {
+            lagging: self.has_lagging(),
+            progressed,
+        }
     }
 
     fn step_lagging(&mut self, source: &dyn HistorySource, sid: StreamId, id: i64) -> Step {
@@ -1014,7 +1020,9 @@ impl Hub {
         // Every change up to the current revision is in the ring.
         let mut covered = self.current_rev;
         let mut read = 0;
-        for b in self.ring.iter().filter(|b| b.last >= from) {
+        // Batches are in revision order: skip those before `from` at once.
+        let start = self.ring.partition_point(|b| b.last < from);
+        for b in self.ring.range(start..) {
             for e in b.events.iter().filter(|e| e.rev >= from && gkey.wants(e)) {
                 // A batch encoded before anyone wanted previous states:
                 // the engine has them.
@@ -1044,6 +1052,16 @@ impl Hub {
         }
         Step::Synced
     }
+}
+
+/// What a round of [`Hub::catch_up`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Some watcher still lags (or a response still waits for room).
+    pub lagging: bool,
+    /// Some watcher moved: another round now may move more; when none
+    /// moved, every lagging watcher waits for its client to read.
+    pub progressed: bool,
 }
 
 /// Events of a catch-up slice (revision, encoded event), the revision the

@@ -64,7 +64,7 @@ impl Fixture {
     }
 
     fn catch_up(&mut self) -> bool {
-        self.hub.catch_up(&self.store, 10_000)
+        self.hub.catch_up(&self.store, 10_000).lagging
     }
 
     fn open(&mut self, capacity: usize) -> (StreamId, mpsc::Receiver<Vec<WatchResponseWire>>) {

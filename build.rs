@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "metastore/peer.proto",
             "v3lockpb/v3lock.proto",
             "v3electionpb/v3election.proto",
+            "grpc/health/v1/health.proto",
         ],
         ["proto"],
     )?;

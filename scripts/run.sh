@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/metastore-target}"
+. scripts/rocksdb.sh
 cargo build --release --bin metastore
 exec "$CARGO_TARGET_DIR/release/metastore" --config config.toml "$@"

@@ -11,6 +11,7 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)          # etcdctl dri
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)             # reference server for side-by-side tests and benchmarks
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)       # bindgen for the rocksdb crate
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)          # promtool checks the alert rules
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 # Outside the checkout, so CI's fresh clones reuse the compiled dependencies.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/metastore-target}"
+. scripts/rocksdb.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test
+# The shipped alert rules (promtool) and dashboard.
+deploy/prometheus/check.sh
+deploy/grafana/check.sh

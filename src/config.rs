@@ -108,6 +108,14 @@ pub struct Config {
     pub wal_segment_size: u64,
     /// tracing filter.
     pub log_level: String,
+    /// `text` or `json` (one JSON object per line).
+    pub log_format: String,
+    /// An applied batch slower than this is logged as a warning (etcd's
+    /// `--warning-apply-duration`, 100 ms).
+    pub warning_apply_duration_ms: u64,
+    /// Extra URLs serving only `/metrics` and the health endpoints (etcd's
+    /// `--listen-metrics-urls`); empty: none.
+    pub listen_metrics_urls: String,
     /// How often a watcher that asked for progress notifications and got no
     /// events is sent the current revision (etcd's
     /// `--experimental-watch-progress-notify-interval`, 10 minutes).
@@ -146,6 +154,9 @@ impl Default for Config {
             snapshot_catchup_entries: 5000,
             wal_segment_size: 64 * 1024 * 1024,
             log_level: "info".into(),
+            log_format: "text".into(),
+            warning_apply_duration_ms: 100,
+            listen_metrics_urls: String::new(),
             watch_progress_notify_interval_ms: 10 * 60 * 1000,
             lease_checkpoint_interval_ms: 5000,
             raft: RaftConfig::default(),
@@ -211,9 +222,19 @@ pub struct Flags {
     /// WAL segment size in bytes (rocksdb: Raft log WAL file size).
     #[arg(long)]
     pub wal_segment_size: Option<u64>,
-    /// Log filter.
+    /// Log filter: a level (`debug`, `info`, `warn`, `error`) or a tracing
+    /// filter (`RUST_LOG` overrides).
     #[arg(long)]
     pub log_level: Option<String>,
+    /// `text` or `json`.
+    #[arg(long, env = "ETCD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Applies slower than this are logged ("100ms").
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub warning_apply_duration: Option<u64>,
+    /// URLs that serve only /metrics and the health endpoints, comma-separated.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
     /// etcd's heartbeat interval in ms; sets raft.heartbeat-tick in ticks of raft.tick-ms.
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,
@@ -291,8 +312,13 @@ impl Config {
             snapshot_count,
             snapshot_catchup_entries,
             wal_segment_size,
-            log_level
+            log_level,
+            log_format,
+            listen_metrics_urls
         );
+        if let Some(ms) = flags.warning_apply_duration {
+            cfg.warning_apply_duration_ms = ms;
+        }
         if let Some(ms) = flags.experimental_watch_progress_notify_interval {
             cfg.watch_progress_notify_interval_ms = ms;
         }
@@ -343,6 +369,20 @@ impl Config {
                 "watch-progress-notify-interval-ms",
                 "must be positive".into(),
             );
+        }
+        if self.log_format != "text" && self.log_format != "json" {
+            return bad(
+                "log-format",
+                format!("{:?} is neither \"text\" nor \"json\"", self.log_format),
+            );
+        }
+        for url in split_urls(&self.listen_metrics_urls) {
+            if parse_url_addr(&url).is_none() {
+                return bad(
+                    "listen-metrics-urls",
+                    format!("{url:?} is not http://host:port with an IP host"),
+                );
+            }
         }
         if self.raft.tick_ms == 0 {
             return bad("raft.tick-ms", "must be positive".into());
@@ -438,6 +478,14 @@ impl Config {
             key: "listen-client-urls".into(),
             why: format!("{first:?} is not http://host:port with an IP host"),
         })
+    }
+
+    /// Where `/metrics` is served besides the client port.
+    pub fn metrics_listen_addrs(&self) -> Vec<std::net::SocketAddr> {
+        split_urls(&self.listen_metrics_urls)
+            .iter()
+            .filter_map(|u| parse_url_addr(u))
+            .collect()
     }
 
     /// Advertised client URLs as a list.

@@ -8,26 +8,84 @@
 //! process-wide registry), shared by its actors and handlers through an `Arc`.
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Labels of the per-method gRPC counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct MethodLabels {
-    /// gRPC method, e.g. "Put".
+mod process;
+
+/// Labels of a gRPC method (go-grpc-prometheus's).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// `unary`, `client_stream`, `server_stream` or `bidi_stream`.
+    pub grpc_type: &'static str,
+    /// e.g. `etcdserverpb.KV`.
+    pub grpc_service: String,
+    /// e.g. `Put`.
     pub grpc_method: String,
 }
 
-/// Labels of the per-method, per-code gRPC counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct CodeLabels {
-    /// gRPC method.
+impl RpcLabels {
+    /// The labels of the latency histogram.
+    pub fn duration_labels(&self) -> MethodLabels {
+        MethodLabels {
+            grpc_service: self.grpc_service.clone(),
+            grpc_method: self.grpc_method.clone(),
+        }
+    }
+}
+
+/// Labels of a finished call: its method and status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// As [`RpcLabels`].
+    pub grpc_type: &'static str,
+    /// As [`RpcLabels`].
+    pub grpc_service: String,
+    /// As [`RpcLabels`].
     pub grpc_method: String,
-    /// gRPC status code name.
-    pub grpc_code: String,
+    /// go-grpc's code name (`OK`, `Unavailable`, ...).
+    pub grpc_code: &'static str,
+}
+
+impl RpcLabels {
+    /// The labels of a call of this method that ended with `code`.
+    pub fn with_code(&self, code: &'static str) -> CallLabels {
+        CallLabels {
+            grpc_type: self.grpc_type,
+            grpc_service: self.grpc_service.clone(),
+            grpc_method: self.grpc_method.clone(),
+            grpc_code: code,
+        }
+    }
+}
+
+/// Labels of the gRPC latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// e.g. `etcdserverpb.KV`.
+    pub grpc_service: String,
+    /// e.g. `Put`.
+    pub grpc_method: String,
+}
+
+/// Labels of the per-peer network metrics (etcd's).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(non_snake_case)]
+pub struct ToPeer {
+    /// The peer's member ID in hex (etcd's label name).
+    pub To: String,
+}
+
+/// Labels of the per-peer received bytes (etcd's).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(non_snake_case)]
+pub struct FromPeer {
+    /// The peer's member ID in hex (etcd's label name).
+    pub From: String,
 }
 
 /// Every metric MetaStore exports.
@@ -85,11 +143,26 @@ pub struct Metrics {
     /// Bytes of encoded events kept for watchers catching up.
     pub watch_ring_bytes: Gauge,
     /// Requests started, per method.
-    pub grpc_started: Family<MethodLabels, Counter>,
+    pub grpc_started: Family<RpcLabels, Counter>,
     /// Requests finished, per method and code.
-    pub grpc_handled: Family<CodeLabels, Counter>,
+    pub grpc_handled: Family<CallLabels, Counter>,
     /// Request latency in milliseconds, per method.
     pub grpc_duration_ms: Family<MethodLabels, Histogram>,
+    /// gRPC message bytes sent to clients.
+    pub grpc_sent_bytes: Counter,
+    /// gRPC message bytes received from clients.
+    pub grpc_received_bytes: Counter,
+    /// Time to make an applied batch durable in the engine (etcd's backend
+    /// commit).
+    pub backend_commit_seconds: Histogram,
+    /// Bytes of the store that hold live data.
+    pub db_in_use_size: Gauge,
+    /// Raft message bytes sent, per peer.
+    pub peer_sent_bytes: Family<ToPeer, Counter>,
+    /// Raft message bytes received, per peer.
+    pub peer_received_bytes: Family<FromPeer, Counter>,
+    /// Heartbeat → answer time to each peer, measured by the leader.
+    pub peer_round_trip_seconds: Family<ToPeer, Histogram>,
 }
 
 fn ms_histogram() -> Histogram {
@@ -129,6 +202,15 @@ impl Metrics {
             grpc_started: Family::default(),
             grpc_handled: Family::default(),
             grpc_duration_ms: Family::new_with_constructor(ms_histogram),
+            grpc_sent_bytes: Counter::default(),
+            grpc_received_bytes: Counter::default(),
+            backend_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            db_in_use_size: Gauge::default(),
+            peer_sent_bytes: Family::default(),
+            peer_received_bytes: Family::default(),
+            peer_round_trip_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+            }),
             registry: Registry::default(),
         };
         registry.register(
@@ -271,6 +353,42 @@ impl Metrics {
             "RPC latency",
             m.grpc_duration_ms.clone(),
         );
+        registry.register(
+            "etcd_network_client_grpc_sent_bytes",
+            "gRPC message bytes sent to clients",
+            m.grpc_sent_bytes.clone(),
+        );
+        registry.register(
+            "etcd_network_client_grpc_received_bytes",
+            "gRPC message bytes received from clients",
+            m.grpc_received_bytes.clone(),
+        );
+        registry.register(
+            "etcd_disk_backend_commit_duration_seconds",
+            "Time to make an applied batch durable in the storage engine",
+            m.backend_commit_seconds.clone(),
+        );
+        registry.register(
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Bytes of the store that hold live data",
+            m.db_in_use_size.clone(),
+        );
+        registry.register(
+            "etcd_network_peer_sent_bytes",
+            "Raft message bytes sent to a peer",
+            m.peer_sent_bytes.clone(),
+        );
+        registry.register(
+            "etcd_network_peer_received_bytes",
+            "Raft message bytes received from a peer",
+            m.peer_received_bytes.clone(),
+        );
+        registry.register(
+            "etcd_network_peer_round_trip_time_seconds",
+            "Time from a heartbeat to its answer, per peer (measured by the leader)",
+            m.peer_round_trip_seconds.clone(),
+        );
+        registry.register_collector(Box::new(process::ProcessCollector::new()));
         Metrics { registry, ..m }
     }
 

@@ -33,3 +33,8 @@ pub mod v3lockpb {
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
+
+/// The standard gRPC health checking service.
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
+}

@@ -660,7 +660,7 @@ pub fn start_core(
     let start = move || {
         let ctx = Context::<RaftActor>::new();
         let raft = ctx.address();
-        let wal = match WalWriter::spawn(log_store, raft.clone(), wal_metrics) {
+        let wal = match WalWriter::spawn(log_store, raft.clone(), wal_metrics, id) {
             Ok(w) => w,
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -726,6 +726,7 @@ pub fn start_core(
         crate::actors::apply::ApplySettings {
             data_dir: cfg.data_dir.clone(),
             snapshot_count: cfg.snapshot_count,
+            warn_apply: Duration::from_millis(cfg.warning_apply_duration_ms),
             watch: crate::actors::apply::WatchSettings {
                 hub: crate::watch::HubConfig {
                     max_response_bytes: cfg.max_request_bytes,

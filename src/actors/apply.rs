@@ -64,6 +64,8 @@ pub struct ApplyActor {
     progress_notify: Duration,
     /// A [`CatchUpMore`] is in the mailbox.
     catch_up_queued: bool,
+    /// Slower applies are logged.
+    warn_apply: Duration,
 }
 
 /// Where and how often the ApplyActor snapshots, and its watch settings.
@@ -73,6 +75,8 @@ pub struct ApplySettings {
     pub data_dir: PathBuf,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// An applied batch slower than this is logged.
+    pub warn_apply: Duration,
     /// The watch hub's settings.
     pub watch: WatchSettings,
 }
@@ -99,6 +103,7 @@ impl ApplyActor {
         let ApplySettings {
             data_dir,
             snapshot_count,
+            warn_apply,
             watch,
         } = settings;
         let last_snapshot = sm.applied_index();
@@ -124,6 +129,7 @@ impl ApplyActor {
             hub,
             progress_notify: watch.progress_notify,
             catch_up_queued: false,
+            warn_apply,
         };
         a.publish();
         a
@@ -183,6 +189,9 @@ impl ApplyActor {
             .set(self.sm.applied_index() as i64);
         self.metrics.mvcc_revision.set(revision);
         self.metrics.db_total_size.set(size as i64);
+        // Neither engine keeps free pages as bbolt does: what it holds is in
+        // use (old versions count until compaction removes them).
+        self.metrics.db_in_use_size.set(size as i64);
         self.metrics.keys_total.set(self.sm.key_count() as i64);
         self.metrics
             .proposals_pending
@@ -347,15 +356,31 @@ impl Handler<Apply> for ApplyActor {
                 let _ = w.reply.send(applied.result);
             }
         }
-        if let Err(e) = self.sm.commit() {
+        let committing = Instant::now();
+        let committed = self.sm.commit();
+        self.metrics
+            .backend_commit_seconds
+            .observe(committing.elapsed().as_secs_f64());
+        if let Err(e) = committed {
             // The applied state cannot be recorded; going on would apply the
             // next entries onto a state the disk does not have (as etcd, stop).
             tracing::error!(error = %e, "cannot write applied changes; stopping");
             std::process::exit(2);
         }
+        let took = started.elapsed();
         self.metrics
             .apply_duration_ms
-            .observe(started.elapsed().as_secs_f64() * 1000.0);
+            .observe(took.as_secs_f64() * 1000.0);
+        if took > self.warn_apply {
+            tracing::warn!(
+                member = format!("{:x}", self.status.member_id),
+                term = self.status.term(),
+                entries = msg.entries.len(),
+                took_ms = took.as_millis() as u64,
+                expected_ms = self.warn_apply.as_millis() as u64,
+                "apply request took too long"
+            );
+        }
         self.feed_watchers(ctx);
         if let Some(index) = last {
             self.raft.do_send(Applied { index });

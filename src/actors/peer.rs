@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::proto::metastorepb::peer_client::PeerClient;
 use crate::proto::metastorepb::{RaftBatch, SnapshotChunk};
 use crate::status::{Faults, NodeStatus};
-use crate::storage::image::{ImageJob, ImageReader};
+use crate::storage::image::ImageReader;
 
 /// Messages waiting for a peer, at most.
 pub const MAX_QUEUE: usize = 8192;
@@ -158,6 +158,14 @@ impl PeerActor {
             .drain(..)
             .map(|m| m.write_to_bytes().expect("raft message encodes"))
             .collect();
+        let bytes: usize = messages.iter().map(Vec::len).sum();
+        self.ctx
+            .metrics
+            .peer_sent_bytes
+            .get_or_create(&crate::metrics::ToPeer {
+                To: format!("{:x}", self.to),
+            })
+            .inc_by(bytes as u64);
         let batch = RaftBatch {
             cluster_id: self.ctx.cluster_id,
             from: self.ctx.from,
@@ -241,7 +249,7 @@ async fn send_snapshot(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     // Materialize the image (the rocksdb engine writes it on a thread).
-    let (mut source, total) = tokio::task::spawn_blocking(move || open_image(job))
+    let (mut source, total) = tokio::task::spawn_blocking(move || job.open())
         .await
         .map_err(|e| e.to_string())??;
     let (header, mut source) = tokio::task::spawn_blocking(move || {
@@ -298,30 +306,6 @@ async fn send_snapshot(
     answer.map_err(|s| s.message().to_owned())?;
     Ok((header.index, total))
 }
-
-/// A readable, seekable image and its length.
-fn open_image(job: ImageJob) -> Result<(Box<dyn ReadSeek>, u64), String> {
-    match job {
-        ImageJob::Ready(bytes) => {
-            let n = bytes.len() as u64;
-            Ok((Box::new(std::io::Cursor::new(bytes)), n))
-        }
-        ImageJob::Writing(thread) => {
-            let written = thread
-                .join()
-                .map_err(|_| "the image thread panicked".to_owned())?
-                .map_err(|e| e.to_string())?;
-            let mut file = written.into_inner().map_err(|e| e.error().to_string())?;
-            let len = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
-            file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-            Ok((Box::new(file), len))
-        }
-    }
-}
-
-/// Read + Seek, boxed.
-trait ReadSeek: Read + Seek + Send {}
-impl<T: Read + Seek + Send> ReadSeek for T {}
 
 impl Actor for PeerActor {
     type Context = Context<Self>;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use prost::Message as _;
+use raft::eraftpb::MessageType;
 use raft::StateRole;
 use tokio::sync::oneshot;
 
@@ -44,6 +45,8 @@ const MAILBOX: usize = 4096;
 const MAX_WAITING: usize = 16384;
 /// Ticks a MoveLeader waits for the transfer (etcd: its request timeout).
 const TRANSFER_TICKS: u64 = 50;
+/// A heartbeat unanswered this long is not measured (the peer was away).
+const RTT_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A proposal waiting for a leader.
 enum Waiting {
@@ -91,6 +94,9 @@ pub struct RaftActor {
     epoch: u64,
     waiting: VecDeque<Waiting>,
     peers: HashMap<u64, (Vec<String>, Addr<PeerActor>)>,
+    /// When the oldest unanswered heartbeat left for each peer (the
+    /// leader's round-trip measure).
+    heartbeats: HashMap<u64, std::time::Instant>,
     /// A snapshot ready held back until the state machine installed it.
     held: Option<Persist>,
     transfers: Vec<Transfer>,
@@ -122,6 +128,7 @@ impl RaftActor {
             epoch: 0,
             waiting: VecDeque::new(),
             peers: HashMap::new(),
+            heartbeats: HashMap::new(),
             held: None,
             transfers: Vec::new(),
             ticks: 0,
@@ -182,7 +189,15 @@ impl RaftActor {
 
     fn send(&mut self, messages: Vec<raft::eraftpb::Message>) {
         let mut by_peer: HashMap<u64, Vec<raft::eraftpb::Message>> = HashMap::new();
+        let now = std::time::Instant::now();
         for m in messages {
+            if m.get_msg_type() == MessageType::MsgHeartbeat {
+                let sent = self.heartbeats.entry(m.to).or_insert(now);
+                if now.duration_since(*sent) > RTT_GIVE_UP {
+                    // Never answered: measure from this one.
+                    *sent = now;
+                }
+            }
             by_peer.entry(m.to).or_default().push(m);
         }
         for (to, msgs) in by_peer {
@@ -426,6 +441,19 @@ impl Handler<StepBatch> for RaftActor {
             return;
         }
         for m in msg.0 {
+            if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
+                if let Some(sent) = self.heartbeats.remove(&m.from) {
+                    let rtt = sent.elapsed();
+                    if rtt <= RTT_GIVE_UP {
+                        self.metrics()
+                            .peer_round_trip_seconds
+                            .get_or_create(&crate::metrics::ToPeer {
+                                To: format!("{:x}", m.from),
+                            })
+                            .observe(rtt.as_secs_f64());
+                    }
+                }
+            }
             if let Err(e) = self.node.step(m) {
                 tracing::debug!(error = %e, "raft message refused");
             }

@@ -48,7 +48,14 @@ pub struct WalWriter {
     log: Box<dyn LogStore>,
     raft: Addr<RaftActor>,
     metrics: std::sync::Arc<Metrics>,
+    /// This member (for logs).
+    member: u64,
+    /// The term of the last hard state written (for logs).
+    term: u64,
 }
+
+/// An fsync slower than this is logged (etcd's threshold).
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl WalWriter {
     /// Starts the writer thread over an engine's log store. Join the
@@ -58,9 +65,16 @@ impl WalWriter {
         log: Box<dyn LogStore>,
         raft: Addr<RaftActor>,
         metrics: std::sync::Arc<Metrics>,
+        member: u64,
     ) -> std::io::Result<(WalHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut writer = WalWriter { log, raft, metrics };
+        let mut writer = WalWriter {
+            log,
+            raft,
+            metrics,
+            member,
+            term: 0,
+        };
         let thread = std::thread::Builder::new()
             .name("wal".into())
             .spawn(move || writer.run(rx))?;
@@ -79,6 +93,9 @@ impl WalWriter {
                         entries += a.entries.len();
                         must_sync |= a.must_sync;
                         highest = Some(a.number);
+                        if let Some(hs) = &a.hard_state {
+                            self.term = hs.term;
+                        }
                         if let Some(meta) = &a.snapshot {
                             let hs = a.hard_state.clone().unwrap_or_default();
                             self.log.reset(meta, &hs);
@@ -115,8 +132,16 @@ impl WalWriter {
             tracing::error!(error = %e, "Raft log write failed; stopping");
             std::process::exit(2);
         }
-        self.metrics
-            .wal_fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.wal_fsync_seconds.observe(took.as_secs_f64());
+        if took > SLOW_FSYNC {
+            tracing::warn!(
+                member = format!("{:x}", self.member),
+                term = self.term,
+                took_ms = took.as_millis() as u64,
+                expected_ms = SLOW_FSYNC.as_millis() as u64,
+                "slow fdatasync"
+            );
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! HTTP on the client port: `/metrics` (Prometheus), `/health` and `/version`
-//! (etcd's JSON); with `--experimental-fault-injection`, the test-only fault
+//! (etcd's JSON), `/livez` and `/readyz` (etcd's plain-text checks); with `--experimental-fault-injection`, the test-only fault
 //! switches of the transport.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -14,11 +15,23 @@ use super::{Gateway, ETCD_VERSION};
 use crate::proto::etcdserverpb::RangeRequest;
 use crate::state_machine::ReadRequest;
 
+/// What `--listen-metrics-urls` serves.
+pub fn metrics_router(gw: Gateway) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(gw)
+}
+
 /// The HTTP routes.
 pub fn router(gw: Gateway, fault_injection: bool) -> Router {
     let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/version", get(version));
     if fault_injection {
         r = r
@@ -59,33 +72,116 @@ async fn metrics(State(gw): State<Gateway>) -> impl IntoResponse {
     )
 }
 
-/// Healthy when a linearizable read goes through (a leader exists and answers).
-async fn health(State(gw): State<Gateway>) -> impl IntoResponse {
+/// The outcome of one health check (etcd's names and reasons).
+struct Check {
+    name: &'static str,
+    failure: Option<String>,
+}
+
+/// A read of a key nobody writes, linearizable or local; the error's text
+/// when it fails within two seconds.
+async fn probe_read(gw: &Gateway, serializable: bool) -> Option<String> {
     let probe = RangeRequest {
         key: b"health".to_vec(),
         keys_only: true,
         limit: 1,
+        serializable,
         ..Default::default()
     };
-    let ok = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            gw.read(ReadRequest::Range(probe), false)
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    let body = if ok {
-        r#"{"health":"true","reason":""}"#
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        gw.read(ReadRequest::Range(probe), serializable),
+    )
+    .await
+    {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("request timed out".into()),
+    }
+}
+
+/// etcd's `/health`: `{"health":"true","reason":""}`, or false with the
+/// reason (`RAFT NO LEADER`, `QGET ERROR`) and 503. `?serializable=true`
+/// reads locally instead of through the leader.
+async fn health(
+    State(gw): State<Gateway>,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    let serializable = q.get("serializable").is_some_and(|v| v == "true");
+    let reason = if !serializable && gw.status().leader() == 0 {
+        Some("RAFT NO LEADER")
+    } else if probe_read(&gw, serializable).await.is_some() {
+        Some("QGET ERROR")
     } else {
-        r#"{"health":"false","reason":"RAFT NO LEADER"}"#
+        None
     };
-    let code = if ok {
+    let body = format!(
+        r#"{{"health":"{}","reason":"{}"}}"#,
+        reason.is_none(),
+        reason.unwrap_or("")
+    );
+    let code = if reason.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// etcd's `/livez`: the member answers local reads.
+async fn livez(
+    State(gw): State<Gateway>,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    let checks = vec![Check {
+        name: "serializable_read",
+        failure: probe_read(&gw, true).await,
+    }];
+    checks_response("livez", checks, q.contains_key("verbose"))
+}
+
+/// etcd's `/readyz`: local and linearizable reads both work.
+async fn readyz(
+    State(gw): State<Gateway>,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    let checks = vec![
+        Check {
+            name: "serializable_read",
+            failure: probe_read(&gw, true).await,
+        },
+        Check {
+            name: "linearizable_read",
+            failure: probe_read(&gw, false).await,
+        },
+    ];
+    checks_response("readyz", checks, q.contains_key("verbose"))
+}
+
+/// Kubernetes-style check output, as etcd writes it: `ok`, or the failed
+/// checks and `<what> check failed` with 503; `?verbose` lists every check.
+fn checks_response(what: &str, checks: Vec<Check>, verbose: bool) -> impl IntoResponse {
+    let failed = checks.iter().any(|c| c.failure.is_some());
+    let mut body = String::new();
+    for c in &checks {
+        match &c.failure {
+            Some(why) => body.push_str(&format!("[-]{} failed: {why}\n", c.name)),
+            None if verbose || failed => body.push_str(&format!("[+]{} ok\n", c.name)),
+            None => {}
+        }
+    }
+    let code = if failed {
+        body.push_str(&format!("{what} check failed\n"));
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        body.push_str("ok\n");
+        StatusCode::OK
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
 }
 
 async fn version() -> impl IntoResponse {

@@ -1,10 +1,8 @@
 //! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
 
-use std::time::Instant;
-
 use tonic::{Request, Response, Status};
 
-use super::{validate, Gateway, MethodMetrics};
+use super::{validate, Gateway};
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
@@ -18,22 +16,12 @@ use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 /// The KV service.
 pub struct KvService {
     gw: Gateway,
-    metrics: [MethodMetrics; 5],
 }
-
-/// The methods, in the order of `KvService::metrics`.
-const METHODS: [&str; 5] = ["Range", "Put", "DeleteRange", "Txn", "Compact"];
 
 impl KvService {
     /// A KV service over the gateway.
     pub fn new(gw: Gateway) -> KvService {
-        let metrics = METHODS.map(|m| MethodMetrics::new(&gw.core().metrics, m));
-        KvService { gw, metrics }
-    }
-
-    fn method(&self, name: &str) -> &MethodMetrics {
-        let i = METHODS.iter().position(|m| *m == name).unwrap_or(0);
-        &self.metrics[i]
+        KvService { gw }
     }
 
     fn unexpected(what: &str) -> ApiError {
@@ -104,13 +92,11 @@ impl KvService {
     }
 }
 
-/// Runs a handler body, records metrics, maps the error to etcd's status.
+/// Runs a handler body and maps the error to etcd's status (the gRPC
+/// metrics are counted by the layer in `grpc_metrics`).
 macro_rules! rpc {
-    ($self:ident, $method:literal, $fut:expr) => {{
-        let started = Instant::now();
-        let result = $fut.await.map(Response::new).map_err(Status::from);
-        $self.method($method).observe(started, &result);
-        result
+    ($fut:expr) => {{
+        $fut.await.map(Response::new).map_err(Status::from)
     }};
 }
 
@@ -118,12 +104,12 @@ macro_rules! rpc {
 impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        rpc!(self, "Range", self.range_inner(req.into_inner()))
+        rpc!(self.range_inner(req.into_inner()))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        rpc!(self, "Put", self.put_inner(req.into_inner()))
+        rpc!(self.put_inner(req.into_inner()))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -131,12 +117,12 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        rpc!(self, "DeleteRange", self.delete_inner(req.into_inner()))
+        rpc!(self.delete_inner(req.into_inner()))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        rpc!(self, "Txn", self.txn_inner(req.into_inner()))
+        rpc!(self.txn_inner(req.into_inner()))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -144,6 +130,6 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        rpc!(self, "Compact", self.compact_inner(req.into_inner()))
+        rpc!(self.compact_inner(req.into_inner()))
     }
 }

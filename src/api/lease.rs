@@ -5,8 +5,6 @@
 //! the leader's business (its Lessor's clock decides expiry): a follower
 //! forwards them to the leader's peer service.
 
-use std::time::Instant;
-
 use crate::actors::propose::REQUEST_TIMEOUT;
 
 use actix::prelude::*;
@@ -15,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Gateway, MethodMetrics};
+use super::Gateway;
 use crate::actors::lessor::{Renew, RunHere, TimeToLive};
 use crate::actors::messages::QueryLeases;
 use crate::error::ApiError;
@@ -190,21 +188,12 @@ impl Gateway {
 /// The Lease service.
 pub struct LeaseService {
     gw: Gateway,
-    metrics: [MethodMetrics; 4],
 }
-
-const METHODS: [&str; 4] = [
-    "LeaseGrant",
-    "LeaseRevoke",
-    "LeaseTimeToLive",
-    "LeaseLeases",
-];
 
 impl LeaseService {
     /// A Lease service over the gateway.
     pub fn new(gw: Gateway) -> LeaseService {
-        let metrics = METHODS.map(|m| MethodMetrics::new(&gw.core().metrics, m));
-        LeaseService { gw, metrics }
+        LeaseService { gw }
     }
 
     async fn grant(&self, r: LeaseGrantRequest) -> Result<LeaseGrantResponse, ApiError> {
@@ -254,17 +243,6 @@ impl LeaseService {
             leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
         })
     }
-
-    fn observe<T>(
-        &self,
-        i: usize,
-        started: Instant,
-        r: Result<T, ApiError>,
-    ) -> Result<Response<T>, Status> {
-        let r = r.map(Response::new).map_err(Status::from);
-        self.metrics[i].observe(started, &r);
-        r
-    }
 }
 
 #[tonic::async_trait]
@@ -273,18 +251,16 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let started = Instant::now();
         let r = self.grant(req.into_inner()).await;
-        self.observe(0, started, r)
+        r.map(Response::new).map_err(Status::from)
     }
 
     async fn lease_revoke(
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let started = Instant::now();
         let r = self.revoke(req.into_inner()).await;
-        self.observe(1, started, r)
+        r.map(Response::new).map_err(Status::from)
     }
 
     type LeaseKeepAliveStream = BoxStream<'static, Result<LeaseKeepAliveResponse, Status>>;
@@ -318,18 +294,16 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let started = Instant::now();
         let r = self.gw.lease_time_to_live(req.into_inner()).await;
-        self.observe(2, started, r)
+        r.map(Response::new).map_err(Status::from)
     }
 
     async fn lease_leases(
         &self,
         _: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let started = Instant::now();
         let r = self.leases().await;
-        self.observe(3, started, r)
+        r.map(Response::new).map_err(Status::from)
     }
 }
 

@@ -1,10 +1,9 @@
 //! etcd's Maintenance service. Status, Alarm (no alarms are raised yet),
 //! Defragment (compacts the rocksdb engine's files; the memory engine has
 //! nothing to defragment), MoveLeader (on the leader, as etcd), Snapshot
-//! (MetaStore's own image format); Hash, HashKV and Downgrade are not
-//! supported yet.
+//! (MetaStore's own image format), Hash and HashKV (over an image of the
+//! applied state); Downgrade is not supported yet.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::pin::Pin;
 
 use futures::Stream;
@@ -15,7 +14,7 @@ use super::{Gateway, ETCD_VERSION};
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
-use crate::storage::image::ImageJob;
+use crate::storage::image::{hash_image, ImageHeader, ImageJob, StateHashes};
 
 /// The Maintenance service.
 pub struct MaintenanceService {
@@ -26,6 +25,21 @@ impl MaintenanceService {
     /// A Maintenance service over the gateway.
     pub fn new(gw: Gateway) -> MaintenanceService {
         MaintenanceService { gw }
+    }
+}
+
+impl MaintenanceService {
+    /// Hashes an image of the applied state (taken as for a snapshot; read
+    /// on a blocking thread).
+    async fn hash_state(&self, rev: i64) -> Result<(ImageHeader, StateHashes), Status> {
+        let job = self.gw.take_image().await?;
+        tokio::task::spawn_blocking(move || {
+            let (source, _) = job.open()?;
+            hash_image(std::io::BufReader::new(source), rev).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("etcdserver: {e}")))
     }
 }
 
@@ -74,12 +88,38 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// CRC-32C of every stored version (MetaStore's store holds no Raft
+    /// metadata: equal on members that applied the same entries).
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(unsupported("Hash"))
+        let (h, hashes) = self.hash_state(0).await?;
+        Ok(Response::new(HashResponse {
+            header: self.gw.header(h.current_rev),
+            hash: hashes.all,
+        }))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(unsupported("HashKV"))
+    /// etcd's HashKV: CRC-32C of every version up to `revision` (0: the
+    /// current one) still stored, with the compaction revision in effect,
+    /// so that members compare equal exactly when they hold the same
+    /// history; the same on both engines.
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let (h, hashes) = self.hash_state(rev).await?;
+        if rev > h.current_rev {
+            return Err(ApiError::FutureRevision.into());
+        }
+        if rev > 0 && rev < h.compact_rev {
+            return Err(ApiError::Compacted.into());
+        }
+        Ok(Response::new(HashKvResponse {
+            header: self.gw.header(h.current_rev),
+            hash: hashes.kv,
+            compact_revision: h.compact_rev.max(0),
+            hash_revision: if rev > 0 { rev } else { h.current_rev },
+        }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
@@ -140,31 +180,9 @@ fn stream_image(
     let fail = |e: String| {
         let _ = tx.blocking_send(Err(Status::internal(format!("etcdserver: {e}"))));
     };
-    let (mut source, total): (Box<dyn Read>, u64) = match job {
-        ImageJob::Ready(bytes) => {
-            let n = bytes.len() as u64;
-            (Box::new(std::io::Cursor::new(bytes)), n)
-        }
-        ImageJob::Writing(thread) => {
-            let written = match thread.join() {
-                Ok(Ok(w)) => w,
-                Ok(Err(e)) => return fail(e.to_string()),
-                Err(_) => return fail("the image thread panicked".into()),
-            };
-            // ImageWriter::finish flushed it already.
-            let mut file = match written.into_inner() {
-                Ok(f) => f,
-                Err(e) => return fail(e.error().to_string()),
-            };
-            let len = match file.seek(SeekFrom::End(0)) {
-                Ok(n) => n,
-                Err(e) => return fail(e.to_string()),
-            };
-            if let Err(e) = file.seek(SeekFrom::Start(0)) {
-                return fail(e.to_string());
-            }
-            (Box::new(file), len)
-        }
+    let (mut source, total) = match job.open() {
+        Ok(x) => x,
+        Err(e) => return fail(e),
     };
     // etcd's framing, which etcdctl checks: the database padded to 512-byte
     // pages, then the SHA-256 of all of it.

@@ -5,6 +5,8 @@
 pub mod authority;
 pub mod cluster;
 pub mod concurrency;
+mod grpc_metrics;
+pub mod health;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -26,7 +28,6 @@ use crate::actors::messages::{
 use crate::actors::propose::Proposer;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::metrics::{CodeLabels, MethodLabels, Metrics};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::metastorepb::internal_request;
 use crate::server::Core;
@@ -304,61 +305,6 @@ where
     }
 }
 
-/// One RPC method's metric handles, created once so that counting a request
-/// allocates nothing and takes no lock (the label lookup happens at start-up).
-pub struct MethodMetrics {
-    method: &'static str,
-    handled: prometheus_client::metrics::family::Family<
-        CodeLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    started: prometheus_client::metrics::counter::Counter,
-    ok: prometheus_client::metrics::counter::Counter,
-    duration_ms: prometheus_client::metrics::histogram::Histogram,
-}
-
-impl MethodMetrics {
-    /// Handles for `method` in `metrics`.
-    pub fn new(metrics: &Metrics, method: &'static str) -> MethodMetrics {
-        let labels = MethodLabels {
-            grpc_method: method.to_owned(),
-        };
-        MethodMetrics {
-            method,
-            handled: metrics.grpc_handled.clone(),
-            started: metrics.grpc_started.get_or_create(&labels).clone(),
-            ok: metrics
-                .grpc_handled
-                .get_or_create(&CodeLabels {
-                    grpc_method: method.to_owned(),
-                    grpc_code: "OK".to_owned(),
-                })
-                .clone(),
-            duration_ms: metrics.grpc_duration_ms.get_or_create(&labels).clone(),
-        }
-    }
-
-    /// Counts a finished RPC.
-    pub fn observe<T>(&self, started: std::time::Instant, result: &Result<T, tonic::Status>) {
-        self.started.inc();
-        match result {
-            Ok(_) => {
-                self.ok.inc();
-            }
-            Err(s) => {
-                self.handled
-                    .get_or_create(&CodeLabels {
-                        grpc_method: self.method.to_owned(),
-                        grpc_code: format!("{:?}", s.code()),
-                    })
-                    .inc();
-            }
-        }
-        self.duration_ms
-            .observe(started.elapsed().as_secs_f64() * 1000.0);
-    }
-}
-
 /// Serves gRPC and HTTP on `addr` until `stop` completes, and the peer
 /// service on `peers` (on the Raft thread).
 pub async fn serve(
@@ -401,9 +347,28 @@ pub async fn serve(
             concurrency::ElectionService::new(gw.clone()),
         ),
     )
+    .add_service(crate::proto::health::health_server::HealthServer::new(
+        health::HealthService::new(gw.clone()),
+    ))
     .prepare()
     .into_axum_router()
-    .layer(axum::middleware::map_response(etcd_size_status));
+    .layer(axum::middleware::map_response(etcd_size_status))
+    .layer(axum::middleware::from_fn_with_state(
+        gw.core().metrics.clone(),
+        grpc_metrics::observe,
+    ));
+    for maddr in cfg.metrics_listen_addrs() {
+        let listener = tokio::net::TcpListener::bind(maddr)
+            .await
+            .map_err(|e| format!("cannot listen on metrics URL {maddr}: {e}"))?;
+        tracing::info!(addr = %maddr, "serving /metrics and health checks");
+        let router = http::metrics_router(gw.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let app = grpc.merge(http::router(gw, cfg.fault_injection));
     let listener = authority::Listener(
         tokio::net::TcpListener::bind(addr)

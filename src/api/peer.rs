@@ -102,7 +102,22 @@ impl Peer for PeerService {
     async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftEnd>, Status> {
         let mut batches = req.into_inner();
         let core = self.gw.core();
+        let mut received: Option<(u64, prometheus_client::metrics::counter::Counter)> = None;
         while let Some(batch) = batches.message().await? {
+            let counter = match &received {
+                Some((from, c)) if *from == batch.from => c,
+                _ => {
+                    let c = core
+                        .metrics
+                        .peer_received_bytes
+                        .get_or_create(&crate::metrics::FromPeer {
+                            From: format!("{:x}", batch.from),
+                        })
+                        .clone();
+                    &received.insert((batch.from, c)).1
+                }
+            };
+            counter.inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
             if batch.cluster_id != core.status.cluster_id {
                 return Err(Status::failed_precondition(
                     "etcdserver: cluster ID mismatch",

@@ -27,7 +27,7 @@
 //! what a member of this version must have (a version 2 image's keys may
 //! point at leases it does not carry).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 
 use prost::Message as _;
 use protobuf::Message as _;
@@ -154,6 +154,61 @@ pub enum ImageJob {
     /// Being written to an unlinked temp file by a thread (rocksdb engine:
     /// streamed from a RocksDB snapshot while applying goes on).
     Writing(std::thread::JoinHandle<Result<std::io::BufWriter<std::fs::File>, StorageError>>),
+}
+
+impl ImageJob {
+    /// The finished image as a readable, seekable stream, and its length.
+    pub fn open(self) -> Result<(Box<dyn ReadSeek>, u64), String> {
+        match self {
+            ImageJob::Ready(bytes) => {
+                let n = bytes.len() as u64;
+                Ok((Box::new(io::Cursor::new(bytes)), n))
+            }
+            ImageJob::Writing(thread) => {
+                let written = thread
+                    .join()
+                    .map_err(|_| "the image thread panicked".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                let mut file = written.into_inner().map_err(|e| e.error().to_string())?;
+                let len = file.seek(io::SeekFrom::End(0)).map_err(|e| e.to_string())?;
+                file.seek(io::SeekFrom::Start(0))
+                    .map_err(|e| e.to_string())?;
+                Ok((Box::new(file), len))
+            }
+        }
+    }
+}
+
+/// Read + Seek + Send, boxed.
+pub trait ReadSeek: Read + io::Seek + Send {}
+impl<T: Read + io::Seek + Send> ReadSeek for T {}
+
+/// Hashes of an image's key-value state (Maintenance.Hash and HashKV).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateHashes {
+    /// CRC-32C of every stored version up to the asked revision, in
+    /// revision order (revision key, then encoded `mvccpb.KeyValue`, as
+    /// etcd hashes its key bucket): equal on every member and engine that
+    /// holds the same versions.
+    pub kv: u32,
+    /// The same over every stored version.
+    pub all: u32,
+}
+
+/// Reads a whole image and hashes its versions up to `rev` (0: all).
+pub fn hash_image<R: Read>(input: R, rev: i64) -> Result<(ImageHeader, StateHashes), StorageError> {
+    let (header, mut reader) = ImageReader::new(input)?;
+    let upto = if rev <= 0 { i64::MAX } else { rev };
+    let mut kv = crc32c::crc32c(b"key");
+    let mut all = kv;
+    while let Some((key, value)) = reader.next_raw()? {
+        let r = parse_revision_key(&key).ok_or_else(|| bad("bad revision key"))?;
+        all = crc32c::crc32c_append(crc32c::crc32c_append(all, &key), &value);
+        if r.main <= upto {
+            kv = crc32c::crc32c_append(crc32c::crc32c_append(kv, &key), &value);
+        }
+    }
+    Ok((header, StateHashes { kv, all }))
 }
 
 /// A record as stored: 16-byte revision key, encoded `mvccpb.KeyValue`.

@@ -902,6 +902,26 @@ async fn without_a_quorum_requests_fail_after_the_request_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The health checks say so, as etcd's do.
+    let port = c.members[0].port;
+    let (status, body) = http_get(port, "/health").unwrap();
+    assert!(status.contains("503"), "{status}");
+    assert_eq!(body, r#"{"health":"false","reason":"RAFT NO LEADER"}"#);
+    let (_, body) = http_get(port, "/health?serializable=true").unwrap();
+    assert_eq!(body, r#"{"health":"true","reason":""}"#);
+    let (status, body) = http_get(port, "/readyz").unwrap();
+    assert!(status.contains("503"), "{status}");
+    assert!(
+        body.contains("[+]serializable_read ok\n[-]linearizable_read failed: ")
+            && body.ends_with("readyz check failed\n"),
+        "{body}"
+    );
+    let (status, body) = http_get(port, "/livez").unwrap();
+    assert!(status.contains("200") && body == "ok\n", "{status} {body}");
+    assert_eq!(
+        crate::operability::grpc_health(&ep, "").await,
+        Ok(metastore::proto::health::health_check_response::ServingStatus::NotServing)
+    );
     let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(20));
     let mut client = etcd_client::Client::connect([ep], Some(opts))
         .await

@@ -65,7 +65,11 @@ fn three_members_run_in_one_process() {
             .unwrap()
             .1
             .lines()
-            .any(|l| l.starts_with("grpc_server_started_total{grpc_method=\"Put\"} 1"))
+            .any(|l| {
+                l.starts_with("grpc_server_started_total{")
+                    && l.contains("grpc_method=\"Put\"")
+                    && l.ends_with("} 1")
+            })
     };
     assert!(count(0) && !count(2), "metrics are per member");
     for stop in stops {

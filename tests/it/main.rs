@@ -43,6 +43,7 @@ mod harness;
 mod inprocess;
 mod kv;
 mod lease;
+pub(crate) mod operability;
 mod smoke;
 mod snapshot;
 mod watch;

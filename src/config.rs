@@ -70,6 +70,9 @@ impl Engine {
     }
 }
 
+/// etcd's default backend quota: 2 GiB.
+pub const DEFAULT_QUOTA: u64 = 2 << 30;
+
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -96,6 +99,10 @@ pub struct Config {
     pub initial_cluster_token: String,
     /// Largest request accepted, in bytes.
     pub max_request_bytes: usize,
+    /// When the store passes this size a NOSPACE alarm is raised and writes
+    /// that grow it fail (etcd's `--quota-backend-bytes`; 0: the 2 GiB
+    /// default).
+    pub quota_backend_bytes: u64,
     /// Most operations per Txn branch.
     pub max_txn_ops: usize,
     /// Applied entries between snapshots.
@@ -123,6 +130,10 @@ pub struct Config {
     /// How often the leader records how long leases have left (etcd's
     /// `--experimental-lease-checkpoint-interval`).
     pub lease_checkpoint_interval_ms: u64,
+    /// How often the leader compares every member's HashKV with its own and
+    /// raises CORRUPT on a mismatch (etcd's
+    /// `--experimental-corrupt-check-time`, off there by default); 0: never.
+    pub corrupt_check_ms: u64,
     /// Raft knobs.
     pub raft: RaftConfig,
     /// Flag only: seed a brand-new data dir from a state image (what
@@ -149,6 +160,7 @@ impl Default for Config {
             initial_cluster_state: "new".into(),
             initial_cluster_token: "etcd-cluster".into(),
             max_request_bytes: 1536 * 1024,
+            quota_backend_bytes: DEFAULT_QUOTA,
             max_txn_ops: 128,
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5000,
@@ -159,6 +171,7 @@ impl Default for Config {
             listen_metrics_urls: String::new(),
             watch_progress_notify_interval_ms: 10 * 60 * 1000,
             lease_checkpoint_interval_ms: 5000,
+            corrupt_check_ms: 300_000,
             raft: RaftConfig::default(),
             restore_image: None,
             fault_injection: false,
@@ -210,6 +223,9 @@ pub struct Flags {
     /// Largest request in bytes.
     #[arg(long)]
     pub max_request_bytes: Option<usize>,
+    /// Store size that raises the NOSPACE alarm (0: 2 GiB).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES")]
+    pub quota_backend_bytes: Option<u64>,
     /// Most operations per txn branch.
     #[arg(long)]
     pub max_txn_ops: Option<usize>,
@@ -248,6 +264,10 @@ pub struct Flags {
     /// How often the leader checkpoints remaining lease TTLs ("5s").
     #[arg(long, value_parser = parse_duration_ms)]
     pub experimental_lease_checkpoint_interval: Option<u64>,
+    /// How often the leader checks members' data against its own ("5m";
+    /// "0s": never).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub experimental_corrupt_check_time: Option<u64>,
     /// Seed a new (empty) data dir from a state image, e.g. a file written by
     /// `etcdctl snapshot save` against MetaStore, then start. Either engine
     /// restores an image either engine wrote.
@@ -308,6 +328,7 @@ impl Config {
             initial_cluster_state,
             initial_cluster_token,
             max_request_bytes,
+            quota_backend_bytes,
             max_txn_ops,
             snapshot_count,
             snapshot_catchup_entries,
@@ -324,6 +345,9 @@ impl Config {
         }
         if let Some(ms) = flags.experimental_lease_checkpoint_interval {
             cfg.lease_checkpoint_interval_ms = ms;
+        }
+        if let Some(ms) = flags.experimental_corrupt_check_time {
+            cfg.corrupt_check_ms = ms;
         }
         cfg.fault_injection = flags.experimental_fault_injection;
         if flags.experimental_unpipelined_appends {
@@ -480,6 +504,15 @@ impl Config {
         })
     }
 
+    /// The store size that raises NOSPACE (0 means etcd's default).
+    pub fn quota(&self) -> u64 {
+        if self.quota_backend_bytes == 0 {
+            DEFAULT_QUOTA
+        } else {
+            self.quota_backend_bytes
+        }
+    }
+
     /// Where `/metrics` is served besides the client port.
     pub fn metrics_listen_addrs(&self) -> Vec<std::net::SocketAddr> {
         split_urls(&self.listen_metrics_urls)
@@ -527,6 +560,10 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());
+    }
+    if rest == "0" {
+        // As Go's time.ParseDuration, which etcd's flags use.
+        return Ok(0);
     }
     let mut total = 0f64;
     while !rest.is_empty() {

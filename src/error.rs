@@ -48,6 +48,12 @@ pub enum ApiError {
     /// No leader is known.
     #[error("etcdserver: no leader")]
     NoLeader,
+    /// The store passed its quota, or a NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A CORRUPT alarm is raised.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// The request did not finish in time.
     #[error("etcdserver: request timed out")]
     Timeout,
@@ -117,7 +123,8 @@ impl ApiError {
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
             LeaseExist => Code::FailedPrecondition,
-            TooManyRequests => Code::ResourceExhausted,
+            TooManyRequests | NoSpace => Code::ResourceExhausted,
+            Corrupt => Code::DataLoss,
             NoLeader
             | Timeout
             | LeaderChanged
@@ -154,6 +161,8 @@ impl ApiError {
             LeaseTtlTooLarge,
             RequestTooLarge,
             NoLeader,
+            NoSpace,
+            Corrupt,
             Timeout,
             TooManyRequests,
             LeaderChanged,

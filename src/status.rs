@@ -31,6 +31,8 @@ pub struct NodeStatus {
     pub peers: parking_lot::RwLock<HashMap<u64, Option<Instant>>>,
     /// Members removed for good: their traffic is refused.
     pub removed: parking_lot::RwLock<HashSet<u64>>,
+    /// Raised alarms as (member, `AlarmType` value), as last applied.
+    pub alarms: parking_lot::RwLock<Vec<(u64, i32)>>,
 }
 
 /// What a removed member's peers answer it (etcd's words).

@@ -184,6 +184,10 @@ impl ApplyActor {
             .store(self.sm.applied_index(), Relaxed);
         self.status.revision.store(revision, Relaxed);
         self.status.db_size.store(size, Relaxed);
+        let alarms = self.sm.membership().alarms();
+        if *self.status.alarms.read() != alarms {
+            *self.status.alarms.write() = alarms;
+        }
         self.metrics
             .proposals_applied
             .set(self.sm.applied_index() as i64);
@@ -476,6 +480,25 @@ impl Handler<Defragment> for ApplyActor {
     type Result = Option<Box<dyn FnOnce() + Send>>;
     fn handle(&mut self, _: Defragment, _: &mut Context<Self>) -> Self::Result {
         self.sm.defragment_job()
+    }
+}
+
+impl Handler<FaultPut> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: FaultPut, _: &mut Context<Self>) {
+        self.sm.fault_put(&msg.key, msg.value);
+        if let Err(e) = self.sm.commit() {
+            tracing::error!(error = %e, "fault put not written");
+        }
+        self.publish();
+    }
+}
+
+impl Handler<Defragmented> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, _: Defragmented, _: &mut Context<Self>) {
+        self.sm.forget_size();
+        self.publish();
     }
 }
 

@@ -276,6 +276,22 @@ pub struct TakeImage;
 #[rtype(result = "Option<Box<dyn FnOnce() + Send>>")]
 pub struct Defragment;
 
+/// Test-only fault: write a key into this member's store, outside Raft.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FaultPut {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its value.
+    pub value: Vec<u8>,
+}
+
+/// Handler → ApplyActor: the defragmentation job finished (the store's
+/// size is measured and published again, e.g. for the quota check).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Defragmented;
+
 /// The requests of one Watch stream, as the client sends them.
 pub type WatchRequests = futures::stream::BoxStream<
     'static,

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::{Gateway, ETCD_VERSION};
-use crate::proto::etcdserverpb::RangeRequest;
+use crate::proto::etcdserverpb::{AlarmType, RangeRequest};
 use crate::state_machine::ReadRequest;
 
 /// What `--listen-metrics-urls` serves.
@@ -36,7 +36,8 @@ pub fn router(gw: Gateway, fault_injection: bool) -> Router {
     if fault_injection {
         r = r
             .route("/debug/fault/isolate", post(isolate))
-            .route("/debug/fault/heal", post(heal));
+            .route("/debug/fault/heal", post(heal))
+            .route("/debug/fault/diverge", post(diverge));
     }
     r.with_state(gw)
 }
@@ -50,6 +51,29 @@ async fn isolate(State(gw): State<Gateway>) -> impl IntoResponse {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!("fault injection: isolated from all peers");
     "isolated\n"
+}
+
+/// Writes `?key=K&value=V` into this member's store only, bypassing Raft,
+/// at its next revision: its history diverges from the other members' (what
+/// the corruption check must catch).
+async fn diverge(
+    State(gw): State<Gateway>,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    let (Some(key), Some(value)) = (q.get("key"), q.get("value")) else {
+        return (StatusCode::BAD_REQUEST, "key and value are required\n");
+    };
+    let msg = crate::actors::messages::FaultPut {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    };
+    match gw.core().apply.send(msg).await {
+        Ok(()) => {
+            tracing::warn!(key = %key, "fault injection: wrote outside Raft");
+            (StatusCode::OK, "diverged\n")
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped\n"),
+    }
 }
 
 /// Ends [`isolate`].
@@ -108,7 +132,25 @@ async fn health(
     Query(q): Query<HashMap<String, String>>,
 ) -> impl IntoResponse {
     let serializable = q.get("serializable").is_some_and(|v| v == "true");
-    let reason = if !serializable && gw.status().leader() == 0 {
+    // etcd 3.5: ?exclude=NOSPACE ignores that alarm.
+    let excluded: Vec<&str> = q
+        .get("exclude")
+        .map(|v| v.split(',').collect())
+        .unwrap_or_default();
+    let alarms: Vec<String> = gw
+        .status()
+        .alarms
+        .read()
+        .iter()
+        .filter_map(|&(_, a)| {
+            let name = AlarmType::try_from(a).ok()?.as_str_name();
+            (!excluded.contains(&name)).then(|| format!("ALARM {name}"))
+        })
+        .collect();
+    let alarm_reason = alarms.join(", ");
+    let reason = if !alarm_reason.is_empty() {
+        Some(alarm_reason.as_str())
+    } else if !serializable && gw.status().leader() == 0 {
         Some("RAFT NO LEADER")
     } else if probe_read(&gw, serializable).await.is_some() {
         Some("QGET ERROR")
@@ -140,12 +182,22 @@ async fn livez(
     checks_response("livez", checks, q.contains_key("verbose"))
 }
 
-/// etcd's `/readyz`: local and linearizable reads both work.
+/// etcd's `/readyz`: no CORRUPT alarm, local and linearizable reads work.
 async fn readyz(
     State(gw): State<Gateway>,
     Query(q): Query<HashMap<String, String>>,
 ) -> impl IntoResponse {
+    let corrupt = gw
+        .status()
+        .alarms
+        .read()
+        .iter()
+        .any(|&(_, a)| a == AlarmType::Corrupt as i32);
     let checks = vec![
+        Check {
+            name: "data_corruption",
+            failure: corrupt.then(|| "alarm activated: CORRUPT".to_owned()),
+        },
         Check {
             name: "serializable_read",
             failure: probe_read(&gw, true).await,

@@ -1,4 +1,5 @@
-//! etcd's Maintenance service. Status, Alarm (no alarms are raised yet),
+//! etcd's Maintenance service. Status, Alarm (NOSPACE raised by the quota
+//! check; list, activate, deactivate through Raft),
 //! Defragment (compacts the rocksdb engine's files; the memory engine has
 //! nothing to defragment), MoveLeader (on the leader, as etcd), Snapshot
 //! (MetaStore's own image format), Hash and HashKV (over an image of the
@@ -14,7 +15,7 @@ use super::{Gateway, ETCD_VERSION};
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
-use crate::storage::image::{hash_image, ImageHeader, ImageJob, StateHashes};
+use crate::storage::image::ImageJob;
 
 /// The Maintenance service.
 pub struct MaintenanceService {
@@ -28,33 +29,53 @@ impl MaintenanceService {
     }
 }
 
-impl MaintenanceService {
-    /// Hashes an image of the applied state (taken as for a snapshot; read
-    /// on a blocking thread).
-    async fn hash_state(&self, rev: i64) -> Result<(ImageHeader, StateHashes), Status> {
-        let job = self.gw.take_image().await?;
-        tokio::task::spawn_blocking(move || {
-            let (source, _) = job.open()?;
-            hash_image(std::io::BufReader::new(source), rev).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(format!("etcdserver: {e}")))
-    }
-}
-
 fn unsupported(what: &str) -> Status {
     ApiError::Unsupported(format!("{what} is not supported yet")).into()
 }
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let st = self.gw.store_status().await?;
-        Ok(Response::new(AlarmResponse {
-            header: self.gw.header(st.revision),
-            alarms: Vec::new(),
-        }))
+    /// GET lists the raised alarms (this member's view, as etcd answers);
+    /// ACTIVATE and DEACTIVATE go through Raft and answer the alarms that
+    /// changed (`etcdctl alarm disarm` deactivates every listed one).
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let req = req.into_inner();
+        match alarm_request::AlarmAction::try_from(req.action) {
+            Ok(alarm_request::AlarmAction::Get) => {
+                let alarms = self
+                    .gw
+                    .status()
+                    .alarms
+                    .read()
+                    .iter()
+                    .filter(|&&(m, a)| {
+                        (req.member_id == 0 || m == req.member_id)
+                            && (req.alarm == AlarmType::None as i32 || a == req.alarm)
+                    })
+                    .map(|&(member_id, alarm)| AlarmMember { member_id, alarm })
+                    .collect();
+                Ok(Response::new(AlarmResponse {
+                    header: self.gw.header(self.gw.status().revision()),
+                    alarms,
+                }))
+            }
+            Ok(_) => {
+                let r = self
+                    .gw
+                    .write(crate::proto::metastorepb::internal_request::Request::Alarm(
+                        req,
+                    ))
+                    .await?;
+                match r {
+                    crate::state_machine::WriteResponse::Alarm(mut resp) => {
+                        self.gw.fill(&mut resp.header);
+                        Ok(Response::new(resp))
+                    }
+                    _ => Err(ApiError::Internal("unexpected alarm answer".into()).into()),
+                }
+            }
+            Err(_) => Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        }
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -71,7 +92,17 @@ impl Maintenance for MaintenanceService {
                 .load(std::sync::atomic::Ordering::Relaxed),
             raft_term: status.term(),
             raft_applied_index: st.applied_index,
-            errors: Vec::new(),
+            // etcd lists raised alarms here (what `endpoint status` shows
+            // under ERRORS).
+            errors: status
+                .alarms
+                .read()
+                .iter()
+                .map(|&(m, a)| {
+                    let name = AlarmType::try_from(a).map_or("NONE", |t| t.as_str_name());
+                    format!("memberID:{m} alarm:{name} ")
+                })
+                .collect(),
             db_size_in_use: size,
             is_learner: status.is_learner(),
         }))
@@ -91,7 +122,7 @@ impl Maintenance for MaintenanceService {
     /// CRC-32C of every stored version (MetaStore's store holds no Raft
     /// metadata: equal on members that applied the same entries).
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let (h, hashes) = self.hash_state(0).await?;
+        let (h, hashes) = self.gw.hash_state(0).await?;
         Ok(Response::new(HashResponse {
             header: self.gw.header(h.current_rev),
             hash: hashes.all,
@@ -107,13 +138,7 @@ impl Maintenance for MaintenanceService {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         let rev = req.into_inner().revision;
-        let (h, hashes) = self.hash_state(rev).await?;
-        if rev > h.current_rev {
-            return Err(ApiError::FutureRevision.into());
-        }
-        if rev > 0 && rev < h.compact_rev {
-            return Err(ApiError::Compacted.into());
-        }
+        let (h, hashes) = self.gw.hash_state(rev).await?;
         Ok(Response::new(HashKvResponse {
             header: self.gw.header(h.current_rev),
             hash: hashes.kv,

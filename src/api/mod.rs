@@ -5,6 +5,7 @@
 pub mod authority;
 pub mod cluster;
 pub mod concurrency;
+pub mod corruption;
 mod grpc_metrics;
 pub mod health;
 pub mod http;
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::actors::messages::{
@@ -47,6 +49,8 @@ pub struct Gateway {
     proposer: Proposer,
     /// Largest encoded request (`--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// Store size that raises NOSPACE (`--quota-backend-bytes`).
+    pub quota: u64,
     /// Most ops per txn branch.
     pub max_txn_ops: usize,
     /// Member name.
@@ -73,6 +77,7 @@ impl Gateway {
             },
             core,
             max_request_bytes: cfg.max_request_bytes,
+            quota: cfg.quota(),
             max_txn_ops: cfg.max_txn_ops,
             name: cfg.name.clone(),
             peer_urls: cfg.advertise_peer_list(),
@@ -156,7 +161,53 @@ impl Gateway {
         &self,
         request: internal_request::Request,
     ) -> Result<WriteResponse, ApiError> {
+        self.check_quota(&request)?;
         self.proposer.write(request).await
+    }
+
+    /// etcd's quota check before proposing: a write that may grow the store
+    /// past `--quota-backend-bytes` raises this member's NOSPACE alarm
+    /// (through Raft, so every member refuses such writes until it is
+    /// disarmed) and fails.
+    fn check_quota(&self, request: &internal_request::Request) -> Result<(), ApiError> {
+        use internal_request::Request as R;
+        let cost = match request {
+            R::Put(p) => p.encoded_len(),
+            R::Txn(t) if crate::state_machine::kv::txn_has_put(t) => t.encoded_len(),
+            R::LeaseGrant(_) => 64,
+            _ => return Ok(()),
+        } as u64;
+        let size = self
+            .core
+            .status
+            .db_size
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if size + cost <= self.quota {
+            return Ok(());
+        }
+        let nospace = crate::proto::etcdserverpb::AlarmType::Nospace as i32;
+        let me = self.core.status.member_id;
+        if !self.core.status.alarms.read().contains(&(me, nospace)) {
+            let raise =
+                internal_request::Request::Alarm(crate::proto::etcdserverpb::AlarmRequest {
+                    action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+                    member_id: me,
+                    alarm: nospace,
+                });
+            let proposer = self.proposer.clone();
+            tracing::warn!(
+                member = format!("{me:x}"),
+                size,
+                quota = self.quota,
+                "store over its quota: raising NOSPACE"
+            );
+            tokio::spawn(async move {
+                if let Err(e) = proposer.write(raise).await {
+                    tracing::warn!(error = %e, "NOSPACE alarm not raised yet");
+                }
+            });
+        }
+        Err(ApiError::NoSpace)
     }
 
     /// Proposes a membership change and waits until it is applied here;
@@ -275,8 +326,69 @@ impl Gateway {
             tokio::task::spawn_blocking(job)
                 .await
                 .map_err(|e| ApiError::Internal(format!("defragment: {e}")))?;
+            self.core
+                .apply
+                .send(crate::actors::messages::Defragmented)
+                .await
+                .map_err(|_| ApiError::Stopped)?;
         }
         Ok(())
+    }
+
+    /// Hashes an image of the applied state up to `rev` (0: all): the
+    /// image's header and the hashes (Maintenance.Hash and HashKV, and the
+    /// corruption check). Errors as etcd's HashKV for a revision above the
+    /// current one or below the compacted one.
+    pub async fn hash_state(
+        &self,
+        rev: i64,
+    ) -> Result<
+        (
+            crate::storage::image::ImageHeader,
+            crate::storage::image::StateHashes,
+        ),
+        ApiError,
+    > {
+        let job = self.take_image().await?;
+        let (h, hashes) = tokio::task::spawn_blocking(move || {
+            let (source, _) = job.open()?;
+            crate::storage::image::hash_image(std::io::BufReader::new(source), rev)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Internal)?;
+        if rev > h.current_rev {
+            return Err(ApiError::FutureRevision);
+        }
+        if rev > 0 && rev < h.compact_rev {
+            return Err(ApiError::Compacted);
+        }
+        Ok((h, hashes))
+    }
+
+    /// A client of member `id`'s peer port (connected on first use).
+    pub async fn peer_of(
+        &self,
+        id: u64,
+    ) -> Result<
+        crate::proto::metastorepb::peer_client::PeerClient<tonic::transport::Channel>,
+        ApiError,
+    > {
+        let members = self.members().await?;
+        let url = members
+            .get(id)
+            .and_then(|m| m.peer_ur_ls.first().cloned())
+            .ok_or(ApiError::MemberNotFound)?;
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(crate::proto::metastorepb::peer_client::PeerClient::new(
+            channel,
+        ))
     }
 
     /// Starts an image of the applied state (Maintenance.Snapshot).
@@ -325,6 +437,12 @@ pub async fn serve(
         .raft_thread
         .spawn(async move { peer::serve(peer_gw, peers, incoming).await });
     tokio::spawn(publish(gw.clone()));
+    if cfg.corrupt_check_ms > 0 {
+        tokio::spawn(corruption::run(
+            gw.clone(),
+            Duration::from_millis(cfg.corrupt_check_ms),
+        ));
+    }
     // gRPC refuses bodies far over the limit before decoding them; the exact
     // limit is checked on the encoded request (etcd's behaviour).
     let max_msg = cfg.max_request_bytes + 512 * 1024;

@@ -16,7 +16,8 @@ use super::Gateway;
 use crate::actors::messages::StepBatch;
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::proto::metastorepb::peer_server::{Peer, PeerServer};
 use crate::proto::metastorepb::{
@@ -211,6 +212,20 @@ impl Peer for PeerService {
     ) -> Result<Response<PromoteResponse>, Status> {
         let members = self.gw.promote_here(req.into_inner().member_id).await?;
         Ok(Response::new(PromoteResponse { members }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let (h, hashes) = self.gw.hash_state(rev).await?;
+        Ok(Response::new(HashKvResponse {
+            header: self.gw.header(h.current_rev),
+            hash: hashes.kv,
+            compact_revision: h.compact_rev.max(0),
+            hash_revision: if rev > 0 { rev } else { h.current_rev },
+        }))
     }
 
     async fn lease_renew(

@@ -292,6 +292,20 @@ pub fn txn_is_read_only(t: &TxnRequest) -> bool {
         })
 }
 
+/// Whether some branch of a txn (or of a txn in it) puts: what a NOSPACE
+/// alarm refuses (etcd: a txn whose quota cost is not zero; deletes may
+/// free space).
+pub fn txn_has_put(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(inner)) => txn_has_put(inner),
+            _ => false,
+        })
+}
+
 /// Whether every range in a (read-only) txn asks for a serializable read.
 pub fn txn_is_serializable(t: &TxnRequest) -> bool {
     t.success

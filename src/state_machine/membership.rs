@@ -27,6 +27,8 @@ pub struct Membership {
     pub cluster_id: u64,
     members: BTreeMap<u64, Member>,
     removed: BTreeSet<u64>,
+    /// Raised alarms: (member, `AlarmType` value).
+    alarms: BTreeSet<(u64, i32)>,
 }
 
 /// A membership change, as a client asks for it.
@@ -64,6 +66,7 @@ impl Membership {
             cluster_id,
             members: members.into_iter().map(|m| (m.id, m)).collect(),
             removed: BTreeSet::new(),
+            alarms: BTreeSet::new(),
         }
     }
 
@@ -73,6 +76,7 @@ impl Membership {
             cluster_id: pb.cluster_id,
             members: pb.members.into_iter().map(|m| (m.id, m)).collect(),
             removed: pb.removed.into_iter().collect(),
+            alarms: pb.alarms.iter().map(|a| (a.member_id, a.alarm)).collect(),
         }
     }
 
@@ -82,7 +86,32 @@ impl Membership {
             cluster_id: self.cluster_id,
             members: self.members(),
             removed: self.removed.iter().copied().collect(),
+            alarms: self
+                .alarms
+                .iter()
+                .map(|&(member_id, alarm)| metastorepb::MemberAlarm { member_id, alarm })
+                .collect(),
         }
+    }
+
+    /// Raised alarms as (member, `AlarmType` value).
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.alarms.iter().copied().collect()
+    }
+
+    /// Whether some member raised `alarm`.
+    pub fn has_alarm(&self, alarm: i32) -> bool {
+        self.alarms.iter().any(|&(_, a)| a == alarm)
+    }
+
+    /// Raises `alarm` for `member`; false when it was raised already.
+    pub fn raise_alarm(&mut self, member: u64, alarm: i32) -> bool {
+        self.alarms.insert((member, alarm))
+    }
+
+    /// Clears `alarm` of `member`; false when it was not raised.
+    pub fn clear_alarm(&mut self, member: u64, alarm: i32) -> bool {
+        self.alarms.remove(&(member, alarm))
     }
 
     /// Every member, by ID.

@@ -23,8 +23,9 @@ use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType};
 use crate::error::ApiError;
 use crate::error::StorageError;
 use crate::proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, Member,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    alarm_request, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, Member, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::proto::metastorepb::{internal_request, ConfChangeContext, InternalRequest};
 use crate::storage::engine::{AppliedPoint, Checkpoint, KvEngine, KvTxn, StateEngine};
@@ -54,6 +55,8 @@ pub enum WriteResponse {
     LeaseRevoke(LeaseRevokeResponse),
     /// A lease checkpoint was recorded.
     LeaseCheckpoint,
+    /// Alarm activate / deactivate.
+    Alarm(AlarmResponse),
 }
 
 /// A read request (Range, or a Txn without writes).
@@ -248,6 +251,21 @@ impl StateMachine {
         on_store!(&self.store, s => StateEngine::defragment_job(s))
     }
 
+    /// Test-only fault injection: puts `key` at the next revision without a
+    /// log entry, so this member's history differs from its peers'.
+    pub fn fault_put(&mut self, key: &[u8], value: Vec<u8>) {
+        on_store!(&mut self.store, s => {
+            let mut t = s.write();
+            t.put_blind(key, value, 0);
+            let _ = t.end();
+        });
+    }
+
+    /// A defragmentation finished: measure the store again.
+    pub fn forget_size(&self) {
+        on_store!(&self.store, s => StateEngine::forget_size(s))
+    }
+
     /// Index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
         self.point.index
@@ -310,7 +328,16 @@ impl StateMachine {
             }
         };
         let mut members_changed = false;
+        if let Some(refused) = self.capped(req.request.as_ref()) {
+            return Some(Applied {
+                id: req.id,
+                result: Err(refused),
+                conf_change: None,
+                members_changed,
+            });
+        }
         let result = match req.request {
+            Some(internal_request::Request::Alarm(a)) => Ok(WriteResponse::Alarm(self.alarm(&a))),
             Some(internal_request::Request::Publish(p)) => {
                 let mut members = self.members.clone();
                 if members.publish(p.member_id, &p.name, &p.client_urls) {
@@ -400,6 +427,59 @@ impl StateMachine {
             conf_change: None,
             members_changed,
         })
+    }
+
+    /// What a raised alarm refuses, as etcd's capped and corrupt appliers
+    /// do: with NOSPACE every write that may grow the store (puts, txns
+    /// that put, lease grants); with CORRUPT every change to the keys.
+    fn capped(&self, req: Option<&internal_request::Request>) -> Option<ApiError> {
+        use internal_request::Request as R;
+        let corrupt = self.members.has_alarm(AlarmType::Corrupt as i32);
+        let nospace = self.members.has_alarm(AlarmType::Nospace as i32);
+        if !corrupt && !nospace {
+            return None;
+        }
+        match req? {
+            R::Put(_) | R::DeleteRange(_) | R::Compaction(_) | R::LeaseGrant(_) if corrupt => {
+                Some(ApiError::Corrupt)
+            }
+            R::Txn(t) if corrupt && !kv::txn_is_read_only(t) => Some(ApiError::Corrupt),
+            R::Put(_) | R::LeaseGrant(_) => Some(ApiError::NoSpace),
+            R::Txn(t) if kv::txn_has_put(t) => Some(ApiError::NoSpace),
+            _ => None,
+        }
+    }
+
+    /// Raises or clears an alarm; answers with the alarms that changed.
+    fn alarm(&mut self, a: &AlarmRequest) -> AlarmResponse {
+        let mut members = self.members.clone();
+        let changed = match alarm_request::AlarmAction::try_from(a.action) {
+            Ok(alarm_request::AlarmAction::Activate) if a.alarm != AlarmType::None as i32 => {
+                members.raise_alarm(a.member_id, a.alarm)
+            }
+            Ok(alarm_request::AlarmAction::Deactivate) => members.clear_alarm(a.member_id, a.alarm),
+            _ => false,
+        };
+        if changed {
+            tracing::warn!(
+                member = format!("{:x}", a.member_id),
+                alarm = ?AlarmType::try_from(a.alarm).unwrap_or(AlarmType::None),
+                action = ?alarm_request::AlarmAction::try_from(a.action).unwrap_or(alarm_request::AlarmAction::Get),
+                "alarm changed"
+            );
+            self.set_members(members);
+        }
+        AlarmResponse {
+            header: kv::header(self.current_revision()),
+            alarms: if changed {
+                vec![AlarmMember {
+                    member_id: a.member_id,
+                    alarm: a.alarm,
+                }]
+            } else {
+                Vec::new()
+            },
+        }
     }
 
     /// LeaseRevoke (or an expiry the leader proposed): the lease's keys are

@@ -126,6 +126,9 @@ pub trait StateEngine: KvEngine {
     fn install(&mut self, path: &Path, data_dir: &Path) -> Result<ImageHeader, StorageError>;
     /// What Maintenance.Defragment runs off the apply thread, if anything.
     fn defragment_job(&self) -> Option<Box<dyn FnOnce() + Send>>;
+    /// The files changed size outside of writes (a defragmentation ran):
+    /// a cached size estimate is stale.
+    fn forget_size(&self) {}
     /// Someone watches (or no longer does): write txns return complete
     /// events, values and previous states filled, or none at all.
     fn set_watched(&mut self, on: bool);

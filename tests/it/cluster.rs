@@ -912,8 +912,9 @@ async fn without_a_quorum_requests_fail_after_the_request_timeout() {
     let (status, body) = http_get(port, "/readyz").unwrap();
     assert!(status.contains("503"), "{status}");
     assert!(
-        body.contains("[+]serializable_read ok\n[-]linearizable_read failed: ")
-            && body.ends_with("readyz check failed\n"),
+        body.contains(
+            "[+]data_corruption ok\n[+]serializable_read ok\n[-]linearizable_read failed: "
+        ) && body.ends_with("readyz check failed\n"),
         "{body}"
     );
     let (status, body) = http_get(port, "/livez").unwrap();

@@ -52,7 +52,7 @@ async fn health_version_metrics_port_and_json_logs(engine: Engine) {
     let (_, body) = http_get(s.port, "/readyz?verbose").unwrap();
     assert_eq!(
         body,
-        "[+]serializable_read ok\n[+]linearizable_read ok\nok\n"
+        "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nok\n"
     );
     let (_, body) = http_get(s.port, "/version").unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -305,4 +305,189 @@ fn hashkv_is_equal_across_members_and_engines() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Past `--quota-backend-bytes` a member raises NOSPACE as etcd does:
+/// writes that grow the store fail with etcd's error, reads and deletes
+/// work, `/health` and `endpoint status` show the alarm; deleting,
+/// compacting, defragmenting and `alarm disarm` bring writes back.
+fn quota_raises_nospace_until_disarmed(engine: Engine) {
+    let s = Server::start_with(
+        Kind::MetaStore(engine),
+        &["--quota-backend-bytes", "100000"],
+    );
+    let value = "x".repeat(1000);
+    let mut failed = None;
+    for i in 0..400 {
+        let out = s.etcdctl(&["put", &format!("k{i:03}"), &value]);
+        if !out.status.success() {
+            failed = Some((i, String::from_utf8_lossy(&out.stderr).into_owned()));
+            break;
+        }
+    }
+    let (at, err) = failed.expect("the quota was never hit");
+    assert!(at > 20, "failed after only {at} puts: {err}");
+    assert!(
+        err.contains("etcdserver: mvcc: database space exceeded"),
+        "{err}"
+    );
+    let id = format!("{}", crate::harness::status_of(&s.endpoint()).unwrap().0);
+    let list = String::from_utf8_lossy(&s.etcdctl(&["alarm", "list"]).stdout).into_owned();
+    assert_eq!(list, format!("memberID:{id} alarm:NOSPACE \n"));
+    // Every write that grows the store is refused, even a small one.
+    let out = s.etcdctl(&["put", "small", "v"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database space exceeded"));
+    let out = s.etcdctl(&["lease", "grant", "60"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database space exceeded"));
+    // Reads work.
+    let out = s.etcdctl(&["get", "k000", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), value);
+    let (status, body) = http_get(s.port, "/health").unwrap();
+    assert!(status.contains("503"), "{status}");
+    assert_eq!(body, r#"{"health":"false","reason":"ALARM NOSPACE"}"#);
+    let (_, body) = http_get(s.port, "/health?exclude=NOSPACE").unwrap();
+    assert_eq!(body, r#"{"health":"true","reason":""}"#);
+    let out = s.etcdctl(&["endpoint", "status", "-w", "json"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("memberID:{id} alarm:NOSPACE")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Free the space: delete, compact, defragment, disarm.
+    let out = s.etcdctl(&["del", "k", "--prefix"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), at.to_string());
+    let rev = revision_of(&s.endpoint());
+    assert!(s.etcdctl(&["compact", &rev.to_string()]).status.success());
+    assert!(s.etcdctl(&["defrag"]).status.success());
+    // Still raised until disarmed.
+    assert!(!s.etcdctl(&["put", "small", "v"]).status.success());
+    let out = s.etcdctl(&["alarm", "disarm"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("memberID:{id} alarm:NOSPACE \n")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&s.etcdctl(&["alarm", "list"]).stdout),
+        ""
+    );
+    let out = s.etcdctl(&["put", "small", "v"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, body) = http_get(s.port, "/health").unwrap();
+    assert_eq!(body, r#"{"health":"true","reason":""}"#);
+    // The alarm is replicated state: raised, it survives a restart.
+    for i in 0..400 {
+        if !s
+            .etcdctl(&["put", &format!("k{i:03}"), &value])
+            .status
+            .success()
+        {
+            break;
+        }
+    }
+    let mut s = s;
+    s.stop();
+    // (Not `restart`: it waits for /health, which the alarm keeps false.)
+    s.launch();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = s.etcdctl(&["alarm", "list"]);
+        if out.status.success() {
+            let list = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(list, format!("memberID:{id} alarm:NOSPACE \n"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not back after a restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+engine_tests!(sync: quota_raises_nospace_until_disarmed);
+
+/// POST to a fault switch; the answer's body.
+fn post(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf
+}
+
+/// The leader's periodic check compares every member's HashKV with its
+/// own: a healthy cluster raises nothing; a member whose store diverged
+/// (a key written outside Raft) gets a CORRUPT alarm, after which every
+/// member refuses writes with etcd's error and /readyz and /health say so.
+#[test]
+fn corruption_check_raises_corrupt_for_a_diverged_member() {
+    let mut c = Cluster::start(
+        3,
+        Engine::Memory,
+        &[
+            "--experimental-fault-injection",
+            "--experimental-corrupt-check-time",
+            "500ms",
+        ],
+    );
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let ep = c.members[leader].endpoint();
+    for i in 0..10 {
+        assert!(etcdctl_at(&ep, &["put", &format!("k{i}"), "v"])
+            .status
+            .success());
+    }
+    // Several checks on a healthy cluster: no alarm.
+    std::thread::sleep(Duration::from_millis(2000));
+    let out = etcdctl_at(&ep, &["alarm", "list"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let f = (leader + 1) % 3;
+    let body = post(c.members[f].port, "/debug/fault/diverge?key=evil&value=x");
+    assert!(body.contains("diverged"), "{body}");
+    // The next write lands at the revision the diverged member used.
+    assert!(etcdctl_at(&ep, &["put", "after", "v"]).status.success());
+    let fid = crate::harness::status_of(&c.members[f].endpoint())
+        .unwrap()
+        .0;
+    let want = format!("memberID:{fid} alarm:CORRUPT \n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = etcdctl_at(&ep, &["alarm", "list"]);
+        if String::from_utf8_lossy(&out.stdout) == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no CORRUPT alarm: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Writes stop everywhere; reads go on.
+    let other = (leader + 2) % 3;
+    let out = etcdctl_at(&c.members[other].endpoint(), &["put", "x", "y"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("etcdserver: corrupt cluster"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = etcdctl_at(&ep, &["get", "k1", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v\n");
+    let (status, body) = http_get(c.members[leader].port, "/readyz").unwrap();
+    assert!(status.contains("503"), "{status}");
+    assert!(
+        body.starts_with("[-]data_corruption failed: alarm activated: CORRUPT\n"),
+        "{body}"
+    );
+    let (_, body) = http_get(c.members[other].port, "/health").unwrap();
+    assert_eq!(body, r#"{"health":"false","reason":"ALARM CORRUPT"}"#);
 }

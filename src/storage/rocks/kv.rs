@@ -387,6 +387,10 @@ impl StateEngine for RocksKv {
         Some(Box::new(RocksKv::defragment_job(self)))
     }
 
+    fn forget_size(&self) {
+        self.size.set((0, None));
+    }
+
     fn set_watched(&mut self, on: bool) {
         self.fill_events = on;
         self.index.set_event_prevs(on);

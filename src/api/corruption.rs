@@ -1,0 +1,82 @@
+//! The periodic corruption check (etcd's `--experimental-corrupt-check-time`,
+//! on by default here): the leader hashes its history up to its current
+//! revision and asks every other member, over the peer port, for its HashKV
+//! at that revision. A member that answers with the same compaction
+//! revision and a different hash holds different data for the same
+//! history: the leader raises a CORRUPT alarm for it through Raft, and every
+//! member then refuses changes to the keys (`etcdserver: corrupt cluster`)
+//! until an operator has looked and disarmed it. A member that is behind
+//! (the revision is in its future), compacted differently or unreachable is
+//! skipped this round.
+
+use std::time::Duration;
+
+use super::Gateway;
+use crate::proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, HashKvRequest,
+};
+use crate::proto::metastorepb::internal_request;
+
+/// How long one member may take to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a check every `every` while this member leads.
+pub async fn run(gw: Gateway, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let status = gw.status();
+        if status.leader() != status.member_id {
+            continue;
+        }
+        if let Err(e) = check(&gw).await {
+            tracing::debug!(error = %e, "corruption check skipped");
+        }
+    }
+}
+
+/// One round; returns the members found corrupt.
+pub async fn check(gw: &Gateway) -> Result<Vec<u64>, crate::error::ApiError> {
+    let me = gw.status().member_id;
+    let (h, hashes) = gw.hash_state(0).await?;
+    let rev = h.current_rev;
+    let mut corrupt = Vec::new();
+    for m in gw.members().await?.members() {
+        if m.id == me {
+            continue;
+        }
+        let Ok(mut peer) = gw.peer_of(m.id).await else {
+            continue;
+        };
+        let asked =
+            tokio::time::timeout(ASK_TIMEOUT, peer.hash_kv(HashKvRequest { revision: rev })).await;
+        let resp = match asked {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => {
+                tracing::debug!(member = format!("{:x}", m.id), error = %s.message(), "no hash from member");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if resp.compact_revision != h.compact_rev.max(0) || resp.hash == hashes.kv {
+            continue;
+        }
+        tracing::error!(
+            member = format!("{:x}", m.id),
+            revision = rev,
+            leader_hash = hashes.kv,
+            member_hash = resp.hash,
+            "member holds different data for the same history: raising CORRUPT"
+        );
+        let raise = internal_request::Request::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: m.id,
+            alarm: AlarmType::Corrupt as i32,
+        });
+        gw.write(raise).await?;
+        corrupt.push(m.id);
+    }
+    Ok(corrupt)
+}

@@ -14,6 +14,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         ["proto"],
     )?;
+    // Proto3 JSON (serde) for the etcd messages: the /v3 JSON gateway.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    pbjson_build::Builder::new()
+        .register_descriptors(&prost::Message::encode_to_vec(&fds))?
+        .preserve_proto_field_names()
+        .out_dir(&out_dir)
+        .build(&[
+            ".etcdserverpb",
+            ".mvccpb",
+            ".authpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

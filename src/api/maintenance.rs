@@ -137,14 +137,9 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        let rev = req.into_inner().revision;
-        let (h, hashes) = self.gw.hash_state(rev).await?;
-        Ok(Response::new(HashKvResponse {
-            header: self.gw.header(h.current_rev),
-            hash: hashes.kv,
-            compact_revision: h.compact_rev.max(0),
-            hash_revision: if rev > 0 { rev } else { h.current_rev },
-        }))
+        Ok(Response::new(
+            self.gw.hash_kv(req.into_inner().revision).await?,
+        ))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;

@@ -6,6 +6,7 @@ pub mod authority;
 pub mod cluster;
 pub mod concurrency;
 pub mod corruption;
+pub mod gateway;
 mod grpc_metrics;
 pub mod health;
 pub mod http;
@@ -104,17 +105,10 @@ impl Gateway {
                 return Ok(PeerClient::new(ch.clone()));
             }
         }
-        let members = self.members().await?;
-        let url = members
-            .get(leader)
-            .and_then(|m| m.peer_ur_ls.first().cloned())
-            .ok_or(ApiError::NoLeader)?;
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self.peer_channel(leader).await.map_err(|e| match e {
+            ApiError::MemberNotFound => ApiError::NoLeader,
+            e => e,
+        })?;
         *self.leader_link.lock() = Some((leader, channel.clone()));
         Ok(PeerClient::new(channel))
     }
@@ -375,20 +369,38 @@ impl Gateway {
         crate::proto::metastorepb::peer_client::PeerClient<tonic::transport::Channel>,
         ApiError,
     > {
+        Ok(crate::proto::metastorepb::peer_client::PeerClient::new(
+            self.peer_channel(id).await?,
+        ))
+    }
+
+    /// A channel to member `id`'s first peer URL, connected on first use.
+    async fn peer_channel(&self, id: u64) -> Result<tonic::transport::Channel, ApiError> {
         let members = self.members().await?;
         let url = members
             .get(id)
             .and_then(|m| m.peer_ur_ls.first().cloned())
             .ok_or(ApiError::MemberNotFound)?;
-        let channel = tonic::transport::Endpoint::from_shared(url)
+        Ok(tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .connect_timeout(Duration::from_secs(1))
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(crate::proto::metastorepb::peer_client::PeerClient::new(
-            channel,
-        ))
+            .connect_lazy())
+    }
+
+    /// etcd's HashKV answer for `rev` (0: the current revision).
+    pub async fn hash_kv(
+        &self,
+        rev: i64,
+    ) -> Result<crate::proto::etcdserverpb::HashKvResponse, ApiError> {
+        let (h, hashes) = self.hash_state(rev).await?;
+        Ok(crate::proto::etcdserverpb::HashKvResponse {
+            header: self.header(h.current_rev),
+            hash: hashes.kv,
+            compact_revision: h.compact_rev.max(0),
+            hash_revision: if rev > 0 { rev } else { h.current_rev },
+        })
     }
 
     /// Starts an image of the applied state (Maintenance.Snapshot).
@@ -487,7 +499,9 @@ pub async fn serve(
             }
         });
     }
-    let app = grpc.merge(http::router(gw, cfg.fault_injection));
+    let app = grpc
+        .merge(gateway::router(gw.clone()))
+        .merge(http::router(gw, cfg.fault_injection));
     let listener = authority::Listener(
         tokio::net::TcpListener::bind(addr)
             .await

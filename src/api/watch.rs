@@ -25,7 +25,7 @@ use crate::proto::metastorepb::WatchResponseWire;
 
 /// Rounds of responses a stream may hold for a slow client before its
 /// watchers are demoted to catching up.
-const OUTBOX: usize = 16;
+pub(crate) const OUTBOX: usize = 16;
 
 /// The Watch service.
 #[derive(Clone)]

@@ -39,6 +39,7 @@ mod diff;
 mod durability;
 mod errors;
 pub(crate) mod etcdctl;
+mod gateway;
 mod harness;
 mod inprocess;
 mod kv;

@@ -1,0 +1,242 @@
+//! The `/v3/...` JSON gateway, side by side with etcd 3.4's: the same
+//! requests (as curl sends them) get the same JSON, errors and HTTP status
+//! codes; what gRPC writes the gateway reads and watches, and the reverse.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Engine, Pair};
+
+/// POST `body` to `path`; (status code, body). With `wait`, reads for that
+/// long and returns what came (a streaming answer).
+fn post(port: u16, path: &str, body: &str, wait: Option<Duration>) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(wait.unwrap_or(Duration::from_secs(5))))
+        .unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (
+        code,
+        if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_owned()
+        },
+    )
+}
+
+/// The data of a chunked body (as much as arrived).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The JSON with what differs between two servers by design (IDs, term)
+/// taken out.
+fn normalized(text: &str) -> Value {
+    let mut v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for k in ["cluster_id", "member_id", "raft_term"] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(walk);
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
+}
+
+fn gateway_answers_as_etcd_does(engine: Engine) {
+    let p = Pair::start(engine);
+    let (e, m) = (p.etcd.port, p.ms.port);
+    let same = |path: &str, body: &str| {
+        let (ec, eb) = post(e, path, body, None);
+        let (mc, mb) = post(m, path, body, None);
+        assert_eq!(
+            mc, ec,
+            "{path} {body}: status; etcd said {eb}, we said {mb}"
+        );
+        assert_eq!(normalized(&mb), normalized(&eb), "{path} {body}");
+        mb
+    };
+    // foo = bar, base64.
+    same("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#);
+    same(
+        "/v3/kv/put",
+        r#"{"key":"Zm9v","value":"YmF6","prev_kv":true}"#,
+    );
+    same("/v3/kv/put", r#"{"key":"Zm9vMg==","value":"MQ=="}"#);
+    same("/v3/kv/range", r#"{"key":"Zm9v"}"#);
+    same("/v3/kv/range", r#"{"key":"Zm9v","range_end":"Zm9w"}"#);
+    same(
+        "/v3/kv/range",
+        r#"{"key":"Zm9v","range_end":"Zm9w","revision":"2"}"#,
+    );
+    same(
+        "/v3/kv/range",
+        r#"{"key":"Zm9v","range_end":"Zm9w","count_only":true}"#,
+    );
+    same(
+        "/v3/kv/range",
+        r#"{"key":"AA==","range_end":"AA==","sort_order":"DESCEND","sort_target":"MOD","limit":1}"#,
+    );
+    same("/v3/kv/range", r#"{"key":"bm9uZQ=="}"#);
+    // Errors: status code and body.
+    same("/v3/kv/put", r#"{"value":"YmFy"}"#);
+    same("/v3/kv/range", r#"{"key":"Zm9v","revision":"100"}"#);
+    same(
+        "/v3/kv/txn",
+        r#"{"compare":[{"key":"Zm9v","result":"EQUAL","target":"VALUE","value":"YmF6"}],"success":[{"request_put":{"key":"dHg=","value":"eWVz"}}],"failure":[{"request_range":{"key":"Zm9v"}}]}"#,
+    );
+    same(
+        "/v3/kv/txn",
+        r#"{"compare":[{"key":"Zm9v","target":"VERSION","version":"9"}],"success":[],"failure":[{"request_range":{"key":"Zm9v"}}]}"#,
+    );
+    same("/v3/kv/deleterange", r#"{"key":"Zm9vMg==","prev_kv":true}"#);
+    same("/v3/kv/compaction", r#"{"revision":"3"}"#);
+    same("/v3/kv/range", r#"{"key":"Zm9v","revision":"2"}"#);
+    same("/v3/lease/grant", r#"{"TTL":"60","ID":"4660"}"#);
+    same("/v3/lease/grant", r#"{"TTL":"60","ID":"4660"}"#);
+    same(
+        "/v3/kv/put",
+        r#"{"key":"bGVhc2Vk","value":"eA==","lease":"4660"}"#,
+    );
+    same("/v3/lease/leases", "{}");
+    let (_, eb) = post(
+        e,
+        "/v3/lease/timetolive",
+        r#"{"ID":"4660","keys":true}"#,
+        None,
+    );
+    let (_, mb) = post(
+        m,
+        "/v3/lease/timetolive",
+        r#"{"ID":"4660","keys":true}"#,
+        None,
+    );
+    let (mut ev, mut mv) = (normalized(&eb), normalized(&mb));
+    for v in [&mut ev, &mut mv] {
+        v.as_object_mut().unwrap().remove("TTL");
+    }
+    assert_eq!(mv, ev);
+    same("/v3/lease/revoke", r#"{"ID":"4660"}"#);
+    same("/v3/lease/revoke", r#"{"ID":"4660"}"#);
+    // A watch from revision 1 replays, then streams.
+    let watch = r#"{"create_request":{"key":"Zm9v","range_end":"Zm9w","start_revision":"4"}}"#;
+    let (ec, eb) = post(e, "/v3/watch", watch, Some(Duration::from_millis(800)));
+    let (mc, mb) = post(m, "/v3/watch", watch, Some(Duration::from_millis(800)));
+    assert_eq!((mc, ec), (200, 200));
+    let lines = |b: &str| b.lines().map(normalized).collect::<Vec<_>>();
+    assert_eq!(lines(&mb), lines(&eb), "watch\netcd: {eb}\nours: {mb}");
+    assert_eq!(lines(&mb).len(), 2, "{mb}");
+    // Member list: same shape.
+    let (_, eb) = post(e, "/v3/cluster/member/list", "{}", None);
+    let (_, mb) = post(m, "/v3/cluster/member/list", "{}", None);
+    let keys = |b: &str| {
+        let v: Value = serde_json::from_str(b).unwrap();
+        let mut k: Vec<String> = v["members"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&mb), keys(&eb));
+    let (code, _) = post(m, "/v3/maintenance/status", "{}", None);
+    assert_eq!(code, 200);
+}
+
+engine_tests!(sync: gateway_answers_as_etcd_does);
+
+/// What gRPC writes the gateway reads and watches, and the reverse.
+async fn gateway_and_grpc_see_each_other(engine: Engine) {
+    let s = tokio::task::spawn_blocking(move || crate::harness::Server::start_on(engine))
+        .await
+        .unwrap();
+    let port = s.port;
+    let mut client = s.client().await;
+    // A gateway watch from now on, in the background.
+    let watcher = tokio::task::spawn_blocking(move || {
+        post(
+            port,
+            "/v3/watch",
+            r#"{"create_request":{"key":"Y3Jvc3M=","range_end":"Y3Jvc3Q="}}"#,
+            Some(Duration::from_millis(1500)),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.put("cross/grpc", "from-grpc", None).await.unwrap();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        post(
+            port,
+            "/v3/kv/put",
+            r#"{"key":"Y3Jvc3MvZ3c=","value":"ZnJvbS1ndw=="}"#,
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let got = client.get("cross/gw", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"from-gw");
+    let (_, body) = tokio::task::spawn_blocking(move || {
+        post(port, "/v3/kv/range", r#"{"key":"Y3Jvc3MvZ3JwYw=="}"#, None)
+    })
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kvs"][0]["value"], "ZnJvbS1ncnBj", "{body}");
+    let (_, watched) = watcher.await.unwrap();
+    let events: Vec<String> = watched
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| {
+            v["result"]["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|e| e["kv"]["key"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(events, ["Y3Jvc3MvZ3JwYw==", "Y3Jvc3MvZ3c="], "{watched}");
+}
+
+engine_tests!(async: gateway_and_grpc_see_each_other);

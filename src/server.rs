@@ -363,15 +363,46 @@ pub fn bootstrap(cfg: &Config, plan: &Bootstrap) -> Result<(), StorageError> {
 /// the new cluster restores the same image with the same flags, as with
 /// `etcdctl snapshot restore`).
 pub fn restore_image(cfg: &Config, path: &Path, plan: &Bootstrap) -> Result<(), StorageError> {
+    // An etcd data file (what `etcdctl snapshot save` stores from etcd) is
+    // converted to an image first.
+    let mut head = [0u8; 64];
+    let n = fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|e| StorageError::io(format!("open image {}", path.display()), e))?;
+    if !crate::storage::bbolt::is_bbolt(&head[..n]) {
+        return restore_metastore_image(cfg, path, plan);
+    }
+    let converted = cfg.data_dir.with_extension("from-etcd.img");
+    let c = crate::storage::bbolt::convert_file(path, &converted)?;
+    tracing::info!(
+        file = %path.display(),
+        versions = c.versions,
+        revision = c.current_rev,
+        compacted = c.compact_rev,
+        leases = c.leases,
+        "converted an etcd data file"
+    );
+    let result = restore_metastore_image(cfg, &converted, plan);
+    let _ = fs::remove_file(&converted);
+    result
+}
+
+fn restore_metastore_image(
+    cfg: &Config,
+    path: &Path,
+    plan: &Bootstrap,
+) -> Result<(), StorageError> {
     let open = || {
         fs::File::open(path)
             .map(std::io::BufReader::new)
             .map_err(|e| StorageError::io(format!("open image {}", path.display()), e))
     };
     let (h, _) = image::ImageReader::new(open()?)?;
+    // The new cluster's membership; the image's state, leases included.
     let point = AppliedPoint {
         index: h.index,
         term: h.term,
+        leases: h.leases.clone(),
         ..plan.point.clone()
     };
     let (meta, hs) = start_point(&point);

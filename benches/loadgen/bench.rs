@@ -219,8 +219,13 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     let side = crate::side::Side::start(args, &target.endpoints, first_rev)?;
     if side.is_some() {
         say(&format!(
-            "[{}] {} watchers on {} streams, {} leases (TTL {} s) kept alive",
-            target.name, args.watchers, args.watch_streams, args.leases, args.lease_ttl
+            "[{}] {} watchers on {} streams, {} leases (TTL {} s) kept alive, defragment every {} ms",
+            target.name,
+            args.watchers,
+            args.watch_streams,
+            args.leases,
+            args.lease_ttl,
+            args.defrag_every_ms
         ));
     }
     // Every client thread connects first; the clock starts when all are ready.
@@ -232,18 +237,20 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     let fsync0 = fsync_totals(target);
     let host0 = procfs::host_cpu_micros();
 
+    let progress = Progress::start(&target.name, args.total);
     let outcome = threads.finish();
+    progress.stop();
 
     let server_cpu1 = server_cpu();
     let client_cpu1 = procfs::cpu_micros(self_pid);
     let host1 = procfs::host_cpu_micros();
     let fsync1 = fsync_totals(target);
-    let (watch, lease) = match side {
+    let seen = match side {
         Some(side) => {
             let last = current_revision(&target.endpoints[0]).await?;
             side.finish(last)?
         }
-        None => (None, None),
+        None => Default::default(),
     };
     let probes = Probes {
         server_cpu_us: server_cpu0.zip(server_cpu1).map(|(a, b)| b - a),
@@ -258,8 +265,10 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
         members: target.http_addrs.len().max(1),
     };
     let mut r = RunResult::new(&target.name, args.workload.name(), &outcome, &probes);
-    r.watch = watch;
-    r.lease = lease;
+    r.timeline = crate::report::timeline(&outcome.samples, outcome.elapsed);
+    r.watch = seen.watch;
+    r.lease = seen.lease;
+    r.defrag = seen.defrag;
     Ok(r)
 }
 
@@ -279,4 +288,43 @@ async fn current_revision(endpoint: &str) -> Result<i64, String> {
         .await
         .map_err(|e| format!("revision of {endpoint}: {}", e.message()))?;
     Ok(r.into_inner().header.map_or(0, |h| h.revision))
+}
+
+/// A progress line on stderr every few seconds while a phase runs (long
+/// runs only: the first line comes after the first interval).
+struct Progress {
+    stop: std::sync::mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn start(name: &str, total: u64) -> Progress {
+        use std::sync::atomic::Ordering;
+        crate::driver::PROGRESS.store(0, Ordering::Relaxed);
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let name = name.to_owned();
+        let handle = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut last = 0;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Self::EVERY)
+            {
+                let done = crate::driver::PROGRESS.load(Ordering::Relaxed);
+                eprintln!(
+                    "[{name}] {done} / {total} ops after {:.0} s ({:.0} ops/s in the last {} s)",
+                    started.elapsed().as_secs_f64(),
+                    (done - last) as f64 / Self::EVERY.as_secs_f64(),
+                    Self::EVERY.as_secs()
+                );
+                last = done;
+            }
+        });
+        Progress { stop, handle }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.handle.join();
+    }
 }

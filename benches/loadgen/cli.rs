@@ -135,9 +135,22 @@ pub struct Args {
     /// TTL of those leases in seconds (each is renewed every third of it).
     #[arg(long, default_value_t = 30)]
     pub lease_ttl: i64,
+    /// Call Maintenance.Defragment on the first endpoint every this many ms
+    /// during the measured phase (0: never), to see what it costs the load.
+    #[arg(long, default_value_t = 0)]
+    pub defrag_every_ms: u64,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also write one CSV row per run to this file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Also write throughput and latency per interval of each run as CSV.
+    #[arg(long)]
+    pub timeline_csv: Option<PathBuf>,
+    /// Also draw throughput and p99 latency over time of every run as SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,

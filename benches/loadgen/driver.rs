@@ -14,6 +14,10 @@ use crate::workload::{execute, KvClient, Op, Spec};
 /// Distinct error messages kept as samples.
 const ERROR_SAMPLES: usize = 5;
 
+/// Operations finished in the current phase, over all client threads (read
+/// by the progress line).
+pub static PROGRESS: AtomicU64 = AtomicU64::new(0);
+
 /// What a phase did.
 pub struct Outcome {
     /// Latency of successful operations, in microseconds.
@@ -25,6 +29,9 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// The phase hit --max-seconds before finishing.
     pub cut_short: bool,
+    /// Every successful operation as (ms since the phase started, latency
+    /// in µs), for the latency-over-time figures.
+    pub samples: Vec<(u32, u32)>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -77,11 +84,18 @@ pub async fn run(
                     Phase::Measure => spec.op(i, &mut rng),
                 };
                 let sent = Instant::now();
-                match execute(&mut kv, op, &spec.value).await {
+                let result = execute(&mut kv, op, &spec.value).await;
+                PROGRESS.fetch_add(1, Ordering::Relaxed);
+                match result {
                     Ok(()) => {
                         let us = sent.elapsed().as_micros() as u64;
                         out.hist.saturating_record(us.max(1));
                         out.ok += 1;
+                        let at = sent.duration_since(started).as_millis();
+                        out.samples.push((
+                            u32::try_from(at).unwrap_or(u32::MAX),
+                            u32::try_from(us).unwrap_or(u32::MAX),
+                        ));
                     }
                     Err(e) => {
                         out.errors += 1;
@@ -114,6 +128,7 @@ impl Outcome {
             error_samples: BTreeMap::new(),
             elapsed: Duration::ZERO,
             cut_short: false,
+            samples: Vec::new(),
         }
     }
 
@@ -135,6 +150,7 @@ impl Outcome {
                 .expect("histograms with equal bounds");
             total.ok += o.ok;
             total.errors += o.errors;
+            total.samples.extend(o.samples);
             total.cut_short |= o.cut_short;
             total.elapsed = total.elapsed.max(o.elapsed);
             for (msg, n) in o.error_samples {

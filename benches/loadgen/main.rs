@@ -59,6 +59,15 @@
 //! Read workloads first put every key of the keyspace once (not measured). A
 //! get that finds no key, or a txn whose compare fails, counts as an error.
 //!
+//! # Output
+//!
+//! Each run prints its summary when it ends, long runs a progress line on
+//! stderr every 5 s. `--json` prints everything as JSON (each run with its
+//! `timeline`: about 100 intervals of throughput and p50/p99/max latency);
+//! `--csv FILE` writes one row per run, `--timeline-csv FILE` one row per
+//! interval, and `--plot FILE.svg` draws throughput and p99 latency over
+//! time for every run of every round, one colour per server.
+//!
 //! Side loads run next to any workload on a client thread of their own
 //! (side.rs): `--watchers N` watchers on the whole keyspace over
 //! `--watch-streams` streams (each must get every write of the phase exactly
@@ -117,6 +126,7 @@ mod report;
 
 mod bench;
 
+mod output;
 mod side;
 
 use std::path::PathBuf;
@@ -291,6 +301,25 @@ fn main() -> ExitCode {
         println!("{}", out.expect("results serialize"));
     } else if reports.len() > 1 {
         print!("\n{}", report::rounds_summary(&reports));
+    }
+    let files: [(&Option<PathBuf>, output::Writer); 2] = [
+        (&args.csv, output::write_csv),
+        (&args.timeline_csv, output::write_timeline_csv),
+    ];
+    for (path, write) in files {
+        if let Some(path) = path {
+            if let Err(e) = write(path, &reports) {
+                eprintln!("loadgen: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(path) = &args.plot {
+        let title = reports.first().map_or(String::new(), |r| r.config.line());
+        if let Err(e) = output::write_svg(path, &reports, &title) {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
     }
     let failed = reports
         .iter()

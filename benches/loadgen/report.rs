@@ -44,6 +44,58 @@ pub struct RunResult {
     pub watch: Option<crate::side::WatchStats>,
     /// What `--leases` saw.
     pub lease: Option<crate::side::LeaseStats>,
+    /// What `--defrag-every-ms` saw.
+    pub defrag: Option<crate::side::DefragStats>,
+    /// Throughput and latency over the phase.
+    pub timeline: Vec<TimePoint>,
+}
+
+/// One interval of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimePoint {
+    /// End of the interval, seconds since the phase started.
+    pub t_s: f64,
+    pub ops_per_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// Cuts a run's samples into about 100 intervals (at least 100 ms each).
+pub fn timeline(samples: &[(u32, u32)], elapsed: std::time::Duration) -> Vec<TimePoint> {
+    let total_ms = elapsed.as_millis().max(1) as u64;
+    let step = (total_ms / 100).max(100);
+    let n = total_ms.div_ceil(step) as usize;
+    let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); n.max(1)];
+    for &(at, us) in samples {
+        let i = ((at as u64) / step) as usize;
+        if let Some(b) = buckets.get_mut(i.min(n.saturating_sub(1))) {
+            b.push(us);
+        }
+    }
+    buckets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut b)| {
+            b.sort_unstable();
+            let q = |f: f64| {
+                if b.is_empty() {
+                    0
+                } else {
+                    b[((b.len() - 1) as f64 * f).round() as usize] as u64
+                }
+            };
+            let end = ((i as u64 + 1) * step).min(total_ms);
+            let span = end - i as u64 * step;
+            TimePoint {
+                t_s: end as f64 / 1000.0,
+                ops_per_s: b.len() as f64 * 1000.0 / span.max(1) as f64,
+                p50_us: q(0.5),
+                p99_us: q(0.99),
+                max_us: b.last().copied().unwrap_or(0) as u64,
+            }
+        })
+        .collect()
 }
 
 /// Figures taken around the measured phase.
@@ -108,6 +160,8 @@ impl RunResult {
             fsync_mean_us: p.fsync.filter(|(n, _)| *n > 0.0).map(|(n, s)| s * 1e6 / n),
             watch: None,
             lease: None,
+            defrag: None,
+            timeline: Vec::new(),
         }
     }
 
@@ -168,6 +222,12 @@ impl RunResult {
                 l.leases, l.ttl_s, l.keepalives_sent, l.keepalives_answered, l.expired
             );
         }
+        if let Some(d) = &self.defrag {
+            s += &format!(
+                "  defragment  every {} ms: {} calls, {} errors, {:.1} ms mean, {:.1} ms max\n",
+                d.every_ms, d.calls, d.errors, d.mean_ms, d.max_ms
+            );
+        }
         for (msg, n) in &self.error_samples {
             s += &format!("  error x{n}: {msg}\n");
         }
@@ -222,6 +282,8 @@ pub struct Config {
     pub watchers: Option<(usize, usize)>,
     /// (leases, TTL) kept alive during the phase.
     pub leases: Option<(usize, i64)>,
+    /// Defragment called every so many ms during the phase.
+    pub defrag_every_ms: Option<u64>,
 }
 
 impl Config {
@@ -239,6 +301,7 @@ impl Config {
             read_percent: (a.workload == crate::cli::Workload::Mixed).then_some(a.read_percent),
             watchers: (a.watchers > 0).then_some((a.watchers, a.watch_streams)),
             leases: (a.leases > 0).then_some((a.leases, a.lease_ttl)),
+            defrag_every_ms: (a.defrag_every_ms > 0).then_some(a.defrag_every_ms),
         }
     }
 
@@ -263,6 +326,9 @@ impl Config {
             + &self
                 .leases
                 .map_or(String::new(), |(n, t)| format!(" leases={n} lease-ttl={t}"))
+            + &self
+                .defrag_every_ms
+                .map_or(String::new(), |d| format!(" defrag-every-ms={d}"))
     }
 }
 

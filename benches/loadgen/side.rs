@@ -427,7 +427,74 @@ async fn keep(
 }
 
 /// What the side loads report.
-pub type SideStats = (Option<WatchStats>, Option<LeaseStats>);
+#[derive(Default)]
+pub struct SideStats {
+    pub watch: Option<WatchStats>,
+    pub lease: Option<LeaseStats>,
+    pub defrag: Option<DefragStats>,
+}
+
+/// What `--defrag-every-ms` saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DefragStats {
+    pub every_ms: u64,
+    pub calls: u64,
+    pub errors: u64,
+    /// How long the Defragment calls took.
+    pub mean_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Calls Maintenance.Defragment every `every` while the phase runs.
+pub struct Defragger {
+    task: tokio::task::JoinHandle<DefragStats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Defragger {
+    pub async fn start(endpoint: &str, every: Duration) -> Result<Defragger, String> {
+        use metastore::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+        use metastore::proto::etcdserverpb::DefragmentRequest;
+        let mut client = MaintenanceClient::new(connect(endpoint).await?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut st = DefragStats {
+                every_ms: every.as_millis() as u64,
+                ..Default::default()
+            };
+            let mut total = 0.0;
+            while !s.load(Ordering::Acquire) {
+                tokio::time::sleep(every).await;
+                if s.load(Ordering::Acquire) {
+                    break;
+                }
+                let t = Instant::now();
+                match client.defragment(DefragmentRequest {}).await {
+                    Ok(_) => {
+                        let ms = t.elapsed().as_secs_f64() * 1000.0;
+                        st.calls += 1;
+                        total += ms;
+                        st.max_ms = st.max_ms.max(ms);
+                    }
+                    Err(_) => st.errors += 1,
+                }
+            }
+            st.mean_ms = if st.calls > 0 {
+                total / st.calls as f64
+            } else {
+                0.0
+            };
+            st
+        });
+        Ok(Defragger { task, stop })
+    }
+
+    pub async fn finish(self) -> Result<DefragStats, String> {
+        self.stop.store(true, Ordering::Release);
+        self.task.await.map_err(|e| e.to_string())
+    }
+}
 
 /// The side loads' own client thread.
 pub struct Side {
@@ -444,7 +511,7 @@ impl Side {
         endpoints: &[String],
         from: i64,
     ) -> Result<Option<Side>, String> {
-        if args.watchers == 0 && args.leases == 0 {
+        if args.watchers == 0 && args.leases == 0 && args.defrag_every_ms == 0 {
             return Ok(None);
         }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -457,6 +524,7 @@ impl Side {
             args.lease_ttl,
         );
         let max = Duration::from_secs(args.max_seconds);
+        let defrag_every = Duration::from_millis(args.defrag_every_ms);
         let handle = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -474,10 +542,15 @@ impl Side {
                     } else {
                         None
                     };
-                    Ok::<_, String>((w, k))
+                    let d = if !defrag_every.is_zero() {
+                        Some(Defragger::start(&endpoints[0], defrag_every).await?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, String>((w, k, d))
                 }
                 .await;
-                let (w, k) = match started {
+                let (w, k, d) = match started {
                     Ok(x) => {
                         let _ = ready_tx.send(Ok(()));
                         x
@@ -496,7 +569,15 @@ impl Side {
                     Some(k) => Some(k.finish().await?),
                     None => None,
                 };
-                Ok((ws, ls))
+                let ds = match d {
+                    Some(d) => Some(d.finish().await?),
+                    None => None,
+                };
+                Ok(SideStats {
+                    watch: ws,
+                    lease: ls,
+                    defrag: ds,
+                })
             })
         });
         match ready_rx.recv() {

@@ -2,6 +2,7 @@
 //! key-value state, behind the engine traits in [`engine`]. Knows nothing of
 //! actors or gRPC.
 
+pub mod bbolt;
 #[cfg(test)]
 pub mod conformance;
 pub mod engine;

@@ -1,0 +1,341 @@
+//! Reads an etcd data file (a bbolt database, as `etcdctl snapshot save`
+//! stores it from etcd 3.4 or 3.5) and turns it into a MetaStore state image,
+//! so `metastore --restore-image etcd.db` moves an etcd user over with every
+//! key, value, revision, version, lease and the compaction point.
+//!
+//! bbolt, as far as this reader needs it (little-endian, as written on the
+//! machines etcd runs on): the file is pages of `page_size` bytes; page 0
+//! and 1 hold the two meta copies (the valid one with the higher
+//! transaction id wins); every page starts with a 16-byte header (id u64,
+//! flags u16, count u16, overflow u32) and spans `overflow` more pages.
+//! Branch pages hold `count` elements (pos u32, ksize u32, child page u64),
+//! leaf pages `count` elements (flags u32, pos u32, ksize u32, vsize u32); an
+//! element's key sits `pos` bytes after the element itself, its value right
+//! after the key. A leaf element flagged 1 is a nested bucket: its value is
+//! the bucket's root page id and sequence, and with root 0 the bucket's one
+//! page follows inline.
+//!
+//! etcd's buckets: `key` (17-byte revision keys: main u64 BE, '_', sub u64
+//! BE, and a trailing 't' for a deletion; values are `mvccpb.KeyValue`),
+//! `meta` (`consistent_index`, `finishedCompactRev`, `term` since 3.5) and
+//! `lease` (`leasepb.Lease` by ID).
+
+use std::io::Write;
+use std::path::Path;
+
+use prost::Message as _;
+
+use super::image::{revision_key, ImageHeader, ImageWriter};
+use super::leases::{LeaseEntry, LeaseTable};
+use super::mvcc::Revision;
+use crate::error::StorageError;
+use crate::proto::mvccpb;
+
+const MAGIC: u32 = 0xED0C_DAED;
+const BRANCH: u16 = 0x01;
+const LEAF: u16 = 0x02;
+const BUCKET_LEAF: u32 = 0x01;
+const PAGE_HEADER: usize = 16;
+const ELEMENT: usize = 16;
+
+fn bad(why: impl Into<String>) -> StorageError {
+    StorageError::Image(format!("etcd data file: {}", why.into()))
+}
+
+/// Whether `head` (the file's first bytes) is a bbolt database.
+pub fn is_bbolt(head: &[u8]) -> bool {
+    head.len() >= PAGE_HEADER + 4 && u32_at(head, PAGE_HEADER) == Some(MAGIC)
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// A bucket's (key, value) pairs, in key order.
+type Entries<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// A bbolt file in memory.
+struct Db<'a> {
+    data: &'a [u8],
+    page_size: usize,
+    root: u64,
+}
+
+/// A page: its flags, element count and bytes (header included).
+struct Page<'a> {
+    flags: u16,
+    count: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> Page<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Page<'a>, StorageError> {
+        let flags = u16_at(bytes, 8).ok_or_else(|| bad("truncated page"))?;
+        let count = u16_at(bytes, 10).ok_or_else(|| bad("truncated page"))? as usize;
+        Ok(Page {
+            flags,
+            count,
+            bytes,
+        })
+    }
+
+    fn element(&self, i: usize) -> Result<usize, StorageError> {
+        let at = PAGE_HEADER + i * ELEMENT;
+        if at + ELEMENT > self.bytes.len() {
+            return Err(bad("element past its page"));
+        }
+        Ok(at)
+    }
+
+    fn slice(&self, at: usize, len: usize) -> Result<&'a [u8], StorageError> {
+        self.bytes
+            .get(at..at.checked_add(len).ok_or_else(|| bad("bad length"))?)
+            .ok_or_else(|| bad("key or value past its page"))
+    }
+}
+
+impl<'a> Db<'a> {
+    fn open(data: &'a [u8]) -> Result<Db<'a>, StorageError> {
+        if !is_bbolt(data) {
+            return Err(bad("not a bbolt database"));
+        }
+        let page_size = u32_at(data, PAGE_HEADER + 8).ok_or_else(|| bad("no meta"))? as usize;
+        if !(512..=(1 << 20)).contains(&page_size) {
+            return Err(bad(format!("page size {page_size}")));
+        }
+        // Meta: magic, version, page size, flags, root bucket (root, seq),
+        // freelist, high water mark, txid, checksum (FNV-1a 64 of the rest).
+        let mut best: Option<(u64, u64)> = None;
+        for p in 0..2 {
+            let m = p * page_size + PAGE_HEADER;
+            let Some(meta) = data.get(m..m + 64) else {
+                continue;
+            };
+            if u32_at(meta, 0) != Some(MAGIC) {
+                continue;
+            }
+            let sum = u64_at(meta, 56).unwrap_or(0);
+            if fnv1a64(&meta[..56]) != sum {
+                continue;
+            }
+            let root = u64_at(meta, 16).unwrap_or(0);
+            let txid = u64_at(meta, 48).unwrap_or(0);
+            if best.is_none_or(|(_, t)| txid > t) {
+                best = Some((root, txid));
+            }
+        }
+        let (root, _) = best.ok_or_else(|| bad("no valid meta page"))?;
+        Ok(Db {
+            data,
+            page_size,
+            root,
+        })
+    }
+
+    fn page(&self, id: u64) -> Result<Page<'a>, StorageError> {
+        let start = (id as usize)
+            .checked_mul(self.page_size)
+            .ok_or_else(|| bad("page id"))?;
+        let head = self
+            .data
+            .get(start..start + PAGE_HEADER)
+            .ok_or_else(|| bad(format!("page {id} past the end")))?;
+        let overflow = u32_at(head, 12).unwrap_or(0) as usize;
+        let end = start + (overflow + 1) * self.page_size;
+        let bytes = self
+            .data
+            .get(start..end.min(self.data.len()))
+            .ok_or_else(|| bad(format!("page {id} past the end")))?;
+        Page::parse(bytes)
+    }
+
+    /// Every (flags, key, value) of the tree at `page`, in key order.
+    fn walk(
+        &self,
+        page: Page<'a>,
+        out: &mut Vec<(u32, &'a [u8], &'a [u8])>,
+        depth: usize,
+    ) -> Result<(), StorageError> {
+        if depth > 64 {
+            return Err(bad("tree too deep"));
+        }
+        if page.flags & BRANCH != 0 {
+            for i in 0..page.count {
+                let at = page.element(i)?;
+                let child = u64_at(page.bytes, at + 8).ok_or_else(|| bad("branch"))?;
+                self.walk(self.page(child)?, out, depth + 1)?;
+            }
+        } else if page.flags & LEAF != 0 {
+            for i in 0..page.count {
+                let at = page.element(i)?;
+                let flags = u32_at(page.bytes, at).unwrap_or(0);
+                let pos = u32_at(page.bytes, at + 4).unwrap_or(0) as usize;
+                let ksize = u32_at(page.bytes, at + 8).unwrap_or(0) as usize;
+                let vsize = u32_at(page.bytes, at + 12).unwrap_or(0) as usize;
+                let key = page.slice(at + pos, ksize)?;
+                let value = page.slice(at + pos + ksize, vsize)?;
+                out.push((flags, key, value));
+            }
+        } else {
+            return Err(bad(format!("page of kind {:#x} inside a tree", page.flags)));
+        }
+        Ok(())
+    }
+
+    /// The entries of top-level bucket `name` (None: no such bucket).
+    fn bucket(&self, name: &[u8]) -> Result<Option<Entries<'a>>, StorageError> {
+        let mut top = Vec::new();
+        self.walk(self.page(self.root)?, &mut top, 0)?;
+        let Some(&(_, _, header)) = top
+            .iter()
+            .find(|(f, k, _)| f & BUCKET_LEAF != 0 && *k == name)
+        else {
+            return Ok(None);
+        };
+        let root = u64_at(header, 0).ok_or_else(|| bad("bucket header"))?;
+        let mut entries = Vec::new();
+        if root == 0 {
+            // Inline: the bucket's one page follows its header.
+            let page = Page::parse(header.get(16..).ok_or_else(|| bad("inline bucket"))?)?;
+            self.walk(page, &mut entries, 0)?;
+        } else {
+            self.walk(self.page(root)?, &mut entries, 0)?;
+        }
+        Ok(Some(
+            entries
+                .into_iter()
+                .filter(|(f, _, _)| f & BUCKET_LEAF == 0)
+                .map(|(_, k, v)| (k, v))
+                .collect(),
+        ))
+    }
+}
+
+fn fnv1a64(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// etcd's `leasepb.Lease`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EtcdLease {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(int64, tag = "2")]
+    ttl: i64,
+    #[prost(int64, tag = "3")]
+    remaining_ttl: i64,
+}
+
+/// What a conversion found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Converted {
+    /// Versions written (deletions included).
+    pub versions: u64,
+    /// The store's revision.
+    pub current_rev: i64,
+    /// The compaction point (-1: never compacted).
+    pub compact_rev: i64,
+    /// Leases.
+    pub leases: usize,
+    /// etcd's applied index.
+    pub index: u64,
+}
+
+/// Writes the state in the etcd data file `data` as a MetaStore image to
+/// `out`.
+pub fn convert(data: &[u8], out: impl Write) -> Result<Converted, StorageError> {
+    let db = Db::open(data)?;
+    let keys = db.bucket(b"key")?.ok_or_else(|| bad("no `key` bucket"))?;
+    let meta = db.bucket(b"meta")?.unwrap_or_default();
+    let meta_u64 = |name: &[u8]| {
+        meta.iter()
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.get(..8))
+            .map(|v| u64::from_be_bytes(v.try_into().expect("8 bytes")))
+    };
+    // etcd stores compaction revisions as revision keys (main, sub).
+    let compact_rev = meta_u64(b"finishedCompactRev").map_or(-1, |r| r as i64);
+    let index = meta_u64(b"consistent_index").unwrap_or(0);
+    let term = meta_u64(b"term").unwrap_or(1).max(1);
+    let mut leases = LeaseTable::default();
+    for (_, v) in db.bucket(b"lease")?.unwrap_or_default() {
+        let l = EtcdLease::decode(v).map_err(|e| bad(format!("lease: {e}")))?;
+        leases.insert(
+            l.id,
+            LeaseEntry {
+                ttl: l.ttl,
+                remaining: l.remaining_ttl,
+            },
+        );
+    }
+    let mut current_rev = compact_rev.max(1);
+    let mut records = Vec::with_capacity(keys.len());
+    for (k, v) in keys {
+        if k.len() < 17 || k[8] != b'_' {
+            return Err(bad(format!("revision key of {} bytes", k.len())));
+        }
+        let main = i64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+        let sub = i64::from_be_bytes(k[9..17].try_into().expect("8 bytes"));
+        let tombstone = k.get(17) == Some(&b't');
+        let kv = mvccpb::KeyValue::decode(v).map_err(|e| bad(format!("version {main}: {e}")))?;
+        let kv = if tombstone {
+            mvccpb::KeyValue {
+                key: kv.key,
+                mod_revision: main,
+                ..Default::default()
+            }
+        } else {
+            kv
+        };
+        current_rev = current_rev.max(main);
+        records.push((revision_key(Revision::new(main, sub)), kv.encode_to_vec()));
+    }
+    records.sort_by_key(|r| r.0);
+    let header = ImageHeader {
+        index: index.max(1),
+        term,
+        current_rev,
+        compact_rev,
+        leases: leases.clone(),
+        ..Default::default()
+    };
+    let mut w = ImageWriter::new(out, &header).map_err(|e| bad(e.to_string()))?;
+    for (k, v) in &records {
+        w.raw_record(k, v).map_err(|e| bad(e.to_string()))?;
+    }
+    w.finish().map_err(|e| bad(e.to_string()))?;
+    Ok(Converted {
+        versions: records.len() as u64,
+        current_rev,
+        compact_rev,
+        leases: leases.len(),
+        index,
+    })
+}
+
+/// Converts the etcd data file at `path` into an image file next to
+/// `image` (written whole, then renamed).
+pub fn convert_file(path: &Path, image: &Path) -> Result<Converted, StorageError> {
+    let data =
+        std::fs::read(path).map_err(|e| StorageError::io(format!("read {}", path.display()), e))?;
+    let partial = image.with_extension("partial");
+    let file = std::fs::File::create(&partial)
+        .map_err(|e| StorageError::io(format!("create {}", partial.display()), e))?;
+    let c = convert(&data, std::io::BufWriter::new(file))?;
+    std::fs::rename(&partial, image)
+        .map_err(|e| StorageError::io(format!("rename {}", partial.display()), e))?;
+    Ok(c)
+}

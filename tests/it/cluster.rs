@@ -729,7 +729,18 @@ engine_tests!(sync: a_cut_off_leader_steps_down_and_healing_causes_no_election,
 /// on the leader of a 3-member cluster, load 100,000 keys, range all of
 /// them, save a snapshot image, compact, and have a follower install a
 /// snapshot of it all. No member sees a leader change meanwhile.
+/// The two engines' runs of the heavy-work test take turns: together they
+/// are six members moving 45 MB answers on two cores, and the test measures
+/// how late a tick comes; what it must catch is our own threads blocking
+/// the Raft thread, not the test suite starving the machine.
+pub(crate) static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn heavy_work_on_the_leader_causes_no_election(engine: Engine) {
+    let _turn = HEAVY.lock().await;
+    // A thread of this process wakes every 10 ms and records how late it
+    // was: when the whole machine stalls (the other tests of the suite
+    // share its two cores), it sees the stall too.
+    let canary = Canary::start();
     let flags = [
         "--snapshot-count",
         "300",
@@ -831,8 +842,45 @@ async fn heavy_work_on_the_leader_causes_no_election(engine: Engine) {
     // heartbeats they send, stayed on their 100 ms schedule.
     let (_, metrics) = http_get(c.members[leader].port, "/metrics").unwrap();
     let late = metric(&metrics, "metastore_raft_tick_delay_max_ms");
-    eprintln!("the leader's latest tick was {late} ms late");
-    assert!(late < 100.0, "a tick was {late} ms late on the leader");
+    let stalled = canary.stop();
+    eprintln!(
+        "the leader's latest tick was {late} ms late; the machine stalled up to {stalled} ms"
+    );
+    // Late ticks are ours to fix unless the machine itself stalled as long
+    // (Raft on the main thread measured 288 and 861 ms late on a quiet
+    // machine).
+    assert!(
+        late < 100.0 || late < stalled + 50.0,
+        "a tick was {late} ms late on the leader (the machine stalled {stalled} ms)"
+    );
+}
+
+/// Measures how late a sleeping thread wakes up (machine-wide stalls).
+struct Canary {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<f64>,
+}
+
+impl Canary {
+    fn start() -> Canary {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            while !s.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                std::thread::sleep(Duration::from_millis(10));
+                worst = worst.max(t.elapsed().saturating_sub(Duration::from_millis(10)));
+            }
+            worst.as_secs_f64() * 1000.0
+        });
+        Canary { stop, handle }
+    }
+
+    fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(f64::MAX)
+    }
 }
 
 /// The value of an unlabelled metric in Prometheus text.

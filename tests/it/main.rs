@@ -32,7 +32,7 @@ macro_rules! engine_tests {
     };
 }
 
-mod cluster;
+pub(crate) mod cluster;
 mod cluster_diff;
 mod concurrency;
 mod diff;

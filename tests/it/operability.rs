@@ -491,3 +491,47 @@ fn corruption_check_raises_corrupt_for_a_diverged_member() {
     let (_, body) = http_get(c.members[other].port, "/health").unwrap();
     assert_eq!(body, r#"{"health":"false","reason":"ALARM CORRUPT"}"#);
 }
+
+/// `etcdctl check perf` (its smallest load: 150 writes/s for a minute from
+/// 50 clients) passes against a member. Takes its turn with the heavy
+/// cluster test: both measure latency on a shared machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_check_perf_passes() {
+    let _turn = crate::cluster::HEAVY.lock().await;
+    let s = tokio::task::spawn_blocking(Server::start).await.unwrap();
+    let ep = s.endpoint();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args([
+                "150",
+                "etcdctl",
+                "--endpoints",
+                &ep,
+                "check",
+                "perf",
+                "--load",
+                "s",
+            ])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // (The verdicts follow a progress bar on the same line.)
+    let verdicts: Vec<&str> = text
+        .match_indices("PASS:")
+        .chain(text.match_indices("FAIL"))
+        .map(|(i, _)| text[i..].lines().next().unwrap_or(""))
+        .collect();
+    assert!(
+        out.status.success(),
+        "{verdicts:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("FAIL"), "{verdicts:?}");
+    for what in ["PASS: Throughput", "PASS: Slowest request", "PASS: Stddev"] {
+        assert!(text.contains(what), "{what} missing: {verdicts:?}");
+    }
+}

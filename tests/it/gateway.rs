@@ -155,6 +155,23 @@ fn gateway_answers_as_etcd_does(engine: Engine) {
         v.as_object_mut().unwrap().remove("TTL");
     }
     assert_eq!(mv, ev);
+    // Keep-alive streams its answers (TTL back at 60).
+    let (ec, eb) = post(
+        e,
+        "/v3/lease/keepalive",
+        r#"{"ID":"4660"}"#,
+        Some(Duration::from_millis(800)),
+    );
+    let (mc, mb) = post(
+        m,
+        "/v3/lease/keepalive",
+        r#"{"ID":"4660"}"#,
+        Some(Duration::from_millis(800)),
+    );
+    assert_eq!((mc, ec), (200, 200));
+    let first = |b: &str| normalized(b.lines().next().unwrap_or("{}"));
+    assert_eq!(first(&mb), first(&eb), "keepalive\netcd: {eb}\nours: {mb}");
+    assert_eq!(first(&mb)["result"]["TTL"], "60", "{mb}");
     same("/v3/lease/revoke", r#"{"ID":"4660"}"#);
     same("/v3/lease/revoke", r#"{"ID":"4660"}"#);
     // A watch from revision 1 replays, then streams.

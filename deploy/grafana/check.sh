@@ -27,34 +27,18 @@ import json
 import re
 import sys
 
+sys.path.insert(0, "..")  # deploy/promql_names.py
+import promql_names
+from promql_names import load_known, metric_names
+
 dash_path, metrics_path, rules_out = sys.argv[1:4]
 dash = json.load(open(dash_path))
 
-known = set()
-for line in open(metrics_path):
-    line = line.split("#", 1)[0].strip()
-    if line:
-        known.add(line)
+known = load_known(metrics_path)
 
-KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right",
-            "bool", "and", "or", "unless", "offset", "inf", "nan"}
-
-def metric_names(expr):
-    """Metric names a PromQL expression selects."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
-    e = re.sub(r"\{[^}]*\}", " ", e)       # label matchers
-    e = re.sub(r"\[[^\]]*\]", " ", e)      # range and subquery selectors
-    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
-    names = set()
-    for m in re.finditer(r"(?<![\w$.:])([A-Za-z_:][\w:]*)\s*(\()?", e):
-        name, call = m.group(1), m.group(2)
-        if call or name.lower() in KEYWORDS:
-            continue
-        names.add(name)
-    return names
 
 def is_known(name):
-    return name in known or re.sub(r"_(bucket|sum|count)$", "", name) in known
+    return promql_names.is_known(known, name)
 
 errors = []
 exprs = []  # (where, promql)

@@ -82,15 +82,25 @@ pub struct PeerActor {
     connecting: bool,
     backoff: Duration,
     sending_snapshot: bool,
+    /// `etcd_network_peer_sent_bytes_total` for this peer, looked up once.
+    sent_bytes: prometheus_client::metrics::counter::Counter,
 }
 
 impl PeerActor {
     /// A peer actor for member `to` at `urls`.
     pub fn new(to: u64, urls: Vec<String>, ctx: PeerContext) -> PeerActor {
+        let sent_bytes = ctx
+            .metrics
+            .peer_sent_bytes
+            .get_or_create(&crate::metrics::ToPeer {
+                To: format!("{to:x}"),
+            })
+            .clone();
         PeerActor {
             to,
             urls,
             ctx,
+            sent_bytes,
             queue: VecDeque::new(),
             tx: None,
             writing: false,
@@ -158,14 +168,8 @@ impl PeerActor {
             .drain(..)
             .map(|m| m.write_to_bytes().expect("raft message encodes"))
             .collect();
-        let bytes: usize = messages.iter().map(Vec::len).sum();
-        self.ctx
-            .metrics
-            .peer_sent_bytes
-            .get_or_create(&crate::metrics::ToPeer {
-                To: format!("{:x}", self.to),
-            })
-            .inc_by(bytes as u64);
+        self.sent_bytes
+            .inc_by(messages.iter().map(|m| m.len() as u64).sum());
         let batch = RaftBatch {
             cluster_id: self.ctx.cluster_id,
             from: self.ctx.from,

@@ -187,6 +187,20 @@ impl RaftActor {
         }
     }
 
+    /// The most caught-up other voter: whom a leader leaving the
+    /// configuration hands over to.
+    fn handover_target(&self) -> Option<u64> {
+        let me = self.node.id();
+        self.node
+            .conf_state()
+            .voters
+            .iter()
+            .filter(|&&v| v != me)
+            .filter_map(|&v| self.node.matched(v).map(|m| (m, v)))
+            .max()
+            .map(|(_, v)| v)
+    }
+
     fn send(&mut self, messages: Vec<raft::eraftpb::Message>) {
         let mut by_peer: HashMap<u64, Vec<raft::eraftpb::Message>> = HashMap::new();
         let now = std::time::Instant::now();
@@ -404,15 +418,7 @@ impl Handler<ProposeConfChange> for RaftActor {
         if removes_me && self.node.is_leader() {
             // Hand over first: a leader that removed itself would keep
             // leading a cluster it is no longer part of until it stops.
-            let best = self
-                .node
-                .conf_state()
-                .voters
-                .iter()
-                .filter(|&&v| v != self.node.id())
-                .filter_map(|&v| self.node.matched(v).map(|m| (m, v)))
-                .max();
-            if let Some((_, to)) = best {
+            if let Some(to) = self.handover_target() {
                 tracing::info!(member = %self.me(), to = format!("{to:x}"), "removing the leader: handing leadership over first");
                 self.node.transfer_leader(to);
                 self.waiting.push_back(Waiting::ConfChange(msg));
@@ -509,15 +515,7 @@ impl Handler<MembershipChanged> for RaftActor {
             // progress is gone); the others applied the removal and elect a
             // successor. Hand over at once to the most caught-up voter so
             // they need not wait an election timeout, and stop.
-            let best = self
-                .node
-                .conf_state()
-                .voters
-                .iter()
-                .filter(|&&v| v != me)
-                .filter_map(|&v| self.node.matched(v).map(|m| (m, v)))
-                .max();
-            if let Some((_, to)) = best {
+            if let Some(to) = self.handover_target() {
                 self.node.transfer_leader(to);
             }
             self.stop_removed(ctx);

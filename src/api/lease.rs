@@ -32,6 +32,25 @@ const OUTBOX: usize = 64;
 /// Between two tries to reach the leader.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Runs `ask` until it answers, or fails with an error a new or reachable
+/// leader would not fix, or the request timeout passes (as etcd's followers
+/// retry renewals).
+async fn until_leader_answers<T, F, Fut>(mut ask: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        match ask().await {
+            Err(e) if retry(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Errors that pass once a leader is elected and reachable.
 fn retry(e: &ApiError) -> bool {
     matches!(
@@ -75,27 +94,18 @@ impl Gateway {
     /// Without a leader, or while the leader cannot be reached, it tries
     /// again until the request timeout (as etcd's followers do).
     pub async fn lease_renew(&self, id: i64) -> Result<i64, ApiError> {
-        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            let r = if self.is_leader() {
-                self.lease_renew_here(id).await
-            } else {
-                match self.leader_peer().await {
-                    Ok(mut peer) => match peer.lease_renew(LeaseKeepAliveRequest { id }).await {
-                        Ok(resp) if resp.get_ref().ttl <= 0 => Err(ApiError::LeaseNotFound),
-                        Ok(resp) => Ok(resp.into_inner().ttl),
-                        Err(s) => Err(forwarding_error(&s)),
-                    },
-                    Err(e) => Err(e),
-                }
-            };
-            match r {
-                Err(e) if retry(&e) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                other => return other,
+        until_leader_answers(|| async {
+            if self.is_leader() {
+                return self.lease_renew_here(id).await;
             }
-        }
+            let mut peer = self.leader_peer().await?;
+            match peer.lease_renew(LeaseKeepAliveRequest { id }).await {
+                Ok(resp) if resp.get_ref().ttl <= 0 => Err(ApiError::LeaseNotFound),
+                Ok(resp) => Ok(resp.into_inner().ttl),
+                Err(s) => Err(forwarding_error(&s)),
+            }
+        })
+        .await
     }
 
     /// Renews a lease here, if this member leads.
@@ -112,31 +122,22 @@ impl Gateway {
         &self,
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, ApiError> {
-        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            let answer = if self.is_leader() {
-                self.lease_time_to_live_here(&r).await
-            } else {
-                match self.leader_peer().await {
-                    Ok(mut peer) => match peer.lease_time_to_live(r).await {
-                        Ok(resp) => {
-                            let mut resp = resp.into_inner();
-                            let revision = resp.header.as_ref().map_or(0, |h| h.revision);
-                            resp.header = self.header(revision);
-                            Ok(resp)
-                        }
-                        Err(s) => Err(forwarding_error(&s)),
-                    },
-                    Err(e) => Err(e),
-                }
-            };
-            match answer {
-                Err(e) if retry(&e) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                other => return other,
+        until_leader_answers(|| async {
+            if self.is_leader() {
+                return self.lease_time_to_live_here(&r).await;
             }
-        }
+            let mut peer = self.leader_peer().await?;
+            match peer.lease_time_to_live(r).await {
+                Ok(resp) => {
+                    let mut resp = resp.into_inner();
+                    let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+                    resp.header = self.header(revision);
+                    Ok(resp)
+                }
+                Err(s) => Err(forwarding_error(&s)),
+            }
+        })
+        .await
     }
 
     /// LeaseTimeToLive here, if this member leads. An unknown lease gets

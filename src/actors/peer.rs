@@ -47,6 +47,8 @@ pub const MAX_QUEUE: usize = 8192;
 const CHUNK: usize = 1 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long a stopping PeerActor tries to deliver what it holds.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// What every PeerActor of a member shares.
 #[derive(Clone)]
@@ -82,6 +84,9 @@ pub struct PeerActor {
     connecting: bool,
     backoff: Duration,
     sending_snapshot: bool,
+    /// Told to stop: goes once what is queued left (the removed member's
+    /// last messages carry the commit of its removal).
+    stopping: bool,
     /// `etcd_network_peer_sent_bytes_total` for this peer, looked up once.
     sent_bytes: prometheus_client::metrics::counter::Counter,
 }
@@ -108,6 +113,14 @@ impl PeerActor {
             connecting: false,
             backoff: BACKOFF_MIN,
             sending_snapshot: false,
+            stopping: false,
+        }
+    }
+
+    /// Stopping, and nothing is left to send.
+    fn stop_if_flushed(&self, ctx: &mut Context<Self>) {
+        if self.stopping && (self.queue.is_empty() || self.tx.is_none()) && !self.writing {
+            ctx.stop();
         }
     }
 
@@ -341,7 +354,14 @@ pub struct Stop;
 impl Handler<Stop> for PeerActor {
     type Result = ();
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        ctx.stop();
+        // The messages queued for a removed member include the commit of
+        // its removal: without it the member never applies the change and
+        // cannot answer whoever asked it to leave. Send them, then stop;
+        // a member that does not take them gets a second.
+        self.stopping = true;
+        self.flush(ctx);
+        self.stop_if_flushed(ctx);
+        ctx.run_later(STOP_GRACE, |_, ctx| ctx.stop());
     }
 }
 
@@ -438,6 +458,7 @@ impl Handler<Drained> for PeerActor {
         }
         self.writing = false;
         self.flush(ctx);
+        self.stop_if_flushed(ctx);
     }
 }
 
@@ -446,6 +467,9 @@ impl Handler<StreamDown> for PeerActor {
     fn handle(&mut self, msg: StreamDown, ctx: &mut Context<Self>) {
         if msg.generation != self.generation {
             return;
+        }
+        if self.stopping {
+            return ctx.stop();
         }
         if msg.why.contains(crate::status::REMOVED) {
             self.ctx.raft.do_send(RemovedFromCluster);

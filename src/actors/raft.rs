@@ -47,6 +47,9 @@ const MAX_WAITING: usize = 16384;
 const TRANSFER_TICKS: u64 = 50;
 /// A heartbeat unanswered this long is not measured (the peer was away).
 const RTT_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a member its peers call removed keeps going, for the commit of
+/// its removal to arrive and be answered.
+const REMOVED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A proposal waiting for a leader.
 enum Waiting {
@@ -103,8 +106,10 @@ pub struct RaftActor {
     ticks: u64,
     /// When the last tick was handled, and the nominal interval.
     last_tick: Option<std::time::Instant>,
-    /// This member was removed from the cluster.
+    /// This member applied its own removal.
     removed: bool,
+    /// Peers refused this member's messages as those of a removed member.
+    told_removed: bool,
 }
 
 impl RaftActor {
@@ -134,6 +139,7 @@ impl RaftActor {
             ticks: 0,
             last_tick: None,
             removed: false,
+            told_removed: false,
         }
     }
 
@@ -568,7 +574,18 @@ impl RaftActor {
 impl Handler<RemovedFromCluster> for RaftActor {
     type Result = ();
     fn handle(&mut self, _: RemovedFromCluster, ctx: &mut Context<Self>) {
-        self.stop_removed(ctx);
+        // A peer refused this member: the others applied its removal. The
+        // commit of that removal may still be on its way here, and whoever
+        // asked this member to leave waits for it to be applied; keep
+        // stepping messages a little longer, then stop whatever happened.
+        if self.removed || self.told_removed {
+            return;
+        }
+        self.told_removed = true;
+        tracing::warn!(member = %self.me(), "peers report this member removed; stopping soon");
+        ctx.run_later(REMOVED_GRACE, |_, _| {
+            System::current().stop_with_code(0);
+        });
     }
 }
 

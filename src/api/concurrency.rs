@@ -28,7 +28,6 @@ use crate::proto::etcdserverpb::{
     TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
 };
 use crate::proto::metastorepb::internal_request::Request as Internal;
-use crate::proto::metastorepb::WatchResponseWire;
 use crate::proto::mvccpb::{self, event::EventType};
 use crate::proto::v3electionpb::election_server::Election;
 use crate::proto::v3electionpb::{
@@ -203,7 +202,7 @@ impl Gateway {
 /// A watch this server runs for itself, through the same hub as clients'.
 struct ServerWatch {
     _requests: mpsc::Sender<Result<WatchRequest, Status>>,
-    responses: mpsc::Receiver<Vec<WatchResponseWire>>,
+    responses: mpsc::Receiver<Vec<crate::watch::WatchOut>>,
     pending: VecDeque<(i64, mvccpb::Event)>,
 }
 
@@ -252,7 +251,8 @@ impl ServerWatch {
                 return Ok(e);
             }
             let round = self.responses.recv().await.ok_or(ApiError::Stopped)?;
-            for r in round {
+            for out in round {
+                let r = &out.resp;
                 if r.canceled {
                     return Err(if r.compact_revision > 0 {
                         ApiError::Compacted
@@ -261,7 +261,7 @@ impl ServerWatch {
                     });
                 }
                 let rev = r.header.as_ref().map_or(0, |h| h.revision);
-                for e in &r.events {
+                for e in out.events() {
                     let ev = mvccpb::Event::decode(e.as_ref())
                         .map_err(|e| ApiError::Internal(format!("watch event: {e}")))?;
                     self.pending.push_back((rev, ev));

@@ -2,9 +2,9 @@
 //! per stream.
 //!
 //! Written by hand rather than generated, for one reason: the responses go
-//! out as [`WatchResponseWire`], etcd's `WatchResponse` with every event
-//! already encoded (the same bytes on the wire), so an applied batch is
-//! encoded once and shared by every watcher it matches. Each call opens a
+//! out as [`WatchOut`], etcd's `WatchResponse` with every event already
+//! encoded (the same bytes on the wire), so an applied batch is encoded
+//! once and shared by every watcher it matches. Each call opens a
 //! stream in the ApplyActor's watch hub and starts a session actor for what
 //! the client sends (see `actors::watch`).
 
@@ -21,7 +21,7 @@ use tonic::{Status, Streaming};
 use super::{deliver, Gateway};
 use crate::actors::messages::WatchOpen;
 use crate::proto::etcdserverpb::WatchRequest;
-use crate::proto::metastorepb::WatchResponseWire;
+use crate::watch::WatchOut;
 
 /// Rounds of responses a stream may hold for a slow client before its
 /// watchers are demoted to catching up.
@@ -66,7 +66,7 @@ where
         }
         Box::pin(async move {
             let max = gw.max_request_bytes + 512 * 1024;
-            let codec = tonic_prost::ProstCodec::<WatchResponseWire, WatchRequest>::default();
+            let codec = tonic_prost::ProstCodec::<WatchOut, WatchRequest>::default();
             let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(max), None);
             Ok(grpc.streaming(Session(gw), req).await)
         })
@@ -76,8 +76,8 @@ where
 struct Session(Gateway);
 
 impl StreamingService<WatchRequest> for Session {
-    type Response = WatchResponseWire;
-    type ResponseStream = BoxStream<'static, Result<WatchResponseWire, Status>>;
+    type Response = WatchOut;
+    type ResponseStream = BoxStream<'static, Result<WatchOut, Status>>;
     type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: tonic::Request<Streaming<WatchRequest>>) -> Self::Future {

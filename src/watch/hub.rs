@@ -31,6 +31,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use super::wire::{frame, WatchOut};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateRequest};
 use crate::proto::metastorepb::WatchResponseWire;
@@ -40,7 +41,7 @@ use crate::storage::mvcc::{Event, EventKind, MvccError};
 
 /// What a stream's responses are sent through (bounded: its capacity is
 /// how many rounds of responses may wait for a slow client).
-pub type Outbox = mpsc::Sender<Vec<WatchResponseWire>>;
+pub type Outbox = mpsc::Sender<Vec<WatchOut>>;
 /// A watch stream, numbered by the hub.
 pub type StreamId = u64;
 
@@ -225,7 +226,7 @@ struct Watcher {
 
 struct Stream {
     tx: Outbox,
-    control: Vec<WatchResponseWire>,
+    control: Vec<WatchOut>,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
     /// A progress request waits for every watcher to be synced.
@@ -573,7 +574,7 @@ impl Hub {
         if let Some(s) = self.streams.get_mut(&stream) {
             if s.progress_wanted && s.all_synced() {
                 s.progress_wanted = false;
-                s.control.push(resp);
+                s.control.push(resp.into());
                 if !s.flush_control() {
                     self.blocked.insert(stream);
                 }
@@ -584,7 +585,7 @@ impl Hub {
 
     fn queue_control(&mut self, stream: StreamId, resp: WatchResponseWire) {
         if let Some(s) = self.streams.get_mut(&stream) {
-            s.control.push(resp);
+            s.control.push(resp.into());
             if !s.flush_control() {
                 self.blocked.insert(stream);
             }
@@ -624,11 +625,14 @@ impl Hub {
             let mut any = false;
             for (id, w) in s.watchers.iter_mut() {
                 if w.progress_notify && w.quiet && w.synced {
-                    s.control.push(WatchResponseWire {
-                        header,
-                        watch_id: *id,
-                        ..Default::default()
-                    });
+                    s.control.push(
+                        WatchResponseWire {
+                            header,
+                            watch_id: *id,
+                            ..Default::default()
+                        }
+                        .into(),
+                    );
                     any = true;
                 }
                 w.quiet = true;
@@ -735,15 +739,44 @@ impl Hub {
     fn deliver(&mut self, batch: &WireBatch) {
         let matched = self.match_groups(batch);
         // Per stream: the responses of this batch and who they are for.
-        let mut outs: HashMap<StreamId, (Vec<WatchResponseWire>, Vec<i64>)> = HashMap::new();
+        let mut outs: HashMap<StreamId, (Vec<WatchOut>, Vec<i64>)> = HashMap::new();
         let mut stale = Vec::new();
+        let header = self.header(batch.last);
         for (gid, hits) in &matched {
             let g = &self.groups[gid];
+            if g.synced.is_empty() {
+                continue;
+            }
             let prev_kv = g.key.prev_kv;
+            // The group's events of this batch framed once, for each
+            // watcher that wants them all in one response (it has no
+            // later start revision, and they fit).
+            let first_rev = batch.events[hits[0]].rev;
+            let shared = hits
+                .iter()
+                .map(|&i| batch.events[i].bytes_for(prev_kv))
+                .collect::<Option<Vec<&Bytes>>>()
+                .filter(|evs| {
+                    evs.iter().map(|b| b.len() + 4).sum::<usize>() < self.cfg.max_response_bytes
+                })
+                .map(frame);
             for &(sid, id) in &g.synced {
                 let Some(w) = self.streams.get(&sid).and_then(|s| s.watchers.get(&id)) else {
                     continue;
                 };
+                if let Some(framed) = shared.as_ref().filter(|_| w.min_rev <= first_rev) {
+                    let out = outs.entry(sid).or_default();
+                    out.0.push(WatchOut {
+                        resp: WatchResponseWire {
+                            header,
+                            watch_id: id,
+                            ..Default::default()
+                        },
+                        framed: framed.clone(),
+                    });
+                    out.1.push(id);
+                    continue;
+                }
                 let mut evs = Vec::with_capacity(hits.len());
                 let mut missing = false;
                 for &i in hits {
@@ -833,13 +866,13 @@ impl Hub {
         events: Vec<(i64, Bytes)>,
         covered: i64,
         fragment: bool,
-    ) -> Vec<WatchResponseWire> {
+    ) -> Vec<WatchOut> {
         let limit = self.cfg.max_response_bytes;
         let total: usize = events.iter().map(|(_, b)| b.len() + 4).sum();
         if total < limit {
             let mut r = self.control(watch_id, covered);
             r.events = events.into_iter().map(|(_, b)| b).collect();
-            return vec![r];
+            return vec![r.into()];
         }
         let mut out = Vec::new();
         let mut cur: Vec<Bytes> = Vec::new();
@@ -852,7 +885,7 @@ impl Hub {
                 let mut r = self.control(watch_id, cur_rev);
                 r.fragment = !boundary;
                 r.events = std::mem::take(&mut cur);
-                out.push(r);
+                out.push(r.into());
                 cur_size = 0;
             }
             cur_size += b.len() + 4;
@@ -861,7 +894,7 @@ impl Hub {
             if i + 1 == n {
                 let mut r = self.control(watch_id, covered.max(cur_rev));
                 r.events = std::mem::take(&mut cur);
-                out.push(r);
+                out.push(r.into());
             }
         }
         out
@@ -925,7 +958,7 @@ impl Hub {
             // etcd: the watcher is canceled with the compacted revision
             // (and a header revision of 0, as etcd sends it).
             let w = s.watchers.remove(&id).expect("present");
-            s.control.push(WatchResponseWire {
+            s.control.push(WatchOut::from(WatchResponseWire {
                 header: Some(ResponseHeader {
                     cluster_id: self.status.cluster_id,
                     member_id: self.status.member_id,
@@ -936,7 +969,7 @@ impl Hub {
                 canceled: true,
                 compact_revision: compact,
                 ..Default::default()
-            });
+            }));
             if !s.flush_control() {
                 self.blocked.insert(sid);
             }

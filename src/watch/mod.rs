@@ -3,5 +3,7 @@
 //! `actors::watch`.
 
 pub mod hub;
+pub mod wire;
 
 pub use hub::{HistorySource, Hub, HubConfig, HubStats, Outbox, StreamId};
+pub use wire::WatchOut;

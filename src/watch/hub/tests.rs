@@ -67,7 +67,7 @@ impl Fixture {
         self.hub.catch_up(&self.store, 10_000).lagging
     }
 
-    fn open(&mut self, capacity: usize) -> (StreamId, mpsc::Receiver<Vec<WatchResponseWire>>) {
+    fn open(&mut self, capacity: usize) -> (StreamId, mpsc::Receiver<Vec<WatchOut>>) {
         let (tx, rx) = mpsc::channel(capacity);
         (self.hub.open_stream(tx), rx)
     }
@@ -92,9 +92,12 @@ struct Seen {
     headers: Vec<i64>,
 }
 
-fn drain(rx: &mut mpsc::Receiver<Vec<WatchResponseWire>>, seen: &mut Seen) {
+fn drain(rx: &mut mpsc::Receiver<Vec<WatchOut>>, seen: &mut Seen) {
     while let Ok(batch) = rx.try_recv() {
-        for r in batch {
+        for out in batch {
+            // What the client reads: the response as it is encoded.
+            let r = WatchResponseWire::decode(out.encode_to_vec().as_slice())
+                .expect("a response decodes");
             seen.headers
                 .push(r.header.as_ref().map_or(-1, |h| h.revision));
             if r.fragment {
@@ -126,7 +129,7 @@ fn drain(rx: &mut mpsc::Receiver<Vec<WatchResponseWire>>, seen: &mut Seen) {
     }
 }
 
-fn received(rx: &mut mpsc::Receiver<Vec<WatchResponseWire>>) -> Seen {
+fn received(rx: &mut mpsc::Receiver<Vec<WatchOut>>) -> Seen {
     let mut seen = Seen::default();
     drain(rx, &mut seen);
     seen

@@ -25,6 +25,7 @@
 //!   precedes its events.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -208,6 +209,62 @@ struct WireBatch {
     last: i64,
     events: Vec<WireEvent>,
     size: usize,
+    /// The events each group wants, framed once (see [`WireBatch::frame_for`]).
+    frames: parking_lot::Mutex<Vec<(u64, Option<Frame>)>>,
+    /// Bytes in `frames`.
+    frames_size: AtomicUsize,
+}
+
+/// A group's events of one batch, framed as `WatchResponse.events` entries.
+#[derive(Debug, Clone)]
+struct Frame {
+    bytes: Bytes,
+    /// The revision of the last event in it (0: none).
+    last: i64,
+}
+
+impl WireBatch {
+    /// The events of this batch that group `gid` (`gkey`) wants, framed;
+    /// made once per group and batch and kept with the batch. None when
+    /// one of them lacks the previous state the group needs (encoded
+    /// before anyone wanted it).
+    /// What it adds is counted in `total` too (the ring's bytes).
+    fn frame_for(
+        &self,
+        gid: u64,
+        gkey: &GroupKey,
+        hits: Option<&[usize]>,
+        total: &AtomicUsize,
+    ) -> Option<Frame> {
+        let mut frames = self.frames.lock();
+        if let Some((_, f)) = frames.iter().find(|(g, _)| *g == gid) {
+            return f.clone();
+        }
+        let wanted: Vec<&WireEvent> = match hits {
+            Some(hits) => hits.iter().map(|&i| &self.events[i]).collect(),
+            None => self.events.iter().filter(|e| gkey.wants(e)).collect(),
+        };
+        let made = wanted
+            .iter()
+            .map(|e| e.bytes_for(gkey.prev_kv))
+            .collect::<Option<Vec<&Bytes>>>()
+            .map(|evs| Frame {
+                bytes: frame(evs),
+                last: wanted.last().map_or(0, |e| e.rev),
+            });
+        let size = made.as_ref().map_or(0, |f| f.bytes.len()) + 32;
+        self.frames_size.fetch_add(size, Relaxed);
+        total.fetch_add(size, Relaxed);
+        frames.push((gid, made.clone()));
+        made
+    }
+}
+
+/// Part of a response being put together: one encoded event, or a
+/// batch's shared frame.
+enum Piece {
+    Event(i64, Bytes),
+    Frame(Frame),
 }
 
 struct Watcher {
@@ -268,7 +325,7 @@ pub struct HubStats {
     pub lagging: usize,
     /// Streams.
     pub streams: usize,
-    /// Bytes of encoded events in the ring.
+    /// Bytes of encoded events in the ring, and of frames made of them.
     pub ring_bytes: usize,
 }
 
@@ -291,7 +348,10 @@ pub struct Hub {
     /// Watchers that want previous states.
     prev_watchers: usize,
     ring: VecDeque<Arc<WireBatch>>,
+    /// Bytes of the ring's encoded events...
     ring_size: usize,
+    /// ... and of the frames made of them (counted against the same limit).
+    frames_size: AtomicUsize,
     /// The ring holds every change from this revision on (i64::MAX: none).
     ring_from: i64,
     current_rev: i64,
@@ -316,6 +376,7 @@ impl Hub {
             prev_watchers: 0,
             ring: VecDeque::new(),
             ring_size: 0,
+            frames_size: AtomicUsize::new(0),
             ring_from: i64::MAX,
             current_rev,
             compact_rev,
@@ -351,7 +412,7 @@ impl Hub {
             watchers: self.streams.values().map(|s| s.watchers.len()).sum(),
             lagging: self.lagging.len(),
             streams: self.streams.len(),
-            ring_bytes: self.ring_size,
+            ring_bytes: self.ring_size + self.frames_size.load(Relaxed),
         }
     }
 
@@ -691,24 +752,37 @@ impl Hub {
             last: current_rev,
             events: encoded,
             size,
+            frames: parking_lot::Mutex::new(Vec::new()),
+            frames_size: AtomicUsize::new(0),
         });
         if self.ring.is_empty() {
             self.ring_from = batch.first;
         }
         self.ring_size += size;
         self.ring.push_back(batch.clone());
-        while self.ring_size > self.cfg.ring_bytes && self.ring.len() > 1 {
+        self.deliver(&batch);
+        self.trim_ring();
+    }
+
+    /// Drops the oldest batches while the ring (with its frames) is over
+    /// its limit; the newest always stays.
+    fn trim_ring(&mut self) {
+        while self.ring_size + self.frames_size.load(Relaxed) > self.cfg.ring_bytes
+            && self.ring.len() > 1
+        {
             if let Some(old) = self.ring.pop_front() {
                 self.ring_size -= old.size;
+                self.frames_size
+                    .fetch_sub(old.frames_size.load(Relaxed), Relaxed);
                 self.ring_from = old.last + 1;
             }
         }
-        self.deliver(&batch);
     }
 
     fn clear_ring(&mut self) {
         self.ring.clear();
         self.ring_size = 0;
+        self.frames_size.store(0, Relaxed);
         self.ring_from = i64::MAX;
     }
 
@@ -752,14 +826,9 @@ impl Hub {
             // watcher that wants them all in one response (it has no
             // later start revision, and they fit).
             let first_rev = batch.events[hits[0]].rev;
-            let shared = hits
-                .iter()
-                .map(|&i| batch.events[i].bytes_for(prev_kv))
-                .collect::<Option<Vec<&Bytes>>>()
-                .filter(|evs| {
-                    evs.iter().map(|b| b.len() + 4).sum::<usize>() < self.cfg.max_response_bytes
-                })
-                .map(frame);
+            let shared = batch
+                .frame_for(*gid, &g.key, Some(hits), &self.frames_size)
+                .filter(|f| f.bytes.len() < self.cfg.max_response_bytes);
             for &(sid, id) in &g.synced {
                 let Some(w) = self.streams.get(&sid).and_then(|s| s.watchers.get(&id)) else {
                     continue;
@@ -772,7 +841,7 @@ impl Hub {
                             watch_id: id,
                             ..Default::default()
                         },
-                        framed: framed.clone(),
+                        framed: vec![framed.bytes.clone()],
                     });
                     out.1.push(id);
                     continue;
@@ -785,7 +854,7 @@ impl Hub {
                         continue;
                     }
                     match e.bytes_for(prev_kv) {
-                        Some(b) => evs.push((e.rev, b.clone())),
+                        Some(b) => evs.push(Piece::Event(e.rev, b.clone())),
                         None => missing = true,
                     }
                 }
@@ -857,45 +926,56 @@ impl Hub {
         self.lagging.push_back((stream, id));
     }
 
-    /// Splits `events` (in revision order) into responses of about the
-    /// size limit, at revision boundaries; a single revision over the limit
-    /// goes in fragments when the watcher asked for them.
+    /// Puts `pieces` (in revision order) into responses of about the size
+    /// limit, split at revision boundaries (a frame holds whole revisions);
+    /// a single revision over the limit goes in fragments when the watcher
+    /// asked for them. The last response carries revision `covered`.
     fn responses(
         &self,
         watch_id: i64,
-        events: Vec<(i64, Bytes)>,
+        pieces: Vec<Piece>,
         covered: i64,
         fragment: bool,
     ) -> Vec<WatchOut> {
         let limit = self.cfg.max_response_bytes;
-        let total: usize = events.iter().map(|(_, b)| b.len() + 4).sum();
-        if total < limit {
-            let mut r = self.control(watch_id, covered);
-            r.events = events.into_iter().map(|(_, b)| b).collect();
-            return vec![r.into()];
-        }
         let mut out = Vec::new();
-        let mut cur: Vec<Bytes> = Vec::new();
+        let mut cur = WatchOut::default();
         let mut cur_size = 0;
         let mut cur_rev = 0;
-        let n = events.len();
-        for (i, (rev, b)) in events.into_iter().enumerate() {
-            let boundary = rev != cur_rev;
-            if !cur.is_empty() && cur_size + b.len() > limit && (boundary || fragment) {
-                let mut r = self.control(watch_id, cur_rev);
-                r.fragment = !boundary;
-                r.events = std::mem::take(&mut cur);
-                out.push(r.into());
+        for p in pieces {
+            let (rev, size, boundary) = match &p {
+                Piece::Event(rev, b) => (*rev, b.len() + 4, *rev != cur_rev),
+                Piece::Frame(f) => (f.last, f.bytes.len(), true),
+            };
+            let filled = !cur.resp.events.is_empty() || !cur.framed.is_empty();
+            if filled && cur_size + size > limit && (boundary || fragment) {
+                let head = self.control(watch_id, cur_rev);
+                let mut r = std::mem::take(&mut cur);
+                r.resp = WatchResponseWire {
+                    fragment: !boundary,
+                    events: r.resp.events,
+                    ..head
+                };
+                out.push(r);
                 cur_size = 0;
             }
-            cur_size += b.len() + 4;
+            cur_size += size;
             cur_rev = rev;
-            cur.push(b);
-            if i + 1 == n {
-                let mut r = self.control(watch_id, covered.max(cur_rev));
-                r.events = std::mem::take(&mut cur);
-                out.push(r.into());
+            match p {
+                // Events before any frame go as the response's own; after
+                // one, framed too, to keep their order on the wire.
+                Piece::Event(_, b) if cur.framed.is_empty() => cur.resp.events.push(b),
+                Piece::Event(_, b) => cur.framed.push(frame([&b])),
+                Piece::Frame(f) => cur.framed.push(f.bytes),
             }
+        }
+        if !cur.resp.events.is_empty() || !cur.framed.is_empty() {
+            let head = self.control(watch_id, covered.max(cur_rev));
+            cur.resp = WatchResponseWire {
+                events: cur.resp.events,
+                ..head
+            };
+            out.push(cur);
         }
         out
     }
@@ -928,6 +1008,7 @@ impl Hub {
             }
         }
         self.drop_closed();
+        self.trim_ring();
         CatchUp {
             lagging: self.has_lagging(),
             progressed,
@@ -980,7 +1061,7 @@ impl Hub {
             return self.sync(sid, id);
         }
         let gkey = self.groups[&group].key.clone();
-        let (events, covered, read) = match self.ring_slice(&gkey, next_rev) {
+        let (events, covered, read) = match self.ring_slice(&gkey, group, next_rev.max(min_rev)) {
             Some(found) => found,
             None => {
                 let (key, end) = gkey.range.key_and_end();
@@ -996,8 +1077,10 @@ impl Hub {
                         let evs = hist
                             .iter()
                             .map(|e| WireEvent::encode(e, gkey.prev_kv))
-                            .filter(|e| gkey.wants(e))
-                            .filter_map(|e| Some((e.rev, e.bytes_for(gkey.prev_kv)?.clone())))
+                            .filter(|e| gkey.wants(e) && e.rev >= min_rev)
+                            .filter_map(|e| {
+                                Some(Piece::Event(e.rev, e.bytes_for(gkey.prev_kv)?.clone()))
+                            })
                             .collect();
                         (evs, covered, read)
                     }
@@ -1013,7 +1096,6 @@ impl Hub {
                 }
             }
         };
-        let events: Vec<(i64, Bytes)> = events.into_iter().filter(|(r, _)| *r >= min_rev).collect();
         let has_events = !events.is_empty();
         let resps = if events.is_empty() {
             Vec::new()
@@ -1043,9 +1125,10 @@ impl Hub {
         Step::Moved(read)
     }
 
-    /// Events for `gkey` from `from` on out of the ring, if the ring holds
-    /// `from`: (events, revision covered, events looked at).
-    fn ring_slice(&self, gkey: &GroupKey, from: i64) -> Option<Slice> {
+    /// Events for group `gid` (`gkey`) from `from` on out of the ring, if
+    /// the ring holds `from`: (pieces, revision covered, events looked at).
+    /// A batch wanted whole goes as its shared frame.
+    fn ring_slice(&self, gkey: &GroupKey, gid: u64, from: i64) -> Option<Slice> {
         if from < self.ring_from || self.ring.is_empty() {
             return None;
         }
@@ -1056,11 +1139,24 @@ impl Hub {
         // Batches are in revision order: skip those before `from` at once.
         let start = self.ring.partition_point(|b| b.last < from);
         for b in self.ring.range(start..) {
-            for e in b.events.iter().filter(|e| e.rev >= from && gkey.wants(e)) {
-                // A batch encoded before anyone wanted previous states:
-                // the engine has them.
-                let bytes = e.bytes_for(gkey.prev_kv)?;
-                out.push((e.rev, bytes.clone()));
+            // A batch encoded before anyone wanted previous states: the
+            // engine has them (None).
+            let whole = match b.first >= from {
+                true => Some(b.frame_for(gid, gkey, None, &self.frames_size)?),
+                false => None,
+            };
+            match whole {
+                Some(f) if f.bytes.len() < self.cfg.max_response_bytes => {
+                    if !f.bytes.is_empty() {
+                        out.push(Piece::Frame(f));
+                    }
+                }
+                _ => {
+                    for e in b.events.iter().filter(|e| e.rev >= from && gkey.wants(e)) {
+                        let bytes = e.bytes_for(gkey.prev_kv)?;
+                        out.push(Piece::Event(e.rev, bytes.clone()));
+                    }
+                }
             }
             read += b.events.len();
             if read >= self.cfg.history_chunk {
@@ -1097,9 +1193,9 @@ pub struct CatchUp {
     pub progressed: bool,
 }
 
-/// Events of a catch-up slice (revision, encoded event), the revision the
-/// slice covers up to, and how many events were looked at.
-type Slice = (Vec<(i64, Bytes)>, i64, usize);
+/// Events of a catch-up slice, the revision the slice covers up to, and how
+/// many events were looked at.
+type Slice = (Vec<Piece>, i64, usize);
 
 enum Step {
     /// The watcher is gone (canceled, compacted away, stream closed).

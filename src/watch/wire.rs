@@ -4,9 +4,10 @@
 //! are framed once per group and batch (each event as the bytes of a
 //! `repeated Event events = 11` entry: tag, length, encoded event) into one
 //! shared buffer; each watcher's response is its own small head (header,
-//! watch id, flags) followed by that buffer, which is exactly how a
-//! `WatchResponse` with those events encodes. Per watcher that is one
-//! reference count, not one per event, and one copy into the stream.
+//! watch id, flags) followed by such buffers (a watcher catching up gets
+//! those of several batches), which is exactly how a `WatchResponse` with
+//! those events encodes. Per watcher that is one reference count per batch,
+//! not one per event, and one copy into the stream.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{DecodeContext, WireType};
@@ -23,14 +24,14 @@ pub struct WatchOut {
     /// Every field but the framed events (its own `events` go first).
     pub resp: WatchResponseWire,
     /// More events, already framed as field 11 entries (see [`frame`]).
-    pub framed: Bytes,
+    pub framed: Vec<Bytes>,
 }
 
 impl From<WatchResponseWire> for WatchOut {
     fn from(resp: WatchResponseWire) -> WatchOut {
         WatchOut {
             resp,
-            framed: Bytes::new(),
+            framed: Vec::new(),
         }
     }
 }
@@ -38,12 +39,11 @@ impl From<WatchResponseWire> for WatchOut {
 impl WatchOut {
     /// The encoded events, in order (zero-copy slices of the shared frame).
     pub fn events(&self) -> impl Iterator<Item = Bytes> + '_ {
-        let mut rest = self.framed.clone();
-        self.resp
-            .events
-            .iter()
-            .cloned()
-            .chain(std::iter::from_fn(move || unframe_one(&mut rest)))
+        let framed = self.framed.iter().flat_map(|f| {
+            let mut rest = f.clone();
+            std::iter::from_fn(move || unframe_one(&mut rest))
+        });
+        self.resp.events.iter().cloned().chain(framed)
     }
 }
 
@@ -80,7 +80,9 @@ fn unframe_one(rest: &mut Bytes) -> Option<Bytes> {
 impl Message for WatchOut {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         self.resp.encode_raw(buf);
-        buf.put_slice(&self.framed);
+        for f in &self.framed {
+            buf.put_slice(f);
+        }
     }
 
     fn merge_field(
@@ -94,12 +96,12 @@ impl Message for WatchOut {
     }
 
     fn encoded_len(&self) -> usize {
-        self.resp.encoded_len() + self.framed.len()
+        self.resp.encoded_len() + self.framed.iter().map(Bytes::len).sum::<usize>()
     }
 
     fn clear(&mut self) {
         self.resp.clear();
-        self.framed = Bytes::new();
+        self.framed.clear();
     }
 }
 
@@ -130,7 +132,7 @@ mod tests {
     #[test]
     fn a_framed_response_encodes_as_a_watch_response_with_those_events() {
         // Lengths around the one-byte varint limit, and an empty event.
-        let evs = vec![
+        let evs = [
             event("a", 5, 3),
             event("b", 6, 200),
             Bytes::new(),
@@ -148,9 +150,10 @@ mod tests {
             events: vec![event("z", 4, 1)],
             ..Default::default()
         };
+        // Two frames, as a watcher catching up over two batches gets them.
         let out = WatchOut {
             resp: head.clone(),
-            framed: frame(&evs),
+            framed: vec![frame(&evs[..2]), frame(&evs[2..])],
         };
         let bytes = out.encode_to_vec();
         assert_eq!(bytes.len(), out.encoded_len());

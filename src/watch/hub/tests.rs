@@ -438,3 +438,97 @@ fn control_responses_wait_for_room_and_are_not_lost() {
     drain(&mut rx, &mut seen);
     assert_eq!(seen.events.len(), 10, "each watcher gets the put once");
 }
+
+/// Publishes several write transactions as one applied batch, as the
+/// ApplyActor does: `sizes[i]` is the value length of the i-th revision.
+fn publish_batch(f: &mut Fixture, key: &str, sizes: &[usize]) {
+    let mut all = Vec::new();
+    let mut rev = 0;
+    for &n in sizes {
+        let mut t = f.store.0.write();
+        t.put_blind(key.as_bytes(), vec![b'v'; n], 0);
+        let (r, events) = t.end();
+        all.extend(events);
+        rev = r;
+    }
+    f.hub.publish(&all, rev);
+}
+
+#[test]
+fn catching_up_sends_whole_batches_as_shared_frames_in_order() {
+    let cfg = HubConfig {
+        max_response_bytes: 2000,
+        ..HubConfig::default()
+    };
+    let mut f = Fixture::new(cfg);
+    let (s, mut rx) = f.open(1);
+    // Someone watches, so batches are kept in the ring.
+    f.hub.create(s, &watch("k", "l"));
+    received(&mut rx);
+    // Batches of revisions 2-5, 6-9 and 10-13 (small), 14-17 (each
+    // revision 600 bytes: too big for one response, sent event by event),
+    // 18-21 (small).
+    publish_batch(&mut f, "k1", &[10; 4]);
+    publish_batch(&mut f, "k2", &[10; 4]);
+    publish_batch(&mut f, "k3", &[10; 4]);
+    publish_batch(&mut f, "k4", &[600; 4]);
+    publish_batch(&mut f, "k5", &[10; 4]);
+    drain(&mut rx, &mut Seen::default());
+    // Two more watchers of the same group from the past: one from the
+    // middle of the first batch, one from its start.
+    let (s2, mut rx2) = f.open(64);
+    let mut from_mid = watch("k", "l");
+    from_mid.start_revision = 4;
+    f.hub.create(s2, &from_mid);
+    let mut from_start = watch("k", "l");
+    from_start.start_revision = 2;
+    f.hub.create(s2, &from_start);
+    let mut framed = 0;
+    let mut seen = Seen::default();
+    let mut read = |rx: &mut mpsc::Receiver<Vec<WatchOut>>| {
+        while let Ok(round) = rx.try_recv() {
+            for out in &round {
+                framed += out.framed.len();
+                let r = WatchResponseWire::decode(out.encode_to_vec().as_slice()).unwrap();
+                assert!(
+                    r.encoded_len() <= 2000 + 700,
+                    "responses keep near the limit"
+                );
+                for e in &r.events {
+                    let e = mvccpb::Event::decode(e.as_ref()).unwrap();
+                    let rev = e.kv.unwrap().mod_revision;
+                    seen.events.push((
+                        r.watch_id,
+                        e.r#type,
+                        String::new(),
+                        String::new(),
+                        rev,
+                        None,
+                    ));
+                }
+            }
+        }
+    };
+    for _ in 0..100 {
+        let lagging = f.catch_up();
+        read(&mut rx2);
+        if !lagging {
+            break;
+        }
+    }
+    let revs = |id: i64| -> Vec<i64> {
+        seen.events
+            .iter()
+            .filter(|e| e.0 == id)
+            .map(|e| e.4)
+            .collect()
+    };
+    assert_eq!(revs(0), (4..=21).collect::<Vec<_>>(), "from the middle");
+    assert_eq!(revs(1), (2..=21).collect::<Vec<_>>(), "from the start");
+    // Batches 6-9, 10-13 and 18-21 for both, 2-5 for the second.
+    assert!(framed >= 7, "whole batches go as frames: {framed}");
+    assert!(
+        f.hub.stats().ring_bytes > f.hub.ring_size,
+        "frames are counted with the ring"
+    );
+}

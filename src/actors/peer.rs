@@ -471,7 +471,8 @@ impl Handler<StreamDown> for PeerActor {
         if self.stopping {
             return ctx.stop();
         }
-        if msg.why.contains(crate::status::REMOVED) {
+        let removed = msg.why.contains(crate::status::REMOVED);
+        if removed {
             self.ctx.raft.do_send(RemovedFromCluster);
         }
         if msg.why.contains("cluster ID mismatch") {
@@ -494,6 +495,10 @@ impl Handler<StreamDown> for PeerActor {
             self.writing = false;
             self.queue.clear();
             self.lost();
+        }
+        if removed {
+            // The peer refuses this member for good; it is stopping.
+            return;
         }
         ctx.notify_later(Reconnect, self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);

@@ -565,9 +565,7 @@ impl RaftActor {
         }
         self.removed = true;
         tracing::warn!(member = %self.me(), "{}; stopping", crate::status::REMOVED);
-        ctx.run_later(std::time::Duration::from_secs(1), |_, _| {
-            System::current().stop_with_code(0);
-        });
+        stop_after(ctx, std::time::Duration::from_secs(1));
     }
 }
 
@@ -583,10 +581,13 @@ impl Handler<RemovedFromCluster> for RaftActor {
         }
         self.told_removed = true;
         tracing::warn!(member = %self.me(), "peers report this member removed; stopping soon");
-        ctx.run_later(REMOVED_GRACE, |_, _| {
-            System::current().stop_with_code(0);
-        });
+        stop_after(ctx, REMOVED_GRACE);
     }
+}
+
+/// Stops the member (its actor system) after `delay`.
+fn stop_after(ctx: &mut Context<RaftActor>, delay: std::time::Duration) {
+    ctx.run_later(delay, |_, _| System::current().stop_with_code(0));
 }
 
 impl Handler<TransferLeader> for RaftActor {

@@ -25,7 +25,6 @@
 //!   precedes its events.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -211,8 +210,6 @@ struct WireBatch {
     size: usize,
     /// The events each group wants, framed once (see [`WireBatch::frame_for`]).
     frames: parking_lot::Mutex<Vec<(u64, Option<Frame>)>>,
-    /// Bytes in `frames`.
-    frames_size: AtomicUsize,
 }
 
 /// A group's events of one batch, framed as `WatchResponse.events` entries.
@@ -228,13 +225,13 @@ impl WireBatch {
     /// made once per group and batch and kept with the batch. None when
     /// one of them lacks the previous state the group needs (encoded
     /// before anyone wanted it).
-    /// What it adds is counted in `total` too (the ring's bytes).
+    /// What it adds is counted in `total` (the ring's frame bytes).
     fn frame_for(
         &self,
         gid: u64,
         gkey: &GroupKey,
         hits: Option<&[usize]>,
-        total: &AtomicUsize,
+        total: &mut usize,
     ) -> Option<Frame> {
         let mut frames = self.frames.lock();
         if let Some((_, f)) = frames.iter().find(|(g, _)| *g == gid) {
@@ -252,12 +249,20 @@ impl WireBatch {
                 bytes: frame(evs),
                 last: wanted.last().map_or(0, |e| e.rev),
             });
-        let size = made.as_ref().map_or(0, |f| f.bytes.len()) + 32;
-        self.frames_size.fetch_add(size, Relaxed);
-        total.fetch_add(size, Relaxed);
+        *total += frame_cost(&made);
         frames.push((gid, made.clone()));
         made
     }
+
+    /// Bytes of the frames made of this batch.
+    fn frames_size(&self) -> usize {
+        self.frames.lock().iter().map(|(_, f)| frame_cost(f)).sum()
+    }
+}
+
+/// What a cached frame costs the ring.
+fn frame_cost(f: &Option<Frame>) -> usize {
+    f.as_ref().map_or(0, |f| f.bytes.len()) + 32
 }
 
 /// Part of a response being put together: one encoded event, or a
@@ -351,7 +356,7 @@ pub struct Hub {
     /// Bytes of the ring's encoded events...
     ring_size: usize,
     /// ... and of the frames made of them (counted against the same limit).
-    frames_size: AtomicUsize,
+    frames_size: usize,
     /// The ring holds every change from this revision on (i64::MAX: none).
     ring_from: i64,
     current_rev: i64,
@@ -376,7 +381,7 @@ impl Hub {
             prev_watchers: 0,
             ring: VecDeque::new(),
             ring_size: 0,
-            frames_size: AtomicUsize::new(0),
+            frames_size: 0,
             ring_from: i64::MAX,
             current_rev,
             compact_rev,
@@ -412,7 +417,7 @@ impl Hub {
             watchers: self.streams.values().map(|s| s.watchers.len()).sum(),
             lagging: self.lagging.len(),
             streams: self.streams.len(),
-            ring_bytes: self.ring_size + self.frames_size.load(Relaxed),
+            ring_bytes: self.ring_size + self.frames_size,
         }
     }
 
@@ -753,7 +758,6 @@ impl Hub {
             events: encoded,
             size,
             frames: parking_lot::Mutex::new(Vec::new()),
-            frames_size: AtomicUsize::new(0),
         });
         if self.ring.is_empty() {
             self.ring_from = batch.first;
@@ -767,13 +771,10 @@ impl Hub {
     /// Drops the oldest batches while the ring (with its frames) is over
     /// its limit; the newest always stays.
     fn trim_ring(&mut self) {
-        while self.ring_size + self.frames_size.load(Relaxed) > self.cfg.ring_bytes
-            && self.ring.len() > 1
-        {
+        while self.ring_size + self.frames_size > self.cfg.ring_bytes && self.ring.len() > 1 {
             if let Some(old) = self.ring.pop_front() {
                 self.ring_size -= old.size;
-                self.frames_size
-                    .fetch_sub(old.frames_size.load(Relaxed), Relaxed);
+                self.frames_size -= old.frames_size();
                 self.ring_from = old.last + 1;
             }
         }
@@ -782,7 +783,7 @@ impl Hub {
     fn clear_ring(&mut self) {
         self.ring.clear();
         self.ring_size = 0;
-        self.frames_size.store(0, Relaxed);
+        self.frames_size = 0;
         self.ring_from = i64::MAX;
     }
 
@@ -827,7 +828,7 @@ impl Hub {
             // later start revision, and they fit).
             let first_rev = batch.events[hits[0]].rev;
             let shared = batch
-                .frame_for(*gid, &g.key, Some(hits), &self.frames_size)
+                .frame_for(*gid, &g.key, Some(hits), &mut self.frames_size)
                 .filter(|f| f.bytes.len() < self.cfg.max_response_bytes);
             for &(sid, id) in &g.synced {
                 let Some(w) = self.streams.get(&sid).and_then(|s| s.watchers.get(&id)) else {
@@ -947,8 +948,7 @@ impl Hub {
                 Piece::Event(rev, b) => (*rev, b.len() + 4, *rev != cur_rev),
                 Piece::Frame(f) => (f.last, f.bytes.len(), true),
             };
-            let filled = !cur.resp.events.is_empty() || !cur.framed.is_empty();
-            if filled && cur_size + size > limit && (boundary || fragment) {
+            if cur.has_events() && cur_size + size > limit && (boundary || fragment) {
                 let head = self.control(watch_id, cur_rev);
                 let mut r = std::mem::take(&mut cur);
                 r.resp = WatchResponseWire {
@@ -969,7 +969,7 @@ impl Hub {
                 Piece::Frame(f) => cur.framed.push(f.bytes),
             }
         }
-        if !cur.resp.events.is_empty() || !cur.framed.is_empty() {
+        if cur.has_events() {
             let head = self.control(watch_id, covered.max(cur_rev));
             cur.resp = WatchResponseWire {
                 events: cur.resp.events,
@@ -1128,7 +1128,7 @@ impl Hub {
     /// Events for group `gid` (`gkey`) from `from` on out of the ring, if
     /// the ring holds `from`: (pieces, revision covered, events looked at).
     /// A batch wanted whole goes as its shared frame.
-    fn ring_slice(&self, gkey: &GroupKey, gid: u64, from: i64) -> Option<Slice> {
+    fn ring_slice(&mut self, gkey: &GroupKey, gid: u64, from: i64) -> Option<Slice> {
         if from < self.ring_from || self.ring.is_empty() {
             return None;
         }
@@ -1142,7 +1142,7 @@ impl Hub {
             // A batch encoded before anyone wanted previous states: the
             // engine has them (None).
             let whole = match b.first >= from {
-                true => Some(b.frame_for(gid, gkey, None, &self.frames_size)?),
+                true => Some(b.frame_for(gid, gkey, None, &mut self.frames_size)?),
                 false => None,
             };
             match whole {

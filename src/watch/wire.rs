@@ -37,6 +37,11 @@ impl From<WatchResponseWire> for WatchOut {
 }
 
 impl WatchOut {
+    /// Whether it carries any event.
+    pub fn has_events(&self) -> bool {
+        !self.resp.events.is_empty() || !self.framed.is_empty()
+    }
+
     /// The encoded events, in order (zero-copy slices of the shared frame).
     pub fn events(&self) -> impl Iterator<Item = Bytes> + '_ {
         let framed = self.framed.iter().flat_map(|f| {

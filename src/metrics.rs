@@ -111,6 +111,14 @@ pub struct Metrics {
     pub proposals_pending: Gauge,
     /// Proposals that failed.
     pub proposals_failed: Counter,
+    /// Committed entries handed to the applier and not yet applied (capped).
+    pub apply_inflight_entries: Gauge,
+    /// Their bytes.
+    pub apply_inflight_bytes: Gauge,
+    /// Committed entries waiting in the log for room at the applier.
+    pub apply_waiting_entries: Gauge,
+    /// Reads waiting in the applier for their read index (capped).
+    pub apply_waiting_reads: Gauge,
     /// Propose → apply time in milliseconds.
     pub propose_duration_ms: Histogram,
     /// Time to apply one batch in milliseconds.
@@ -184,6 +192,10 @@ impl Metrics {
             proposals_applied: Gauge::default(),
             proposals_pending: Gauge::default(),
             proposals_failed: Counter::default(),
+            apply_inflight_entries: Gauge::default(),
+            apply_inflight_bytes: Gauge::default(),
+            apply_waiting_entries: Gauge::default(),
+            apply_waiting_reads: Gauge::default(),
             propose_duration_ms: ms_histogram(),
             apply_duration_ms: ms_histogram(),
             wal_fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -262,6 +274,26 @@ impl Metrics {
             "etcd_server_proposals_failed",
             "Failed proposals",
             m.proposals_failed.clone(),
+        );
+        registry.register(
+            "metastore_apply_inflight_entries",
+            "Committed entries handed to the applier and not yet applied",
+            m.apply_inflight_entries.clone(),
+        );
+        registry.register(
+            "metastore_apply_inflight_bytes",
+            "Bytes of committed entries handed to the applier and not yet applied",
+            m.apply_inflight_bytes.clone(),
+        );
+        registry.register(
+            "metastore_apply_waiting_entries",
+            "Committed entries waiting in the Raft log for room at the applier",
+            m.apply_waiting_entries.clone(),
+        );
+        registry.register(
+            "metastore_apply_waiting_reads",
+            "Linearizable reads waiting in the applier for their read index",
+            m.apply_waiting_reads.clone(),
         );
         registry.register(
             "raft_propose_duration_ms",

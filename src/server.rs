@@ -559,7 +559,10 @@ fn recover_memory(data_dir: &Path, wal_options: WalOptions) -> Result<Recovered,
     );
     let hard_state = log.hard_state().clone();
     Ok(Recovered {
-        state_machine: StateMachine::new(Store::Memory(store), point),
+        state_machine: StateMachine::new(
+            Store::Memory(crate::storage::memory::MemoryEngine::new(store)),
+            point,
+        ),
         log,
         log_store: Box::new(WalLog::new(wal, hard_state)),
         rocks: None,
@@ -765,6 +768,7 @@ pub fn start_core(
                 },
                 progress_notify: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
             },
+            faults: faults.clone(),
         },
     ));
     let handle = raft_thread.handle();

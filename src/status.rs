@@ -105,6 +105,9 @@ impl NodeStatus {
 pub struct Faults {
     /// Drop every Raft message and snapshot to and from this member.
     pub isolated: AtomicBool,
+    /// Every applied batch takes this many more milliseconds, as on a slow
+    /// disk (the applier's thread sleeps: it is what a slow commit does).
+    pub slow_apply_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {

@@ -12,7 +12,7 @@
 //!   proposed in ends ("leader changed"), or its client goes away: never
 //!   longer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use super::messages::*;
 use super::raft::RaftActor;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{Installed, StateMachine};
 use crate::status::NodeStatus;
 use crate::storage::engine::Checkpoint;
 use crate::watch::{Hub, HubConfig};
@@ -66,6 +66,22 @@ pub struct ApplyActor {
     catch_up_queued: bool,
     /// Slower applies are logged.
     warn_apply: Duration,
+    faults: Arc<crate::status::Faults>,
+    /// A snapshot from the leader is being installed by a worker: the
+    /// state may not be touched; what needs it waits in `deferred`.
+    installing: bool,
+    /// Work that arrived during an install, in arrival order.
+    deferred: VecDeque<Deferred>,
+    /// An [`ImageStep`] is in the mailbox.
+    image_step_queued: bool,
+}
+
+/// What waits for an install to finish.
+enum Deferred {
+    Apply(Apply),
+    Reads(ServeReads),
+    Local(LocalRead),
+    Fault(FaultPut),
 }
 
 /// Where and how often the ApplyActor snapshots, and its watch settings.
@@ -79,6 +95,8 @@ pub struct ApplySettings {
     pub warn_apply: Duration,
     /// The watch hub's settings.
     pub watch: WatchSettings,
+    /// Test-only fault switches (a slow apply).
+    pub faults: Arc<crate::status::Faults>,
 }
 
 /// What the ApplyActor's watch hub needs.
@@ -105,6 +123,7 @@ impl ApplyActor {
             snapshot_count,
             warn_apply,
             watch,
+            faults,
         } = settings;
         let last_snapshot = sm.applied_index();
         *status.removed.write() = sm.membership().removed().collect();
@@ -130,6 +149,10 @@ impl ApplyActor {
             progress_notify: watch.progress_notify,
             catch_up_queued: false,
             warn_apply,
+            faults,
+            installing: false,
+            deferred: VecDeque::new(),
+            image_step_queued: false,
         };
         a.publish();
         a
@@ -156,7 +179,7 @@ impl ApplyActor {
     }
 
     fn catch_up(&mut self, ctx: &mut Context<Self>) {
-        if !self.hub.has_lagging() {
+        if !self.hub.has_lagging() || self.installing {
             return;
         }
         let round = self.hub.catch_up(&self.sm, Self::CATCH_UP_BUDGET);
@@ -216,7 +239,7 @@ impl ApplyActor {
     /// fsynced on a background thread), then the log before it may go.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let applied = self.sm.applied_index();
-        if self.saving || applied < self.last_snapshot + self.snapshot_count {
+        if self.saving || self.installing || applied < self.last_snapshot + self.snapshot_count {
             return;
         }
         let term = self.sm.applied_term();
@@ -230,6 +253,7 @@ impl ApplyActor {
             }
             Checkpoint::Write(job) => {
                 self.saving = true;
+                self.step_images(ctx);
                 let me = ctx.address();
                 let spawned =
                     std::thread::Builder::new()
@@ -254,6 +278,19 @@ impl ApplyActor {
                     self.saving = false;
                 }
             }
+        }
+    }
+
+    /// Moves the images being taken on by one slice, and queues the next
+    /// slice behind the messages already in the mailbox, so applies and
+    /// reads interleave with taking an image.
+    fn step_images(&mut self, ctx: &mut Context<Self>) {
+        if self.image_step_queued {
+            return;
+        }
+        if self.sm.image_step() {
+            self.image_step_queued = true;
+            ctx.notify(ImageStep);
         }
     }
 
@@ -339,7 +376,22 @@ impl Handler<LeaderChanged> for ApplyActor {
 impl Handler<Apply> for ApplyActor {
     type Result = ();
     fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) {
+        if self.installing {
+            self.deferred.push_back(Deferred::Apply(msg));
+        } else {
+            self.apply(msg, ctx);
+        }
+    }
+}
+
+impl ApplyActor {
+    fn apply(&mut self, msg: Apply, ctx: &mut Context<Self>) {
         let started = Instant::now();
+        let slow = self.faults.slow_apply_ms.load(Relaxed);
+        if slow > 0 {
+            // Test-only: a slow disk blocks the applier's thread just so.
+            std::thread::sleep(Duration::from_millis(slow));
+        }
         let mut last = None;
         for entry in &msg.entries {
             last = Some(entry.index);
@@ -397,55 +449,131 @@ impl Handler<Apply> for ApplyActor {
 
 impl Handler<InstallSnapshot> for ApplyActor {
     type Result = ();
-    fn handle(&mut self, msg: InstallSnapshot, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: InstallSnapshot, ctx: &mut Context<Self>) {
         let path = PathBuf::from(String::from_utf8_lossy(&msg.0.data).into_owned());
+        if self.installing {
+            // Raft hands over one snapshot at a time; a second would race
+            // the first for the engine's files.
+            tracing::error!(file = %path.display(), "a snapshot arrived during an install; ignored");
+            return;
+        }
+        // Decoding (memory) or writing (rocksdb) a whole state takes
+        // seconds at a million keys: a worker does it, the apply thread
+        // goes on serving what does not need the state, and holds the rest.
+        self.installing = true;
+        let job = self.sm.install_job(&path, &self.data_dir);
+        let me = ctx.address();
         let started = Instant::now();
-        match self.sm.install(&path, &self.data_dir) {
-            Ok(h) => {
-                tracing::info!(
-                    index = h.index,
-                    revision = h.current_rev,
-                    ms = started.elapsed().as_millis() as u64,
-                    "state replaced by the leader's snapshot"
-                );
-                self.last_snapshot = h.index;
-                self.hub
-                    .state_replaced(self.sm.current_revision(), self.sm.compact_revision());
-                self.lessor
-                    .do_send(LeasesReplaced(self.sm.leases().clone()));
-                *self.status.removed.write() = self.sm.membership().removed().collect();
-                self.raft.do_send(MembershipChanged {
-                    conf_change: None,
-                    members: self.sm.membership().members(),
-                });
-                // Raft counts it applied once its ready is durable.
-                self.raft.do_send(SnapshotInstalled { index: h.index });
-                self.publish();
-                self.serve_ready_reads();
-            }
+        let spawned = std::thread::Builder::new()
+            .name("install".into())
+            .spawn(move || {
+                me.do_send(SnapshotLoaded {
+                    result: job(),
+                    path,
+                    started,
+                })
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the install thread; stopping");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A worker finished decoding or writing a snapshot from the leader
+/// (sent by the ApplyActor's install thread to the ApplyActor).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SnapshotLoaded {
+    result: Result<Installed, crate::error::StorageError>,
+    path: PathBuf,
+    started: Instant,
+}
+
+impl Handler<SnapshotLoaded> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, msg: SnapshotLoaded, ctx: &mut Context<Self>) {
+        let installed = match msg.result {
+            Ok(i) => i,
             Err(e) => {
                 // Raft moved on to the snapshot already; the state cannot
                 // follow. The data dir holds the old state or the new one
                 // (never a mix): a restart tries again.
-                tracing::error!(error = %e, file = %path.display(), "cannot install the leader's snapshot; stopping");
+                tracing::error!(error = %e, file = %msg.path.display(), "cannot install the leader's snapshot; stopping");
                 std::process::exit(2);
             }
+        };
+        let h = self.sm.finish_install(installed);
+        self.installing = false;
+        tracing::info!(
+            index = h.index,
+            revision = h.current_rev,
+            ms = msg.started.elapsed().as_millis() as u64,
+            "state replaced by the leader's snapshot"
+        );
+        self.last_snapshot = h.index;
+        self.hub
+            .state_replaced(self.sm.current_revision(), self.sm.compact_revision());
+        self.lessor
+            .do_send(LeasesReplaced(self.sm.leases().clone()));
+        *self.status.removed.write() = self.sm.membership().removed().collect();
+        self.raft.do_send(MembershipChanged {
+            conf_change: None,
+            members: self.sm.membership().members(),
+        });
+        // Raft counts it applied once its ready is durable.
+        self.raft.do_send(SnapshotInstalled { index: h.index });
+        self.publish();
+        self.serve_ready_reads();
+        // What waited, in the order it came.
+        while let Some(d) = self.deferred.pop_front() {
+            match d {
+                Deferred::Apply(m) => self.apply(m, ctx),
+                Deferred::Reads(m) => self.queue_reads(m),
+                Deferred::Local(m) => {
+                    let _ = m.0.reply.send(self.sm.read(&m.0.request));
+                }
+                Deferred::Fault(m) => self.fault_put(m),
+            }
         }
+        self.catch_up(ctx);
     }
 }
 
 impl Handler<ServeReads> for ApplyActor {
     type Result = ();
     fn handle(&mut self, msg: ServeReads, _: &mut Context<Self>) {
+        if self.installing {
+            self.deferred.push_back(Deferred::Reads(msg));
+        } else {
+            self.queue_reads(msg);
+        }
+    }
+}
+
+impl ApplyActor {
+    fn queue_reads(&mut self, msg: ServeReads) {
         self.reads.entry(msg.index).or_default().extend(msg.reads);
         self.serve_ready_reads();
+    }
+
+    fn fault_put(&mut self, msg: FaultPut) {
+        self.sm.fault_put(&msg.key, msg.value);
+        if let Err(e) = self.sm.commit() {
+            tracing::error!(error = %e, "fault put not written");
+        }
+        self.publish();
     }
 }
 
 impl Handler<LocalRead> for ApplyActor {
     type Result = ();
     fn handle(&mut self, msg: LocalRead, _: &mut Context<Self>) {
-        let _ = msg.0.reply.send(self.sm.read(&msg.0.request));
+        if self.installing {
+            self.deferred.push_back(Deferred::Local(msg));
+        } else {
+            let _ = msg.0.reply.send(self.sm.read(&msg.0.request));
+        }
     }
 }
 
@@ -469,10 +597,32 @@ impl Handler<QueryMembers> for ApplyActor {
 
 impl Handler<TakeImage> for ApplyActor {
     type Result = Result<crate::storage::image::ImageJob, ApiError>;
-    fn handle(&mut self, _: TakeImage, _: &mut Context<Self>) -> Self::Result {
-        self.sm
+    fn handle(&mut self, _: TakeImage, ctx: &mut Context<Self>) -> Self::Result {
+        if self.installing {
+            // The state is being replaced: an image now would be of neither.
+            return Err(ApiError::Internal(
+                "a snapshot from the leader is being installed; try again".into(),
+            ));
+        }
+        let job = self
+            .sm
             .take_image(&self.data_dir)
-            .map_err(|e| ApiError::Internal(e.to_string()))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.step_images(ctx);
+        Ok(job)
+    }
+}
+
+/// Another slice of the images being taken (queued by the actor itself).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ImageStep;
+
+impl Handler<ImageStep> for ApplyActor {
+    type Result = ();
+    fn handle(&mut self, _: ImageStep, ctx: &mut Context<Self>) {
+        self.image_step_queued = false;
+        self.step_images(ctx);
     }
 }
 
@@ -486,11 +636,11 @@ impl Handler<Defragment> for ApplyActor {
 impl Handler<FaultPut> for ApplyActor {
     type Result = ();
     fn handle(&mut self, msg: FaultPut, _: &mut Context<Self>) {
-        self.sm.fault_put(&msg.key, msg.value);
-        if let Err(e) = self.sm.commit() {
-            tracing::error!(error = %e, "fault put not written");
+        if self.installing {
+            self.deferred.push_back(Deferred::Fault(msg));
+        } else {
+            self.fault_put(msg);
         }
-        self.publish();
     }
 }
 

@@ -32,6 +32,7 @@ use super::apply::ApplyActor;
 use super::messages::*;
 use super::peer::{NewUrls, Outbox, PeerActor, PeerContext, Stop};
 use super::wal::{WalCommand, WalHandle};
+use crate::consensus::apply_flow::{ApplyFlow, FlowLimits};
 use crate::consensus::{Node, Persist, Turn};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -110,6 +111,8 @@ pub struct RaftActor {
     removed: bool,
     /// Peers refused this member's messages as those of a removed member.
     told_removed: bool,
+    /// What is handed to the applier, bounded.
+    flow: ApplyFlow,
 }
 
 impl RaftActor {
@@ -122,6 +125,7 @@ impl RaftActor {
         status: Arc<NodeStatus>,
         settings: RaftSettings,
     ) -> RaftActor {
+        let applied = node.applied_index();
         RaftActor {
             node,
             wal,
@@ -140,6 +144,7 @@ impl RaftActor {
             last_tick: None,
             removed: false,
             told_removed: false,
+            flow: ApplyFlow::new(FlowLimits::default(), applied),
         }
     }
 
@@ -239,6 +244,12 @@ impl RaftActor {
         if w.closed() {
             return;
         }
+        if self.flow.gap_too_large(self.node.commit_index()) {
+            // etcd's rule: the applier is too far behind to take more.
+            self.metrics().proposals_failed.inc();
+            reply_err(w, ApiError::TooManyRequests);
+            return;
+        }
         if self.node.leader() == 0 || self.node.transferring() {
             if self.waiting.len() >= MAX_WAITING {
                 reply_err(w, ApiError::TooManyRequests);
@@ -304,6 +315,7 @@ impl RaftActor {
                     "installing a snapshot from the leader"
                 );
                 self.held = Some(persist);
+                self.flow.installed(snapshot.get_metadata().index);
                 self.apply.do_send(InstallSnapshot(snapshot));
             }
             (_, Some(p)) => self.wal.send(WalCommand::Append(append(p))),
@@ -313,16 +325,49 @@ impl RaftActor {
             self.send(turn.messages);
         }
         if !turn.committed.is_empty() {
-            self.apply.do_send(Apply {
-                entries: turn.committed,
-            });
+            let now = self.flow.committed(turn.committed);
+            if !now.is_empty() {
+                self.apply.do_send(Apply { entries: now });
+            }
         }
         for (index, reads) in turn.reads {
+            self.flow.reads_handed(index, reads.len());
             self.apply.do_send(ServeReads { index, reads });
         }
+        self.publish_flow();
         if let Some(leader) = turn.leader_changed {
             self.on_leader_changed(leader);
         }
+    }
+
+    /// Hands the applier the committed entries that waited in the log, as
+    /// far as it has room.
+    fn pump(&mut self) {
+        while let Some((low, high, max_bytes)) = self.flow.next_range() {
+            match self.node.log_entries(low, high, max_bytes) {
+                Ok(entries) if !entries.is_empty() => {
+                    self.flow.handed_over(&entries);
+                    self.apply.do_send(Apply { entries });
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    // Committed entries are in the log until applied: a
+                    // failure here is a broken invariant, not load.
+                    tracing::error!(member = %self.me(), low, high, error = %e, "committed entries unreadable; stopping");
+                    std::process::exit(2);
+                }
+            }
+        }
+        self.publish_flow();
+    }
+
+    fn publish_flow(&self) {
+        let (entries, bytes, waiting) = self.flow.backlog();
+        let m = self.metrics();
+        m.apply_inflight_entries.set(entries as i64);
+        m.apply_inflight_bytes.set(bytes as i64);
+        m.apply_waiting_entries.set(waiting as i64);
+        m.apply_waiting_reads.set(self.flow.waiting_reads() as i64);
     }
 
     fn on_leader_changed(&mut self, leader: u64) {
@@ -440,6 +485,10 @@ impl Handler<ProposeConfChange> for RaftActor {
 impl Handler<ReadIndex> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: ReadIndex, ctx: &mut Context<Self>) {
+        if self.flow.reads_full() {
+            let _ = msg.0.reply.send(Err(ApiError::TooManyRequests));
+            return;
+        }
         self.node.read(msg.0);
         self.schedule(ctx);
     }
@@ -687,6 +736,8 @@ impl Handler<Applied> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Applied, ctx: &mut Context<Self>) {
         self.node.on_applied(msg.index);
+        self.flow.applied(msg.index);
+        self.pump();
         self.schedule(ctx);
     }
 }

@@ -37,7 +37,8 @@ pub fn router(gw: Gateway, fault_injection: bool) -> Router {
         r = r
             .route("/debug/fault/isolate", post(isolate))
             .route("/debug/fault/heal", post(heal))
-            .route("/debug/fault/diverge", post(diverge));
+            .route("/debug/fault/diverge", post(diverge))
+            .route("/debug/fault/slow-apply", post(slow_apply));
     }
     r.with_state(gw)
 }
@@ -51,6 +52,23 @@ async fn isolate(State(gw): State<Gateway>) -> impl IntoResponse {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!("fault injection: isolated from all peers");
     "isolated\n"
+}
+
+/// `?ms=N`: every applied batch takes N ms more from now on (0: back to
+/// normal), as on a slow disk.
+async fn slow_apply(
+    State(gw): State<Gateway>,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    let Some(ms) = q.get("ms").and_then(|v| v.parse::<u64>().ok()) else {
+        return (StatusCode::BAD_REQUEST, "ms is required\n");
+    };
+    gw.core()
+        .faults
+        .slow_apply_ms
+        .store(ms, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(ms, "fault injection: slow apply");
+    (StatusCode::OK, "ok\n")
 }
 
 /// Writes `?key=K&value=V` into this member's store only, bypassing Raft,

@@ -12,6 +12,7 @@
 //! - Linearizable reads that arrive in one turn share ONE `read_index` call, with
 //!   a context never used before.
 
+pub mod apply_flow;
 #[cfg(test)]
 pub mod network;
 pub mod node;

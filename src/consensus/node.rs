@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use raft::eraftpb::{
     ConfChangeV2, ConfState, Entry, HardState, Message, Snapshot, SnapshotMetadata,
 };
-use raft::{Config, RawNode, SnapshotStatus, StateRole};
+use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use crate::error::ApiError;
 use crate::storage::raft_log::RaftLog;
@@ -175,9 +175,23 @@ impl<R> Node<R> {
         self.raw.raft.state
     }
 
+    /// Index the applier reported applied (raft-rs's view).
+    pub fn applied_index(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
     /// Commit index.
     pub fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
+    }
+
+    /// Committed entries `[low, high)` read back from the log, at most
+    /// about `max_bytes` (at least one): what the applier is handed once it
+    /// has room (see [`super::apply_flow`]).
+    pub fn log_entries(&self, low: u64, high: u64, max_bytes: u64) -> raft::Result<Vec<Entry>> {
+        self.raw
+            .store()
+            .entries(low, high, max_bytes, raft::GetEntriesContext::empty(false))
     }
 
     /// Index of the last log entry.

@@ -31,7 +31,8 @@ use crate::proto::metastorepb::{internal_request, ConfChangeContext, InternalReq
 use crate::storage::engine::{AppliedPoint, Checkpoint, KvEngine, KvTxn, StateEngine};
 use crate::storage::image::{ImageHeader, ImageJob};
 use crate::storage::leases::{LeaseEntry, LeaseTable};
-use crate::storage::mvcc::{Event, MemStore, MvccError};
+use crate::storage::memory::MemoryEngine;
+use crate::storage::mvcc::{Event, MvccError};
 use crate::storage::rocks::RocksKv;
 use lease::{LeaseChange, LeaseIndex};
 use membership::Membership;
@@ -106,7 +107,7 @@ fn keep_events(watched: bool, into: &mut Vec<Event>, events: Vec<Event>) {
 #[derive(Debug)]
 pub enum Store {
     /// In memory (durable through the WAL and snapshot files).
-    Memory(MemStore),
+    Memory(MemoryEngine),
     /// In RocksDB (durable by itself; see [`RocksKv`]).
     Rocks(RocksKv),
 }
@@ -122,6 +123,17 @@ macro_rules! on_store {
         }
     };
 }
+
+/// A state replaced by an image, ready to swap in (see
+/// [`StateMachine::install_job`]).
+pub struct Installed {
+    header: ImageHeader,
+    store: Store,
+    lease_index: LeaseIndex,
+}
+
+/// An install of an image, run on a worker.
+pub type InstallTask = Box<dyn FnOnce() -> Result<Installed, StorageError> + Send>;
 
 /// etcd's KV state machine and the member registry over the engine's store.
 #[derive(Debug)]
@@ -217,20 +229,63 @@ impl StateMachine {
         on_store!(&mut self.store, s => StateEngine::commit(s, &self.point))
     }
 
-    /// Starts an image of the applied state (see [`ImageJob`]).
-    pub fn take_image(&self, tmp_dir: &Path) -> Result<ImageJob, StorageError> {
-        on_store!(&self.store, s => s.image(&self.point, tmp_dir))
+    /// Starts an image of the applied state (see [`ImageJob`]); the memory
+    /// engine's needs [`StateMachine::image_step`] until it returns false.
+    pub fn take_image(&mut self, tmp_dir: &Path) -> Result<ImageJob, StorageError> {
+        on_store!(&mut self.store, s => s.image(&self.point, tmp_dir))
+    }
+
+    /// Moves the images being taken on by one slice (see
+    /// [`StateEngine::image_step`]); false once none is left.
+    pub fn image_step(&mut self) -> bool {
+        on_store!(&mut self.store, s => s.image_step())
     }
 
     /// What a periodic snapshot at the applied point takes.
-    pub fn checkpoint(&self, data_dir: &Path) -> Checkpoint {
-        on_store!(&self.store, s => s.checkpoint(&self.point, data_dir))
+    pub fn checkpoint(&mut self, data_dir: &Path) -> Checkpoint {
+        on_store!(&mut self.store, s => s.checkpoint(&self.point, data_dir))
     }
 
-    /// Replaces the whole state with a snapshot from the leader (the checked
-    /// image file at `path`); see [`StateEngine::install`].
-    pub fn install(&mut self, path: &Path, data_dir: &Path) -> Result<ImageHeader, StorageError> {
-        let h = on_store!(&mut self.store, s => s.install(path, data_dir))?;
+    /// Replacing the whole state with a snapshot from the leader (the
+    /// checked image file at `path`), as a job for a worker (see
+    /// [`StateEngine::install_job`]); its result goes to
+    /// [`StateMachine::finish_install`]. Until then nothing may be applied.
+    pub fn install_job(&self, path: &Path, data_dir: &Path) -> InstallTask {
+        fn index<E: KvEngine>(e: &E) -> LeaseIndex {
+            LeaseIndex::rebuild(e)
+        }
+        match &self.store {
+            Store::Memory(s) => {
+                let job = s.install_job(path, data_dir);
+                Box::new(move || {
+                    job().map(|(header, e)| Installed {
+                        header,
+                        lease_index: index(&e),
+                        store: Store::Memory(e),
+                    })
+                })
+            }
+            Store::Rocks(s) => {
+                let job = s.install_job(path, data_dir);
+                Box::new(move || {
+                    job().map(|(header, e)| Installed {
+                        header,
+                        lease_index: index(&e),
+                        store: Store::Rocks(e),
+                    })
+                })
+            }
+        }
+    }
+
+    /// Swaps in the state an install job produced; returns its header.
+    pub fn finish_install(&mut self, installed: Installed) -> ImageHeader {
+        let Installed {
+            header: h,
+            store,
+            lease_index,
+        } = installed;
+        self.store = store;
         let watched = self.watched;
         on_store!(&mut self.store, s => s.set_watched(watched));
         self.point = AppliedPoint {
@@ -241,9 +296,9 @@ impl StateMachine {
             leases: h.leases.clone(),
         };
         self.members = Membership::from_pb(h.membership.clone());
-        self.lease_index = on_store!(&self.store, s => LeaseIndex::rebuild(s));
+        self.lease_index = lease_index;
         self.lease_changes.clear();
-        Ok(h)
+        h
     }
 
     /// What Maintenance.Defragment runs off the apply thread, if anything.

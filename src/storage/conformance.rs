@@ -249,5 +249,5 @@ pub fn run_all<E: StateEngine>(make: impl Fn() -> E) {
 
 #[test]
 fn mem_store_conforms() {
-    run_all(super::mvcc::MemStore::new);
+    run_all(|| super::memory::MemoryEngine::new(super::mvcc::MemStore::new()));
 }

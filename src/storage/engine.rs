@@ -108,22 +108,40 @@ pub enum Checkpoint {
     Write(Box<dyn FnOnce() -> Result<(), StorageError> + Send>),
 }
 
+/// Replaces an engine's whole state with a received image, off the apply
+/// thread: run on a worker, it returns the image's header and the engine
+/// over the new state, for the apply thread to swap in.
+pub type InstallJob<E> = Box<dyn FnOnce() -> Result<(ImageHeader, E), StorageError> + Send>;
+
 /// The MVCC state as the state machine drives it, engine by engine.
-pub trait StateEngine: KvEngine {
+///
+/// Whole-state work never runs on the apply thread: images are written by
+/// threads of their own (from a consistent view: a RocksDB snapshot, or
+/// slices of the memory engine's store at one revision, see
+/// [`StateEngine::image_step`]), and an install runs on a worker while the
+/// apply thread holds the work that needs the state.
+pub trait StateEngine: KvEngine + Sized {
     /// Ends a batch of applied entries at `point` (rocksdb: one unsynced
     /// write with the applied point; memory: nothing, the WAL has it).
     fn commit(&mut self, point: &AppliedPoint) -> Result<(), StorageError>;
     /// Starts a consistent image of the applied state at `point`; `tmp_dir`
     /// holds any temporary file.
-    fn image(&self, point: &AppliedPoint, tmp_dir: &Path) -> Result<ImageJob, StorageError>;
+    fn image(&mut self, point: &AppliedPoint, tmp_dir: &Path) -> Result<ImageJob, StorageError>;
+    /// Moves the images being taken on by one bounded slice of work (about a
+    /// millisecond); returns whether any is still unfinished. The apply
+    /// thread calls it between its other messages until it returns false.
+    fn image_step(&mut self) -> bool {
+        false
+    }
     /// Every `snapshot-count` entries: what makes the state at `point`
     /// durable so the log before it may go.
-    fn checkpoint(&self, point: &AppliedPoint, data_dir: &Path) -> Checkpoint;
-    /// Replaces the whole state with the image in the file at `path`
+    fn checkpoint(&mut self, point: &AppliedPoint, data_dir: &Path) -> Checkpoint;
+    /// Replacing the whole state with the image in the file at `path`
     /// (received from the leader and checked), durably: after a crash the
-    /// member restarts from the old state or the new one, never a mix.
-    /// The file is consumed. Returns the image's header.
-    fn install(&mut self, path: &Path, data_dir: &Path) -> Result<ImageHeader, StorageError>;
+    /// member restarts from the old state or the new one, never a mix. The
+    /// file is consumed. While the job runs, the apply thread touches
+    /// neither this engine's state nor its files.
+    fn install_job(&self, path: &Path, data_dir: &Path) -> InstallJob<Self>;
     /// What Maintenance.Defragment runs off the apply thread, if anything.
     fn defragment_job(&self) -> Option<Box<dyn FnOnce() + Send>>;
     /// The files changed size outside of writes (a defragmentation ran):

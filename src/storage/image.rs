@@ -28,13 +28,14 @@
 //! point at leases it does not carry).
 
 use std::io::{self, Read, Seek, Write};
+use std::path::Path;
 
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 
 use super::leases::LeaseTable;
-use super::mvcc::{KeyValue, MemStore, Rebuild, Revision};
+use super::mvcc::{KeyValue, MemStore, Rebuild, Revision, VersionView};
 use crate::error::StorageError;
 use crate::proto::{metastorepb, mvccpb};
 
@@ -400,11 +401,101 @@ pub fn encode_record(kv: &KeyValue, value: &[u8]) -> Vec<u8> {
 
 /// Writes the image of an in-memory store (values included) at `h`.
 pub fn write_memory_image<W: Write>(store: &MemStore, h: &ImageHeader, out: W) -> io::Result<W> {
+    let mut all = RecordSlice::default();
+    store.export_slice(None, i64::MAX, usize::MAX, &mut |v| all.push(v));
+    write_sorted(h, &[all], out)
+}
+
+/// Versions gathered key by key (as a store is walked), encoded as image
+/// records into one buffer, to be written out in revision order by
+/// [`write_sorted`].
+#[derive(Debug, Default)]
+pub struct RecordSlice {
+    arena: Vec<u8>,
+    /// Revision, start and end of each record in `arena`.
+    records: Vec<(Revision, usize, usize)>,
+}
+
+impl RecordSlice {
+    /// Adds a version.
+    pub fn push(&mut self, v: VersionView<'_>) {
+        let start = self.arena.len();
+        encode_view(&v, &mut self.arena);
+        self.records.push((v.rev, start, self.arena.len()));
+    }
+
+    /// Number of versions held.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether it holds no version.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The encoded records, back to back.
+    #[cfg(test)]
+    pub fn bytes_for_tests(&self) -> &[u8] {
+        &self.arena
+    }
+}
+
+/// Encodes a version as the `mvccpb.KeyValue` of its record, byte for byte
+/// what prost writes for [`encode_record`] (proto3: zero fields left out,
+/// fields in number order), without building the message first.
+fn encode_view(v: &VersionView<'_>, buf: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let bytes = |tag: u32, b: &[u8], buf: &mut Vec<u8>| {
+        if !b.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(b.len() as u64, buf);
+            buf.extend_from_slice(b);
+        }
+    };
+    let int = |tag: u32, n: i64, buf: &mut Vec<u8>| {
+        if n != 0 {
+            encode_key(tag, WireType::Varint, buf);
+            encode_varint(n as u64, buf);
+        }
+    };
+    bytes(1, v.key, buf);
+    int(2, v.create_revision, buf);
+    int(3, v.rev.main, buf);
+    int(4, v.version, buf);
+    bytes(5, v.value, buf);
+    int(6, v.lease, buf);
+}
+
+/// Writes an image of the versions in `slices`, in revision order.
+pub fn write_sorted<W: Write>(h: &ImageHeader, slices: &[RecordSlice], out: W) -> io::Result<W> {
+    let mut order: Vec<(Revision, u32, usize, usize)> =
+        Vec::with_capacity(slices.iter().map(RecordSlice::len).sum());
+    for (i, s) in slices.iter().enumerate() {
+        order.extend(s.records.iter().map(|&(r, a, b)| (r, i as u32, a, b)));
+    }
+    order.sort_unstable_by_key(|o| o.0);
     let mut w = ImageWriter::new(out, h)?;
-    for (rev, kv) in store.versions_by_revision() {
-        w.raw_record(&revision_key(rev), &encode_record(&kv, &kv.value))?;
+    for (rev, i, a, b) in order {
+        w.raw_record(&revision_key(rev), &slices[i as usize].arena[a..b])?;
     }
     w.finish()
+}
+
+/// A read-write temporary file in `tmp_dir`, unlinked at once: it lives as
+/// long as the image stream that reads it.
+pub fn unlinked_temp(tmp_dir: &Path, name: &str) -> Result<std::fs::File, StorageError> {
+    let path = tmp_dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
+    std::fs::remove_file(&path)
+        .map_err(|e| StorageError::io(format!("unlink {}", path.display()), e))?;
+    Ok(file)
 }
 
 /// Reads a whole image into an in-memory store (`keep_values` as in

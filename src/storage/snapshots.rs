@@ -34,15 +34,37 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> StorageError {
 /// Writes an image durably as the snapshot at `index`, then removes all but
 /// the newest few.
 pub fn save(data_dir: &Path, index: u64, image: &[u8]) -> Result<PathBuf, StorageError> {
+    let (mut f, tmp) = create_tmp(data_dir, index)?;
+    f.write_all(image)
+        .map_err(io(format!("write {}", tmp.display())))?;
+    commit_tmp(data_dir, index, f, &tmp)
+}
+
+/// Opens the temporary file the snapshot at `index` is written to (see
+/// [`commit_tmp`]); a crash before the commit leaves only a `.tmp` file,
+/// which the next listing removes.
+pub fn create_tmp(data_dir: &Path, index: u64) -> Result<(fs::File, PathBuf), StorageError> {
     let d = dir(data_dir);
     fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
-    let path = final_path(data_dir, index);
     let tmp = d.join(format!("{index:016x}.snap.tmp"));
+    let f = fs::File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
+    Ok((f, tmp))
+}
+
+/// Makes the image written to `file` (at `tmp`, from [`create_tmp`]) the
+/// snapshot at `index`: fsync, rename, fsync of the directory; then
+/// removes all but the newest few.
+pub fn commit_tmp(
+    data_dir: &Path,
+    index: u64,
+    file: fs::File,
+    tmp: &Path,
+) -> Result<PathBuf, StorageError> {
+    let d = dir(data_dir);
+    let path = final_path(data_dir, index);
     let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(image)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
+        file.sync_all()?;
+        fs::rename(tmp, &path)?;
         fs::File::open(&d)?.sync_all()
     };
     write().map_err(io(format!("write {}", path.display())))?;

@@ -39,7 +39,7 @@ mod txn;
 
 pub use rebuild::Rebuild;
 pub use revision::Revision;
-pub use store::MemStore;
+pub use store::{MemStore, VersionView};
 pub use txn::WriteTxn;
 
 /// A key's state at one revision, as etcd's `mvccpb.KeyValue`.

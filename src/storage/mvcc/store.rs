@@ -55,6 +55,29 @@ pub struct MemStore {
     /// Whether an index-only store's events carry previous states (their
     /// values left for the caller to fill).
     pub(super) event_prevs: bool,
+    /// Images being taken in slices (see [`MemStore::export_slice`]): while
+    /// any is, compaction moves the compacted revision but removes nothing.
+    pub(super) compaction_holds: u32,
+    /// The newest compaction whose removals wait for the holds to end.
+    pub(super) deferred_compact: Option<i64>,
+}
+
+/// One stored version as an image exports it (a tombstone has only `key`
+/// and `mod_revision` set, as etcd's deletion records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionView<'a> {
+    /// Where it was written.
+    pub rev: Revision,
+    /// The key.
+    pub key: &'a [u8],
+    /// Start of its generation (0 for tombstones).
+    pub create_revision: i64,
+    /// Puts in the generation (0 for tombstones).
+    pub version: i64,
+    /// Attached lease (0 for none).
+    pub lease: i64,
+    /// The value (empty for tombstones and index-only stores).
+    pub value: &'a [u8],
 }
 
 impl Default for MemStore {
@@ -75,6 +98,8 @@ impl MemStore {
             record_events: true,
             keep_values: true,
             event_prevs: false,
+            compaction_holds: 0,
+            deferred_compact: None,
         }
     }
 
@@ -287,28 +312,6 @@ impl MemStore {
         Ok(out)
     }
 
-    /// Every retained version in revision order, as stored: tombstones with
-    /// version 0 (and only key and mod_revision set).
-    pub fn versions_by_revision(&self) -> Vec<(Revision, super::KeyValue)> {
-        let mut out = Vec::new();
-        for (k, h) in &self.keys {
-            for v in h.versions() {
-                let kv = if v.is_tombstone() {
-                    super::KeyValue {
-                        key: k.to_vec(),
-                        mod_revision: v.rev.main,
-                        ..Default::default()
-                    }
-                } else {
-                    v.to_kv(k, true)
-                };
-                out.push((v.rev, kv));
-            }
-        }
-        out.sort_unstable_by_key(|(r, _)| *r);
-        out
-    }
-
     /// Starts a write transaction; see [`WriteTxn`] for commit behaviour.
     pub fn write(&mut self) -> WriteTxn<'_> {
         WriteTxn::new(self)
@@ -333,7 +336,7 @@ impl MemStore {
     fn compact_inner(
         &mut self,
         rev: i64,
-        mut removed: Option<&mut Vec<Revision>>,
+        removed: Option<&mut Vec<Revision>>,
     ) -> Result<(), MvccError> {
         if rev <= self.compact_rev {
             return Err(MvccError::Compacted);
@@ -342,6 +345,18 @@ impl MemStore {
             return Err(MvccError::FutureRevision);
         }
         self.compact_rev = rev;
+        if self.compaction_holds > 0 && removed.is_none() {
+            // Reads below `rev` fail from now on; the versions stay until
+            // the images that read them are through.
+            self.deferred_compact = Some(rev);
+            return Ok(());
+        }
+        self.remove_compacted(rev, removed);
+        Ok(())
+    }
+
+    /// Removes what a compaction at `rev` lets go.
+    fn remove_compacted(&mut self, rev: i64, mut removed: Option<&mut Vec<Revision>>) {
         let mut freed = 0u64;
         self.keys.retain(|k, h| {
             freed += h.compact(rev, removed.as_deref_mut());
@@ -353,7 +368,74 @@ impl MemStore {
             }
         });
         self.size_bytes -= freed;
-        Ok(())
+    }
+
+    /// Keeps every version where it is until [`MemStore::release_compaction`]:
+    /// a compaction meanwhile only moves the compacted revision. An image
+    /// taken in slices holds this, so the versions at or below its revision
+    /// are all still there when it reaches their keys.
+    pub fn hold_compaction(&mut self) {
+        self.compaction_holds += 1;
+    }
+
+    /// Ends one [`MemStore::hold_compaction`]; the last one carries out the
+    /// removals of a compaction that happened meanwhile.
+    pub fn release_compaction(&mut self) {
+        self.compaction_holds = self.compaction_holds.saturating_sub(1);
+        if self.compaction_holds == 0 {
+            if let Some(rev) = self.deferred_compact.take() {
+                self.remove_compacted(rev, None);
+            }
+        }
+    }
+
+    /// Hands `sink` the versions at or below main revision `upto` of the
+    /// keys after `after` (from the first key when `None`), key by key,
+    /// until about `budget` versions were handed over. Returns the last key
+    /// looked at when keys remain, `None` once the store is through: the
+    /// next slice starts after it. Between slices the store may change;
+    /// versions at or below `upto` do not while compaction is held, and
+    /// keys are only ever removed by compaction, so the slices together
+    /// are the store as it was at `upto`.
+    pub fn export_slice(
+        &self,
+        after: Option<&[u8]>,
+        upto: i64,
+        budget: usize,
+        sink: &mut dyn FnMut(VersionView<'_>),
+    ) -> Option<Box<[u8]>> {
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut handed = 0usize;
+        for (k, h) in self.keys.range::<[u8], _>((lower, Bound::Unbounded)) {
+            for v in h.versions().iter().take_while(|v| v.rev.main <= upto) {
+                sink(VersionView {
+                    rev: v.rev,
+                    key: k,
+                    create_revision: v.create_revision,
+                    version: v.version,
+                    lease: v.lease,
+                    value: &v.value,
+                });
+                handed += 1;
+            }
+            // Keys count too, so a slice over keys written after `upto`
+            // still ends.
+            handed += 1;
+            if handed >= budget {
+                return Some(k.clone());
+            }
+        }
+        None
+    }
+
+    /// Recomputes `(live_keys, size_bytes)` from the map, for other
+    /// modules' tests.
+    #[cfg(test)]
+    pub fn recount_for_tests(&self) -> (usize, u64) {
+        self.recount()
     }
 
     /// Recomputes `(live_keys, size_bytes)` from the map.

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::error::StorageError;
 use crate::proto::{metastorepb, mvccpb};
-use crate::storage::engine::{AppliedPoint, Checkpoint, KvEngine, KvTxn, StateEngine};
+use crate::storage::engine::{AppliedPoint, Checkpoint, InstallJob, KvEngine, KvTxn, StateEngine};
 use crate::storage::image::{
     encode_record, parse_revision_key, read_into_store, revision_key, ImageHeader, ImageJob,
     ImageReader, ImageWriter,
@@ -351,36 +351,30 @@ impl StateEngine for RocksKv {
         RocksKv::commit(self, point)
     }
 
-    fn image(&self, point: &AppliedPoint, tmp_dir: &Path) -> Result<ImageJob, StorageError> {
-        let path = tmp_dir.join(format!("image-{}.tmp", point.index));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
-        // Unlinked at once: the file lives as long as the stream reads it.
-        std::fs::remove_file(&path)
-            .map_err(|e| StorageError::io(format!("unlink {}", path.display()), e))?;
+    fn image(&mut self, point: &AppliedPoint, tmp_dir: &Path) -> Result<ImageJob, StorageError> {
+        let file =
+            super::super::image::unlinked_temp(tmp_dir, &format!("image-{}.tmp", point.index))?;
         Ok(ImageJob::Writing(
             self.spawn_image(std::io::BufWriter::new(file))?,
         ))
     }
 
-    fn checkpoint(&self, _: &AppliedPoint, _: &Path) -> Checkpoint {
+    fn checkpoint(&mut self, _: &AppliedPoint, _: &Path) -> Checkpoint {
         // The applied state is in RocksDB already: the Raft log up to here
         // may go once the kv database is flushed (RocksLog::purge does).
         Checkpoint::Durable
     }
 
-    fn install(&mut self, path: &Path, _: &Path) -> Result<ImageHeader, StorageError> {
-        let (h, kv) = RocksKv::install_image(&self.dbs, path, None)?;
-        *self = kv;
-        if let Err(e) = std::fs::remove_file(path) {
-            tracing::warn!(file = %path.display(), error = %e, "cannot remove an installed image");
-        }
-        Ok(h)
+    fn install_job(&self, path: &Path, _: &Path) -> InstallJob<Self> {
+        let dbs = self.dbs.clone();
+        let path = path.to_owned();
+        Box::new(move || {
+            let (h, kv) = RocksKv::install_image(&dbs, &path, None)?;
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove an installed image");
+            }
+            Ok((h, kv))
+        })
     }
 
     fn defragment_job(&self) -> Option<Box<dyn FnOnce() + Send>> {

@@ -1,7 +1,7 @@
 //! The [`LogStore`] conformance suite: what every Raft log store must do,
 //! written once against the trait, as [`conformance`](super::conformance)
 //! is for [`KvEngine`](super::engine::KvEngine). Each implementation's tests
-//! call [`run_all`] with a constructor for a [`LogHarness`] on a fresh data
+//! invoke [`log_store_conformance!`] with a constructor for a [`LogHarness`] on a fresh data
 //! dir; the harness creates the log as a new member's bootstrap does and
 //! reopens it the way the daemon recovers it (`server::recover_memory`,
 //! `server::recover_rocks`), so every case checks what a restart sees.
@@ -263,12 +263,35 @@ pub fn reset_after_snapshot<H: LogHarness>(mut h: H) {
     assert_eq!(r.raft.hard_state(), &hs(3, 2, 21));
 }
 
-/// Runs every case, each on a fresh data dir from `make`.
-pub fn run_all<H: LogHarness>(make: impl Fn() -> H) {
-    append_sync_reopen(make());
-    overwrite_conflicting_tail(make());
-    empty_appends(make());
-    hard_state_only(make());
-    purge(make());
-    reset_after_snapshot(make());
+/// One `#[test]` per case of the suite, each on a fresh harness from
+/// `$make` (an expression evaluated once per test), so a failure names its
+/// case. Used inside an implementation's test module.
+macro_rules! log_store_conformance {
+    ($make:expr) => {
+        #[test]
+        fn append_sync_reopen() {
+            $crate::storage::log_conformance::append_sync_reopen($make);
+        }
+        #[test]
+        fn overwrite_conflicting_tail() {
+            $crate::storage::log_conformance::overwrite_conflicting_tail($make);
+        }
+        #[test]
+        fn empty_appends() {
+            $crate::storage::log_conformance::empty_appends($make);
+        }
+        #[test]
+        fn hard_state_only() {
+            $crate::storage::log_conformance::hard_state_only($make);
+        }
+        #[test]
+        fn purge() {
+            $crate::storage::log_conformance::purge($make);
+        }
+        #[test]
+        fn reset_after_snapshot() {
+            $crate::storage::log_conformance::reset_after_snapshot($make);
+        }
+    };
 }
+pub(crate) use log_store_conformance;

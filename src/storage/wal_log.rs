@@ -73,7 +73,7 @@ mod tests {
     use raft::eraftpb::SnapshotMetadata;
 
     use super::*;
-    use crate::storage::log_conformance::{run_all, LogHarness, Reopened};
+    use crate::storage::log_conformance::{LogHarness, Reopened};
     use crate::storage::raft_log::{decode_entries, RaftLog};
     use crate::storage::wal::{Record, WalOptions};
 
@@ -131,10 +131,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn wal_log_conforms() {
-        run_all(|| Harness {
+    fn harness() -> Harness {
+        Harness {
             dir: tempfile::tempdir().expect("a temporary directory"),
-        });
+        }
+    }
+
+    /// The LogStore suite against the WAL.
+    mod conforms {
+        use super::harness;
+        crate::storage::log_conformance::log_store_conformance!(harness());
     }
 }

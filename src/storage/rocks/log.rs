@@ -134,7 +134,7 @@ mod tests {
 
     use super::*;
     use crate::storage::engine::AppliedPoint;
-    use crate::storage::log_conformance::{run_all, LogHarness, Reopened};
+    use crate::storage::log_conformance::{LogHarness, Reopened};
     use crate::storage::raft_log::RaftLog;
 
     /// Both databases in a temporary data dir, created as
@@ -201,11 +201,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rocks_log_conforms() {
-        run_all(|| Harness {
+    fn harness() -> Harness {
+        Harness {
             dir: tempfile::tempdir().expect("a temporary directory"),
             dbs: None,
-        });
+        }
+    }
+
+    /// The LogStore suite against RocksDB.
+    mod conforms {
+        use super::harness;
+        crate::storage::log_conformance::log_store_conformance!(harness());
     }
 }

@@ -24,11 +24,11 @@
 //!   queue that is always flushed before events, so a watcher's `created`
 //!   precedes its events.
 //!
-//! By concern: [`ring`] (the batch ring and the frames cached with its
-//! batches), [`groups`] (watcher groups and the routing of a batch to
-//! them), [`streams`] (each stream's outbox, control queue and response
-//! assembly), [`catch_up`] (lagging watchers brought back in slices). This
-//! file holds the [`Hub`] itself and the requests it answers.
+//! By concern: `ring` (the batch ring and the frames cached with its
+//! batches), `groups` (watcher groups and the routing of a batch to them),
+//! `streams` (each stream's outbox, control queue and response assembly),
+//! `catch_up` (lagging watchers brought back in slices). This file holds
+//! the [`Hub`] itself and the requests it answers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -73,7 +73,7 @@ mod tests {
     use raft::eraftpb::SnapshotMetadata;
 
     use super::*;
-    use crate::storage::log_conformance::{LogHarness, Reopened};
+    use crate::storage::log_conformance::{LogHarness, Reopened, PURGE_ENTRY_BYTES};
     use crate::storage::raft_log::{decode_entries, RaftLog};
     use crate::storage::wal::{Record, WalOptions};
 
@@ -85,10 +85,12 @@ mod tests {
 
     impl Harness {
         fn open(&self) -> (Wal, Vec<Record>) {
-            // Tiny segments: every sync rotates, so a purge can drop whole
-            // synced batches.
+            // Segments smaller than one of the purge case's entries (so a
+            // purge can drop whole synced batches), larger than the other
+            // cases' logs (so each record is what the case wrote, not the
+            // header of a new segment).
             let opts = WalOptions {
-                segment_size: 1,
+                segment_size: PURGE_ENTRY_BYTES as u64 / 2,
                 preallocate: false,
             };
             Wal::open(&self.dir.path().join("wal"), opts).expect("open the WAL")

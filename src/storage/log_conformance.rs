@@ -1,10 +1,11 @@
 //! The [`LogStore`] conformance suite: what every Raft log store must do,
 //! written once against the trait, as [`conformance`](super::conformance)
-//! is for [`KvEngine`](super::engine::KvEngine). Each implementation's tests
-//! invoke [`log_store_conformance!`] with a constructor for a [`LogHarness`] on a fresh data
-//! dir; the harness creates the log as a new member's bootstrap does and
-//! reopens it the way the daemon recovers it (`server::recover_memory`,
-//! `server::recover_rocks`), so every case checks what a restart sees.
+//! is for [`KvEngine`](super::engine::KvEngine). Each implementation's
+//! tests invoke [`log_store_conformance!`] with a constructor for a
+//! [`LogHarness`] on a fresh data dir; the harness creates the log as a new
+//! member's bootstrap does and reopens it the way the daemon recovers it
+//! (`server::recover_memory`, `server::recover_rocks`), so every case checks
+//! what a restart sees.
 //!
 //! The contract:
 //! - what was appended and synced is there after a reopen: entries in
@@ -15,7 +16,8 @@
 //!   state;
 //! - after `purge(upto)` the entries above `upto` are all kept and the log
 //!   recovers from a state machine at `upto`; what was synced in whole
-//!   batches at or below `upto` is gone from the disk;
+//!   batches at or below `upto` is gone from the disk (the memory engine
+//!   drops whole WAL segments, so the suite makes each batch fill one);
 //! - after a snapshot install at index N and `reset`, the log restarts
 //!   after N: entries of the old log (even beyond N) are gone, the reset's
 //!   hard state is the one recovered.

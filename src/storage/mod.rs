@@ -8,6 +8,8 @@ pub mod conformance;
 pub mod engine;
 pub mod image;
 pub mod leases;
+#[cfg(test)]
+pub mod log_conformance;
 pub mod memory;
 pub mod mvcc;
 pub mod raft_log;

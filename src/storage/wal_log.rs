@@ -67,3 +67,81 @@ impl LogStore for WalLog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use raft::eraftpb::SnapshotMetadata;
+
+    use super::*;
+    use crate::storage::log_conformance::{LogHarness, Reopened, PURGE_ENTRY_BYTES};
+    use crate::storage::raft_log::{decode_entries, RaftLog};
+    use crate::storage::wal::{Record, WalOptions};
+
+    /// A WAL in a temporary data dir, opened as `server::bootstrap` and
+    /// `server::recover_memory` open it.
+    struct Harness {
+        dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        fn open(&self) -> (Wal, Vec<Record>) {
+            // Segments smaller than one of the purge case's entries (so a
+            // purge can drop whole synced batches), larger than the other
+            // cases' logs (so each record is what the case wrote, not the
+            // header of a new segment).
+            let opts = WalOptions {
+                segment_size: PURGE_ENTRY_BYTES as u64 / 2,
+                preallocate: false,
+            };
+            Wal::open(&self.dir.path().join("wal"), opts).expect("open the WAL")
+        }
+    }
+
+    impl LogHarness for Harness {
+        type Log = WalLog;
+
+        fn create(&mut self, start: &SnapshotMetadata, hs: &HardState) -> WalLog {
+            // server::start_wal: where the log starts, then the hard state.
+            let (mut wal, _) = self.open();
+            wal.append(record::SNAPSHOT, &encode_message(start), start.index);
+            wal.append(record::HARD_STATE, &encode_message(hs), 0);
+            wal.sync().expect("sync the first records");
+            WalLog::new(wal, hs.clone())
+        }
+
+        fn reopen(&mut self, log: WalLog, base: &SnapshotMetadata) -> Reopened<WalLog> {
+            drop(log);
+            let (wal, records) = self.open();
+            let oldest = records
+                .iter()
+                .filter(|r| r.kind == record::ENTRIES)
+                .flat_map(|r| decode_entries(&r.payload).expect("entries decode"))
+                .map(|e| e.index)
+                .min();
+            let raft = RaftLog::recover(base.clone(), &records).expect("recover");
+            let hard_state = raft.hard_state().clone();
+            Reopened {
+                log: WalLog::new(wal, hard_state),
+                raft,
+                oldest,
+            }
+        }
+
+        fn install(&mut self, _: &mut WalLog, _: &SnapshotMetadata) {
+            // The memory engine's install writes a snapshot file and leaves
+            // the WAL alone: the marker `reset` writes starts the log over.
+        }
+    }
+
+    fn harness() -> Harness {
+        Harness {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    /// The LogStore suite against the WAL.
+    mod conforms {
+        use super::harness;
+        crate::storage::log_conformance::log_store_conformance!(harness());
+    }
+}

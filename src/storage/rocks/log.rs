@@ -127,3 +127,90 @@ fn purge(raft: &DB, kv: &DB, upto: u64) -> Result<(), StorageError> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use raft::eraftpb::SnapshotMetadata;
+
+    use super::*;
+    use crate::storage::engine::AppliedPoint;
+    use crate::storage::log_conformance::{LogHarness, Reopened};
+    use crate::storage::raft_log::RaftLog;
+
+    /// Both databases in a temporary data dir, created as
+    /// `server::bootstrap` does and reopened as `server::recover_rocks` does.
+    struct Harness {
+        dir: tempfile::TempDir,
+        dbs: Option<Dbs>,
+    }
+
+    impl LogHarness for Harness {
+        type Log = RocksLog;
+
+        fn create(&mut self, start: &SnapshotMetadata, hs: &HardState) -> RocksLog {
+            let dbs = super::super::open(self.dir.path(), true).expect("create the databases");
+            let point = AppliedPoint {
+                index: start.index,
+                term: start.term,
+                conf_state: start.get_conf_state().clone(),
+                ..Default::default()
+            };
+            super::super::bootstrap(&dbs, &point, hs).expect("bootstrap");
+            let log = RocksLog::new(&dbs, start.index);
+            self.dbs = Some(dbs);
+            log
+        }
+
+        fn reopen(&mut self, log: RocksLog, base: &SnapshotMetadata) -> Reopened<RocksLog> {
+            let dbs = self.dbs.take().expect("created before reopened");
+            // A purge runs on a thread of its own: let it finish (what a
+            // clean shutdown waits for too), then close both databases.
+            while dbs.background.load(Ordering::Acquire) > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(log);
+            drop(dbs);
+            let dbs = super::super::open_with(self.dir.path(), false, Some(64 << 10))
+                .expect("reopen the databases");
+            let meta = super::super::read_meta(&dbs).expect("read meta");
+            let entries = super::super::read_entries(&dbs.raft, base.index).expect("entries");
+            let mut raft = RaftLog::from_snapshot(base.clone(), meta.hard_state);
+            raft.append(&entries).expect("recovered entries append");
+            let oldest = dbs
+                .raft
+                .iterator_cf(cf(&dbs.raft, CF_RAFT), rocksdb::IteratorMode::Start)
+                .next()
+                .map(|item| {
+                    let (k, _) = item.expect("read the raft log");
+                    u64::from_be_bytes(<[u8; 8]>::try_from(&*k).expect("8-byte index keys"))
+                });
+            let log = RocksLog::new(&dbs, raft.last());
+            self.dbs = Some(dbs);
+            Reopened { log, raft, oldest }
+        }
+
+        fn install(&mut self, _: &mut RocksLog, _: &SnapshotMetadata) {
+            // RocksKv::install_image drops the whole Raft log before the
+            // image goes in (the same delete, synced).
+            let dbs = self.dbs.as_ref().expect("created before installing");
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf(&dbs.raft, CF_RAFT), [0u8; 8], [0xffu8; 8]);
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            dbs.raft.write_opt(batch, &sync).expect("drop the raft log");
+        }
+    }
+
+    fn harness() -> Harness {
+        Harness {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            dbs: None,
+        }
+    }
+
+    /// The LogStore suite against RocksDB.
+    mod conforms {
+        use super::harness;
+        crate::storage::log_conformance::log_store_conformance!(harness());
+    }
+}

@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::proto::etcdserverpb::WatchCreateRequest;
+use crate::proto::mvccpb;
 use crate::storage::engine::KvEngine;
 use crate::storage::mvcc::MemStore;
 

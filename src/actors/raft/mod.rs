@@ -17,8 +17,13 @@
 //!   fails them with "leader changed" once the epoch moves on.
 //! - Proposals that arrive without a leader wait (bounded) for one; their
 //!   clients time out otherwise. None is proposed after its client left.
+//!
+//! The decisions are plain structs tested without actix: which proposals
+//! wait or fail ([`proposals::ProposalQueue`]), MoveLeader transfers, the
+//! hand-over of a leader leaving the configuration and when a removed
+//! member stops ([`leadership`]). This actor carries out what they decide.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -40,17 +45,16 @@ use crate::proto::etcdserverpb::Member;
 use crate::proto::metastorepb::ConfChangeContext;
 use crate::status::NodeStatus;
 
+pub mod leadership;
+pub mod proposals;
+
+use leadership::{Removal, TransferCheck, Transfers};
+use proposals::{Admission, Leadership, ProposalQueue, Waiter, MAX_WAITING};
+
 /// Mailbox depth: senders that `send().await` wait beyond it (backpressure).
 const MAILBOX: usize = 4096;
-/// Proposals held while there is no leader, at most.
-const MAX_WAITING: usize = 16384;
-/// Ticks a MoveLeader waits for the transfer (etcd: its request timeout).
-const TRANSFER_TICKS: u64 = 50;
 /// A heartbeat unanswered this long is not measured (the peer was away).
 const RTT_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long a member its peers call removed keeps going, for the commit of
-/// its removal to arrive and be answered.
-const REMOVED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A proposal waiting for a leader.
 enum Waiting {
@@ -58,7 +62,7 @@ enum Waiting {
     ConfChange(ProposeConfChange),
 }
 
-impl Waiting {
+impl Waiter for Waiting {
     fn closed(&self) -> bool {
         match self {
             Waiting::Write(p) => p.reply.is_closed(),
@@ -67,8 +71,8 @@ impl Waiting {
     }
 }
 
-/// A MoveLeader waiting: (target, deadline tick, reply).
-type Transfer = (u64, u64, oneshot::Sender<Result<(), ApiError>>);
+/// Where a MoveLeader's answer goes.
+type TransferReply = oneshot::Sender<Result<(), ApiError>>;
 
 /// How the RaftActor is set up.
 pub struct RaftSettings {
@@ -96,21 +100,19 @@ pub struct RaftActor {
     registrations: Vec<(u64, oneshot::Sender<WriteResult>)>,
     /// One more per leader change.
     epoch: u64,
-    waiting: VecDeque<Waiting>,
+    waiting: ProposalQueue<Waiting>,
     peers: HashMap<u64, (Vec<String>, Addr<PeerActor>)>,
     /// When the oldest unanswered heartbeat left for each peer (the
     /// leader's round-trip measure).
     heartbeats: HashMap<u64, std::time::Instant>,
     /// A snapshot ready held back until the state machine installed it.
     held: Option<Persist>,
-    transfers: Vec<Transfer>,
+    transfers: Transfers<TransferReply>,
     ticks: u64,
     /// When the last tick was handled, and the nominal interval.
     last_tick: Option<std::time::Instant>,
-    /// This member applied its own removal.
-    removed: bool,
-    /// Peers refused this member's messages as those of a removed member.
-    told_removed: bool,
+    /// Whether and when this member stops for being removed.
+    removal: Removal,
     /// What is handed to the applier, bounded.
     flow: ApplyFlow,
 }
@@ -135,15 +137,14 @@ impl RaftActor {
             turn_scheduled: false,
             registrations: Vec::new(),
             epoch: 0,
-            waiting: VecDeque::new(),
+            waiting: ProposalQueue::new(MAX_WAITING),
             peers: HashMap::new(),
             heartbeats: HashMap::new(),
             held: None,
-            transfers: Vec::new(),
+            transfers: Transfers::default(),
             ticks: 0,
             last_tick: None,
-            removed: false,
-            told_removed: false,
+            removal: Removal::default(),
             flow: ApplyFlow::new(FlowLimits::default(), applied),
         }
     }
@@ -201,15 +202,16 @@ impl RaftActor {
     /// The most caught-up other voter: whom a leader leaving the
     /// configuration hands over to.
     fn handover_target(&self) -> Option<u64> {
-        let me = self.node.id();
-        self.node
-            .conf_state()
-            .voters
-            .iter()
-            .filter(|&&v| v != me)
-            .filter_map(|&v| self.node.matched(v).map(|m| (m, v)))
-            .max()
-            .map(|(_, v)| v)
+        leadership::handover_target(self.node.id(), &self.node.conf_state().voters, |v| {
+            self.node.matched(v)
+        })
+    }
+
+    fn leadership(&self) -> Leadership {
+        Leadership {
+            leader: self.node.leader(),
+            transferring: self.node.transferring(),
+        }
     }
 
     fn send(&mut self, messages: Vec<raft::eraftpb::Message>) {
@@ -241,22 +243,15 @@ impl RaftActor {
     }
 
     fn propose(&mut self, w: Waiting) {
-        if w.closed() {
-            return;
-        }
+        let w = match self.waiting.admit(w, self.leadership()) {
+            Admission::Propose(w) => w,
+            Admission::Queued | Admission::Dropped => return,
+            Admission::Fail(w, e) => return reply_err(w, e),
+        };
         if self.flow.gap_too_large(self.node.commit_index()) {
             // etcd's rule: the applier is too far behind to take more.
             self.metrics().proposals_failed.inc();
-            reply_err(w, ApiError::TooManyRequests);
-            return;
-        }
-        if self.node.leader() == 0 || self.node.transferring() {
-            if self.waiting.len() >= MAX_WAITING {
-                reply_err(w, ApiError::TooManyRequests);
-            } else {
-                self.waiting.push_back(w);
-            }
-            return;
+            return reply_err(w, ApiError::TooManyRequests);
         }
         let result = match &w {
             Waiting::Write(p) => self.node.propose(p.data.clone()),
@@ -268,19 +263,17 @@ impl RaftActor {
         match (result, w) {
             (Ok(()), Waiting::Write(p)) => self.registrations.push((p.id, p.reply)),
             (Ok(()), Waiting::ConfChange(p)) => self.registrations.push((p.id, p.reply)),
-            (Err(ApiError::NoLeader), w) => self.waiting.push_back(w),
             (Err(e), w) => {
-                self.metrics().proposals_failed.inc();
-                reply_err(w, e);
+                if let Some((w, e)) = self.waiting.refused(w, e) {
+                    self.metrics().proposals_failed.inc();
+                    reply_err(w, e);
+                }
             }
         }
     }
 
     fn propose_waiting(&mut self) {
-        if self.node.leader() == 0 || self.node.transferring() {
-            return;
-        }
-        for w in std::mem::take(&mut self.waiting) {
+        for w in self.waiting.release(self.leadership()) {
             self.propose(w);
         }
     }
@@ -387,13 +380,8 @@ impl RaftActor {
         // After this turn's Apply: what committed is answered first.
         self.epoch += 1;
         self.apply.do_send(LeaderChanged { epoch: self.epoch });
-        let transfers = std::mem::take(&mut self.transfers);
-        for (to, deadline, reply) in transfers {
-            if leader == to {
-                let _ = reply.send(Ok(()));
-            } else {
-                self.transfers.push((to, deadline, reply));
-            }
+        for reply in self.transfers.leader_changed(leader) {
+            let _ = reply.send(Ok(()));
         }
     }
 }
@@ -462,17 +450,14 @@ impl Handler<Propose> for RaftActor {
 impl Handler<ProposeConfChange> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: ProposeConfChange, ctx: &mut Context<Self>) {
-        let removes_me = msg.cc.changes.iter().any(|c| {
-            c.get_change_type() == raft::eraftpb::ConfChangeType::RemoveNode
-                && c.node_id == self.node.id()
-        });
+        let removes_me = leadership::removes(&msg.cc, self.node.id());
         if removes_me && self.node.is_leader() {
             // Hand over first: a leader that removed itself would keep
             // leading a cluster it is no longer part of until it stops.
             if let Some(to) = self.handover_target() {
                 tracing::info!(member = %self.me(), to = format!("{to:x}"), "removing the leader: handing leadership over first");
                 self.node.transfer_leader(to);
-                self.waiting.push_back(Waiting::ConfChange(msg));
+                self.waiting.hold(Waiting::ConfChange(msg));
                 self.schedule(ctx);
                 return;
             }
@@ -497,7 +482,7 @@ impl Handler<ReadIndex> for RaftActor {
 impl Handler<StepBatch> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: StepBatch, ctx: &mut Context<Self>) {
-        if self.removed {
+        if self.removal.removed() {
             // Stopping: what Raft would make of it no longer matters.
             return;
         }
@@ -556,15 +541,14 @@ impl Handler<SnapshotInstalled> for RaftActor {
 impl Handler<MembershipChanged> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: MembershipChanged, ctx: &mut Context<Self>) {
-        if self.removed {
+        if self.removal.removed() {
             return;
         }
         let me = self.node.id();
-        let removes_me = msg.conf_change.as_ref().is_some_and(|cc| {
-            cc.changes.iter().any(|c| {
-                c.get_change_type() == raft::eraftpb::ConfChangeType::RemoveNode && c.node_id == me
-            })
-        });
+        let removes_me = msg
+            .conf_change
+            .as_ref()
+            .is_some_and(|cc| leadership::removes(cc, me));
         if removes_me && self.node.is_leader() {
             // A leader outside its own configuration trips raft-rs (its own
             // progress is gone); the others applied the removal and elect a
@@ -609,12 +593,11 @@ impl RaftActor {
     /// This member was removed: stop shortly after (as etcd), once the
     /// removal is acknowledged to whoever asked.
     fn stop_removed(&mut self, ctx: &mut Context<Self>) {
-        if self.removed {
-            return;
+        let now = std::time::Instant::now();
+        if let Some(at) = self.removal.applied(now) {
+            tracing::warn!(member = %self.me(), "{}; stopping", crate::status::REMOVED);
+            stop_after(ctx, at.saturating_duration_since(now));
         }
-        self.removed = true;
-        tracing::warn!(member = %self.me(), "{}; stopping", crate::status::REMOVED);
-        stop_after(ctx, std::time::Duration::from_secs(1));
     }
 }
 
@@ -625,12 +608,11 @@ impl Handler<RemovedFromCluster> for RaftActor {
         // commit of that removal may still be on its way here, and whoever
         // asked this member to leave waits for it to be applied; keep
         // stepping messages a little longer, then stop whatever happened.
-        if self.removed || self.told_removed {
-            return;
+        let now = std::time::Instant::now();
+        if let Some(at) = self.removal.told(now) {
+            tracing::warn!(member = %self.me(), "peers report this member removed; stopping soon");
+            stop_after(ctx, at.saturating_duration_since(now));
         }
-        self.told_removed = true;
-        tracing::warn!(member = %self.me(), "peers report this member removed; stopping soon");
-        stop_after(ctx, REMOVED_GRACE);
     }
 }
 
@@ -642,23 +624,21 @@ fn stop_after(ctx: &mut Context<RaftActor>, delay: std::time::Duration) {
 impl Handler<TransferLeader> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: TransferLeader, ctx: &mut Context<Self>) {
-        if !self.node.is_leader() {
-            let _ = msg.reply.send(Err(ApiError::NotLeader));
-            return;
-        }
-        let cs = self.node.conf_state();
-        if !cs.voters.contains(&msg.to) {
-            let _ = msg.reply.send(Err(ApiError::BadLeaderTransferee));
-            return;
-        }
-        if msg.to == self.node.id() {
-            let _ = msg.reply.send(Ok(()));
-            return;
+        let voters = self.node.conf_state().voters;
+        match leadership::check_transfer(self.node.is_leader(), self.node.id(), &voters, msg.to) {
+            TransferCheck::Refuse(e) => {
+                let _ = msg.reply.send(Err(e));
+                return;
+            }
+            TransferCheck::Done => {
+                let _ = msg.reply.send(Ok(()));
+                return;
+            }
+            TransferCheck::Start => {}
         }
         tracing::info!(member = %self.me(), to = format!("{:x}", msg.to), term = self.node.term(), "leadership transfer");
         self.node.transfer_leader(msg.to);
-        self.transfers
-            .push((msg.to, self.ticks + TRANSFER_TICKS, msg.reply));
+        self.transfers.start(msg.to, self.ticks, msg.reply);
         self.schedule(ctx);
     }
 }
@@ -705,17 +685,11 @@ impl Handler<Tick> for RaftActor {
             let _ = read.reply.send(Err(ApiError::Timeout));
         }
         // Clients that gave up while their proposal waited for a leader.
-        self.waiting.retain(|w| !w.closed());
+        self.waiting.sweep();
         // A leadership transfer that gave up leaves the leader in place.
         self.propose_waiting();
-        let now = self.ticks;
-        let transfers = std::mem::take(&mut self.transfers);
-        for (to, deadline, reply) in transfers {
-            if now >= deadline {
-                let _ = reply.send(Err(ApiError::TimeoutLeaderTransfer));
-            } else {
-                self.transfers.push((to, deadline, reply));
-            }
+        for reply in self.transfers.expired(self.ticks) {
+            let _ = reply.send(Err(ApiError::TimeoutLeaderTransfer));
         }
         self.schedule(ctx);
     }

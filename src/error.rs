@@ -237,6 +237,40 @@ pub enum ConfigError {
     },
 }
 
+/// Why a member could not learn the cluster it joins from the members in
+/// `--initial-cluster`.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// `--initial-cluster` does not parse.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No runtime to ask with.
+    #[error("cannot start a runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Nobody answered: each URL asked (every round) with its answer.
+    #[error("no member of --initial-cluster answered: {}", answers(.0))]
+    NoAnswer(Vec<(String, PeerError)>),
+    /// The cluster answered but does not know this member's peer URLs.
+    #[error(
+        "the cluster has no member with peer URLs {urls}; add it first \
+         (etcdctl member add {name} --peer-urls={urls})"
+    )]
+    NotAdded {
+        /// This member's name.
+        name: String,
+        /// Its advertised peer URLs, comma-separated.
+        urls: String,
+    },
+}
+
+fn answers(tried: &[(String, PeerError)]) -> String {
+    tried
+        .iter()
+        .map(|(url, e)| format!("{url}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A problem with the data directory found at start-up or while running.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -285,5 +319,123 @@ impl StorageError {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// A member stopped on a fatal error (see [`crate::actors::fatal`]): its
+/// System ended with a nonzero code, which `main` exits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped with code {code}")]
+pub struct MemberStopped {
+    /// The System's exit code.
+    pub code: i32,
+}
+
+/// The gRPC metadata key a member's peer service sets when it refuses the
+/// caller for good: the caller decides on this, never on the message text.
+pub const PEER_REFUSAL_KEY: &str = "metastore-peer-refusal";
+
+/// Why a call on the peer port failed, as the calling member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The receiver removed the caller from the cluster (etcd's words).
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
+    /// The receiver belongs to another cluster.
+    #[error("etcdserver: cluster ID mismatch")]
+    ClusterMismatch,
+    /// The receiver ended the stream without an error.
+    #[error("closed by the peer")]
+    Closed,
+    /// No connection to the receiver.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The call ended with another status.
+    #[error("{message} ({code:?})")]
+    Status {
+        /// The status code.
+        code: Code,
+        /// The status message.
+        message: String,
+    },
+    /// Something on this side failed (building or reading an image).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl PeerError {
+    /// The refusal value of [`PEER_REFUSAL_KEY`] for this error, if it is one.
+    fn refusal(&self) -> Option<&'static str> {
+        match self {
+            PeerError::Removed => Some("removed"),
+            PeerError::ClusterMismatch => Some("cluster-mismatch"),
+            _ => None,
+        }
+    }
+
+    /// What a caller got back: a refusal by its metadata, anything else by
+    /// its code and message.
+    pub fn from_status(status: &Status) -> PeerError {
+        let refusal = status
+            .metadata()
+            .get(PEER_REFUSAL_KEY)
+            .and_then(|v| v.to_str().ok());
+        match refusal {
+            Some("removed") => PeerError::Removed,
+            Some("cluster-mismatch") => PeerError::ClusterMismatch,
+            _ => PeerError::Status {
+                code: status.code(),
+                message: status.message().to_owned(),
+            },
+        }
+    }
+
+    /// A failure on this side.
+    pub fn local(e: impl std::fmt::Display) -> PeerError {
+        PeerError::Local(e.to_string())
+    }
+}
+
+/// The peer service's refusals go on the wire with their etcd message and a
+/// [`PEER_REFUSAL_KEY`] entry; other variants never leave the caller.
+impl From<PeerError> for Status {
+    fn from(e: PeerError) -> Status {
+        let mut status = match &e {
+            PeerError::Removed => Status::permission_denied(e.to_string()),
+            PeerError::ClusterMismatch => Status::failed_precondition(e.to_string()),
+            PeerError::Status { code, message } => Status::new(*code, message.clone()),
+            _ => Status::unavailable(e.to_string()),
+        };
+        if let Some(refusal) = e.refusal() {
+            status.metadata_mut().insert(
+                PEER_REFUSAL_KEY,
+                tonic::metadata::MetadataValue::from_static(refusal),
+            );
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal survives the wire as a refusal; a status that merely says
+    /// the same words does not (no decision on a remote error's text).
+    #[test]
+    fn peer_refusals_travel_as_metadata_not_text() {
+        for e in [PeerError::Removed, PeerError::ClusterMismatch] {
+            let status = Status::from(e.clone());
+            assert_eq!(status.message(), e.to_string());
+            assert_eq!(PeerError::from_status(&status), e);
+        }
+        let lookalike = Status::permission_denied(PeerError::Removed.to_string());
+        assert!(matches!(
+            PeerError::from_status(&lookalike),
+            PeerError::Status {
+                code: Code::PermissionDenied,
+                ..
+            }
+        ));
     }
 }

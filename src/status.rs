@@ -33,6 +33,8 @@ pub struct NodeStatus {
     pub removed: parking_lot::RwLock<HashSet<u64>>,
     /// Raised alarms as (member, `AlarmType` value), as last applied.
     pub alarms: parking_lot::RwLock<Vec<(u64, i32)>>,
+    /// The member's one way to stop on an error it cannot survive.
+    pub fatal: crate::actors::fatal::Fatal,
 }
 
 /// What a removed member's peers answer it (etcd's words).
@@ -105,6 +107,8 @@ impl NodeStatus {
 pub struct Faults {
     /// Drop every Raft message and snapshot to and from this member.
     pub isolated: AtomicBool,
+    /// Fail the WAL writer's next fsync (the member must stop alone).
+    pub fail_wal_sync: AtomicBool,
 }
 
 impl Faults {

@@ -368,8 +368,9 @@ impl Handler<Apply> for ApplyActor {
         if let Err(e) = committed {
             // The applied state cannot be recorded; going on would apply the
             // next entries onto a state the disk does not have (as etcd, stop).
-            tracing::error!(error = %e, "cannot write applied changes; stopping");
-            std::process::exit(2);
+            self.status.fatal.stop("cannot write applied changes", &e);
+            ctx.stop();
+            return;
         }
         let took = started.elapsed();
         self.metrics
@@ -397,7 +398,7 @@ impl Handler<Apply> for ApplyActor {
 
 impl Handler<InstallSnapshot> for ApplyActor {
     type Result = ();
-    fn handle(&mut self, msg: InstallSnapshot, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: InstallSnapshot, ctx: &mut Context<Self>) {
         let path = PathBuf::from(String::from_utf8_lossy(&msg.0.data).into_owned());
         let started = Instant::now();
         match self.sm.install(&path, &self.data_dir) {
@@ -427,8 +428,11 @@ impl Handler<InstallSnapshot> for ApplyActor {
                 // Raft moved on to the snapshot already; the state cannot
                 // follow. The data dir holds the old state or the new one
                 // (never a mix): a restart tries again.
-                tracing::error!(error = %e, file = %path.display(), "cannot install the leader's snapshot; stopping");
-                std::process::exit(2);
+                tracing::error!(file = %path.display(), "cannot install the leader's snapshot");
+                self.status
+                    .fatal
+                    .stop("cannot install the leader's snapshot", &e);
+                ctx.stop();
             }
         }
     }

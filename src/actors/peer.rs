@@ -35,6 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::apply::ApplyActor;
 use super::messages::{RemovedFromCluster, SnapshotSent, TakeImage, Unreachable};
 use super::raft::RaftActor;
+use crate::error::PeerError;
 use crate::metrics::Metrics;
 use crate::proto::metastorepb::peer_client::PeerClient;
 use crate::proto::metastorepb::{RaftBatch, SnapshotChunk};
@@ -43,8 +44,9 @@ use crate::storage::image::ImageReader;
 
 /// Messages waiting for a peer, at most.
 pub const MAX_QUEUE: usize = 8192;
-/// Image bytes per snapshot chunk.
-const CHUNK: usize = 1 << 20;
+/// Image bytes per snapshot chunk (the receiver's message cap leaves room
+/// for one).
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a stopping PeerActor tries to deliver what it holds.
@@ -67,6 +69,9 @@ pub struct PeerContext {
     pub faults: Arc<Faults>,
     /// The member's metrics.
     pub metrics: Arc<Metrics>,
+    /// A batch stops taking messages once it holds this many bytes (Raft's
+    /// max message size), so it fits the receiver's message cap.
+    pub max_batch_bytes: usize,
 }
 
 /// Carries Raft messages to one remote member.
@@ -152,7 +157,7 @@ impl PeerActor {
             let channel = match endpoint.connect().await {
                 Ok(c) => c,
                 Err(e) => {
-                    let why = e.to_string();
+                    let why = PeerError::Connect(e.to_string());
                     return me.do_send(StreamDown { generation, why });
                 }
             };
@@ -163,8 +168,8 @@ impl PeerActor {
                 .raft(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await;
             let why = match ended {
-                Ok(_) => "closed by the peer".to_owned(),
-                Err(s) => s.message().to_owned(),
+                Ok(_) => PeerError::Closed,
+                Err(s) => PeerError::from_status(&s),
             };
             me.do_send(StreamDown { generation, why });
         });
@@ -176,11 +181,17 @@ impl PeerActor {
             return;
         }
         let Some(tx) = &self.tx else { return };
-        let messages: Vec<Vec<u8>> = self
-            .queue
-            .drain(..)
-            .map(|m| m.write_to_bytes().expect("raft message encodes"))
-            .collect();
+        // What stays queued leaves in the next batch, once this one is taken.
+        let mut messages: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0usize;
+        while bytes < self.ctx.max_batch_bytes {
+            let Some(m) = self.queue.pop_front() else {
+                break;
+            };
+            let encoded = m.write_to_bytes().expect("raft message encodes");
+            bytes += encoded.len();
+            messages.push(encoded);
+        }
         self.sent_bytes
             .inc_by(messages.iter().map(|m| m.len() as u64).sum());
         let batch = RaftBatch {
@@ -258,25 +269,26 @@ async fn send_snapshot(
     endpoint: Endpoint,
     mut msg: Message,
     peer: &PeerContext,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), PeerError> {
     let job = peer
         .apply
         .send(TakeImage)
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(PeerError::local)?
+        .map_err(PeerError::local)?;
     // Materialize the image (the rocksdb engine writes it on a thread).
     let (mut source, total) = tokio::task::spawn_blocking(move || job.open())
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(PeerError::local)?
+        .map_err(PeerError::local)?;
     let (header, mut source) = tokio::task::spawn_blocking(move || {
         let h = ImageReader::new(&mut source).map(|(h, _)| h);
         (h, source)
     })
     .await
-    .map_err(|e| e.to_string())?;
-    let header = header.map_err(|e| e.to_string())?;
-    source.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    .map_err(PeerError::local)?;
+    let header = header.map_err(PeerError::local)?;
+    source.seek(SeekFrom::Start(0)).map_err(PeerError::local)?;
     {
         let meta = msg.mut_snapshot().mut_metadata();
         meta.index = header.index;
@@ -286,22 +298,22 @@ async fn send_snapshot(
     let first = SnapshotChunk {
         cluster_id: peer.cluster_id,
         from: peer.from,
-        message: msg.write_to_bytes().map_err(|e| e.to_string())?,
+        message: msg.write_to_bytes().map_err(PeerError::local)?,
         data: Vec::new(),
     };
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
     let faults = peer.faults.clone();
     let (cluster_id, from) = (peer.cluster_id, peer.from);
-    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), PeerError> {
         tx.blocking_send(first)
-            .map_err(|_| "stream closed".to_owned())?;
+            .map_err(|_| PeerError::local("stream closed"))?;
         let mut sent = 0u64;
         while sent < total {
             if faults.isolated() {
-                return Err("isolated by fault injection".into());
+                return Err(PeerError::local("isolated by fault injection"));
             }
-            let mut buf = vec![0u8; CHUNK.min((total - sent) as usize)];
-            source.read_exact(&mut buf).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK.min((total - sent) as usize)];
+            source.read_exact(&mut buf).map_err(PeerError::local)?;
             sent += buf.len() as u64;
             let chunk = SnapshotChunk {
                 cluster_id,
@@ -310,17 +322,20 @@ async fn send_snapshot(
                 data: buf,
             };
             tx.blocking_send(chunk)
-                .map_err(|_| "stream closed".to_owned())?;
+                .map_err(|_| PeerError::local("stream closed"))?;
         }
         Ok(())
     });
-    let channel: Channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel: Channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| PeerError::Connect(e.to_string()))?;
     let mut client = PeerClient::new(channel);
     let answer = client
         .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
-    reader.await.map_err(|e| e.to_string())??;
-    answer.map_err(|s| s.message().to_owned())?;
+    reader.await.map_err(PeerError::local)??;
+    answer.map_err(|s| PeerError::from_status(&s))?;
     Ok((header.index, total))
 }
 
@@ -376,7 +391,7 @@ struct StreamUp {
 #[rtype(result = "()")]
 struct StreamDown {
     generation: u64,
-    why: String,
+    why: PeerError,
 }
 
 #[derive(actix::Message)]
@@ -471,11 +486,11 @@ impl Handler<StreamDown> for PeerActor {
         if self.stopping {
             return ctx.stop();
         }
-        let removed = msg.why.contains(crate::status::REMOVED);
+        let removed = msg.why == PeerError::Removed;
         if removed {
             self.ctx.raft.do_send(RemovedFromCluster);
         }
-        if msg.why.contains("cluster ID mismatch") {
+        if msg.why == PeerError::ClusterMismatch {
             tracing::error!(
                 peer = format!("{:x}", self.to),
                 cluster = format!("{:x}", self.ctx.cluster_id),

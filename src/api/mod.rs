@@ -445,9 +445,11 @@ pub async fn serve(
     let gw = Gateway::new(&cfg, core);
     let incoming = cfg.data_dir.join(crate::server::INCOMING);
     let peer_gw = gw.clone();
+    let max_peer_message =
+        peer::max_peer_message_bytes(cfg.raft.max_size_per_msg, cfg.max_request_bytes);
     gw.core()
         .raft_thread
-        .spawn(async move { peer::serve(peer_gw, peers, incoming).await });
+        .spawn(async move { peer::serve(peer_gw, peers, incoming, max_peer_message).await });
     tokio::spawn(publish(gw.clone()));
     if cfg.corrupt_check_ms > 0 {
         tokio::spawn(corruption::run(

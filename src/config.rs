@@ -690,4 +690,38 @@ mod tests {
         cfg.raft.election_tick = 1;
         assert!(cfg.validate().is_err());
     }
+
+    /// The choices are enums with etcd's spellings, in the file and in the
+    /// flags; anything else is refused, naming the key and the value.
+    #[test]
+    fn choices_parse_with_their_spellings_and_refuse_others() {
+        let cfg = Config::from_toml("initial-cluster-state = \"existing\"\nlog-format = \"json\"")
+            .unwrap();
+        assert_eq!(cfg.initial_cluster_state, InitialClusterState::Existing);
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        let err = Config::from_toml("log-format = \"xml\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log-format") && err.contains("xml"), "{err}");
+        let flags = Flags::try_parse_from([
+            "metastore",
+            "--initial-cluster-state",
+            "existing",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(
+            flags.initial_cluster_state,
+            Some(InitialClusterState::Existing)
+        );
+        assert_eq!(flags.log_format, Some(LogFormat::Json));
+        let err = Flags::try_parse_from(["metastore", "--initial-cluster-state", "old"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--initial-cluster-state") && err.contains("old"),
+            "{err}"
+        );
+    }
 }

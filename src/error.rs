@@ -143,11 +143,53 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// The error a status from another member stands for (its message is
-    /// etcd's), so a forwarded request fails as if it ran here.
+    /// The error a status from another member's peer service stands for,
+    /// so a forwarded request fails as if it ran here. The error is named by
+    /// the [`API_ERROR_KEY`] metadata the peer service sets (see
+    /// [`ApiError::into_peer_status`]), never recognized by its text; a
+    /// status without it (a transport failure) is `Internal`.
     pub fn from_status(s: &Status) -> ApiError {
+        let named = s
+            .metadata()
+            .get(API_ERROR_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|name| {
+                Self::known()
+                    .into_iter()
+                    .find(|e| e.wire_name() == Some(name))
+            });
+        named.unwrap_or_else(|| {
+            let m = s.message();
+            ApiError::Internal(m.strip_prefix("etcdserver: ").unwrap_or(m).to_owned())
+        })
+    }
+
+    /// This error as the peer service answers it: etcd's code and message,
+    /// and the error's name under [`API_ERROR_KEY`] for the calling member.
+    pub fn into_peer_status(self) -> Status {
+        let name = self.wire_name();
+        let mut status = Status::from(self);
+        if let Some(name) = name {
+            status.metadata_mut().insert(
+                API_ERROR_KEY,
+                tonic::metadata::MetadataValue::from_static(name),
+            );
+        }
+        status
+    }
+
+    /// A stable name for the variants without data (their Rust name).
+    fn wire_name(&self) -> Option<&'static str> {
+        Self::known()
+            .iter()
+            .position(|k| k == self)
+            .map(|i| KNOWN_NAMES[i])
+    }
+
+    /// Every variant without data, in [`KNOWN_NAMES`]' order.
+    fn known() -> [ApiError; KNOWN_NAMES.len()] {
         use ApiError::*;
-        let known = [
+        [
             EmptyKey,
             KeyNotFound,
             ValueProvided,
@@ -180,16 +222,49 @@ impl ApiError {
             TimeoutLeaderTransfer,
             Unhealthy,
             NotSupportedForLearner,
-        ];
-        known
-            .into_iter()
-            .find(|e| e.to_string() == s.message())
-            .unwrap_or_else(|| {
-                let m = s.message();
-                Internal(m.strip_prefix("etcdserver: ").unwrap_or(m).to_owned())
-            })
+        ]
     }
 }
+
+/// The gRPC metadata key naming an [`ApiError`] in the peer service's
+/// answers (the caller decides on it, not on the message text).
+pub const API_ERROR_KEY: &str = "metastore-api-error";
+
+/// The wire names of [`ApiError::known`]'s variants, in its order.
+const KNOWN_NAMES: [&str; 32] = [
+    "EmptyKey",
+    "KeyNotFound",
+    "ValueProvided",
+    "LeaseProvided",
+    "TooManyOps",
+    "DuplicateKey",
+    "Compacted",
+    "FutureRevision",
+    "LeaseNotFound",
+    "LeaseExist",
+    "LeaseTtlTooLarge",
+    "RequestTooLarge",
+    "NoLeader",
+    "NoSpace",
+    "Corrupt",
+    "Timeout",
+    "TooManyRequests",
+    "LeaderChanged",
+    "Stopped",
+    "MemberExist",
+    "PeerUrlExist",
+    "NotEnoughStarted",
+    "MemberBadUrls",
+    "MemberNotFound",
+    "MemberNotLearner",
+    "LearnerNotReady",
+    "TooManyLearners",
+    "NotLeader",
+    "BadLeaderTransferee",
+    "TimeoutLeaderTransfer",
+    "Unhealthy",
+    "NotSupportedForLearner",
+];
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
@@ -235,6 +310,33 @@ pub enum ConfigError {
         /// Why.
         why: String,
     },
+}
+
+/// Why the client port (or a metrics port) stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A metrics URL could not be bound.
+    #[error("cannot listen on metrics URL {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The client URL could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    ClientListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed while serving.
+    #[error(transparent)]
+    Serve(std::io::Error),
+    /// The task serving the API failed (panicked or was cancelled).
+    #[error("api task: {0}")]
+    Task(String),
 }
 
 /// Why a member could not learn the cluster it joins from the members in
@@ -419,6 +521,22 @@ impl From<PeerError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every named error survives the peer port as itself; the same words
+    /// without the name are not recognized (no decision on remote text).
+    #[test]
+    fn api_errors_travel_between_members_by_name() {
+        for e in ApiError::known() {
+            let status = e.clone().into_peer_status();
+            assert_eq!(status.message(), e.to_string());
+            assert_eq!(ApiError::from_status(&status), e);
+        }
+        let lookalike = Status::from(ApiError::NoLeader);
+        assert_eq!(
+            ApiError::from_status(&lookalike),
+            ApiError::Internal("no leader".into())
+        );
+    }
 
     /// A refusal survives the wire as a refusal; a status that merely says
     /// the same words does not (no decision on a remote error's text).

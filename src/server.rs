@@ -30,7 +30,7 @@ use crate::actors::ticker::Ticker;
 use crate::actors::wal::WalWriter;
 use crate::config::{Config, Engine, InitialClusterState};
 use crate::consensus::Node;
-use crate::error::{DiscoveryError, PeerError, StorageError};
+use crate::error::{DiscoveryError, PeerError, ServeError, StorageError};
 use crate::proto::etcdserverpb::Member;
 use crate::proto::metastorepb;
 use crate::state_machine::membership::Membership;
@@ -921,9 +921,11 @@ pub fn run_until(
 }
 
 /// The API task's outcome once the System has stopped.
-fn system_result(served: actix_rt::task::JoinHandle<Result<(), String>>) -> Result<(), String> {
+fn system_result(
+    served: actix_rt::task::JoinHandle<Result<(), ServeError>>,
+) -> Result<(), ServeError> {
     if !served.is_finished() {
         return Ok(());
     }
-    futures::executor::block_on(served).unwrap_or_else(|e| Err(format!("api task: {e}")))
+    futures::executor::block_on(served).unwrap_or_else(|e| Err(ServeError::Task(e.to_string())))
 }

@@ -437,7 +437,8 @@ pub async fn serve(
     addr: SocketAddr,
     peers: std::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), crate::error::ServeError> {
+    use crate::error::ServeError;
     use crate::proto::etcdserverpb::{
         cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
     };
@@ -492,7 +493,10 @@ pub async fn serve(
     for maddr in cfg.metrics_listen_addrs() {
         let listener = tokio::net::TcpListener::bind(maddr)
             .await
-            .map_err(|e| format!("cannot listen on metrics URL {maddr}: {e}"))?;
+            .map_err(|source| ServeError::MetricsListen {
+                addr: maddr,
+                source,
+            })?;
         tracing::info!(addr = %maddr, "serving /metrics and health checks");
         let router = http::metrics_router(gw.clone());
         tokio::spawn(async move {
@@ -507,13 +511,13 @@ pub async fn serve(
     let listener = authority::Listener(
         tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            .map_err(|source| ServeError::ClientListen { addr, source })?,
     );
     tracing::info!(%addr, "serving clients (gRPC and HTTP)");
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(ServeError::Serve)
 }
 
 /// Announces this member's name and client URLs through the log (as etcd's

@@ -242,7 +242,11 @@ impl Peer for PeerService {
         &self,
         _: Request<MembershipRequest>,
     ) -> Result<Response<Membership>, Status> {
-        let m = self.gw.members().await?;
+        let m = self
+            .gw
+            .members()
+            .await
+            .map_err(ApiError::into_peer_status)?;
         Ok(Response::new(m.to_pb()))
     }
 
@@ -250,7 +254,11 @@ impl Peer for PeerService {
         &self,
         req: Request<PromoteRequest>,
     ) -> Result<Response<PromoteResponse>, Status> {
-        let members = self.gw.promote_here(req.into_inner().member_id).await?;
+        let members = self
+            .gw
+            .promote_here(req.into_inner().member_id)
+            .await
+            .map_err(ApiError::into_peer_status)?;
         Ok(Response::new(PromoteResponse { members }))
     }
 
@@ -259,7 +267,10 @@ impl Peer for PeerService {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         Ok(Response::new(
-            self.gw.hash_kv(req.into_inner().revision).await?,
+            self.gw
+                .hash_kv(req.into_inner().revision)
+                .await
+                .map_err(ApiError::into_peer_status)?,
         ))
     }
 
@@ -271,7 +282,7 @@ impl Peer for PeerService {
         let ttl = match self.gw.lease_renew_here(id).await {
             Ok(ttl) => ttl,
             Err(ApiError::LeaseNotFound) => 0,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e.into_peer_status()),
         };
         Ok(Response::new(LeaseKeepAliveResponse {
             header: self.gw.header(self.gw.status().revision()),
@@ -285,7 +296,12 @@ impl Peer for PeerService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(self.gw.lease_time_to_live_here(&r).await?))
+        Ok(Response::new(
+            self.gw
+                .lease_time_to_live_here(&r)
+                .await
+                .map_err(ApiError::into_peer_status)?,
+        ))
     }
 }
 

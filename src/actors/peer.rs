@@ -181,17 +181,7 @@ impl PeerActor {
             return;
         }
         let Some(tx) = &self.tx else { return };
-        // What stays queued leaves in the next batch, once this one is taken.
-        let mut messages: Vec<Vec<u8>> = Vec::new();
-        let mut bytes = 0usize;
-        while bytes < self.ctx.max_batch_bytes {
-            let Some(m) = self.queue.pop_front() else {
-                break;
-            };
-            let encoded = m.write_to_bytes().expect("raft message encodes");
-            bytes += encoded.len();
-            messages.push(encoded);
-        }
+        let messages = take_batch(&mut self.queue, self.ctx.max_batch_bytes);
         self.sent_bytes
             .inc_by(messages.iter().map(|m| m.len() as u64).sum());
         let batch = RaftBatch {
@@ -262,6 +252,23 @@ impl PeerActor {
             me.do_send(SnapshotEnded);
         });
     }
+}
+
+/// Encodes messages from the front of `queue` into one batch until it holds
+/// `budget` bytes or more (at least one message; what stays queued leaves in
+/// the next batch), so a batch stays under the receiver's message cap.
+fn take_batch(queue: &mut VecDeque<Message>, budget: usize) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    let mut bytes = 0usize;
+    while bytes < budget.max(1) {
+        let Some(m) = queue.pop_front() else {
+            break;
+        };
+        let encoded = m.write_to_bytes().expect("raft message encodes");
+        bytes += encoded.len();
+        messages.push(encoded);
+    }
+    messages
 }
 
 /// Builds the image, rewrites the message to it and streams it.
@@ -531,5 +538,40 @@ impl Handler<SnapshotEnded> for PeerActor {
     type Result = ();
     fn handle(&mut self, _: SnapshotEnded, _: &mut Context<Self>) {
         self.sending_snapshot = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(to: u64, bytes: usize) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+        m.to = to;
+        m.mut_entries().push(raft::eraftpb::Entry {
+            data: vec![7u8; bytes].into(),
+            ..Default::default()
+        });
+        m
+    }
+
+    /// A batch stops at the budget (so it fits the receiver's cap); the rest
+    /// waits, in order, for the next one.
+    #[test]
+    fn a_batch_stops_at_its_byte_budget() {
+        let mut queue: VecDeque<Message> = (0..5).map(|_| append(2, 1000)).collect();
+        let first = take_batch(&mut queue, 2500);
+        assert_eq!(first.len(), 3, "stops once 2500 bytes are reached");
+        assert_eq!(queue.len(), 2);
+        let second = take_batch(&mut queue, 2500);
+        assert_eq!(second.len(), 2);
+        assert!(queue.is_empty());
+        let mut big: VecDeque<Message> = [append(2, 10_000)].into();
+        assert_eq!(
+            take_batch(&mut big, 100).len(),
+            1,
+            "one message always goes"
+        );
     }
 }

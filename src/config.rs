@@ -71,9 +71,10 @@ impl Engine {
 }
 
 /// Whether this member starts a cluster or joins a running one (etcd's
-/// `--initial-cluster-state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// `--initial-cluster-state`). Parsed by [`FromStr`](std::str::FromStr) in
+/// the flags and the file alike, so a bad value gets the same reason in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum InitialClusterState {
     /// Bootstrap a new cluster from `--initial-cluster`.
     New,
@@ -81,14 +82,51 @@ pub enum InitialClusterState {
     Existing,
 }
 
-/// How logs are written (etcd's `--log-format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// How logs are written (etcd's `--log-format`), parsed like
+/// [`InitialClusterState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
     Json,
+}
+
+impl std::str::FromStr for InitialClusterState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "new" => Ok(InitialClusterState::New),
+            "existing" => Ok(InitialClusterState::Existing),
+            _ => Err(format!("{s:?} is neither \"new\" nor \"existing\"")),
+        }
+    }
+}
+
+impl TryFrom<String> for InitialClusterState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?} is neither \"text\" nor \"json\"")),
+        }
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
 /// etcd's default backend quota: 2 GiB.
@@ -236,7 +274,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// `new` or `existing`.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_parser = str::parse::<InitialClusterState>)]
     pub initial_cluster_state: Option<InitialClusterState>,
     /// Cluster token.
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN")]
@@ -264,7 +302,7 @@ pub struct Flags {
     #[arg(long)]
     pub log_level: Option<String>,
     /// `text` or `json`.
-    #[arg(long, env = "ETCD_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "ETCD_LOG_FORMAT", value_parser = str::parse::<LogFormat>)]
     pub log_format: Option<LogFormat>,
     /// Applies slower than this are logged ("100ms").
     #[arg(long, value_parser = parse_duration_ms)]
@@ -692,7 +730,8 @@ mod tests {
     }
 
     /// The choices are enums with etcd's spellings, in the file and in the
-    /// flags; anything else is refused, naming the key and the value.
+    /// flags; anything else is refused, naming the key, with the reason the
+    /// string-typed check gave.
     #[test]
     fn choices_parse_with_their_spellings_and_refuse_others() {
         let cfg = Config::from_toml("initial-cluster-state = \"existing\"\nlog-format = \"json\"")
@@ -720,7 +759,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--initial-cluster-state") && err.contains("old"),
+            err.contains("--initial-cluster-state")
+                && err.contains(r#""old" is neither "new" nor "existing""#),
             "{err}"
         );
     }

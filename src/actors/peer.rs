@@ -4,7 +4,9 @@
 //!
 //! - Coalescing: one batch is being written at a time (it sits in a
 //!   one-slot channel until the gRPC stream takes it); every message queued
-//!   meanwhile leaves in the next batch, as one write. There is no
+//!   meanwhile leaves in the next batch, as one write, up to Raft's max
+//!   message size in bytes (the rest in the batch after: the receiver caps
+//!   the size of what it decodes, see `api::peer`). There is no
 //!   transport-level ack: Raft's own responses acknowledge its appends
 //!   (`raft_inflight_messages` counts the appends they have not answered).
 //! - Bounded: at most [`MAX_QUEUE`] messages wait; beyond that, and while the

@@ -70,6 +70,65 @@ impl Engine {
     }
 }
 
+/// Whether this member starts a cluster or joins a running one (etcd's
+/// `--initial-cluster-state`). Parsed by [`FromStr`](std::str::FromStr) in
+/// the flags and the file alike, so a bad value gets the same reason in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum InitialClusterState {
+    /// Bootstrap a new cluster from `--initial-cluster`.
+    New,
+    /// Join a running cluster (the member was added with MemberAdd).
+    Existing,
+}
+
+/// How logs are written (etcd's `--log-format`), parsed like
+/// [`InitialClusterState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for InitialClusterState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "new" => Ok(InitialClusterState::New),
+            "existing" => Ok(InitialClusterState::Existing),
+            _ => Err(format!("{s:?} is neither \"new\" nor \"existing\"")),
+        }
+    }
+}
+
+impl TryFrom<String> for InitialClusterState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?} is neither \"text\" nor \"json\"")),
+        }
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
 /// etcd's default backend quota: 2 GiB.
 pub const DEFAULT_QUOTA: u64 = 2 << 30;
 
@@ -94,7 +153,7 @@ pub struct Config {
     /// `name=url,...` of the initial members.
     pub initial_cluster: String,
     /// `new` or `existing`.
-    pub initial_cluster_state: String,
+    pub initial_cluster_state: InitialClusterState,
     /// Token mixed into the cluster ID.
     pub initial_cluster_token: String,
     /// Largest request accepted, in bytes.
@@ -116,7 +175,7 @@ pub struct Config {
     /// tracing filter.
     pub log_level: String,
     /// `text` or `json` (one JSON object per line).
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// An applied batch slower than this is logged as a warning (etcd's
     /// `--warning-apply-duration`, 100 ms).
     pub warning_apply_duration_ms: u64,
@@ -157,7 +216,7 @@ impl Default for Config {
             listen_peer_urls: "http://127.0.0.1:2380".into(),
             initial_advertise_peer_urls: "http://127.0.0.1:2380".into(),
             initial_cluster: "default=http://127.0.0.1:2380".into(),
-            initial_cluster_state: "new".into(),
+            initial_cluster_state: InitialClusterState::New,
             initial_cluster_token: "etcd-cluster".into(),
             max_request_bytes: 1536 * 1024,
             quota_backend_bytes: DEFAULT_QUOTA,
@@ -166,7 +225,7 @@ impl Default for Config {
             snapshot_catchup_entries: 5000,
             wal_segment_size: 64 * 1024 * 1024,
             log_level: "info".into(),
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             warning_apply_duration_ms: 100,
             listen_metrics_urls: String::new(),
             watch_progress_notify_interval_ms: 10 * 60 * 1000,
@@ -215,8 +274,8 @@ pub struct Flags {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// `new` or `existing`.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE")]
-    pub initial_cluster_state: Option<String>,
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_parser = str::parse::<InitialClusterState>)]
+    pub initial_cluster_state: Option<InitialClusterState>,
     /// Cluster token.
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN")]
     pub initial_cluster_token: Option<String>,
@@ -243,8 +302,8 @@ pub struct Flags {
     #[arg(long)]
     pub log_level: Option<String>,
     /// `text` or `json`.
-    #[arg(long, env = "ETCD_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    #[arg(long, env = "ETCD_LOG_FORMAT", value_parser = str::parse::<LogFormat>)]
+    pub log_format: Option<LogFormat>,
     /// Applies slower than this are logged ("100ms").
     #[arg(long, value_parser = parse_duration_ms)]
     pub warning_apply_duration: Option<u64>,
@@ -394,12 +453,6 @@ impl Config {
                 "must be positive".into(),
             );
         }
-        if self.log_format != "text" && self.log_format != "json" {
-            return bad(
-                "log-format",
-                format!("{:?} is neither \"text\" nor \"json\"", self.log_format),
-            );
-        }
         for url in split_urls(&self.listen_metrics_urls) {
             if parse_url_addr(&url).is_none() {
                 return bad(
@@ -410,15 +463,6 @@ impl Config {
         }
         if self.raft.tick_ms == 0 {
             return bad("raft.tick-ms", "must be positive".into());
-        }
-        if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
-            return bad(
-                "initial-cluster-state",
-                format!(
-                    "{:?} is neither \"new\" nor \"existing\"",
-                    self.initial_cluster_state
-                ),
-            );
         }
         let members = self.initial_members()?;
         let Some((_, mine)) = members.iter().find(|(n, _)| n == &self.name) else {
@@ -683,5 +727,41 @@ mod tests {
         let mut cfg = Config::default();
         cfg.raft.election_tick = 1;
         assert!(cfg.validate().is_err());
+    }
+
+    /// The choices are enums with etcd's spellings, in the file and in the
+    /// flags; anything else is refused, naming the key, with the reason the
+    /// string-typed check gave.
+    #[test]
+    fn choices_parse_with_their_spellings_and_refuse_others() {
+        let cfg = Config::from_toml("initial-cluster-state = \"existing\"\nlog-format = \"json\"")
+            .unwrap();
+        assert_eq!(cfg.initial_cluster_state, InitialClusterState::Existing);
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        let err = Config::from_toml("log-format = \"xml\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log-format") && err.contains("xml"), "{err}");
+        let flags = Flags::try_parse_from([
+            "metastore",
+            "--initial-cluster-state",
+            "existing",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(
+            flags.initial_cluster_state,
+            Some(InitialClusterState::Existing)
+        );
+        assert_eq!(flags.log_format, Some(LogFormat::Json));
+        let err = Flags::try_parse_from(["metastore", "--initial-cluster-state", "old"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--initial-cluster-state")
+                && err.contains(r#""old" is neither "new" nor "existing""#),
+            "{err}"
+        );
     }
 }

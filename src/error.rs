@@ -143,11 +143,53 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// The error a status from another member stands for (its message is
-    /// etcd's), so a forwarded request fails as if it ran here.
+    /// The error a status from another member's peer service stands for,
+    /// so a forwarded request fails as if it ran here. The error is named by
+    /// the [`API_ERROR_KEY`] metadata the peer service sets (see
+    /// [`ApiError::into_peer_status`]), never recognized by its text; a
+    /// status without it (a transport failure) is `Internal`.
     pub fn from_status(s: &Status) -> ApiError {
+        let named = s
+            .metadata()
+            .get(API_ERROR_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|name| {
+                Self::known()
+                    .into_iter()
+                    .find(|e| e.wire_name() == Some(name))
+            });
+        named.unwrap_or_else(|| {
+            let m = s.message();
+            ApiError::Internal(m.strip_prefix("etcdserver: ").unwrap_or(m).to_owned())
+        })
+    }
+
+    /// This error as the peer service answers it: etcd's code and message,
+    /// and the error's name under [`API_ERROR_KEY`] for the calling member.
+    pub fn into_peer_status(self) -> Status {
+        let name = self.wire_name();
+        let mut status = Status::from(self);
+        if let Some(name) = name {
+            status.metadata_mut().insert(
+                API_ERROR_KEY,
+                tonic::metadata::MetadataValue::from_static(name),
+            );
+        }
+        status
+    }
+
+    /// A stable name for the variants without data (their Rust name).
+    fn wire_name(&self) -> Option<&'static str> {
+        Self::known()
+            .iter()
+            .position(|k| k == self)
+            .map(|i| KNOWN_NAMES[i])
+    }
+
+    /// Every variant without data, in [`KNOWN_NAMES`]' order.
+    fn known() -> [ApiError; KNOWN_NAMES.len()] {
         use ApiError::*;
-        let known = [
+        [
             EmptyKey,
             KeyNotFound,
             ValueProvided,
@@ -180,16 +222,49 @@ impl ApiError {
             TimeoutLeaderTransfer,
             Unhealthy,
             NotSupportedForLearner,
-        ];
-        known
-            .into_iter()
-            .find(|e| e.to_string() == s.message())
-            .unwrap_or_else(|| {
-                let m = s.message();
-                Internal(m.strip_prefix("etcdserver: ").unwrap_or(m).to_owned())
-            })
+        ]
     }
 }
+
+/// The gRPC metadata key naming an [`ApiError`] in the peer service's
+/// answers (the caller decides on it, not on the message text).
+pub const API_ERROR_KEY: &str = "metastore-api-error";
+
+/// The wire names of [`ApiError::known`]'s variants, in its order.
+const KNOWN_NAMES: [&str; 32] = [
+    "EmptyKey",
+    "KeyNotFound",
+    "ValueProvided",
+    "LeaseProvided",
+    "TooManyOps",
+    "DuplicateKey",
+    "Compacted",
+    "FutureRevision",
+    "LeaseNotFound",
+    "LeaseExist",
+    "LeaseTtlTooLarge",
+    "RequestTooLarge",
+    "NoLeader",
+    "NoSpace",
+    "Corrupt",
+    "Timeout",
+    "TooManyRequests",
+    "LeaderChanged",
+    "Stopped",
+    "MemberExist",
+    "PeerUrlExist",
+    "NotEnoughStarted",
+    "MemberBadUrls",
+    "MemberNotFound",
+    "MemberNotLearner",
+    "LearnerNotReady",
+    "TooManyLearners",
+    "NotLeader",
+    "BadLeaderTransferee",
+    "TimeoutLeaderTransfer",
+    "Unhealthy",
+    "NotSupportedForLearner",
+];
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
@@ -235,6 +310,67 @@ pub enum ConfigError {
         /// Why.
         why: String,
     },
+}
+
+/// Why the client port (or a metrics port) stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A metrics URL could not be bound.
+    #[error("cannot listen on metrics URL {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The client URL could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    ClientListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed while serving.
+    #[error(transparent)]
+    Serve(std::io::Error),
+    /// The task serving the API failed (panicked or was cancelled).
+    #[error("api task: {0}")]
+    Task(String),
+}
+
+/// Why a member could not learn the cluster it joins from the members in
+/// `--initial-cluster`.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// `--initial-cluster` does not parse.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No runtime to ask with.
+    #[error("cannot start a runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Nobody answered: each URL asked (every round) with its answer.
+    #[error("no member of --initial-cluster answered: {}", answers(.0))]
+    NoAnswer(Vec<(String, PeerError)>),
+    /// The cluster answered but does not know this member's peer URLs.
+    #[error(
+        "the cluster has no member with peer URLs {urls}; add it first \
+         (etcdctl member add {name} --peer-urls={urls})"
+    )]
+    NotAdded {
+        /// This member's name.
+        name: String,
+        /// Its advertised peer URLs, comma-separated.
+        urls: String,
+    },
+}
+
+fn answers(tried: &[(String, PeerError)]) -> String {
+    tried
+        .iter()
+        .map(|(url, e)| format!("{url}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A problem with the data directory found at start-up or while running.
@@ -285,5 +421,139 @@ impl StorageError {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// A member stopped on a fatal error (see [`crate::actors::fatal`]): its
+/// System ended with a nonzero code, which `main` exits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped with code {code}")]
+pub struct MemberStopped {
+    /// The System's exit code.
+    pub code: i32,
+}
+
+/// The gRPC metadata key a member's peer service sets when it refuses the
+/// caller for good: the caller decides on this, never on the message text.
+pub const PEER_REFUSAL_KEY: &str = "metastore-peer-refusal";
+
+/// Why a call on the peer port failed, as the calling member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The receiver removed the caller from the cluster (etcd's words).
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
+    /// The receiver belongs to another cluster.
+    #[error("etcdserver: cluster ID mismatch")]
+    ClusterMismatch,
+    /// The receiver ended the stream without an error.
+    #[error("closed by the peer")]
+    Closed,
+    /// No connection to the receiver.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The call ended with another status.
+    #[error("{message} ({code:?})")]
+    Status {
+        /// The status code.
+        code: Code,
+        /// The status message.
+        message: String,
+    },
+    /// Something on this side failed (building or reading an image).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl PeerError {
+    /// The refusal value of [`PEER_REFUSAL_KEY`] for this error, if it is one.
+    fn refusal(&self) -> Option<&'static str> {
+        match self {
+            PeerError::Removed => Some("removed"),
+            PeerError::ClusterMismatch => Some("cluster-mismatch"),
+            _ => None,
+        }
+    }
+
+    /// What a caller got back: a refusal by its metadata, anything else by
+    /// its code and message.
+    pub fn from_status(status: &Status) -> PeerError {
+        let refusal = status
+            .metadata()
+            .get(PEER_REFUSAL_KEY)
+            .and_then(|v| v.to_str().ok());
+        match refusal {
+            Some("removed") => PeerError::Removed,
+            Some("cluster-mismatch") => PeerError::ClusterMismatch,
+            _ => PeerError::Status {
+                code: status.code(),
+                message: status.message().to_owned(),
+            },
+        }
+    }
+
+    /// A failure on this side.
+    pub fn local(e: impl std::fmt::Display) -> PeerError {
+        PeerError::Local(e.to_string())
+    }
+}
+
+/// The peer service's refusals go on the wire with their etcd message and a
+/// [`PEER_REFUSAL_KEY`] entry; other variants never leave the caller.
+impl From<PeerError> for Status {
+    fn from(e: PeerError) -> Status {
+        let mut status = match &e {
+            PeerError::Removed => Status::permission_denied(e.to_string()),
+            PeerError::ClusterMismatch => Status::failed_precondition(e.to_string()),
+            PeerError::Status { code, message } => Status::new(*code, message.clone()),
+            _ => Status::unavailable(e.to_string()),
+        };
+        if let Some(refusal) = e.refusal() {
+            status.metadata_mut().insert(
+                PEER_REFUSAL_KEY,
+                tonic::metadata::MetadataValue::from_static(refusal),
+            );
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every named error survives the peer port as itself; the same words
+    /// without the name are not recognized (no decision on remote text).
+    #[test]
+    fn api_errors_travel_between_members_by_name() {
+        for e in ApiError::known() {
+            let status = e.clone().into_peer_status();
+            assert_eq!(status.message(), e.to_string());
+            assert_eq!(ApiError::from_status(&status), e);
+        }
+        let lookalike = Status::from(ApiError::NoLeader);
+        assert_eq!(
+            ApiError::from_status(&lookalike),
+            ApiError::Internal("no leader".into())
+        );
+    }
+
+    /// A refusal survives the wire as a refusal; a status that merely says
+    /// the same words does not (no decision on a remote error's text).
+    #[test]
+    fn peer_refusals_travel_as_metadata_not_text() {
+        for e in [PeerError::Removed, PeerError::ClusterMismatch] {
+            let status = Status::from(e.clone());
+            assert_eq!(status.message(), e.to_string());
+            assert_eq!(PeerError::from_status(&status), e);
+        }
+        let lookalike = Status::permission_denied(PeerError::Removed.to_string());
+        assert!(matches!(
+            PeerError::from_status(&lookalike),
+            PeerError::Status {
+                code: Code::PermissionDenied,
+                ..
+            }
+        ));
     }
 }

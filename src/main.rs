@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-use metastore::config::{Config, Flags};
+use metastore::config::{Config, Flags, LogFormat};
 
 /// jemalloc: the gRPC path allocates per request, and glibc's malloc showed up
 /// as ~12% of server CPU under a put load.
@@ -30,14 +30,18 @@ fn main() {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if cfg.log_format == "json" {
-        logs.json().flatten_event(true).init();
-    } else {
-        logs.init();
+    match cfg.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.init(),
     }
     if let Err(e) = metastore::server::run(cfg) {
         tracing::error!("{e}");
         eprintln!("metastore: {e}");
-        std::process::exit(1);
+        // A fatal error (failed fsync, commit, snapshot install) keeps its
+        // own code; any other failure to run is 1.
+        let code = e
+            .downcast_ref::<metastore::error::MemberStopped>()
+            .map_or(1, |s| s.code);
+        std::process::exit(code);
     }
 }

@@ -132,6 +132,9 @@ pub struct Metrics {
     pub raft_inflight_messages: Gauge,
     /// Times messages to a peer were dropped (queue full or stream down).
     pub peer_dropped_messages: Counter,
+    /// Raft messages from peers dropped because they were addressed to
+    /// another member.
+    pub peer_misaddressed_messages: Counter,
     /// Time between two ticks handled by the RaftActor.
     pub tick_interval_seconds: Histogram,
     /// The longest a tick was late (beyond its interval) since start, in ms.
@@ -202,6 +205,7 @@ impl Metrics {
             wal_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             raft_inflight_messages: Gauge::default(),
             peer_dropped_messages: Counter::default(),
+            peer_misaddressed_messages: Counter::default(),
             tick_interval_seconds: Histogram::new(exponential_buckets(0.05, 1.5, 12)),
             tick_delay_max_ms: Gauge::default(),
             db_total_size: Gauge::default(),
@@ -324,6 +328,11 @@ impl Metrics {
             "metastore_peer_dropped_messages",
             "Times Raft messages to a peer were dropped (queue full or stream down)",
             m.peer_dropped_messages.clone(),
+        );
+        registry.register(
+            "metastore_peer_misaddressed_messages",
+            "Raft messages from peers dropped because they were addressed to another member",
+            m.peer_misaddressed_messages.clone(),
         );
         registry.register(
             "metastore_raft_tick_interval_seconds",

@@ -28,9 +28,9 @@ use crate::actors::peer::PeerContext;
 use crate::actors::raft::{InitialMembers, RaftActor, RaftSettings};
 use crate::actors::ticker::Ticker;
 use crate::actors::wal::WalWriter;
-use crate::config::{Config, Engine};
+use crate::config::{Config, Engine, InitialClusterState};
 use crate::consensus::Node;
-use crate::error::StorageError;
+use crate::error::{DiscoveryError, PeerError, ServeError, StorageError};
 use crate::proto::etcdserverpb::Member;
 use crate::proto::metastorepb;
 use crate::state_machine::membership::Membership;
@@ -220,17 +220,17 @@ pub fn plan_new(cfg: &Config) -> Result<Bootstrap, crate::error::ConfigError> {
 
 /// Asks the members listed in `--initial-cluster` (other than this one)
 /// for the cluster as they know it; the first answer counts.
-pub fn discover(cfg: &Config) -> Result<metastorepb::Membership, String> {
+pub fn discover(cfg: &Config) -> Result<metastorepb::Membership, DiscoveryError> {
     discover_rounds(cfg, 3)
 }
 
 /// [`discover`], one round only.
-fn discover_once(cfg: &Config) -> Result<metastorepb::Membership, String> {
+fn discover_once(cfg: &Config) -> Result<metastorepb::Membership, DiscoveryError> {
     discover_rounds(cfg, 1)
 }
 
-fn discover_rounds(cfg: &Config, rounds: usize) -> Result<metastorepb::Membership, String> {
-    let initial = cfg.initial_members().map_err(|e| e.to_string())?;
+fn discover_rounds(cfg: &Config, rounds: usize) -> Result<metastorepb::Membership, DiscoveryError> {
+    let initial = cfg.initial_members()?;
     let mine = cfg.advertise_peer_list();
     let urls: Vec<String> = initial
         .into_iter()
@@ -241,7 +241,7 @@ fn discover_rounds(cfg: &Config, rounds: usize) -> Result<metastorepb::Membershi
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(DiscoveryError::Runtime)?;
     rt.block_on(async {
         let mut errors = Vec::new();
         for round in 0..rounds {
@@ -251,35 +251,35 @@ fn discover_rounds(cfg: &Config, rounds: usize) -> Result<metastorepb::Membershi
             for url in &urls {
                 match ask_membership(url).await {
                     Ok(m) => return Ok(m),
-                    Err(e) => errors.push(format!("{url}: {e}")),
+                    Err(e) => errors.push((url.clone(), e)),
                 }
             }
         }
-        Err(format!(
-            "no member of --initial-cluster answered: {}",
-            errors.join("; ")
-        ))
+        Err(DiscoveryError::NoAnswer(errors))
     })
 }
 
-async fn ask_membership(url: &str) -> Result<metastorepb::Membership, String> {
+async fn ask_membership(url: &str) -> Result<metastorepb::Membership, PeerError> {
     use crate::proto::metastorepb::peer_client::PeerClient;
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|e| e.to_string())?
+        .map_err(|e| PeerError::Connect(e.to_string()))?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2));
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| PeerError::Connect(e.to_string()))?;
     PeerClient::new(channel)
         .membership(metastorepb::MembershipRequest {})
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| s.message().to_owned())
+        .map_err(|s| PeerError::from_status(&s))
 }
 
 /// A member joining a running cluster (`--initial-cluster-state existing`,
 /// after `etcdctl member add`): its ID is the one MemberAdd gave its peer
 /// URLs. It starts empty; the leader sends it a snapshot.
-pub fn plan_join(cfg: &Config) -> Result<Bootstrap, String> {
+pub fn plan_join(cfg: &Config) -> Result<Bootstrap, DiscoveryError> {
     let pb = discover(cfg)?;
     let mut mine = cfg.advertise_peer_list();
     mine.sort();
@@ -289,12 +289,10 @@ pub fn plan_join(cfg: &Config) -> Result<Bootstrap, String> {
         urls == mine
     });
     let Some(me) = me else {
-        return Err(format!(
-            "the cluster has no member with peer URLs {}; add it first (etcdctl member add {} --peer-urls={})",
-            mine.join(","),
-            cfg.name,
-            mine.join(",")
-        ));
+        return Err(DiscoveryError::NotAdded {
+            name: cfg.name.clone(),
+            urls: mine.join(","),
+        });
     };
     Ok(Bootstrap {
         identity: Identity {
@@ -666,6 +664,7 @@ pub fn start_core(
     let raft_thread = Arbiter::new();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let log_store = rec.log_store;
+    let max_batch_bytes = usize::try_from(cfg.raft.max_size_per_msg).unwrap_or(usize::MAX);
     let peers = {
         let status = status.clone();
         let faults = faults.clone();
@@ -679,11 +678,17 @@ pub fn start_core(
             status,
             faults,
             metrics,
+            max_batch_bytes,
         }
     };
     let settings_catchup = cfg.snapshot_catchup_entries;
     let raft_status = status.clone();
-    let wal_metrics = metrics.clone();
+    let wal_ctx = crate::actors::wal::WalContext {
+        metrics: metrics.clone(),
+        member: id,
+        fatal: status.fatal.clone(),
+        faults: faults.clone(),
+    };
     let apply_for_raft = apply.clone();
     // A lone voter has no heartbeats to send and no election to lose: its
     // Raft runs on the client thread, which saves two thread hand-offs per
@@ -694,7 +699,7 @@ pub fn start_core(
     let start = move || {
         let ctx = Context::<RaftActor>::new();
         let raft = ctx.address();
-        let wal = match WalWriter::spawn(log_store, raft.clone(), wal_metrics, id) {
+        let wal = match WalWriter::spawn(log_store, raft.clone(), wal_ctx) {
             Ok(w) => w,
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -807,7 +812,7 @@ pub fn prepare(cfg: &Config) -> Result<Identity, Box<dyn std::error::Error>> {
             cluster = format!("{:x}", id.cluster_id),
             "known member; initial-cluster flags are ignored"
         );
-        if cfg.initial_cluster_state == "existing" {
+        if cfg.initial_cluster_state == InitialClusterState::Existing {
             // Joining a cluster with a data dir of another one would split
             // two histories: ask the cluster named in the flags first (if
             // nobody answers, this is an ordinary restart).
@@ -826,14 +831,16 @@ pub fn prepare(cfg: &Config) -> Result<Identity, Box<dyn std::error::Error>> {
         }
         return Ok(id);
     }
-    let plan = match (cfg.initial_cluster_state.as_str(), &cfg.restore_image) {
-        ("existing", Some(_)) => {
+    let plan = match (cfg.initial_cluster_state, &cfg.restore_image) {
+        (InitialClusterState::Existing, Some(_)) => {
             return Err(
                 "--restore-image seeds a new cluster; use --initial-cluster-state new".into(),
             )
         }
-        ("existing", None) => plan_join(cfg).map_err(|e| format!("cannot join: {e}"))?,
-        _ => plan_new(cfg)?,
+        (InitialClusterState::Existing, None) => {
+            plan_join(cfg).map_err(|e| format!("cannot join: {e}"))?
+        }
+        (InitialClusterState::New, _) => plan_new(cfg)?,
     };
     let done = match &cfg.restore_image {
         Some(image) => restore_image(cfg, image, &plan),
@@ -863,7 +870,9 @@ pub fn run_until(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let identity = prepare(&cfg)?;
     let mut rec = recover(&cfg)?;
-    if rec.state_machine.membership().is_empty() && cfg.initial_cluster_state == "existing" {
+    if rec.state_machine.membership().is_empty()
+        && cfg.initial_cluster_state == InitialClusterState::Existing
+    {
         // Joined, but restarted before the leader's first snapshot arrived:
         // find the cluster again to know whom to talk to.
         let pb = discover(&cfg).map_err(|e| format!("cannot rejoin: {e}"))?;
@@ -887,6 +896,8 @@ pub fn run_until(
 
     let system = System::new();
     let (served, threads) = system.block_on(async move {
+        // Bound before any actor runs: a fatal error stops THIS System.
+        status.fatal.arm(System::current());
         let (core, threads) = start_core(&cfg, status, faults, rec)?;
         let served = actix_rt::spawn(async move {
             let result = crate::api::serve(cfg, core, client_addr, peer_listener, stop).await;
@@ -905,7 +916,7 @@ pub fn run_until(
         }
     }
     if code != 0 {
-        return Err(format!("stopped with code {code}").into());
+        return Err(Box::new(crate::error::MemberStopped { code }));
     }
     match system_result(served) {
         Ok(()) => Ok(()),
@@ -914,9 +925,11 @@ pub fn run_until(
 }
 
 /// The API task's outcome once the System has stopped.
-fn system_result(served: actix_rt::task::JoinHandle<Result<(), String>>) -> Result<(), String> {
+fn system_result(
+    served: actix_rt::task::JoinHandle<Result<(), ServeError>>,
+) -> Result<(), ServeError> {
     if !served.is_finished() {
         return Ok(());
     }
-    futures::executor::block_on(served).unwrap_or_else(|e| Err(format!("api task: {e}")))
+    futures::executor::block_on(served).unwrap_or_else(|e| Err(ServeError::Task(e.to_string())))
 }

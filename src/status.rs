@@ -33,6 +33,8 @@ pub struct NodeStatus {
     pub removed: parking_lot::RwLock<HashSet<u64>>,
     /// Raised alarms as (member, `AlarmType` value), as last applied.
     pub alarms: parking_lot::RwLock<Vec<(u64, i32)>>,
+    /// The member's one way to stop on an error it cannot survive.
+    pub fatal: crate::actors::fatal::Fatal,
 }
 
 /// What a removed member's peers answer it (etcd's words).
@@ -108,6 +110,8 @@ pub struct Faults {
     /// Every applied batch takes this many more milliseconds, as on a slow
     /// disk (the applier's thread sleeps: it is what a slow commit does).
     pub slow_apply_ms: std::sync::atomic::AtomicU64,
+    /// Fail the WAL writer's next fsync (the member must stop alone).
+    pub fail_wal_sync: AtomicBool,
 }
 
 impl Faults {

@@ -151,6 +151,8 @@ impl Daemon {
             if http::get(&addr, "/health").is_some_and(|b| b.contains("\"health\":\"true\"")) {
                 return Ok(());
             }
+            // The load generator's main thread polls a child process.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(format!(
@@ -188,6 +190,8 @@ impl Daemon {
             if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
+            // The load generator's main thread waits for a child process.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();

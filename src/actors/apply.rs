@@ -420,8 +420,9 @@ impl ApplyActor {
         if let Err(e) = committed {
             // The applied state cannot be recorded; going on would apply the
             // next entries onto a state the disk does not have (as etcd, stop).
-            tracing::error!(error = %e, "cannot write applied changes; stopping");
-            std::process::exit(2);
+            self.status.fatal.stop("cannot write applied changes", &e);
+            ctx.stop();
+            return;
         }
         let took = started.elapsed();
         self.metrics
@@ -474,8 +475,10 @@ impl Handler<InstallSnapshot> for ApplyActor {
                 })
             });
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the install thread; stopping");
-            std::process::exit(2);
+            self.status
+                .fatal
+                .stop("cannot start the snapshot install thread", &e);
+            ctx.stop();
         }
     }
 }
@@ -499,8 +502,12 @@ impl Handler<SnapshotLoaded> for ApplyActor {
                 // Raft moved on to the snapshot already; the state cannot
                 // follow. The data dir holds the old state or the new one
                 // (never a mix): a restart tries again.
-                tracing::error!(error = %e, file = %msg.path.display(), "cannot install the leader's snapshot; stopping");
-                std::process::exit(2);
+                tracing::error!(file = %msg.path.display(), "cannot install the leader's snapshot");
+                self.status
+                    .fatal
+                    .stop("cannot install the leader's snapshot", &e);
+                ctx.stop();
+                return;
             }
         };
         let h = self.sm.finish_install(installed);

@@ -4,6 +4,7 @@
 //! behind a lock; batching comes from mailboxes filling while an actor is busy.
 
 pub mod apply;
+pub mod fatal;
 pub mod lessor;
 pub mod messages;
 pub mod peer;

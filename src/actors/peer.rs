@@ -4,7 +4,9 @@
 //!
 //! - Coalescing: one batch is being written at a time (it sits in a
 //!   one-slot channel until the gRPC stream takes it); every message queued
-//!   meanwhile leaves in the next batch, as one write. There is no
+//!   meanwhile leaves in the next batch, as one write, up to Raft's max
+//!   message size in bytes (the rest in the batch after: the receiver caps
+//!   the size of what it decodes, see `api::peer`). There is no
 //!   transport-level ack: Raft's own responses acknowledge its appends
 //!   (`raft_inflight_messages` counts the appends they have not answered).
 //! - Bounded: at most [`MAX_QUEUE`] messages wait; beyond that, and while the
@@ -35,6 +37,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::apply::ApplyActor;
 use super::messages::{RemovedFromCluster, SnapshotSent, TakeImage, Unreachable};
 use super::raft::RaftActor;
+use crate::error::PeerError;
 use crate::metrics::Metrics;
 use crate::proto::metastorepb::peer_client::PeerClient;
 use crate::proto::metastorepb::{RaftBatch, SnapshotChunk};
@@ -43,8 +46,9 @@ use crate::storage::image::ImageReader;
 
 /// Messages waiting for a peer, at most.
 pub const MAX_QUEUE: usize = 8192;
-/// Image bytes per snapshot chunk.
-const CHUNK: usize = 1 << 20;
+/// Image bytes per snapshot chunk (the receiver's message cap leaves room
+/// for one).
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a stopping PeerActor tries to deliver what it holds.
@@ -67,6 +71,9 @@ pub struct PeerContext {
     pub faults: Arc<Faults>,
     /// The member's metrics.
     pub metrics: Arc<Metrics>,
+    /// A batch stops taking messages once it holds this many bytes (Raft's
+    /// max message size), so it fits the receiver's message cap.
+    pub max_batch_bytes: usize,
 }
 
 /// Carries Raft messages to one remote member.
@@ -152,7 +159,7 @@ impl PeerActor {
             let channel = match endpoint.connect().await {
                 Ok(c) => c,
                 Err(e) => {
-                    let why = e.to_string();
+                    let why = PeerError::Connect(e.to_string());
                     return me.do_send(StreamDown { generation, why });
                 }
             };
@@ -163,8 +170,8 @@ impl PeerActor {
                 .raft(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await;
             let why = match ended {
-                Ok(_) => "closed by the peer".to_owned(),
-                Err(s) => s.message().to_owned(),
+                Ok(_) => PeerError::Closed,
+                Err(s) => PeerError::from_status(&s),
             };
             me.do_send(StreamDown { generation, why });
         });
@@ -176,11 +183,7 @@ impl PeerActor {
             return;
         }
         let Some(tx) = &self.tx else { return };
-        let messages: Vec<Vec<u8>> = self
-            .queue
-            .drain(..)
-            .map(|m| m.write_to_bytes().expect("raft message encodes"))
-            .collect();
+        let messages = take_batch(&mut self.queue, self.ctx.max_batch_bytes);
         self.sent_bytes
             .inc_by(messages.iter().map(|m| m.len() as u64).sum());
         let batch = RaftBatch {
@@ -253,30 +256,48 @@ impl PeerActor {
     }
 }
 
+/// Encodes messages from the front of `queue` into one batch until it holds
+/// `budget` bytes or more (at least one message; what stays queued leaves in
+/// the next batch), so a batch stays under the receiver's message cap.
+fn take_batch(queue: &mut VecDeque<Message>, budget: usize) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    let mut bytes = 0usize;
+    while bytes < budget.max(1) {
+        let Some(m) = queue.pop_front() else {
+            break;
+        };
+        let encoded = m.write_to_bytes().expect("raft message encodes");
+        bytes += encoded.len();
+        messages.push(encoded);
+    }
+    messages
+}
+
 /// Builds the image, rewrites the message to it and streams it.
 async fn send_snapshot(
     endpoint: Endpoint,
     mut msg: Message,
     peer: &PeerContext,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), PeerError> {
     let job = peer
         .apply
         .send(TakeImage)
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(PeerError::local)?
+        .map_err(PeerError::local)?;
     // Materialize the image (the rocksdb engine writes it on a thread).
     let (mut source, total) = tokio::task::spawn_blocking(move || job.open())
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(PeerError::local)?
+        .map_err(PeerError::local)?;
     let (header, mut source) = tokio::task::spawn_blocking(move || {
         let h = ImageReader::new(&mut source).map(|(h, _)| h);
         (h, source)
     })
     .await
-    .map_err(|e| e.to_string())?;
-    let header = header.map_err(|e| e.to_string())?;
-    source.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    .map_err(PeerError::local)?;
+    let header = header.map_err(PeerError::local)?;
+    source.seek(SeekFrom::Start(0)).map_err(PeerError::local)?;
     {
         let meta = msg.mut_snapshot().mut_metadata();
         meta.index = header.index;
@@ -286,22 +307,22 @@ async fn send_snapshot(
     let first = SnapshotChunk {
         cluster_id: peer.cluster_id,
         from: peer.from,
-        message: msg.write_to_bytes().map_err(|e| e.to_string())?,
+        message: msg.write_to_bytes().map_err(PeerError::local)?,
         data: Vec::new(),
     };
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
     let faults = peer.faults.clone();
     let (cluster_id, from) = (peer.cluster_id, peer.from);
-    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), PeerError> {
         tx.blocking_send(first)
-            .map_err(|_| "stream closed".to_owned())?;
+            .map_err(|_| PeerError::local("stream closed"))?;
         let mut sent = 0u64;
         while sent < total {
             if faults.isolated() {
-                return Err("isolated by fault injection".into());
+                return Err(PeerError::local("isolated by fault injection"));
             }
-            let mut buf = vec![0u8; CHUNK.min((total - sent) as usize)];
-            source.read_exact(&mut buf).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK.min((total - sent) as usize)];
+            source.read_exact(&mut buf).map_err(PeerError::local)?;
             sent += buf.len() as u64;
             let chunk = SnapshotChunk {
                 cluster_id,
@@ -310,17 +331,20 @@ async fn send_snapshot(
                 data: buf,
             };
             tx.blocking_send(chunk)
-                .map_err(|_| "stream closed".to_owned())?;
+                .map_err(|_| PeerError::local("stream closed"))?;
         }
         Ok(())
     });
-    let channel: Channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel: Channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| PeerError::Connect(e.to_string()))?;
     let mut client = PeerClient::new(channel);
     let answer = client
         .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
-    reader.await.map_err(|e| e.to_string())??;
-    answer.map_err(|s| s.message().to_owned())?;
+    reader.await.map_err(PeerError::local)??;
+    answer.map_err(|s| PeerError::from_status(&s))?;
     Ok((header.index, total))
 }
 
@@ -376,7 +400,7 @@ struct StreamUp {
 #[rtype(result = "()")]
 struct StreamDown {
     generation: u64,
-    why: String,
+    why: PeerError,
 }
 
 #[derive(actix::Message)]
@@ -471,11 +495,11 @@ impl Handler<StreamDown> for PeerActor {
         if self.stopping {
             return ctx.stop();
         }
-        let removed = msg.why.contains(crate::status::REMOVED);
+        let removed = msg.why == PeerError::Removed;
         if removed {
             self.ctx.raft.do_send(RemovedFromCluster);
         }
-        if msg.why.contains("cluster ID mismatch") {
+        if msg.why == PeerError::ClusterMismatch {
             tracing::error!(
                 peer = format!("{:x}", self.to),
                 cluster = format!("{:x}", self.ctx.cluster_id),
@@ -516,5 +540,40 @@ impl Handler<SnapshotEnded> for PeerActor {
     type Result = ();
     fn handle(&mut self, _: SnapshotEnded, _: &mut Context<Self>) {
         self.sending_snapshot = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(to: u64, bytes: usize) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+        m.to = to;
+        m.mut_entries().push(raft::eraftpb::Entry {
+            data: vec![7u8; bytes].into(),
+            ..Default::default()
+        });
+        m
+    }
+
+    /// A batch stops at the budget (so it fits the receiver's cap); the rest
+    /// waits, in order, for the next one.
+    #[test]
+    fn a_batch_stops_at_its_byte_budget() {
+        let mut queue: VecDeque<Message> = (0..5).map(|_| append(2, 1000)).collect();
+        let first = take_batch(&mut queue, 2500);
+        assert_eq!(first.len(), 3, "stops once 2500 bytes are reached");
+        assert_eq!(queue.len(), 2);
+        let second = take_batch(&mut queue, 2500);
+        assert_eq!(second.len(), 2);
+        assert!(queue.is_empty());
+        let mut big: VecDeque<Message> = [append(2, 10_000)].into();
+        assert_eq!(
+            take_batch(&mut big, 100).len(),
+            1,
+            "one message always goes"
+        );
     }
 }

@@ -8,12 +8,19 @@
 //! keeps sending appends, which pile up and become the next batch. (An actix
 //! SyncArbiter cannot drain its mailbox this way, hence a plain thread with a
 //! channel: still one owner of the WAL and typed messages in, typed messages out.)
+//!
+//! A failed fsync is final: the writer answers nothing after it (no
+//! `Persisted` for the failed batch or any later one), drops its mailbox so
+//! nothing more is queued, and trips the member's [`Fatal`] switch.
 
 use std::time::Instant;
 
+use super::fatal::Fatal;
 use super::messages::{Append, Persisted, Purge};
 use super::raft::RaftActor;
+use crate::error::StorageError;
 use crate::metrics::Metrics;
+use crate::status::Faults;
 use crate::storage::engine::LogStore;
 use actix::Addr;
 use crossbeam_channel::{Receiver, Sender};
@@ -37,8 +44,8 @@ impl WalHandle {
     /// Raft itself (max-uncommitted-size), and the RaftActor must never block.
     pub fn send(&self, cmd: WalCommand) {
         if self.tx.send(cmd).is_err() {
-            // The writer only stops by exiting the process.
-            tracing::error!("WAL writer is gone");
+            // The writer stopped on a failed fsync and the member with it.
+            tracing::debug!("WAL writer is gone");
         }
     }
 }
@@ -52,6 +59,22 @@ pub struct WalWriter {
     member: u64,
     /// The term of the last hard state written (for logs).
     term: u64,
+    /// Where a failed fsync goes.
+    fatal: Fatal,
+    /// Test-only switches (a failing fsync).
+    faults: std::sync::Arc<Faults>,
+}
+
+/// What the writer needs besides its log store and Raft, from the member.
+pub struct WalContext {
+    /// The member's metrics.
+    pub metrics: std::sync::Arc<Metrics>,
+    /// This member (for logs).
+    pub member: u64,
+    /// The member's fatal-error switch.
+    pub fatal: Fatal,
+    /// Test-only fault switches.
+    pub faults: std::sync::Arc<Faults>,
 }
 
 /// An fsync slower than this is logged (etcd's threshold).
@@ -64,16 +87,17 @@ impl WalWriter {
     pub fn spawn(
         log: Box<dyn LogStore>,
         raft: Addr<RaftActor>,
-        metrics: std::sync::Arc<Metrics>,
-        member: u64,
+        ctx: WalContext,
     ) -> std::io::Result<(WalHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut writer = WalWriter {
             log,
             raft,
-            metrics,
-            member,
+            metrics: ctx.metrics,
+            member: ctx.member,
             term: 0,
+            fatal: ctx.fatal,
+            faults: ctx.faults,
         };
         let thread = std::thread::Builder::new()
             .name("wal".into())
@@ -108,7 +132,14 @@ impl WalWriter {
                 }
             }
             if must_sync {
-                self.sync();
+                if let Err(e) = self.sync() {
+                    // Raft cannot go on without a durable log, and retrying
+                    // after a failed fsync may report success for data that
+                    // is gone (as etcd, stop). Returning drops the mailbox:
+                    // nothing queued or sent later is acknowledged.
+                    self.fatal.stop("Raft log write failed", &e);
+                    return;
+                }
                 self.metrics.wal_batch_entries.observe(entries as f64);
             }
             // Without must_sync (nothing but a hard state that needs no fsync)
@@ -124,14 +155,19 @@ impl WalWriter {
         }
     }
 
-    fn sync(&mut self) {
+    fn sync(&mut self) -> Result<(), StorageError> {
         let started = Instant::now();
-        if let Err(e) = self.log.sync() {
-            // Raft cannot go on without a durable log, and retrying after a failed
-            // fsync may report success for data that is gone (as etcd, stop).
-            tracing::error!(error = %e, "Raft log write failed; stopping");
-            std::process::exit(2);
+        if self
+            .faults
+            .fail_wal_sync
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(StorageError::io(
+                "sync the Raft log",
+                std::io::Error::other("fsync failed by fault injection"),
+            ));
         }
+        self.log.sync()?;
         let took = started.elapsed();
         self.metrics.wal_fsync_seconds.observe(took.as_secs_f64());
         if took > SLOW_FSYNC {
@@ -143,5 +179,6 @@ impl WalWriter {
                 "slow fdatasync"
             );
         }
+        Ok(())
     }
 }

@@ -38,7 +38,8 @@ pub fn router(gw: Gateway, fault_injection: bool) -> Router {
             .route("/debug/fault/isolate", post(isolate))
             .route("/debug/fault/heal", post(heal))
             .route("/debug/fault/diverge", post(diverge))
-            .route("/debug/fault/slow-apply", post(slow_apply));
+            .route("/debug/fault/slow-apply", post(slow_apply))
+            .route("/debug/fault/fail-wal-sync", post(fail_wal_sync));
     }
     r.with_state(gw)
 }
@@ -92,6 +93,17 @@ async fn diverge(
         }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped\n"),
     }
+}
+
+/// Fails the WAL writer's next fsync: the member must stop on its fatal
+/// path, alone (other members in the process go on).
+async fn fail_wal_sync(State(gw): State<Gateway>) -> impl IntoResponse {
+    gw.core()
+        .faults
+        .fail_wal_sync
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!("fault injection: the next WAL fsync fails");
+    "failing\n"
 }
 
 /// Ends [`isolate`].

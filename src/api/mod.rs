@@ -437,7 +437,8 @@ pub async fn serve(
     addr: SocketAddr,
     peers: std::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), crate::error::ServeError> {
+    use crate::error::ServeError;
     use crate::proto::etcdserverpb::{
         cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
     };
@@ -445,9 +446,11 @@ pub async fn serve(
     let gw = Gateway::new(&cfg, core);
     let incoming = cfg.data_dir.join(crate::server::INCOMING);
     let peer_gw = gw.clone();
+    let max_peer_message =
+        peer::max_peer_message_bytes(cfg.raft.max_size_per_msg, cfg.max_request_bytes);
     gw.core()
         .raft_thread
-        .spawn(async move { peer::serve(peer_gw, peers, incoming).await });
+        .spawn(async move { peer::serve(peer_gw, peers, incoming, max_peer_message).await });
     tokio::spawn(publish(gw.clone()));
     if cfg.corrupt_check_ms > 0 {
         tokio::spawn(corruption::run(
@@ -490,7 +493,10 @@ pub async fn serve(
     for maddr in cfg.metrics_listen_addrs() {
         let listener = tokio::net::TcpListener::bind(maddr)
             .await
-            .map_err(|e| format!("cannot listen on metrics URL {maddr}: {e}"))?;
+            .map_err(|source| ServeError::MetricsListen {
+                addr: maddr,
+                source,
+            })?;
         tracing::info!(addr = %maddr, "serving /metrics and health checks");
         let router = http::metrics_router(gw.clone());
         tokio::spawn(async move {
@@ -505,13 +511,13 @@ pub async fn serve(
     let listener = authority::Listener(
         tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            .map_err(|source| ServeError::ClientListen { addr, source })?,
     );
     tracing::info!(%addr, "serving clients (gRPC and HTTP)");
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(ServeError::Serve)
 }
 
 /// Announces this member's name and client URLs through the log (as etcd's

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Gateway;
 use crate::actors::messages::StepBatch;
-use crate::error::ApiError;
+use crate::error::{ApiError, PeerError};
 use crate::proto::etcdserverpb::{
     HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -24,7 +24,6 @@ use crate::proto::metastorepb::{
     Membership, MembershipRequest, PromoteRequest, PromoteResponse, RaftBatch, RaftEnd,
     SnapshotAck, SnapshotChunk,
 };
-use crate::status::REMOVED;
 use crate::storage::image::ImageReader;
 
 /// The peer service.
@@ -52,9 +51,7 @@ impl PeerService {
                 mine = format!("{mine:x}"),
                 "peer traffic from another cluster refused"
             );
-            return Err(Status::failed_precondition(
-                "etcdserver: cluster ID mismatch",
-            ));
+            return Err(PeerError::ClusterMismatch.into());
         }
         Ok(())
     }
@@ -64,8 +61,57 @@ impl PeerService {
 /// append messages (the default 64 KiB would throttle a catching-up member).
 pub const PEER_WINDOW: u32 = 16 << 20;
 
-/// Serves the peer service on `listener` until the process stops.
-pub async fn serve(gw: Gateway, listener: std::net::TcpListener, incoming: PathBuf) {
+/// The largest message the peer port decodes: a Raft batch (the sender
+/// stops filling one at `max_size_per_msg` bytes, so it holds at most that
+/// plus the one message that crossed it: an append of up to
+/// `max_size_per_msg`, or a single entry as large as a request) or a
+/// snapshot chunk (the MsgSnapshot plus one image chunk), with room for
+/// framing. Anything larger is refused before it is buffered.
+pub fn max_peer_message_bytes(max_size_per_msg: u64, max_request_bytes: usize) -> usize {
+    const FRAMING: usize = 1 << 20;
+    let max_size_per_msg = usize::try_from(max_size_per_msg).unwrap_or(usize::MAX);
+    let one_message = max_size_per_msg.max(max_request_bytes);
+    max_size_per_msg
+        .saturating_add(one_message)
+        .max(crate::actors::peer::SNAPSHOT_CHUNK)
+        .saturating_add(FRAMING)
+}
+
+/// The Raft messages of a batch that are for this member (`me`); the others
+/// are counted in `misaddressed` and dropped: stepping a message addressed to
+/// another member would make Raft answer (and vote, and append) as if it
+/// were that member. Undecodable ones are dropped with a warning.
+fn decode_batch(
+    batch: &RaftBatch,
+    me: u64,
+    misaddressed: &prometheus_client::metrics::counter::Counter,
+) -> Vec<raft::eraftpb::Message> {
+    let mut msgs = Vec::with_capacity(batch.messages.len());
+    for bytes in &batch.messages {
+        match raft::eraftpb::Message::parse_from_bytes(bytes) {
+            Ok(m) if m.to == me => msgs.push(m),
+            Ok(m) => {
+                misaddressed.inc();
+                tracing::warn!(
+                    from = format!("{:x}", m.from),
+                    to = format!("{:x}", m.to),
+                    "raft message for another member dropped"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable raft message dropped"),
+        }
+    }
+    msgs
+}
+
+/// Serves the peer service on `listener` until the process stops; messages
+/// over `max_message` bytes (see [`max_peer_message_bytes`]) are refused.
+pub async fn serve(
+    gw: Gateway,
+    listener: std::net::TcpListener,
+    incoming: PathBuf,
+    max_message: usize,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -85,7 +131,7 @@ pub async fn serve(gw: Gateway, listener: std::net::TcpListener, incoming: PathB
     });
     tracing::info!(?addr, "serving peers");
     let svc = PeerServer::new(PeerService::new(gw, incoming))
-        .max_decoding_message_size(usize::MAX)
+        .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
     if let Err(e) = tonic::transport::Server::builder()
         .initial_stream_window_size(PEER_WINDOW)
@@ -119,26 +165,20 @@ impl Peer for PeerService {
                 }
             };
             counter.inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
-            if batch.cluster_id != core.status.cluster_id {
-                return Err(Status::failed_precondition(
-                    "etcdserver: cluster ID mismatch",
-                ));
-            }
+            self.check_cluster(batch.cluster_id)?;
             if core.status.is_removed(batch.from) {
                 // It may not know yet: it never applies its own removal once
                 // the others stop replicating to it.
-                return Err(Status::permission_denied(REMOVED));
+                return Err(PeerError::Removed.into());
             }
             if core.faults.isolated() {
                 continue;
             }
-            let mut msgs = Vec::with_capacity(batch.messages.len());
-            for bytes in &batch.messages {
-                match raft::eraftpb::Message::parse_from_bytes(bytes) {
-                    Ok(m) => msgs.push(m),
-                    Err(e) => tracing::warn!(error = %e, "undecodable raft message dropped"),
-                }
-            }
+            let msgs = decode_batch(
+                &batch,
+                core.status.member_id,
+                &core.metrics.peer_misaddressed_messages,
+            );
             // Waits while the Raft mailbox is full: backpressure on the
             // sender, whose next batch coalesces meanwhile.
             if core.raft.send(StepBatch(msgs)).await.is_err() {
@@ -159,7 +199,7 @@ impl Peer for PeerService {
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         self.check_cluster(first.cluster_id)?;
         if self.gw.status().is_removed(first.from) {
-            return Err(Status::permission_denied(REMOVED));
+            return Err(PeerError::Removed.into());
         }
         if self.gw.core().faults.isolated() {
             return Err(Status::unavailable("isolated by fault injection"));
@@ -202,7 +242,11 @@ impl Peer for PeerService {
         &self,
         _: Request<MembershipRequest>,
     ) -> Result<Response<Membership>, Status> {
-        let m = self.gw.members().await?;
+        let m = self
+            .gw
+            .members()
+            .await
+            .map_err(ApiError::into_peer_status)?;
         Ok(Response::new(m.to_pb()))
     }
 
@@ -210,7 +254,11 @@ impl Peer for PeerService {
         &self,
         req: Request<PromoteRequest>,
     ) -> Result<Response<PromoteResponse>, Status> {
-        let members = self.gw.promote_here(req.into_inner().member_id).await?;
+        let members = self
+            .gw
+            .promote_here(req.into_inner().member_id)
+            .await
+            .map_err(ApiError::into_peer_status)?;
         Ok(Response::new(PromoteResponse { members }))
     }
 
@@ -219,7 +267,10 @@ impl Peer for PeerService {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         Ok(Response::new(
-            self.gw.hash_kv(req.into_inner().revision).await?,
+            self.gw
+                .hash_kv(req.into_inner().revision)
+                .await
+                .map_err(ApiError::into_peer_status)?,
         ))
     }
 
@@ -231,7 +282,7 @@ impl Peer for PeerService {
         let ttl = match self.gw.lease_renew_here(id).await {
             Ok(ttl) => ttl,
             Err(ApiError::LeaseNotFound) => 0,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e.into_peer_status()),
         };
         Ok(Response::new(LeaseKeepAliveResponse {
             header: self.gw.header(self.gw.status().revision()),
@@ -245,7 +296,12 @@ impl Peer for PeerService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(self.gw.lease_time_to_live_here(&r).await?))
+        Ok(Response::new(
+            self.gw
+                .lease_time_to_live_here(&r)
+                .await
+                .map_err(ApiError::into_peer_status)?,
+        ))
     }
 }
 
@@ -279,4 +335,45 @@ async fn receive(
     .await
     .map_err(|e| e.to_string())??;
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(from: u64, to: u64) -> Vec<u8> {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+        m.from = from;
+        m.to = to;
+        m.write_to_bytes().expect("raft message encodes")
+    }
+
+    /// A message addressed to another member is dropped and counted; the
+    /// ones for us go through in order.
+    #[test]
+    fn misaddressed_raft_messages_are_dropped_and_counted() {
+        let batch = RaftBatch {
+            cluster_id: 1,
+            from: 2,
+            to: 1,
+            messages: vec![encoded(2, 1), encoded(2, 3), encoded(2, 1)],
+        };
+        let counter = prometheus_client::metrics::counter::Counter::default();
+        let msgs = decode_batch(&batch, 1, &counter);
+        assert_eq!(msgs.len(), 2);
+        assert!(msgs.iter().all(|m| m.to == 1));
+        assert_eq!(counter.get(), 1);
+    }
+
+    /// The cap leaves room for a full batch plus its last message, and for
+    /// a snapshot chunk, with the defaults (4 MiB messages, 1.5 MiB
+    /// requests), and stays far below "anything".
+    #[test]
+    fn the_peer_message_cap_fits_a_batch_and_a_chunk() {
+        let cap = max_peer_message_bytes(4 << 20, 1536 * 1024);
+        assert!(cap >= (8 << 20));
+        assert!(cap > crate::actors::peer::SNAPSHOT_CHUNK);
+        assert!(cap <= (16 << 20));
+    }
 }

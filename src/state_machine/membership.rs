@@ -265,23 +265,44 @@ impl Membership {
     }
 }
 
+/// Why a conf change cannot be applied as MetaStore makes them (one simple
+/// change per entry, never a joint configuration).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfChangeError {
+    /// More (or fewer) than one change in one entry.
+    #[error("{0} changes in one entry; MetaStore makes one at a time")]
+    NotOne(usize),
+    /// An added member's entry without the member it adds.
+    #[error("conf change for {0:x} without its member")]
+    NoMember(u64),
+    /// The configuration is joint.
+    #[error("joint configurations are not used by MetaStore")]
+    Joint,
+    /// Raft's reserved id.
+    #[error("node id 0")]
+    ZeroId,
+    /// Making a voter a learner (raft-rs needs a joint config for that).
+    #[error("{0:x} is a voter; demotion is not supported")]
+    Demotion(u64),
+    /// The change leaves no voter.
+    #[error("removed all voters")]
+    NoVoters,
+}
+
 /// The membership change a ConfChangeV2 entry carries, with its context.
 pub fn decode_change(
     cc: &ConfChangeV2,
     ctx: &metastorepb::ConfChangeContext,
-) -> Result<Change, String> {
+) -> Result<Change, ConfChangeError> {
     let [single] = cc.changes.as_slice() else {
-        return Err(format!(
-            "{} changes in one entry; MetaStore makes one at a time",
-            cc.changes.len()
-        ));
+        return Err(ConfChangeError::NotOne(cc.changes.len()));
     };
     let id = single.node_id;
     let member = || {
         ctx.member
             .clone()
             .filter(|m| m.id == id)
-            .ok_or_else(|| format!("conf change for {id:x} without its member"))
+            .ok_or(ConfChangeError::NoMember(id))
     };
     match single.get_change_type() {
         ConfChangeType::AddLearnerNode => Ok(Change::Add(member()?)),
@@ -294,13 +315,16 @@ pub fn decode_change(
 /// The ConfState after one simple (non-joint) change, as raft-rs's
 /// `apply_conf_change` computes it: the applier needs it to store with the
 /// applied index, before the RaftActor applies the same change to Raft.
-pub fn next_conf_state(cs: &ConfState, change: &ConfChangeSingle) -> Result<ConfState, String> {
+pub fn next_conf_state(
+    cs: &ConfState,
+    change: &ConfChangeSingle,
+) -> Result<ConfState, ConfChangeError> {
     if !cs.voters_outgoing.is_empty() || !cs.learners_next.is_empty() {
-        return Err("joint configurations are not used by MetaStore".into());
+        return Err(ConfChangeError::Joint);
     }
     let id = change.node_id;
     if id == 0 {
-        return Err("node id 0".into());
+        return Err(ConfChangeError::ZeroId);
     }
     let mut next = cs.clone();
     next.voters.retain(|&v| v != id);
@@ -310,14 +334,14 @@ pub fn next_conf_state(cs: &ConfState, change: &ConfChangeSingle) -> Result<Conf
         ConfChangeType::AddLearnerNode => {
             if cs.voters.contains(&id) {
                 // raft-rs refuses to demote a voter outside a joint config.
-                return Err(format!("{id:x} is a voter; demotion is not supported"));
+                return Err(ConfChangeError::Demotion(id));
             }
             next.learners.push(id);
         }
         ConfChangeType::RemoveNode => {}
     }
     if next.voters.is_empty() {
-        return Err("removed all voters".into());
+        return Err(ConfChangeError::NoVoters);
     }
     next.voters.sort_unstable();
     next.learners.sort_unstable();
@@ -395,7 +419,7 @@ mod tests {
             ..Default::default()
         };
         let rm = Change::Remove(1).conf_change();
-        assert!(next_conf_state(&cs, &rm).is_err());
+        assert_eq!(next_conf_state(&cs, &rm), Err(ConfChangeError::NoVoters));
     }
 
     #[test]
@@ -435,6 +459,9 @@ mod tests {
             decode_change(&cc(single(ConfChangeType::RemoveNode, 4)), &without),
             Ok(Change::Remove(4))
         );
-        assert!(decode_change(&cc(single(ConfChangeType::AddLearnerNode, 4)), &without).is_err());
+        assert_eq!(
+            decode_change(&cc(single(ConfChangeType::AddLearnerNode, 4)), &without),
+            Err(ConfChangeError::NoMember(4))
+        );
     }
 }

@@ -580,10 +580,10 @@ impl StateMachine {
         let change = match membership::decode_change(&cc, &ctx) {
             Ok(c) => c,
             Err(why) => {
-                tracing::error!(index, why, "conf change skipped");
+                tracing::error!(index, %why, "conf change skipped");
                 return Some(Applied {
                     id: ctx.id,
-                    result: Err(ApiError::Internal(why)),
+                    result: Err(ApiError::Internal(why.to_string())),
                     conf_change: None,
                     members_changed: false,
                 });

@@ -31,11 +31,20 @@ pub fn free_port() -> u16 {
 
 /// `GET path` over plain HTTP/1.1; returns (status line, body).
 pub fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    http_request(port, "GET", path)
+}
+
+/// `POST path` (no body) over plain HTTP/1.1; returns (status line, body).
+pub fn http_post(port: u16, path: &str) -> Option<(String, String)> {
+    http_request(port, "POST", path)
+}
+
+fn http_request(port: u16, method: &str, path: &str) -> Option<(String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = String::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use metastore::config::Config;
 
-use crate::harness::{etcdctl_at, free_port, http_get};
+use crate::harness::{etcdctl_at, free_port, http_get, http_post};
 
 #[test]
 fn three_members_run_in_one_process() {
@@ -78,4 +78,97 @@ fn three_members_run_in_one_process() {
     for m in members {
         m.join().unwrap().unwrap();
     }
+}
+
+/// A member running on a thread of this process.
+struct InProcess {
+    client_port: u16,
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// Ends with the exit code a fatal error stopped the member with (None:
+    /// another error, in the text).
+    thread: std::thread::JoinHandle<Result<(), (Option<i32>, String)>>,
+}
+
+/// Starts a lone member (a cluster of its own) on its own thread in this
+/// process, with the fault switches on, and waits until it is healthy.
+fn lone_member(dir: &std::path::Path, name: &str) -> InProcess {
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let cfg = Config {
+        name: name.into(),
+        data_dir: dir.join(name),
+        listen_client_urls: client.clone(),
+        advertise_client_urls: client,
+        listen_peer_urls: peer.clone(),
+        initial_advertise_peer_urls: peer.clone(),
+        initial_cluster: format!("{name}={peer}"),
+        wal_segment_size: 4 << 20,
+        fault_injection: true,
+        ..Config::default()
+    };
+    cfg.validate().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        metastore::server::run_until(cfg, async move {
+            let _ = stopped.await;
+        })
+        .map_err(|e| {
+            let code = e
+                .downcast_ref::<metastore::error::MemberStopped>()
+                .map(|s| s.code);
+            (code, e.to_string())
+        })
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !http_get(client_port, "/health").is_some_and(|(_, b)| b.contains("\"true\"")) {
+        assert!(std::time::Instant::now() < deadline, "{name} not healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    InProcess {
+        client_port,
+        stop,
+        thread,
+    }
+}
+
+/// A failed fsync stops the member it happened in, with exit code 2 and
+/// without acknowledging the write, while another member in the same process
+/// keeps serving (it used to be `process::exit(2)`: the whole process died).
+#[test]
+fn a_fatal_error_stops_only_its_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = lone_member(tmp.path(), "fatal-a");
+    let b = lone_member(tmp.path(), "fatal-b");
+    // a.stop is kept (not sent) until the end: a must stop on its own.
+    let (a_port, _stop_a, a_thread) = (a.client_port, a.stop, a.thread);
+    let (b_port, stop_b, b_thread) = (b.client_port, b.stop, b.thread);
+    let ep = |port: u16| format!("127.0.0.1:{port}");
+
+    let (status, _) = http_post(a_port, "/debug/fault/fail-wal-sync").unwrap();
+    assert!(status.contains("200"), "{status}");
+    let out = etcdctl_at(&ep(a_port), &["put", "lost", "write"]);
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        "OK\n",
+        "a write whose fsync failed must not be acknowledged"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a_thread.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member a did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, text) = a_thread.join().unwrap().unwrap_err();
+    assert_eq!(code, Some(2), "{text}");
+
+    // The process and member b are alive and serve reads and writes.
+    let out = etcdctl_at(&ep(b_port), &["put", "still", "here"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    let out = etcdctl_at(&ep(b_port), &["get", "still", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "here\n");
+    let _ = stop_b.send(());
+    b_thread.join().unwrap().unwrap();
 }

@@ -1,6 +1,11 @@
 //! Integration tests: real daemons on loopback, real clients (the etcd-client
 //! crate and etcdctl), and etcd 3.4 itself where its answers are the reference.
 
+// A test crate: its helpers unwrap like its tests (a panic is the failure
+// report), and its threads poll daemons in other processes (or on threads
+// of their own), so a sleep here stalls no member's async work.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 /// Runs each named test body (`fn(Engine)`, async or not) once per storage
 /// engine, as `name::memory` and `name::rocksdb`: one body, both engines.
 macro_rules! engine_tests {

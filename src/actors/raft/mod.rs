@@ -346,8 +346,9 @@ impl RaftActor {
                 Err(e) => {
                     // Committed entries are in the log until applied: a
                     // failure here is a broken invariant, not load.
-                    tracing::error!(member = %self.me(), low, high, error = %e, "committed entries unreadable; stopping");
-                    std::process::exit(2);
+                    tracing::error!(member = %self.me(), low, high, "committed entries unreadable");
+                    self.status.fatal.stop("committed entries unreadable", &e);
+                    return;
                 }
             }
         }

@@ -240,6 +240,9 @@ pub fn shutdown(dbs: &Dbs) -> Result<(), StorageError> {
     while dbs.background.load(std::sync::atomic::Ordering::Acquire) > 0
         && std::time::Instant::now() < deadline
     {
+        // Called from server::run_until after the member's System stopped:
+        // a plain thread, no async task waits behind this sleep.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let flushed = flush_kv(&dbs.kv);

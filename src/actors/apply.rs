@@ -389,7 +389,9 @@ impl ApplyActor {
         let started = Instant::now();
         let slow = self.faults.slow_apply_ms.load(Relaxed);
         if slow > 0 {
-            // Test-only: a slow disk blocks the applier's thread just so.
+            // Test-only: a slow disk blocks the applier's thread just so
+            // (that it blocks the thread is the point of the fault).
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(slow));
         }
         let mut last = None;

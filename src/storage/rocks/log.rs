@@ -166,6 +166,7 @@ mod tests {
             // A purge runs on a thread of its own: let it finish (what a
             // clean shutdown waits for too), then close both databases.
             while dbs.background.load(Ordering::Acquire) > 0 {
+                #[allow(clippy::disallowed_methods)] // a test thread, not async
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             drop(log);

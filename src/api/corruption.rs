@@ -43,6 +43,7 @@ pub async fn check(gw: &Gateway) -> Result<Vec<u64>, crate::error::ApiError> {
     let (h, hashes) = gw.hash_state(0).await?;
     let rev = h.current_rev;
     let mut corrupt = Vec::new();
+    let mut compared = 0;
     for m in gw.members().await?.members() {
         if m.id == me {
             continue;
@@ -60,6 +61,7 @@ pub async fn check(gw: &Gateway) -> Result<Vec<u64>, crate::error::ApiError> {
             }
             Err(_) => continue,
         };
+        compared += 1;
         if resp.compact_revision != h.compact_rev.max(0) || resp.hash == hashes.kv {
             continue;
         }
@@ -78,5 +80,11 @@ pub async fn check(gw: &Gateway) -> Result<Vec<u64>, crate::error::ApiError> {
         gw.write(raise).await?;
         corrupt.push(m.id);
     }
+    tracing::info!(
+        revision = rev,
+        compared,
+        corrupt = corrupt.len(),
+        "corruption check done"
+    );
     Ok(corrupt)
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::harness::{etcdctl_at, http_get, status_of, Cluster, Engine, Kind, Server};
+use crate::harness::{etcdctl_at, http_get, http_post, status_of, Cluster, Engine, Kind, Server};
 
 /// (key → (value, create_revision, mod_revision, version), header revision)
 type State = (BTreeMap<String, (String, i64, i64, i64)>, i64);
@@ -1034,3 +1034,319 @@ fn every_member_of_a_new_cluster_restores_the_same_image(engine: Engine) {
 }
 
 engine_tests!(sync: every_member_of_a_new_cluster_restores_the_same_image);
+
+/// Gaps between consecutive acknowledgements of a sequential putter, by
+/// phase: the longest one seen while each phase ran.
+struct AckLog {
+    acks: Mutex<Vec<Instant>>,
+}
+
+impl AckLog {
+    /// The longest gap between acknowledgements in `[from, to]`.
+    fn worst_gap(&self, from: Instant, to: Instant) -> Duration {
+        let acks = self.acks.lock();
+        let inside: Vec<Instant> = acks
+            .iter()
+            .copied()
+            .filter(|t| *t >= from && *t <= to)
+            .collect();
+        assert!(inside.len() > 10, "puts flowed: {} acks", inside.len());
+        let mut worst = inside[0].duration_since(from);
+        for w in inside.windows(2) {
+            worst = worst.max(w[1].duration_since(w[0]));
+        }
+        worst.max(to.duration_since(inside[inside.len() - 1]))
+    }
+}
+
+/// Log text without terminal colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Loads `n` keys of `value_len` bytes, 128 puts per txn, 8 txns at a time.
+async fn load_keys(ep: &str, prefix: &str, n: usize, value_len: usize) {
+    let value = "x".repeat(value_len);
+    let per_client = n.div_ceil(8);
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let (ep, prefix, value) = (ep.to_owned(), prefix.to_owned(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = etcd_client::Client::connect([ep], None).await.unwrap();
+            let (lo, hi) = (c * per_client, ((c + 1) * per_client).min(n));
+            for start in (lo..hi).step_by(128) {
+                let ops: Vec<etcd_client::TxnOp> = (start..(start + 128).min(hi))
+                    .map(|i| {
+                        etcd_client::TxnOp::put(format!("{prefix}{i:08}"), value.clone(), None)
+                    })
+                    .collect();
+                client
+                    .txn(etcd_client::Txn::new().and_then(ops))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Issue 13: with a million keys on the memory engine, the whole-state work
+/// a member does (the periodic corruption check, which images the state on
+/// the leader and on every member it asks; Maintenance.Snapshot; a snapshot
+/// streamed to a new member, which installs it) runs off the thread that
+/// acknowledges puts: puts keep flowing (no gap between acknowledgements
+/// longer than 100 ms, unless the machine itself stalled as long) and no
+/// election happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
+    let _turn = HEAVY.lock().await;
+    let flags = [
+        "--experimental-corrupt-check-time",
+        "4s",
+        "--snapshot-count",
+        "1000000000",
+    ];
+    let (mut c, leader) = with_leader(3, Engine::Memory, &flags).await;
+    let ep = c.members[leader].endpoint();
+    load_keys(&ep, "big/", 1_000_000, 64).await;
+    let before = blocking({
+        let eps = c.endpoints();
+        move || eps.iter().map(|e| status_of(e)).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+
+    let canary = Canary::start();
+    let log = Arc::new(AckLog {
+        acks: Mutex::new(Vec::new()),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let putter = {
+        let (log, stop, ep) = (log.clone(), stop.clone(), ep.clone());
+        tokio::spawn(async move {
+            let mut client = etcd_client::Client::connect([ep], None).await.unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                client.put(format!("flow/{i}"), "v", None).await.unwrap();
+                log.acks.lock().push(Instant::now());
+                i += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 1. The corruption check: wait for one on the leader that compared
+    // its hash with both followers' (each images its state for it).
+    let checks = |log: String| -> Vec<String> {
+        let plain = strip_ansi(&log);
+        plain
+            .lines()
+            .filter(|l| l.contains("corruption check done"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let checks_before = checks(c.members[leader].log()).len();
+    let t0 = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let done = checks(c.members[leader].log());
+        let full = done[checks_before.min(done.len())..]
+            .iter()
+            .find(|l| l.contains("compared=2"));
+        if let Some(line) = full {
+            assert!(line.contains("corrupt=0"), "{line}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no full corruption check ran: {done:?}"
+        );
+    }
+    let t1 = Instant::now();
+
+    // 2. Maintenance.Snapshot of the whole state.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.db");
+    let out = blocking({
+        let (ep, file) = (ep.clone(), file.clone());
+        move || etcdctl_at(&ep, &["snapshot", "save", file.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t2 = Instant::now();
+    assert!(std::fs::metadata(&file).unwrap().len() > 64_000_000);
+
+    // 3. A new member (a learner) receives the state as a snapshot.
+    let peer_port = crate::harness::free_port();
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let added = member_add(&ep, "m4", &peer, true);
+    let mut m4 =
+        blocking(move || start_added(Kind::MetaStore(Engine::Memory), "m4", &added, peer_port))
+            .await
+            .unwrap();
+    let t3_start = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if m4.log().contains("state replaced by the leader's snapshot") {
+            break;
+        }
+        assert!(
+            t3_start.elapsed() < Duration::from_secs(120),
+            "m4 got no snapshot: {}",
+            m4.log_tail_pub()
+        );
+    }
+    let t3 = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    putter.await.unwrap();
+    let stalled = canary.stop();
+
+    let gaps = [
+        ("corruption check", log.worst_gap(t0, t1)),
+        ("Maintenance.Snapshot", log.worst_gap(t1, t2)),
+        ("snapshot to a new member", log.worst_gap(t2, t3)),
+    ];
+    eprintln!("longest gaps between put acknowledgements: {gaps:?}; the machine stalled up to {stalled} ms");
+    for (what, gap) in gaps {
+        let ms = gap.as_secs_f64() * 1000.0;
+        assert!(
+            ms < 100.0 || ms < stalled + 50.0,
+            "puts stalled {ms} ms during the {what} (the machine stalled {stalled} ms)"
+        );
+    }
+    let after = blocking(move || {
+        let eps = c.endpoints();
+        let after = eps.iter().map(|e| status_of(e)).collect::<Vec<_>>();
+        m4.stop();
+        c.members.iter_mut().for_each(|m| m.stop());
+        after
+    })
+    .await
+    .unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        let (b, a) = (b.unwrap(), a.unwrap());
+        assert_eq!(
+            (b.1, b.2),
+            (a.1, a.2),
+            "leader or term changed: {before:?} → {after:?}"
+        );
+    }
+}
+
+/// Issue 13: what Raft hands a slow applier is capped. A follower whose
+/// applier takes 20 ms per batch (a slow disk) falls behind a leader under
+/// load: the committed entries handed to its applier never exceed the cap
+/// (the rest wait in its Raft log, not in a mailbox), and once the disk is
+/// fast again it catches up with every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_applier_gets_a_bounded_backlog_and_catches_up() {
+    let (mut c, leader) = with_leader(3, Engine::Memory, &["--experimental-fault-injection"]).await;
+    let follower = (leader + 1) % 3;
+    let fport = c.members[follower].port;
+    http_post(fport, "/debug/fault/slow-apply?ms=20").unwrap();
+    let ep = c.members[leader].endpoint();
+    let sampler = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let h = std::thread::spawn(move || {
+            let (mut inflight, mut waiting) = (0f64, 0f64);
+            while !s.load(Ordering::Relaxed) {
+                if let Some((_, m)) = http_get(fport, "/metrics") {
+                    inflight = inflight.max(metric(&m, "metastore_apply_inflight_entries"));
+                    waiting = waiting.max(metric(&m, "metastore_apply_waiting_entries"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (inflight, waiting)
+        });
+        (stop, h)
+    };
+    // 16 clients put for 8 s: many small batches for the slow applier.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let ep = ep.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = etcd_client::Client::connect([ep], None).await.unwrap();
+            let mut last = 0;
+            let mut i = 0;
+            while Instant::now() < deadline {
+                client
+                    .put(format!("slow/{t}/{i}"), "v", None)
+                    .await
+                    .unwrap();
+                last = i;
+                i += 1;
+            }
+            (t, last)
+        }));
+    }
+    let mut lasts = Vec::new();
+    for t in tasks {
+        lasts.push(t.await.unwrap());
+    }
+    // The applier's thread serves HTTP too: a busy one answers late.
+    let t0 = Instant::now();
+    while http_post(fport, "/debug/fault/slow-apply?ms=0").is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the follower never answered"
+        );
+    }
+    sampler.0.store(true, Ordering::Relaxed);
+    let (inflight, waiting) = sampler.1.join().unwrap();
+    eprintln!("the slow follower's applier: at most {inflight} entries in flight, {waiting} waiting in the log");
+    let cap = metastore::consensus::apply_flow::FlowLimits::default().max_entries as f64;
+    assert!(inflight <= cap, "{inflight} entries in flight > cap {cap}");
+    assert!(
+        waiting > 0.0,
+        "the cap never held anything back: the test did not load the applier"
+    );
+    // It catches up: every acknowledged put is there, read locally.
+    let fep = c.members[follower].endpoint();
+    let t0 = Instant::now();
+    for (t, last) in lasts {
+        loop {
+            let out = etcdctl_at(
+                &fep,
+                &[
+                    "get",
+                    "--consistency=s",
+                    "--print-value-only",
+                    &format!("slow/{t}/{last}"),
+                ],
+            );
+            if String::from_utf8_lossy(&out.stdout).trim() == "v" {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the follower did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    blocking(move || c.members.iter_mut().for_each(|m| m.stop()))
+        .await
+        .unwrap();
+}

@@ -10,6 +10,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/metastore-target}"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test
+# Timing tests that need the machine to themselves (a million keys on four
+# members), one at a time after the rest.
+cargo test --test it -- --ignored --test-threads=1
 # The shipped alert rules (promtool) and dashboard.
 deploy/prometheus/check.sh
 deploy/grafana/check.sh

@@ -17,8 +17,9 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::metastorepb::internal_request;
 
-/// How long one member may take to answer.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one member may take to answer (it may first wait to apply the
+/// revision asked, then images a whole state: seconds at a million keys).
+const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a check every `every` while this member leads.
 pub async fn run(gw: Gateway, every: Duration) {

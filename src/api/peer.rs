@@ -26,6 +26,10 @@ use crate::proto::metastorepb::{
 };
 use crate::storage::image::ImageReader;
 
+/// How long a member asked for its hash at a revision it has not applied
+/// yet waits to apply it.
+const HASH_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The peer service.
 pub struct PeerService {
     gw: Gateway,
@@ -266,9 +270,17 @@ impl Peer for PeerService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        // The leader asks at its own revision; a follower a few entries
+        // behind (under load it always is) waits to apply them rather than
+        // answer "future revision", which would skip it in every round.
+        let deadline = tokio::time::Instant::now() + HASH_CATCH_UP;
+        while self.gw.status().revision() < rev && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         Ok(Response::new(
             self.gw
-                .hash_kv(req.into_inner().revision)
+                .hash_kv(rev)
                 .await
                 .map_err(ApiError::into_peer_status)?,
         ))

@@ -17,11 +17,12 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 
 use metastore::actors::messages::Propose;
+use metastore::actors::{start_core, Core};
 use metastore::api::RequestIds;
 use metastore::config::{Config, Engine};
 use metastore::proto::etcdserverpb::PutRequest;
 use metastore::proto::metastorepb::{internal_request, InternalRequest};
-use metastore::server::{prepare, recover, start_core, Core};
+use metastore::server::{prepare, recover};
 use metastore::status::{Faults, NodeStatus};
 
 #[derive(Parser, Debug)]
@@ -85,7 +86,7 @@ fn main() {
     };
     let identity = prepare(&cfg).expect("data dir");
     let id = identity.member_id;
-    let rec = recover(&cfg).expect("recover");
+    let (rec, _) = recover(&cfg).expect("recover");
     let status = Arc::new(NodeStatus::new(identity.cluster_id, id));
     let system = System::new();
     system.block_on(async move {

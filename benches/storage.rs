@@ -5,8 +5,9 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use metastore::storage::mvcc::{MemStore, RangeOptions};
-use metastore::storage::wal::{Wal, WalOptions};
+use metastore::storage::memory::mvcc::MemStore;
+use metastore::storage::memory::wal::{Wal, WalOptions};
+use metastore::storage::RangeOptions;
 
 fn filled(keys: usize) -> MemStore {
     let mut s = MemStore::new();

@@ -50,25 +50,7 @@ impl Default for RaftConfig {
     }
 }
 
-/// Which storage engine keeps the data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    /// MVCC in memory; WAL segments and snapshot files make it durable.
-    Memory,
-    /// Raft log and MVCC in RocksDB; the key index in memory.
-    Rocksdb,
-}
-
-impl Engine {
-    /// The name used in config files, flags and the data dir marker.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Memory => "memory",
-            Engine::Rocksdb => "rocksdb",
-        }
-    }
-}
+pub use crate::storage::Engine;
 
 /// Whether this member starts a cluster or joins a running one (etcd's
 /// `--initial-cluster-state`). Parsed by [`FromStr`](std::str::FromStr) in

@@ -272,9 +272,9 @@ impl From<ApiError> for Status {
     }
 }
 
-impl From<crate::storage::mvcc::MvccError> for ApiError {
-    fn from(e: crate::storage::mvcc::MvccError) -> ApiError {
-        use crate::storage::mvcc::MvccError;
+impl From<crate::storage::MvccError> for ApiError {
+    fn from(e: crate::storage::MvccError) -> ApiError {
+        use crate::storage::MvccError;
         match e {
             MvccError::Compacted => ApiError::Compacted,
             MvccError::FutureRevision => ApiError::FutureRevision,
@@ -373,58 +373,7 @@ fn answers(tried: &[(String, PeerError)]) -> String {
         .join("; ")
 }
 
-/// A problem with the data directory found at start-up or while running.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The WAL refused to open or write.
-    #[error(transparent)]
-    Wal(#[from] crate::storage::wal::WalError),
-    /// A snapshot file is unreadable.
-    #[error("snapshot {path}: {why}")]
-    Snapshot {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        why: String,
-    },
-    /// Plain I/O.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The data dir was written by something else.
-    #[error("data dir {path}: {why}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        why: String,
-    },
-    /// A record in the WAL could not be decoded.
-    #[error("wal record: {0}")]
-    Decode(String),
-    /// RocksDB failed.
-    #[error("rocksdb: {0}")]
-    Rocks(String),
-    /// A state-machine image is unreadable.
-    #[error("image: {0}")]
-    Image(String),
-}
-
-impl StorageError {
-    /// Wraps an I/O error with what was being done.
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> StorageError {
-        StorageError::Io {
-            context: context.into(),
-            source,
-        }
-    }
-}
-
-/// A member stopped on a fatal error (see [`crate::actors::fatal`]): its
+/// A member stopped on a fatal error (see [`crate::fatal`]): its
 /// System ended with a nonzero code, which `main` exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("stopped with code {code}")]

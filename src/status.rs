@@ -34,7 +34,7 @@ pub struct NodeStatus {
     /// Raised alarms as (member, `AlarmType` value), as last applied.
     pub alarms: parking_lot::RwLock<Vec<(u64, i32)>>,
     /// The member's one way to stop on an error it cannot survive.
-    pub fatal: crate::actors::fatal::Fatal,
+    pub fatal: crate::fatal::Fatal,
 }
 
 /// What a removed member's peers answer it (etcd's words).

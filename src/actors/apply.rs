@@ -496,7 +496,7 @@ impl Handler<InstallSnapshot> for ApplyActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SnapshotLoaded {
-    result: Result<Installed, crate::error::StorageError>,
+    result: Result<Installed, crate::storage::StorageError>,
     path: PathBuf,
     started: Instant,
 }

@@ -44,6 +44,10 @@ use crate::proto::metastorepb::{RaftBatch, SnapshotChunk};
 use crate::status::{Faults, NodeStatus};
 use crate::storage::image::ImageReader;
 
+/// HTTP/2 flow-control windows of peer streams: room for several 4 MiB
+/// append messages (the default 64 KiB would throttle a catching-up member).
+pub const PEER_WINDOW: u32 = 16 << 20;
+
 /// Messages waiting for a peer, at most.
 pub const MAX_QUEUE: usize = 8192;
 /// Image bytes per snapshot chunk (the receiver's message cap leaves room
@@ -136,8 +140,8 @@ impl PeerActor {
         Endpoint::from_shared(url.clone()).ok().map(|e| {
             e.connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
-                .initial_stream_window_size(crate::api::peer::PEER_WINDOW)
-                .initial_connection_window_size(crate::api::peer::PEER_WINDOW)
+                .initial_stream_window_size(PEER_WINDOW)
+                .initial_connection_window_size(PEER_WINDOW)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(5))
         })

@@ -72,7 +72,7 @@ impl Proposer {
             return Err(ApiError::RequestTooLarge);
         }
         let (reply, rx) = oneshot::channel();
-        crate::api::deliver(&self.raft, Propose { id, data, reply }).await?;
+        crate::actors::deliver(&self.raft, Propose { id, data, reply }).await?;
         self.wait(rx).await
     }
 

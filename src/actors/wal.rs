@@ -15,13 +15,13 @@
 
 use std::time::Instant;
 
-use super::fatal::Fatal;
 use super::messages::{Append, Persisted, Purge};
 use super::raft::RaftActor;
-use crate::error::StorageError;
+use crate::fatal::Fatal;
 use crate::metrics::Metrics;
 use crate::status::Faults;
 use crate::storage::engine::LogStore;
+use crate::storage::StorageError;
 use actix::Addr;
 use crossbeam_channel::{Receiver, Sender};
 

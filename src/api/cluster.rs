@@ -59,7 +59,7 @@ impl ClusterService {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let member = Member {
-            id: crate::server::new_member_id(&r.peer_ur_ls, nanos),
+            id: crate::state_machine::membership::new_member_id(&r.peer_ur_ls, nanos),
             name: String::new(),
             peer_ur_ls: r.peer_ur_ls,
             client_ur_ls: Vec::new(),

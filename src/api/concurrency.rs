@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{deliver, Gateway};
+use super::Gateway;
+use crate::actors::deliver;
 use crate::actors::messages::WatchOpen;
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::{

@@ -24,16 +24,17 @@ use std::time::Duration;
 use prost::Message as _;
 use tokio::sync::oneshot;
 
+use crate::actors::deliver;
 use crate::actors::messages::{
     LocalRead, PendingRead, ProposeConfChange, QueryMembers, QueryRaft, QueryStore, RaftView,
     ReadIndex, StoreStatus, TransferLeader,
 };
 use crate::actors::propose::Proposer;
+use crate::actors::Core;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::metastorepb::internal_request;
-use crate::server::Core;
 use crate::state_machine::membership::Membership;
 use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 
@@ -413,22 +414,6 @@ impl Gateway {
     }
 }
 
-/// Puts a message in an actor's mailbox without waiting for it to be handled;
-/// waits only while the mailbox is full (backpressure).
-pub(crate) async fn deliver<A, M>(addr: &actix::Addr<A>, msg: M) -> Result<(), ApiError>
-where
-    A: actix::Actor<Context = actix::Context<A>> + actix::Handler<M>,
-    M: actix::Message<Result = ()> + Send + 'static,
-{
-    match addr.try_send(msg) {
-        Ok(()) => Ok(()),
-        Err(actix::prelude::SendError::Full(msg)) => {
-            addr.send(msg).await.map_err(|_| ApiError::Stopped)
-        }
-        Err(actix::prelude::SendError::Closed(_)) => Err(ApiError::Stopped),
-    }
-}
-
 /// Serves gRPC and HTTP on `addr` until `stop` completes, and the peer
 /// service on `peers` (on the Raft thread).
 pub async fn serve(
@@ -444,7 +429,7 @@ pub async fn serve(
     };
 
     let gw = Gateway::new(&cfg, core);
-    let incoming = cfg.data_dir.join(crate::server::INCOMING);
+    let incoming = cfg.data_dir.join(crate::storage::INCOMING);
     let peer_gw = gw.clone();
     let max_peer_message =
         peer::max_peer_message_bytes(cfg.raft.max_size_per_msg, cfg.max_request_bytes);

@@ -61,10 +61,6 @@ impl PeerService {
     }
 }
 
-/// HTTP/2 flow-control windows of peer streams: room for several 4 MiB
-/// append messages (the default 64 KiB would throttle a catching-up member).
-pub const PEER_WINDOW: u32 = 16 << 20;
-
 /// The largest message the peer port decodes: a Raft batch (the sender
 /// stops filling one at `max_size_per_msg` bytes, so it holds at most that
 /// plus the one message that crossed it: an append of up to
@@ -138,8 +134,8 @@ pub async fn serve(
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
     if let Err(e) = tonic::transport::Server::builder()
-        .initial_stream_window_size(PEER_WINDOW)
-        .initial_connection_window_size(PEER_WINDOW)
+        .initial_stream_window_size(crate::actors::peer::PEER_WINDOW)
+        .initial_connection_window_size(crate::actors::peer::PEER_WINDOW)
         .add_service(svc)
         .serve_with_incoming(stream)
         .await

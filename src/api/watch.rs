@@ -18,7 +18,8 @@ use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
 
-use super::{deliver, Gateway};
+use super::Gateway;
+use crate::actors::deliver;
 use crate::actors::messages::WatchOpen;
 use crate::proto::etcdserverpb::WatchRequest;
 use crate::watch::WatchOut;

@@ -16,5 +16,7 @@ pub mod apply_flow;
 #[cfg(test)]
 pub mod network;
 pub mod node;
+pub mod raft_config;
 
 pub use node::{Node, Persist, Turn};
+pub use raft_config::{logger, raft_config};

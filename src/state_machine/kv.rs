@@ -12,7 +12,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb;
 use crate::storage::engine::{KvEngine, KvTxn};
 use crate::storage::leases::LeaseTable;
-use crate::storage::mvcc::{Event, KeyValue, MvccError, RangeOptions, RangeResult};
+use crate::storage::{Event, KeyValue, MvccError, RangeOptions, RangeResult};
 
 /// Read access shared by the store and an open write txn.
 trait View {
@@ -538,7 +538,7 @@ fn apply_txn_read(
 mod tests {
     use super::*;
     use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-    use crate::storage::mvcc::MemStore;
+    use crate::storage::memory::mvcc::MemStore;
 
     fn put_req(k: &str, v: &str) -> PutRequest {
         PutRequest {

@@ -13,7 +13,7 @@ use crate::proto::etcdserverpb::{
     request_op, response_op, DeleteRangeRequest, PutRequest, TxnRequest, TxnResponse,
 };
 use crate::storage::engine::KvEngine;
-use crate::storage::mvcc::RangeOptions;
+use crate::storage::RangeOptions;
 
 /// etcd's largest lease TTL (`MaxLeaseTTL`), in seconds.
 pub const MAX_TTL: i64 = 9_000_000_000;

@@ -8,6 +8,10 @@
 //! proposing (so a client gets the error at once) and again when the entry
 //! is applied (two racing changes may both pass the first check; only one
 //! can pass the second, and every member decides the same way).
+//!
+//! IDs: member and cluster IDs derive from the initial cluster and the
+//! token (every initial member computes the same ones); a member added at
+//! run time gets one from its URLs and the time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -346,6 +350,44 @@ pub fn next_conf_state(
     next.voters.sort_unstable();
     next.learners.sort_unstable();
     Ok(next)
+}
+
+/// FNV-1a: a stable hash for IDs (std's hasher may change between releases).
+fn fnv64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+/// Member ID from its peer URLs and the cluster token (as etcd derives it).
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    urls.push(token);
+    fnv64(&urls)
+}
+
+/// ID of a member added at run time: its URLs and the time, so a member
+/// re-added at the same URLs gets a new ID (removed IDs never come back).
+pub fn new_member_id(peer_urls: &[String], nanos: u128) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let t = nanos.to_string();
+    urls.push(&t);
+    fnv64(&urls)
+}
+
+/// Cluster ID from the member IDs.
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    let mut ids: Vec<String> = member_ids.iter().map(|id| format!("{id:016x}")).collect();
+    ids.sort_unstable();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    fnv64(&refs)
 }
 
 #[cfg(test)]

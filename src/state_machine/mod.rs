@@ -21,7 +21,6 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType};
 
 use crate::error::ApiError;
-use crate::error::StorageError;
 use crate::proto::etcdserverpb::{
     alarm_request, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse,
     DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, Member, PutResponse,
@@ -31,9 +30,8 @@ use crate::proto::metastorepb::{internal_request, ConfChangeContext, InternalReq
 use crate::storage::engine::{AppliedPoint, Checkpoint, KvEngine, KvTxn, StateEngine};
 use crate::storage::image::{ImageHeader, ImageJob};
 use crate::storage::leases::{LeaseEntry, LeaseTable};
-use crate::storage::memory::MemoryEngine;
-use crate::storage::mvcc::{Event, MvccError};
-use crate::storage::rocks::RocksKv;
+use crate::storage::{on_store, StorageError, Store};
+use crate::storage::{Event, MvccError};
 use lease::{LeaseChange, LeaseIndex};
 use membership::Membership;
 
@@ -99,29 +97,6 @@ fn keep_events(watched: bool, into: &mut Vec<Event>, events: Vec<Event>) {
             into.extend(events);
         }
     }
-}
-
-/// The MVCC store of the configured engine.
-// One per process, never moved on a hot path: its size does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Store {
-    /// In memory (durable through the WAL and snapshot files).
-    Memory(MemoryEngine),
-    /// In RocksDB (durable by itself; see [`RocksKv`]).
-    Rocks(RocksKv),
-}
-
-/// Runs `$body` with `$s` bound to the engine inside `$store`: the one
-/// place that knows there are two engines; everything else goes through
-/// [`KvEngine`] and [`StateEngine`].
-macro_rules! on_store {
-    ($store:expr, $s:ident => $body:expr) => {
-        match $store {
-            Store::Memory($s) => $body,
-            Store::Rocks($s) => $body,
-        }
-    };
 }
 
 /// A state replaced by an image, ready to swap in (see
@@ -251,31 +226,14 @@ impl StateMachine {
     /// [`StateEngine::install_job`]); its result goes to
     /// [`StateMachine::finish_install`]. Until then nothing may be applied.
     pub fn install_job(&self, path: &Path, data_dir: &Path) -> InstallTask {
-        fn index<E: KvEngine>(e: &E) -> LeaseIndex {
-            LeaseIndex::rebuild(e)
-        }
-        match &self.store {
-            Store::Memory(s) => {
-                let job = s.install_job(path, data_dir);
-                Box::new(move || {
-                    job().map(|(header, e)| Installed {
-                        header,
-                        lease_index: index(&e),
-                        store: Store::Memory(e),
-                    })
-                })
-            }
-            Store::Rocks(s) => {
-                let job = s.install_job(path, data_dir);
-                Box::new(move || {
-                    job().map(|(header, e)| Installed {
-                        header,
-                        lease_index: index(&e),
-                        store: Store::Rocks(e),
-                    })
-                })
-            }
-        }
+        let job = self.store.install_job(path, data_dir);
+        Box::new(move || {
+            job().map(|(header, store)| Installed {
+                header,
+                lease_index: on_store!(&store, e => LeaseIndex::rebuild(e)),
+                store,
+            })
+        })
     }
 
     /// Swaps in the state an install job produced; returns its header.

@@ -27,9 +27,9 @@ use prost::Message as _;
 
 use super::image::{revision_key, ImageHeader, ImageWriter};
 use super::leases::{LeaseEntry, LeaseTable};
-use super::mvcc::Revision;
-use crate::error::StorageError;
 use crate::proto::mvccpb;
+use crate::storage::Revision;
+use crate::storage::StorageError;
 
 const MAGIC: u32 = 0xED0C_DAED;
 const BRANCH: u16 = 0x01;

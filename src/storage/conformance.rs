@@ -3,7 +3,7 @@
 //! constructor for a fresh, empty engine.
 
 use super::engine::{KvEngine, KvTxn, StateEngine};
-use super::mvcc::{EventKind, KeyValue, MvccError, RangeOptions};
+use crate::storage::{EventKind, KeyValue, MvccError, RangeOptions};
 
 fn get<E: KvEngine>(e: &E, key: &[u8], rev: i64) -> Result<Option<KeyValue>, MvccError> {
     let opts = RangeOptions {
@@ -249,5 +249,5 @@ pub fn run_all<E: StateEngine>(make: impl Fn() -> E) {
 
 #[test]
 fn mem_store_conforms() {
-    run_all(|| super::memory::MemoryEngine::new(super::mvcc::MemStore::new()));
+    run_all(|| super::memory::MemoryEngine::new(crate::storage::memory::mvcc::MemStore::new()));
 }

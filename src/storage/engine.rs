@@ -8,8 +8,8 @@
 //! how an applied batch becomes durable, how an image is taken and
 //! installed, what a periodic snapshot means. The state machine and the
 //! ApplyActor only ever call these; they never ask which engine runs.
-//! The `memory` engine implements them with [`MemStore`](super::mvcc::MemStore),
-//! snapshot files and the [`Wal`](super::wal::Wal); the `rocksdb` engine with
+//! The `memory` engine implements them with [`MemStore`](crate::storage::memory::mvcc::MemStore),
+//! snapshot files and the [`Wal`](crate::storage::memory::wal::Wal); the `rocksdb` engine with
 //! [`RocksKv`](super::rocks::RocksKv) and [`RocksLog`](super::rocks::RocksLog).
 
 use std::path::Path;
@@ -18,9 +18,9 @@ use raft::eraftpb::{ConfState, Entry, HardState};
 
 use super::image::{ImageHeader, ImageJob};
 use super::leases::LeaseTable;
-use super::mvcc::{Event, KeyValue, MvccError, RangeOptions, RangeResult};
-use crate::error::StorageError;
 use crate::proto::metastorepb;
+use crate::storage::StorageError;
+use crate::storage::{Event, KeyValue, MvccError, RangeOptions, RangeResult};
 
 /// MVCC key-value state with etcd's semantics.
 pub trait KvEngine {

@@ -35,9 +35,10 @@ use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 
 use super::leases::LeaseTable;
-use super::mvcc::{KeyValue, MemStore, Rebuild, Revision, VersionView};
-use crate::error::StorageError;
 use crate::proto::{metastorepb, mvccpb};
+use crate::storage::memory::mvcc::{MemStore, Rebuild, VersionView};
+use crate::storage::StorageError;
+use crate::storage::{KeyValue, Revision};
 
 const MAGIC: &[u8; 8] = b"MSIMAGE3";
 /// What every version's magic starts with.
@@ -519,7 +520,7 @@ pub fn read_into_store<R: Read>(
 mod tests {
     use super::*;
     use crate::storage::engine::{AppliedPoint, KvEngine};
-    use crate::storage::mvcc::RangeOptions;
+    use crate::storage::RangeOptions;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 

@@ -4,7 +4,7 @@
 //! tests invoke [`log_store_conformance!`] with a constructor for a
 //! [`LogHarness`] on a fresh data dir; the harness creates the log as a new
 //! member's bootstrap does and reopens it the way the daemon recovers it
-//! (`server::recover_memory`, `server::recover_rocks`), so every case checks
+//! (`storage::engines::open_memory`, `storage::engines::open_rocks`), so every case checks
 //! what a restart sees.
 //!
 //! The contract:

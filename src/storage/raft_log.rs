@@ -13,7 +13,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
-use crate::error::StorageError;
+use crate::storage::StorageError;
 
 /// WAL record kinds written by the Raft layer.
 pub mod record {
@@ -56,7 +56,7 @@ impl RaftLog {
     /// from the leader replaced.
     pub fn recover(
         base: SnapshotMetadata,
-        records: &[crate::storage::wal::Record],
+        records: &[crate::storage::memory::wal::Record],
     ) -> Result<RaftLog, StorageError> {
         let mut log = RaftLog::from_snapshot(base, HardState::default());
         for rec in records {
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn recover_replays_entries_and_hard_state_over_a_snapshot() {
-        use crate::storage::wal::Record;
+        use crate::storage::memory::wal::Record;
         let mut payload = Vec::new();
         encode_entries(&[ent(2, 1), ent(3, 1), ent(4, 1)], &mut payload);
         let hs = HardState {
@@ -375,7 +375,7 @@ mod tests {
     /// install did not finish: refused.
     #[test]
     fn a_snapshot_marker_starts_the_log_over() {
-        use crate::storage::wal::Record;
+        use crate::storage::memory::wal::Record;
         let entries = |es: &[Entry]| {
             let mut payload = Vec::new();
             encode_entries(es, &mut payload);

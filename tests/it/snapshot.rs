@@ -2,7 +2,7 @@
 //! save` stores it, and it holds exactly the state the server answers with.
 
 use metastore::storage::image::read_into_store;
-use metastore::storage::mvcc::RangeOptions;
+use metastore::storage::RangeOptions;
 use sha2::{Digest, Sha256};
 
 use crate::harness::{Engine, Kind, Server};

@@ -18,17 +18,15 @@ use super::{
     cf, db_error, encode, pair, Dbs, CF_KV, CF_META, META_APPLIED, META_CONF_STATE,
     META_INSTALLING, META_LEASES, META_MEMBERSHIP, META_REVISION,
 };
-use crate::error::StorageError;
 use crate::proto::{metastorepb, mvccpb};
 use crate::storage::engine::{AppliedPoint, Checkpoint, InstallJob, KvEngine, KvTxn, StateEngine};
 use crate::storage::image::{
     encode_record, parse_revision_key, read_into_store, revision_key, ImageHeader, ImageJob,
     ImageReader, ImageWriter,
 };
-use crate::storage::mvcc::{
-    Event, EventKind, KeyValue, MemStore, MvccError, RangeOptions, RangeResult, Rebuild, Revision,
-    WriteTxn,
-};
+use crate::storage::memory::mvcc::{MemStore, Rebuild, WriteTxn};
+use crate::storage::StorageError;
+use crate::storage::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult, Revision};
 
 fn corrupt(what: String) -> MvccError {
     MvccError::CorruptSnapshot(what)
@@ -682,7 +680,8 @@ pub(crate) fn empty_for_test(dir: &Path) -> RocksKv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::mvcc::{MemStore, RangeOptions};
+    use crate::storage::memory::mvcc::MemStore;
+    use crate::storage::RangeOptions;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 

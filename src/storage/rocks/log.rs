@@ -8,8 +8,8 @@ use raft::eraftpb::{Entry, HardState};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::{cf, db_error, encode, index_key, Dbs, CF_META, CF_RAFT, META_HARD_STATE};
-use crate::error::StorageError;
 use crate::storage::engine::LogStore;
+use crate::storage::StorageError;
 
 /// Raft entries and hard state in the `raft` and `meta` families.
 pub struct RocksLog {
@@ -138,7 +138,7 @@ mod tests {
     use crate::storage::raft_log::RaftLog;
 
     /// Both databases in a temporary data dir, created as
-    /// `server::bootstrap` does and reopened as `server::recover_rocks` does.
+    /// `storage::bootstrap` does and reopened as `storage::open` does.
     struct Harness {
         dir: tempfile::TempDir,
         dbs: Option<Dbs>,

@@ -29,7 +29,7 @@
 //! cost a write(2) on the thread the API shares.)
 //!
 //! The key index (key → versions, without values) lives in memory as a
-//! [`MemStore`](super::mvcc::MemStore) built with `index_only`, rebuilt from
+//! [`MemStore`](crate::storage::memory::mvcc::MemStore) built with `index_only`, rebuilt from
 //! the `kv` family at start-up; values are read from RocksDB by revision.
 
 mod kv;
@@ -46,7 +46,7 @@ use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Options, DB};
 pub use kv::RocksKv;
 pub use log::RocksLog;
 
-use crate::error::StorageError;
+use crate::storage::StorageError;
 
 /// Column family of the Raft log.
 pub const CF_RAFT: &str = "raft";
@@ -240,7 +240,7 @@ pub fn shutdown(dbs: &Dbs) -> Result<(), StorageError> {
     while dbs.background.load(std::sync::atomic::Ordering::Acquire) > 0
         && std::time::Instant::now() < deadline
     {
-        // Called from server::run_until after the member's System stopped:
+        // Called (through storage::AtShutdown) from server::run_until after the member's System stopped:
         // a plain thread, no async task waits behind this sleep.
         #[allow(clippy::disallowed_methods)]
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -19,7 +19,7 @@ use super::streams::Piece;
 use super::{HistorySource, Hub, StreamId};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::metastorepb::WatchResponseWire;
-use crate::storage::mvcc::MvccError;
+use crate::storage::MvccError;
 use crate::watch::wire::WatchOut;
 
 /// What a round of [`Hub::catch_up`] left.

@@ -17,7 +17,7 @@ use super::ring::{WireBatch, WireEvent};
 use super::streams::{Piece, Watcher};
 use super::{Hub, StreamId};
 use crate::proto::metastorepb::WatchResponseWire;
-use crate::storage::mvcc::EventKind;
+use crate::storage::EventKind;
 use crate::watch::wire::WatchOut;
 
 /// The keys a watcher watches.

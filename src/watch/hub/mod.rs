@@ -40,7 +40,7 @@ use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateRequest};
 use crate::proto::metastorepb::WatchResponseWire;
 use crate::status::NodeStatus;
-use crate::storage::mvcc::{Event, MvccError};
+use crate::storage::{Event, MvccError};
 
 mod catch_up;
 mod groups;

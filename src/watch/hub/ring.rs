@@ -19,7 +19,7 @@ use super::groups::GroupKey;
 use super::streams::Piece;
 use super::Hub;
 use crate::proto::mvccpb;
-use crate::storage::mvcc::{Event, EventKind};
+use crate::storage::{Event, EventKind};
 use crate::watch::wire::frame;
 
 /// One change, encoded for the wire.

@@ -9,7 +9,7 @@ use super::*;
 use crate::proto::etcdserverpb::WatchCreateRequest;
 use crate::proto::mvccpb;
 use crate::storage::engine::KvEngine;
-use crate::storage::mvcc::MemStore;
+use crate::storage::memory::mvcc::MemStore;
 
 struct Store(MemStore);
 

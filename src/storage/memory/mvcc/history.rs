@@ -1,7 +1,7 @@
 //! One key's version history: lookups by revision and per-key compaction.
 
-use super::revision::Revision;
 use super::KeyValue;
+use crate::storage::Revision;
 
 /// Bytes charged per stored version besides its value.
 pub(super) const VERSION_OVERHEAD: u64 = std::mem::size_of::<Version>() as u64;

@@ -33,55 +33,14 @@
 
 mod history;
 mod rebuild;
-mod revision;
 mod store;
 mod txn;
 
 pub use rebuild::Rebuild;
-pub use revision::Revision;
 pub use store::{MemStore, VersionView};
 pub use txn::WriteTxn;
 
-/// A key's state at one revision, as etcd's `mvccpb.KeyValue`.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct KeyValue {
-    /// The key bytes.
-    pub key: Vec<u8>,
-    /// Main revision of the put that created the key's current generation.
-    pub create_revision: i64,
-    /// Main revision of the last modification.
-    pub mod_revision: i64,
-    /// Number of puts in the current generation (1 for a fresh key).
-    pub version: i64,
-    /// The value bytes (empty for tombstones and keys-only reads).
-    pub value: Vec<u8>,
-    /// Lease id attached to the key, 0 for none.
-    pub lease: i64,
-}
-
-/// What happened to a key in an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    /// The key was created or updated.
-    Put,
-    /// The key was deleted.
-    Delete,
-}
-
-/// One change made by a committed write transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    /// Put or delete.
-    pub kind: EventKind,
-    /// The new key state; for deletes only `key` and `mod_revision` are set,
-    /// as in etcd's tombstone events.
-    pub kv: KeyValue,
-    /// The live key state just before this operation, if the key was live.
-    /// This includes earlier operations of the same transaction; etcd's watch
-    /// instead reads at `mod_revision - 1`, which differs only when one
-    /// transaction touches a key twice (etcd's txn API rejects that).
-    pub prev_kv: Option<KeyValue>,
-}
+use crate::storage::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult, Revision};
 
 /// A change from the store's history (see `MemStore::history`), with where
 /// its versions are stored.
@@ -93,47 +52,6 @@ pub struct HistoryEvent {
     pub rev: Revision,
     /// Where `event.prev_kv` was written.
     pub prev_rev: Option<Revision>,
-}
-
-/// Errors from reads, compaction and snapshot decoding.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum MvccError {
-    /// The requested revision is older than the compacted revision.
-    #[error("mvcc: required revision has been compacted")]
-    Compacted,
-    /// The requested revision is newer than the current revision.
-    #[error("mvcc: required revision is a future revision")]
-    FutureRevision,
-    /// A snapshot (or stored version) could not be decoded.
-    #[error("mvcc: corrupt snapshot: {0}")]
-    CorruptSnapshot(String),
-    /// The engine's storage failed to read.
-    #[error("mvcc: storage: {0}")]
-    Storage(String),
-}
-
-/// The result of a range read.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct RangeResult {
-    /// Live keys in ascending key order, at most `limit` of them.
-    pub kvs: Vec<KeyValue>,
-    /// Number of live keys in the range at the read revision, ignoring `limit`.
-    pub count: i64,
-    /// The store's current revision when the read was served.
-    pub rev: i64,
-}
-
-/// Options for a range read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct RangeOptions {
-    /// Maximum number of kvs returned; `<= 0` means no limit.
-    pub limit: i64,
-    /// Revision to read at; `<= 0` means the current revision.
-    pub rev: i64,
-    /// Return only `count`, with `kvs` empty.
-    pub count_only: bool,
-    /// Return kvs with empty values.
-    pub keys_only: bool,
 }
 
 impl crate::storage::engine::KvEngine for MemStore {

@@ -1,12 +1,12 @@
 //! The memory engine's [`LogStore`]: Raft entries and hard states as WAL
-//! records (kinds in [`raft_log::record`](super::raft_log::record)).
+//! records (kinds in [`raft_log::record`](crate::storage::raft_log::record)).
 
 use raft::eraftpb::{Entry, HardState};
 
-use super::engine::LogStore;
-use super::raft_log::{encode_entries, encode_message, record};
 use super::wal::Wal;
-use crate::error::StorageError;
+use crate::storage::engine::LogStore;
+use crate::storage::raft_log::{encode_entries, encode_message, record};
+use crate::storage::StorageError;
 
 /// Raft log durability through the WAL.
 pub struct WalLog {
@@ -74,11 +74,11 @@ mod tests {
 
     use super::*;
     use crate::storage::log_conformance::{LogHarness, Reopened, PURGE_ENTRY_BYTES};
+    use crate::storage::memory::wal::{Record, WalOptions};
     use crate::storage::raft_log::{decode_entries, RaftLog};
-    use crate::storage::wal::{Record, WalOptions};
 
-    /// A WAL in a temporary data dir, opened as `server::bootstrap` and
-    /// `server::recover_memory` open it.
+    /// A WAL in a temporary data dir, opened as `storage::bootstrap` and
+    /// `storage::open` open it.
     struct Harness {
         dir: tempfile::TempDir,
     }
@@ -101,7 +101,7 @@ mod tests {
         type Log = WalLog;
 
         fn create(&mut self, start: &SnapshotMetadata, hs: &HardState) -> WalLog {
-            // server::start_wal: where the log starts, then the hard state.
+            // storage::engines::start_wal: where the log starts, then the hard state.
             let (mut wal, _) = self.open();
             wal.append(record::SNAPSHOT, &encode_message(start), start.index);
             wal.append(record::HARD_STATE, &encode_message(hs), 0);

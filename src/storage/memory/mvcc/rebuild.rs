@@ -5,9 +5,9 @@
 //! database is refused rather than served.
 
 use super::history::{KeyHistory, Version};
-use super::revision::Revision;
 use super::store::{key_size, MemStore};
 use super::{KeyValue, MvccError};
+use crate::storage::Revision;
 
 fn corrupt(what: &str) -> MvccError {
     MvccError::CorruptSnapshot(what.to_string())

@@ -1,9 +1,9 @@
 //! Write transactions (etcd `storeTxnWrite`).
 
 use super::history::{KeyHistory, Version};
-use super::revision::Revision;
 use super::store::{key_bounds, key_size, MemStore};
 use super::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult};
+use crate::storage::Revision;
 
 /// A write transaction over a [`MemStore`].
 ///

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::history::{KeyHistory, KEY_OVERHEAD};
-use super::revision::Revision;
 use super::txn::WriteTxn;
 use super::{HistoryEvent, KeyValue, MvccError, RangeOptions, RangeResult};
+use crate::storage::Revision;
 
 /// Map bounds for etcd's `[key, range_end)` convention, or `None` when the
 /// range is empty. An empty `range_end` selects just `key`; a single zero

@@ -14,6 +14,11 @@
 //! decoded into a new store on a worker ([`StateEngine::install_job`]); the
 //! apply thread only swaps it in.
 
+pub mod mvcc;
+pub mod snapshots;
+pub mod wal;
+pub mod wal_log;
+
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -22,9 +27,9 @@ use super::engine::{AppliedPoint, Checkpoint, InstallJob, KvEngine, StateEngine}
 use super::image::{
     read_into_store, unlinked_temp, write_sorted, ImageHeader, ImageJob, RecordSlice,
 };
-use super::mvcc::{Event, MemStore, MvccError, RangeOptions, RangeResult, WriteTxn};
-use super::snapshots;
-use crate::error::StorageError;
+use crate::storage::memory::mvcc::{MemStore, WriteTxn};
+use crate::storage::StorageError;
+use crate::storage::{Event, MvccError, RangeOptions, RangeResult};
 
 /// Keys and versions one image slice copies: about a millisecond of the
 /// apply thread with 256-byte values.
@@ -264,7 +269,7 @@ impl StateEngine for MemoryEngine {
 mod tests {
     use super::*;
     use crate::storage::image::{encode_record, write_memory_image, ImageJob};
-    use crate::storage::mvcc::KeyValue;
+    use crate::storage::KeyValue;
     use std::io::Read;
 
     fn put(e: &mut MemoryEngine, k: &str, v: &str) {

@@ -1,5 +1,5 @@
 //! The memory engine's snapshot files: `snap/<index as 16 hex digits>.snap`,
-//! each a state image (see [`image`](super::image)) of the whole state
+//! each a state image (see [`image`](crate::storage::image)) of the whole state
 //! machine at one applied index, so restart replays only the WAL after it.
 //! A snapshot received from the leader is the same file, moved into place.
 //!
@@ -11,9 +11,9 @@ use std::fs;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use super::image::{read_into_store, ImageHeader};
-use super::mvcc::MemStore;
-use crate::error::StorageError;
+use crate::storage::image::{read_into_store, ImageHeader};
+use crate::storage::memory::mvcc::MemStore;
+use crate::storage::StorageError;
 
 /// How many snapshot files to keep.
 const KEEP: usize = 2;

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::lessor::{LeasesChanged, LeasesReplaced, Lessor};
+use super::lessor::Lessor;
 use super::messages::*;
+use super::messages::{LeasesChanged, LeasesReplaced};
 use super::raft::RaftActor;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -655,15 +656,11 @@ impl Handler<Defragmented> for ApplyActor {
 }
 
 impl Handler<WatchOpen> for ApplyActor {
-    type Result = ();
-    fn handle(&mut self, msg: WatchOpen, ctx: &mut Context<Self>) {
+    type Result = MessageResult<WatchOpen>;
+    fn handle(&mut self, msg: WatchOpen, _: &mut Context<Self>) -> Self::Result {
         let stream = self.hub.open_stream(msg.outbox);
-        let me = ctx.address();
-        super::watch::WatchSession::create(move |sctx| {
-            sctx.add_stream(msg.requests);
-            super::watch::WatchSession::new(me, stream)
-        });
         self.watchers_changed();
+        MessageResult(stream)
     }
 }
 

@@ -14,8 +14,9 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::apply::ApplyActor;
+use super::messages::InitialMembers;
 use super::peer::PeerContext;
-use super::raft::{InitialMembers, RaftActor, RaftSettings};
+use super::raft::{RaftActor, RaftSettings};
 use super::ticker::Ticker;
 use super::wal::WalWriter;
 use crate::config::Config;
@@ -56,6 +57,51 @@ pub struct Core {
     pub raft_thread: ArbiterHandle,
     /// This member's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The client thread (the ApplyActor's; client sessions run there).
+    pub client_thread: ArbiterHandle,
+}
+
+impl Core {
+    /// Starts a client-session actor (one per Watch or LeaseKeepAlive
+    /// stream) on the client thread: the one way sessions start, from a
+    /// gRPC task or anywhere else.
+    pub fn start_session<A>(
+        &self,
+        make: impl FnOnce(&mut Context<A>) -> A + Send + 'static,
+    ) -> Addr<A>
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        A::start_in_arbiter(&self.client_thread, make)
+    }
+
+    /// Opens a Watch stream in the ApplyActor's hub (its responses go to
+    /// `outbox`) and starts its session for what the client sends.
+    pub async fn open_watch(
+        &self,
+        outbox: crate::watch::Outbox,
+        requests: super::messages::WatchRequests,
+    ) -> Result<(), ApiError> {
+        let stream = self
+            .apply
+            .send(super::messages::WatchOpen { outbox })
+            .await
+            .map_err(|_| ApiError::Stopped)?;
+        let apply = self.apply.clone();
+        self.start_session(move |ctx| {
+            ctx.add_stream(requests);
+            super::watch::WatchSession::new(apply, stream)
+        });
+        Ok(())
+    }
+
+    /// Starts an image of the applied state (see [`super::images`]).
+    pub async fn take_image(&self) -> Result<super::images::ImageJob, ApiError> {
+        self.apply
+            .send(super::messages::TakeImage)
+            .await
+            .map_err(|_| ApiError::Stopped)?
+    }
 }
 
 /// The threads a core runs on besides the caller's, joined at shutdown.
@@ -221,6 +267,7 @@ pub fn start_core(
             faults,
             raft_thread: handle,
             metrics,
+            client_thread: Arbiter::current(),
         },
         CoreThreads {
             raft: raft_thread,

@@ -268,7 +268,7 @@ pub struct StoreStatus {
 /// Handler → ApplyActor: a consistent image of the applied state, for
 /// Maintenance.Snapshot (and, later, a lagging follower).
 #[derive(Message)]
-#[rtype(result = "Result<crate::storage::image::ImageJob, crate::error::ApiError>")]
+#[rtype(result = "Result<super::images::ImageJob, crate::error::ApiError>")]
 pub struct TakeImage;
 
 /// Handler → ApplyActor: the engine's defragmentation job, if it has one.
@@ -298,15 +298,14 @@ pub type WatchRequests = futures::stream::BoxStream<
     Result<crate::proto::etcdserverpb::WatchRequest, tonic::Status>,
 >;
 
-/// Watch service → ApplyActor: a new Watch stream. Its responses go to
-/// `outbox`; a session actor is started for its `requests`.
+/// Watch service → ApplyActor: a new Watch stream whose responses go to
+/// `outbox`; answers its id in the hub (the caller starts its session,
+/// see [`Core::open_watch`](super::Core::open_watch)).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "crate::watch::StreamId")]
 pub struct WatchOpen {
     /// Where the stream's responses go.
     pub outbox: crate::watch::Outbox,
-    /// What the client sends.
-    pub requests: WatchRequests,
 }
 
 /// Watch session → ApplyActor: create a watcher.
@@ -353,3 +352,43 @@ pub struct QueryLeases {
     /// Whose keys to list, if any.
     pub keys_of: Option<i64>,
 }
+
+/// RaftActor → PeerActor: messages for this member.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Outbox(pub Vec<raft::eraftpb::Message>);
+
+/// RaftActor → PeerActor: the member's peer URLs changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NewUrls(pub Vec<String>);
+
+/// RaftActor → PeerActor: stop (the member was removed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// start_core → RaftActor: start the PeerActors for the members known at start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InitialMembers(pub Vec<Member>);
+
+/// ApplyActor → Lessor: what an applied batch changed about leases.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeasesChanged(pub Vec<crate::state_machine::lease::LeaseChange>);
+
+/// ApplyActor → Lessor: the whole table was replaced (a snapshot install).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeasesReplaced(pub crate::storage::leases::LeaseTable);
+
+/// Keep-alive → Lessor (on the leader): renew a lease; answers its TTL.
+#[derive(Message)]
+#[rtype(result = "Result<i64, ApiError>")]
+pub struct Renew(pub i64);
+
+/// LeaseTimeToLive → Lessor (on the leader): (remaining, granted) TTLs.
+#[derive(Message)]
+#[rtype(result = "Result<(i64, i64), ApiError>")]
+pub struct TimeToLive(pub i64);

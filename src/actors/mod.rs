@@ -13,6 +13,7 @@ pub use self::core::{deliver, start_core, Core, CoreThreads, Recovered};
 
 pub mod apply;
 pub mod core;
+pub mod images;
 pub mod lessor;
 pub mod messages;
 pub mod peer;

@@ -35,7 +35,9 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use super::apply::ApplyActor;
-use super::messages::{RemovedFromCluster, SnapshotSent, TakeImage, Unreachable};
+use super::messages::{
+    NewUrls, Outbox, RemovedFromCluster, SnapshotSent, Stop, TakeImage, Unreachable,
+};
 use super::raft::RaftActor;
 use crate::error::PeerError;
 use crate::metrics::Metrics;
@@ -363,21 +365,6 @@ impl Actor for PeerActor {
         self.ctx.status.forget_peer(self.to);
     }
 }
-
-/// RaftActor → PeerActor: messages for this member.
-#[derive(actix::Message)]
-#[rtype(result = "()")]
-pub struct Outbox(pub Vec<Message>);
-
-/// RaftActor → PeerActor: the member's peer URLs changed.
-#[derive(actix::Message)]
-#[rtype(result = "()")]
-pub struct NewUrls(pub Vec<String>);
-
-/// RaftActor → PeerActor: stop (the member was removed).
-#[derive(actix::Message)]
-#[rtype(result = "()")]
-pub struct Stop;
 
 impl Handler<Stop> for PeerActor {
     type Result = ();

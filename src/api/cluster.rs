@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
-use super::Gateway;
+use super::Backend;
 use crate::config::parse_url_addr;
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
@@ -22,22 +22,22 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The Cluster service.
 pub struct ClusterService {
-    gw: Gateway,
+    backend: Backend,
 }
 
 impl ClusterService {
-    /// A Cluster service over the gateway.
-    pub fn new(gw: Gateway) -> ClusterService {
-        ClusterService { gw }
+    /// A Cluster service over the backend.
+    pub fn new(backend: Backend) -> ClusterService {
+        ClusterService { backend }
     }
 
     fn header(&self) -> Option<ResponseHeader> {
         let revision = self
-            .gw
+            .backend
             .status()
             .revision
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.gw.header(revision)
+        self.backend.header(revision)
     }
 
     fn active_since(&self) -> Instant {
@@ -50,10 +50,10 @@ impl ClusterService {
         if r.peer_ur_ls.is_empty() || r.peer_ur_ls.iter().any(|u| parse_url_addr(u).is_none()) {
             return Err(ApiError::MemberBadUrls);
         }
-        if self.gw.status().is_learner() {
+        if self.backend.status().is_learner() {
             return Err(ApiError::NotSupportedForLearner);
         }
-        let members = self.gw.members().await?;
+        let members = self.backend.members().await?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -75,14 +75,14 @@ impl ClusterService {
         let since = self.active_since();
         let all_up = members
             .voters()
-            .all(|m| self.gw.status().connected_since(m.id, since));
+            .all(|m| self.backend.status().connected_since(m.id, since));
         if !all_up {
             return Err(ApiError::Unhealthy);
         }
         // After the strict checks, as etcd (which checks the change itself
         // when applying it).
         members.check(&change)?;
-        let after = self.gw.change_membership(&change).await?;
+        let after = self.backend.change_membership(&change).await?;
         Ok(MemberAddResponse {
             header: self.header(),
             member: Some(member),
@@ -91,7 +91,7 @@ impl ClusterService {
     }
 
     async fn remove(&self, r: MemberRemoveRequest) -> Result<MemberRemoveResponse, ApiError> {
-        let members = self.gw.members().await?;
+        let members = self.backend.members().await?;
         let change = Change::Remove(r.id);
         members.check(&change)?;
         let target = members.get(r.id).cloned();
@@ -106,7 +106,7 @@ impl ClusterService {
                 return Err(ApiError::NotEnoughStarted);
             }
             let since = self.active_since();
-            let status = self.gw.status();
+            let status = self.backend.status();
             let target_down = t.id != status.member_id && !status.connected_since(t.id, since);
             if !target_down {
                 let active = rest
@@ -118,7 +118,7 @@ impl ClusterService {
                 }
             }
         }
-        let after = self.gw.change_membership(&change).await?;
+        let after = self.backend.change_membership(&change).await?;
         Ok(MemberRemoveResponse {
             header: self.header(),
             members: after,
@@ -129,7 +129,7 @@ impl ClusterService {
         if r.peer_ur_ls.is_empty() || r.peer_ur_ls.iter().any(|u| parse_url_addr(u).is_none()) {
             return Err(ApiError::MemberBadUrls);
         }
-        let members = self.gw.members().await?;
+        let members = self.backend.members().await?;
         if members.is_removed(r.id) || members.get(r.id).is_none() {
             return Err(ApiError::MemberNotFound);
         }
@@ -138,7 +138,7 @@ impl ClusterService {
             member_id: r.id,
             peer_urls: r.peer_ur_ls,
         });
-        match self.gw.write(req).await? {
+        match self.backend.write(req).await? {
             WriteResponse::Members(after) => Ok(MemberUpdateResponse {
                 header: self.header(),
                 members: after,
@@ -148,11 +148,11 @@ impl ClusterService {
     }
 
     async fn promote(&self, r: MemberPromoteRequest) -> Result<MemberPromoteResponse, ApiError> {
-        let members = self.gw.members().await?;
+        let members = self.backend.members().await?;
         members.check(&Change::Promote(r.id))?;
-        let view = self.gw.raft_view().await?;
+        let view = self.backend.raft_view().await?;
         let after = if view.is_leader {
-            self.gw.promote_here(r.id).await?
+            self.backend.promote_here(r.id).await?
         } else {
             // Only the leader knows whether the learner caught up.
             let leader = members.get(view.leader).ok_or(ApiError::NoLeader)?;
@@ -225,7 +225,7 @@ impl Cluster for ClusterService {
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let members = self.gw.members().await?;
+        let members = self.backend.members().await?;
         Ok(Response::new(MemberListResponse {
             header: self.header(),
             members: members.members(),

@@ -19,9 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::Gateway;
-use crate::actors::deliver;
-use crate::actors::messages::WatchOpen;
+use super::Backend;
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::{
     compare, range_request, request_op, response_op, watch_request, Compare, DeleteRangeRequest,
@@ -119,7 +117,7 @@ fn ranges(r: &TxnResponse) -> Vec<&RangeResponse> {
         .collect()
 }
 
-impl Gateway {
+impl Backend {
     async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, ApiError> {
         match self.write(Internal::Txn(t)).await? {
             WriteResponse::Txn(mut r) => {
@@ -209,7 +207,7 @@ struct ServerWatch {
 
 impl ServerWatch {
     async fn open(
-        gw: &Gateway,
+        backend: &Backend,
         key: &[u8],
         end: &[u8],
         from: i64,
@@ -230,14 +228,9 @@ impl ServerWatch {
             .send(Ok(create))
             .await
             .map_err(|_| ApiError::Stopped)?;
-        deliver(
-            &gw.core().apply,
-            WatchOpen {
-                outbox,
-                requests: ReceiverStream::new(rx).boxed(),
-            },
-        )
-        .await?;
+        backend
+            .open_watch(outbox, ReceiverStream::new(rx).boxed())
+            .await?;
         Ok(ServerWatch {
             _requests: requests,
             responses,
@@ -275,7 +268,7 @@ impl ServerWatch {
 /// Deletes a key if the request that wrote it does not finish (the client
 /// went away while waiting), as etcd's recipes clean up on cancellation.
 struct Cleanup {
-    gw: Gateway,
+    backend: Backend,
     key: Option<Vec<u8>>,
 }
 
@@ -288,9 +281,9 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let gw = self.gw.clone();
+            let backend = self.backend.clone();
             tokio::spawn(async move {
-                if let Err(e) = gw.delete_key(&key).await {
+                if let Err(e) = backend.delete_key(&key).await {
                     tracing::warn!(error = %e, "cannot remove an abandoned lock or campaign key");
                 }
             });
@@ -302,7 +295,7 @@ impl Drop for Cleanup {
 /// it); answers (its creation revision, the txn, the oldest key's creation
 /// revision).
 async fn enqueue(
-    gw: &Gateway,
+    backend: &Backend,
     prefix: &[u8],
     key: &[u8],
     value: &[u8],
@@ -316,7 +309,7 @@ async fn enqueue(
         success: vec![put(key, value, lease), oldest.clone()],
         failure: vec![get(key), oldest],
     };
-    let r = gw.txn(t).await?;
+    let r = backend.txn(t).await?;
     let found = ranges(&r);
     let mine = if r.succeeded {
         r.header.as_ref().map_or(0, |h| h.revision)
@@ -332,21 +325,21 @@ async fn enqueue(
 
 /// The Lock service.
 pub struct LockService {
-    gw: Gateway,
+    backend: Backend,
 }
 
 impl LockService {
-    /// A Lock service over the gateway.
-    pub fn new(gw: Gateway) -> LockService {
-        LockService { gw }
+    /// A Lock service over the backend.
+    pub fn new(backend: Backend) -> LockService {
+        LockService { backend }
     }
 
     async fn lock(&self, r: LockRequest) -> Result<LockResponse, ApiError> {
-        let lease = self.gw.session_lease(r.lease).await?;
+        let lease = self.backend.session_lease(r.lease).await?;
         let mut prefix = r.name.clone();
         prefix.push(b'/');
         let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
-        let (mine, txn, owner) = enqueue(&self.gw, &prefix, &key, b"", lease).await?;
+        let (mine, txn, owner) = enqueue(&self.backend, &prefix, &key, b"", lease).await?;
         if owner.as_ref().is_some_and(|o| o.create_revision == mine) {
             return Ok(LockResponse {
                 header: txn.header,
@@ -354,10 +347,10 @@ impl LockService {
             });
         }
         let cleanup = Cleanup {
-            gw: self.gw.clone(),
+            backend: self.backend.clone(),
             key: Some(key.clone()),
         };
-        let header = self.gw.wait_deletes(&prefix, mine - 1).await?;
+        let header = self.backend.wait_deletes(&prefix, mine - 1).await?;
         cleanup.disarm();
         Ok(LockResponse { header, key })
     }
@@ -378,7 +371,7 @@ impl Lock for LockService {
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
         let header = self
-            .gw
+            .backend
             .delete_key(&req.into_inner().key)
             .await
             .map_err(plain)?;
@@ -388,7 +381,7 @@ impl Lock for LockService {
 
 /// The Election service.
 pub struct ElectionService {
-    gw: Gateway,
+    backend: Backend,
 }
 
 fn election_error(msg: &str) -> Status {
@@ -406,21 +399,21 @@ fn leader_key(l: Option<LeaderKey>) -> Result<LeaderKey, Status> {
 }
 
 impl ElectionService {
-    /// An Election service over the gateway.
-    pub fn new(gw: Gateway) -> ElectionService {
-        ElectionService { gw }
+    /// An Election service over the backend.
+    pub fn new(backend: Backend) -> ElectionService {
+        ElectionService { backend }
     }
 
     async fn campaign(&self, r: CampaignRequest) -> Result<CampaignResponse, Status> {
-        let lease = self.gw.session_lease(r.lease).await.map_err(plain)?;
+        let lease = self.backend.session_lease(r.lease).await.map_err(plain)?;
         let mut prefix = r.name.clone();
         prefix.push(b'/');
         let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
-        let (rev, txn, _) = enqueue(&self.gw, &prefix, &key, &r.value, lease)
+        let (rev, txn, _) = enqueue(&self.backend, &prefix, &key, &r.value, lease)
             .await
             .map_err(plain)?;
         let cleanup = Cleanup {
-            gw: self.gw.clone(),
+            backend: self.backend.clone(),
             key: Some(key.clone()),
         };
         if !txn.succeeded {
@@ -438,7 +431,7 @@ impl ElectionService {
                     .map_err(plain)??;
             }
         }
-        self.gw
+        self.backend
             .wait_deletes(&prefix, rev - 1)
             .await
             .map_err(plain)?;
@@ -467,7 +460,7 @@ impl ElectionService {
             success: vec![put(key, value, lease)],
             failure: Vec::new(),
         };
-        let r = self.gw.txn(t).await?;
+        let r = self.backend.txn(t).await?;
         Ok(if r.succeeded {
             Ok(r.header)
         } else {
@@ -478,7 +471,7 @@ impl ElectionService {
     async fn leader(&self, name: &[u8]) -> Result<RangeResponse, ApiError> {
         let mut prefix = name.to_vec();
         prefix.push(b'/');
-        self.gw.range(by_create(&prefix, true, 0)).await
+        self.backend.range(by_create(&prefix, true, 0)).await
     }
 }
 
@@ -531,14 +524,14 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        let gw = self.gw.clone();
+        let backend = self.backend.clone();
         let name = req.into_inner().name;
         tokio::spawn(async move {
             // Ends when the client goes, even while no leader changes.
             let gone = tx.clone();
             tokio::select! {
                 () = gone.closed() => {}
-                r = observe(&gw, &name, &tx) => {
+                r = observe(&backend, &name, &tx) => {
                     if let Err(e) = r {
                         let _ = tx.send(Err(plain(e))).await;
                     }
@@ -563,7 +556,7 @@ impl Election for ElectionService {
             ))],
             failure: Vec::new(),
         };
-        let r = self.gw.txn(t).await.map_err(plain)?;
+        let r = self.backend.txn(t).await.map_err(plain)?;
         Ok(Response::new(ResignResponse { header: r.header }))
     }
 }
@@ -571,25 +564,25 @@ impl Election for ElectionService {
 /// Every proclamation of every leader in turn, until the client goes
 /// (etcd's `Election.Observe`).
 async fn observe(
-    gw: &Gateway,
+    backend: &Backend,
     name: &[u8],
     tx: &mpsc::Sender<Result<LeaderResponse, Status>>,
 ) -> Result<(), ApiError> {
     let mut prefix = name.to_vec();
     prefix.push(b'/');
     loop {
-        let r = gw.range(by_create(&prefix, true, 0)).await?;
+        let r = backend.range(by_create(&prefix, true, 0)).await?;
         let (mut header, kv) = match r.kvs.into_iter().next() {
             Some(kv) => (r.header, kv),
             None => {
                 // No leader yet: the first key put under the prefix leads.
                 let from = r.header.as_ref().map_or(0, |h| h.revision);
-                let mut w = ServerWatch::open(gw, &prefix, &prefix_end(&prefix), from).await?;
+                let mut w = ServerWatch::open(backend, &prefix, &prefix_end(&prefix), from).await?;
                 loop {
                     let (_, ev) = w.next().await?;
                     if ev.r#type == EventType::Put as i32 {
                         let kv = ev.kv.unwrap_or_default();
-                        break (gw.header(kv.mod_revision), kv);
+                        break (backend.header(kv.mod_revision), kv);
                     }
                 }
             }
@@ -607,7 +600,7 @@ async fn observe(
             return Ok(());
         }
         // Follow this leader's proclamations until its key goes.
-        let mut w = ServerWatch::open(gw, &key, &[], from).await?;
+        let mut w = ServerWatch::open(backend, &key, &[], from).await?;
         loop {
             let (rev, ev) = w.next().await?;
             if ev.r#type == EventType::Delete as i32 {
@@ -615,7 +608,7 @@ async fn observe(
             }
             let sent = tx
                 .send(Ok(LeaderResponse {
-                    header: gw.header(rev),
+                    header: backend.header(rev),
                     kv: ev.kv,
                 }))
                 .await;

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::Gateway;
+use super::Backend;
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmType, HashKvRequest,
 };
@@ -22,34 +22,34 @@ use crate::proto::metastorepb::internal_request;
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a check every `every` while this member leads.
-pub async fn run(gw: Gateway, every: Duration) {
+pub async fn run(backend: Backend, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let status = gw.status();
+        let status = backend.status();
         if status.leader() != status.member_id {
             continue;
         }
-        if let Err(e) = check(&gw).await {
+        if let Err(e) = check(&backend).await {
             tracing::debug!(error = %e, "corruption check skipped");
         }
     }
 }
 
 /// One round; returns the members found corrupt.
-pub async fn check(gw: &Gateway) -> Result<Vec<u64>, crate::error::ApiError> {
-    let me = gw.status().member_id;
-    let (h, hashes) = gw.hash_state(0).await?;
+pub async fn check(backend: &Backend) -> Result<Vec<u64>, crate::error::ApiError> {
+    let me = backend.status().member_id;
+    let h = backend.hash_state(0).await?;
     let rev = h.current_rev;
     let mut corrupt = Vec::new();
     let mut compared = 0;
-    for m in gw.members().await?.members() {
+    for m in backend.members().await?.members() {
         if m.id == me {
             continue;
         }
-        let Ok(mut peer) = gw.peer_of(m.id).await else {
+        let Ok(mut peer) = backend.peer_of(m.id).await else {
             continue;
         };
         let asked =
@@ -63,13 +63,13 @@ pub async fn check(gw: &Gateway) -> Result<Vec<u64>, crate::error::ApiError> {
             Err(_) => continue,
         };
         compared += 1;
-        if resp.compact_revision != h.compact_rev.max(0) || resp.hash == hashes.kv {
+        if resp.compact_revision != h.compact_rev.max(0) || resp.hash == h.kv {
             continue;
         }
         tracing::error!(
             member = format!("{:x}", m.id),
             revision = rev,
-            leader_hash = hashes.kv,
+            leader_hash = h.kv,
             member_hash = resp.hash,
             "member holds different data for the same history: raising CORRUPT"
         );
@@ -78,7 +78,7 @@ pub async fn check(gw: &Gateway) -> Result<Vec<u64>, crate::error::ApiError> {
             member_id: m.id,
             alarm: AlarmType::Corrupt as i32,
         });
-        gw.write(raise).await?;
+        backend.write(raise).await?;
         corrupt.push(m.id);
     }
     tracing::info!(

@@ -31,9 +31,7 @@ use super::concurrency::{ElectionService, LockService};
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::MaintenanceService;
-use super::Gateway;
-use crate::actors::deliver;
-use crate::actors::messages::WatchOpen;
+use super::Backend;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -44,7 +42,7 @@ use crate::proto::v3lockpb::lock_server::Lock;
 
 /// The services the gateway calls.
 struct Services {
-    gw: Gateway,
+    backend: Backend,
     kv: KvService,
     lease: LeaseService,
     cluster: ClusterService,
@@ -215,7 +213,7 @@ async fn watch(State(s): S, body: Bytes) -> Response {
     let requests = futures::stream::iter(requests.into_iter().map(Ok))
         .chain(futures::stream::pending())
         .boxed();
-    if let Err(e) = deliver(&s.gw.core().apply, WatchOpen { outbox, requests }).await {
+    if let Err(e) = s.backend.open_watch(outbox, requests).await {
         return error(&Status::from(e));
     }
     let (tx, out) = mpsc::channel(16);
@@ -245,7 +243,7 @@ async fn keep_alive(State(s): S, body: Bytes) -> Response {
     let (tx, out) = mpsc::channel(16);
     tokio::spawn(async move {
         for r in requests {
-            let ttl = match s.gw.lease_renew(r.id).await {
+            let ttl = match s.backend.lease_renew(r.id).await {
                 Ok(ttl) => ttl,
                 Err(crate::error::ApiError::LeaseNotFound) => 0,
                 Err(e) => {
@@ -254,7 +252,7 @@ async fn keep_alive(State(s): S, body: Bytes) -> Response {
                 }
             };
             let resp = crate::proto::etcdserverpb::LeaseKeepAliveResponse {
-                header: s.gw.header(s.gw.status().revision()),
+                header: s.backend.header(s.backend.status().revision()),
                 id: r.id,
                 ttl,
             };
@@ -268,15 +266,15 @@ async fn keep_alive(State(s): S, body: Bytes) -> Response {
 
 /// The gateway's routes (etcd's paths, and the `/v3/kv/lease/...` aliases
 /// etcd keeps).
-pub fn router(gw: Gateway) -> Router {
+pub fn router(backend: Backend) -> Router {
     let services = Arc::new(Services {
-        kv: KvService::new(gw.clone()),
-        lease: LeaseService::new(gw.clone()),
-        cluster: ClusterService::new(gw.clone()),
-        maintenance: MaintenanceService::new(gw.clone()),
-        lock: LockService::new(gw.clone()),
-        election: ElectionService::new(gw.clone()),
-        gw,
+        kv: KvService::new(backend.clone()),
+        lease: LeaseService::new(backend.clone()),
+        cluster: ClusterService::new(backend.clone()),
+        maintenance: MaintenanceService::new(backend.clone()),
+        lock: LockService::new(backend.clone()),
+        election: ElectionService::new(backend.clone()),
+        backend,
     });
     Router::new()
         .route("/v3/kv/range", post(kv_range))

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::Gateway;
+use super::Backend;
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::health_server::Health;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
@@ -21,20 +21,20 @@ const WATCH_POLL: Duration = Duration::from_millis(100);
 
 /// The health service.
 pub struct HealthService {
-    gw: Gateway,
+    backend: Backend,
 }
 
 impl HealthService {
-    /// A health service over the gateway.
-    pub fn new(gw: Gateway) -> HealthService {
-        HealthService { gw }
+    /// A health service over the backend.
+    pub fn new(backend: Backend) -> HealthService {
+        HealthService { backend }
     }
 }
 
-fn status_of(gw: &Gateway, service: &str) -> ServingStatus {
+fn status_of(backend: &Backend, service: &str) -> ServingStatus {
     if !service.is_empty() {
         ServingStatus::ServiceUnknown
-    } else if gw.status().leader() != 0 {
+    } else if backend.status().leader() != 0 {
         ServingStatus::Serving
     } else {
         ServingStatus::NotServing
@@ -53,7 +53,7 @@ impl Health for HealthService {
         &self,
         req: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
-        match status_of(&self.gw, &req.get_ref().service) {
+        match status_of(&self.backend, &req.get_ref().service) {
             ServingStatus::ServiceUnknown => Err(Status::not_found("unknown service")),
             s => Ok(Response::new(answer(s))),
         }
@@ -66,12 +66,12 @@ impl Health for HealthService {
         req: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = req.into_inner().service;
-        let gw = self.gw.clone();
+        let backend = self.backend.clone();
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let now = status_of(&gw, &service);
+                let now = status_of(&backend, &service);
                 if last != Some(now) {
                     if tx.send(Ok(answer(now))).await.is_err() {
                         return;

@@ -11,22 +11,22 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{Gateway, ETCD_VERSION};
+use super::{Backend, ETCD_VERSION};
 use crate::proto::etcdserverpb::{AlarmType, RangeRequest};
 use crate::state_machine::ReadRequest;
 
 /// What `--listen-metrics-urls` serves.
-pub fn metrics_router(gw: Gateway) -> Router {
+pub fn metrics_router(backend: Backend) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .with_state(gw)
+        .with_state(backend)
 }
 
 /// The HTTP routes.
-pub fn router(gw: Gateway, fault_injection: bool) -> Router {
+pub fn router(backend: Backend, fault_injection: bool) -> Router {
     let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -41,14 +41,14 @@ pub fn router(gw: Gateway, fault_injection: bool) -> Router {
             .route("/debug/fault/slow-apply", post(slow_apply))
             .route("/debug/fault/fail-wal-sync", post(fail_wal_sync));
     }
-    r.with_state(gw)
+    r.with_state(backend)
 }
 
 /// Drops every Raft message and snapshot to and from this member, as a
 /// network partition would.
-async fn isolate(State(gw): State<Gateway>) -> impl IntoResponse {
-    gw.core()
-        .faults
+async fn isolate(State(backend): State<Backend>) -> impl IntoResponse {
+    backend
+        .faults()
         .isolated
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!("fault injection: isolated from all peers");
@@ -58,14 +58,14 @@ async fn isolate(State(gw): State<Gateway>) -> impl IntoResponse {
 /// `?ms=N`: every applied batch takes N ms more from now on (0: back to
 /// normal), as on a slow disk.
 async fn slow_apply(
-    State(gw): State<Gateway>,
+    State(backend): State<Backend>,
     Query(q): Query<HashMap<String, String>>,
 ) -> impl IntoResponse {
     let Some(ms) = q.get("ms").and_then(|v| v.parse::<u64>().ok()) else {
         return (StatusCode::BAD_REQUEST, "ms is required\n");
     };
-    gw.core()
-        .faults
+    backend
+        .faults()
         .slow_apply_ms
         .store(ms, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(ms, "fault injection: slow apply");
@@ -76,7 +76,7 @@ async fn slow_apply(
 /// at its next revision: its history diverges from the other members' (what
 /// the corruption check must catch).
 async fn diverge(
-    State(gw): State<Gateway>,
+    State(backend): State<Backend>,
     Query(q): Query<HashMap<String, String>>,
 ) -> impl IntoResponse {
     let (Some(key), Some(value)) = (q.get("key"), q.get("value")) else {
@@ -86,7 +86,7 @@ async fn diverge(
         key: key.as_bytes().to_vec(),
         value: value.as_bytes().to_vec(),
     };
-    match gw.core().apply.send(msg).await {
+    match backend.fault_put(msg).await {
         Ok(()) => {
             tracing::warn!(key = %key, "fault injection: wrote outside Raft");
             (StatusCode::OK, "diverged\n")
@@ -97,9 +97,9 @@ async fn diverge(
 
 /// Fails the WAL writer's next fsync: the member must stop on its fatal
 /// path, alone (other members in the process go on).
-async fn fail_wal_sync(State(gw): State<Gateway>) -> impl IntoResponse {
-    gw.core()
-        .faults
+async fn fail_wal_sync(State(backend): State<Backend>) -> impl IntoResponse {
+    backend
+        .faults()
         .fail_wal_sync
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!("fault injection: the next WAL fsync fails");
@@ -107,22 +107,22 @@ async fn fail_wal_sync(State(gw): State<Gateway>) -> impl IntoResponse {
 }
 
 /// Ends [`isolate`].
-async fn heal(State(gw): State<Gateway>) -> impl IntoResponse {
-    gw.core()
-        .faults
+async fn heal(State(backend): State<Backend>) -> impl IntoResponse {
+    backend
+        .faults()
         .isolated
         .store(false, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!("fault injection: healed");
     "healed\n"
 }
 
-async fn metrics(State(gw): State<Gateway>) -> impl IntoResponse {
+async fn metrics(State(backend): State<Backend>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        gw.core().metrics.render(),
+        backend.metrics().render(),
     )
 }
 
@@ -134,7 +134,7 @@ struct Check {
 
 /// A read of a key nobody writes, linearizable or local; the error's text
 /// when it fails within two seconds.
-async fn probe_read(gw: &Gateway, serializable: bool) -> Option<String> {
+async fn probe_read(backend: &Backend, serializable: bool) -> Option<String> {
     let probe = RangeRequest {
         key: b"health".to_vec(),
         keys_only: true,
@@ -144,7 +144,7 @@ async fn probe_read(gw: &Gateway, serializable: bool) -> Option<String> {
     };
     match tokio::time::timeout(
         Duration::from_secs(2),
-        gw.read(ReadRequest::Range(probe), serializable),
+        backend.read(ReadRequest::Range(probe), serializable),
     )
     .await
     {
@@ -158,7 +158,7 @@ async fn probe_read(gw: &Gateway, serializable: bool) -> Option<String> {
 /// reason (`RAFT NO LEADER`, `QGET ERROR`) and 503. `?serializable=true`
 /// reads locally instead of through the leader.
 async fn health(
-    State(gw): State<Gateway>,
+    State(backend): State<Backend>,
     Query(q): Query<HashMap<String, String>>,
 ) -> impl IntoResponse {
     let serializable = q.get("serializable").is_some_and(|v| v == "true");
@@ -167,7 +167,7 @@ async fn health(
         .get("exclude")
         .map(|v| v.split(',').collect())
         .unwrap_or_default();
-    let alarms: Vec<String> = gw
+    let alarms: Vec<String> = backend
         .status()
         .alarms
         .read()
@@ -180,9 +180,9 @@ async fn health(
     let alarm_reason = alarms.join(", ");
     let reason = if !alarm_reason.is_empty() {
         Some(alarm_reason.as_str())
-    } else if !serializable && gw.status().leader() == 0 {
+    } else if !serializable && backend.status().leader() == 0 {
         Some("RAFT NO LEADER")
-    } else if probe_read(&gw, serializable).await.is_some() {
+    } else if probe_read(&backend, serializable).await.is_some() {
         Some("QGET ERROR")
     } else {
         None
@@ -202,22 +202,22 @@ async fn health(
 
 /// etcd's `/livez`: the member answers local reads.
 async fn livez(
-    State(gw): State<Gateway>,
+    State(backend): State<Backend>,
     Query(q): Query<HashMap<String, String>>,
 ) -> impl IntoResponse {
     let checks = vec![Check {
         name: "serializable_read",
-        failure: probe_read(&gw, true).await,
+        failure: probe_read(&backend, true).await,
     }];
     checks_response("livez", checks, q.contains_key("verbose"))
 }
 
 /// etcd's `/readyz`: no CORRUPT alarm, local and linearizable reads work.
 async fn readyz(
-    State(gw): State<Gateway>,
+    State(backend): State<Backend>,
     Query(q): Query<HashMap<String, String>>,
 ) -> impl IntoResponse {
-    let corrupt = gw
+    let corrupt = backend
         .status()
         .alarms
         .read()
@@ -230,11 +230,11 @@ async fn readyz(
         },
         Check {
             name: "serializable_read",
-            failure: probe_read(&gw, true).await,
+            failure: probe_read(&backend, true).await,
         },
         Check {
             name: "linearizable_read",
-            failure: probe_read(&gw, false).await,
+            failure: probe_read(&backend, false).await,
         },
     ];
     checks_response("readyz", checks, q.contains_key("verbose"))

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{validate, Gateway};
+use super::{validate, Backend};
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
@@ -15,13 +15,13 @@ use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 
 /// The KV service.
 pub struct KvService {
-    gw: Gateway,
+    backend: Backend,
 }
 
 impl KvService {
-    /// A KV service over the gateway.
-    pub fn new(gw: Gateway) -> KvService {
-        KvService { gw }
+    /// A KV service over the backend.
+    pub fn new(backend: Backend) -> KvService {
+        KvService { backend }
     }
 
     fn unexpected(what: &str) -> ApiError {
@@ -31,9 +31,13 @@ impl KvService {
     async fn range_inner(&self, r: RangeRequest) -> Result<RangeResponse, ApiError> {
         validate::range(&r)?;
         let serializable = r.serializable;
-        match self.gw.read(ReadRequest::Range(r), serializable).await? {
+        match self
+            .backend
+            .read(ReadRequest::Range(r), serializable)
+            .await?
+        {
             ReadResponse::Range(mut resp) => {
-                self.gw.fill(&mut resp.header);
+                self.backend.fill(&mut resp.header);
                 Ok(resp)
             }
             ReadResponse::Txn(_) => Err(Self::unexpected("range")),
@@ -42,9 +46,9 @@ impl KvService {
 
     async fn put_inner(&self, r: PutRequest) -> Result<PutResponse, ApiError> {
         validate::put(&r)?;
-        match self.gw.write(Internal::Put(r)).await? {
+        match self.backend.write(Internal::Put(r)).await? {
             WriteResponse::Put(mut resp) => {
-                self.gw.fill(&mut resp.header);
+                self.backend.fill(&mut resp.header);
                 Ok(resp)
             }
             _ => Err(Self::unexpected("put")),
@@ -53,9 +57,9 @@ impl KvService {
 
     async fn delete_inner(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse, ApiError> {
         validate::delete_range(&r)?;
-        match self.gw.write(Internal::DeleteRange(r)).await? {
+        match self.backend.write(Internal::DeleteRange(r)).await? {
             WriteResponse::DeleteRange(mut resp) => {
-                self.gw.fill(&mut resp.header);
+                self.backend.fill(&mut resp.header);
                 Ok(resp)
             }
             _ => Err(Self::unexpected("delete")),
@@ -63,28 +67,28 @@ impl KvService {
     }
 
     async fn txn_inner(&self, r: TxnRequest) -> Result<TxnResponse, ApiError> {
-        validate::txn(&r, self.gw.max_txn_ops)?;
+        validate::txn(&r, self.backend.max_txn_ops)?;
         let mut resp = if txn_is_read_only(&r) {
             // A txn without writes is a read: no log entry, no revision.
             let serializable = txn_is_serializable(&r);
-            match self.gw.read(ReadRequest::Txn(r), serializable).await? {
+            match self.backend.read(ReadRequest::Txn(r), serializable).await? {
                 ReadResponse::Txn(resp) => resp,
                 ReadResponse::Range(_) => return Err(Self::unexpected("txn")),
             }
         } else {
-            match self.gw.write(Internal::Txn(r)).await? {
+            match self.backend.write(Internal::Txn(r)).await? {
                 WriteResponse::Txn(resp) => resp,
                 _ => return Err(Self::unexpected("txn")),
             }
         };
-        self.gw.fill(&mut resp.header);
+        self.backend.fill(&mut resp.header);
         Ok(resp)
     }
 
     async fn compact_inner(&self, r: CompactionRequest) -> Result<CompactionResponse, ApiError> {
-        match self.gw.write(Internal::Compaction(r)).await? {
+        match self.backend.write(Internal::Compaction(r)).await? {
             WriteResponse::Compact(mut resp) => {
-                self.gw.fill(&mut resp.header);
+                self.backend.fill(&mut resp.header);
                 Ok(resp)
             }
             _ => Err(Self::unexpected("compact")),

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Gateway;
-use crate::actors::lessor::{Renew, RunHere, TimeToLive};
+use super::Backend;
 use crate::actors::messages::QueryLeases;
+use crate::actors::messages::{Renew, TimeToLive};
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -78,7 +78,7 @@ fn forwarding_error(s: &Status) -> ApiError {
     }
 }
 
-impl Gateway {
+impl Backend {
     /// etcd's minimum lease TTL: one and a half election timeouts, rounded
     /// up to whole seconds (2 s with the defaults).
     pub fn min_lease_ttl(&self) -> i64 {
@@ -108,9 +108,21 @@ impl Gateway {
         .await
     }
 
+    /// Every lease's ID, and the keys of lease `keys_of` if asked.
+    pub async fn lease_keys(
+        &self,
+        keys_of: Option<i64>,
+    ) -> Result<(Vec<i64>, Vec<Vec<u8>>), ApiError> {
+        self.core
+            .apply
+            .send(QueryLeases { keys_of })
+            .await
+            .map_err(|_| ApiError::Stopped)
+    }
+
     /// Renews a lease here, if this member leads.
     pub async fn lease_renew_here(&self, id: i64) -> Result<i64, ApiError> {
-        self.core()
+        self.core
             .lessor
             .send(Renew(id))
             .await
@@ -147,7 +159,7 @@ impl Gateway {
         r: &LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, ApiError> {
         let ttl = self
-            .core()
+            .core
             .lessor
             .send(TimeToLive(r.id))
             .await
@@ -165,14 +177,7 @@ impl Gateway {
             Err(e) => return Err(e),
         };
         let keys = if r.keys {
-            self.core()
-                .apply
-                .send(QueryLeases {
-                    keys_of: Some(r.id),
-                })
-                .await
-                .map_err(|_| ApiError::Stopped)?
-                .1
+            self.lease_keys(Some(r.id)).await?.1
         } else {
             Vec::new()
         };
@@ -188,13 +193,13 @@ impl Gateway {
 
 /// The Lease service.
 pub struct LeaseService {
-    gw: Gateway,
+    backend: Backend,
 }
 
 impl LeaseService {
-    /// A Lease service over the gateway.
-    pub fn new(gw: Gateway) -> LeaseService {
-        LeaseService { gw }
+    /// A Lease service over the backend.
+    pub fn new(backend: Backend) -> LeaseService {
+        LeaseService { backend }
     }
 
     async fn grant(&self, r: LeaseGrantRequest) -> Result<LeaseGrantResponse, ApiError> {
@@ -203,18 +208,18 @@ impl LeaseService {
         }
         let id = if r.id == 0 {
             // etcd: a fresh request id, made positive.
-            (self.gw.next_id() & (i64::MAX as u64)) as i64
+            (self.backend.next_id() & (i64::MAX as u64)) as i64
         } else {
             r.id
         };
-        let ttl = r.ttl.max(self.gw.min_lease_ttl());
+        let ttl = r.ttl.max(self.backend.min_lease_ttl());
         match self
-            .gw
+            .backend
             .write(Internal::LeaseGrant(LeaseGrantRequest { ttl, id }))
             .await?
         {
             WriteResponse::LeaseGrant(mut resp) => {
-                self.gw.fill(&mut resp.header);
+                self.backend.fill(&mut resp.header);
                 Ok(resp)
             }
             _ => Err(ApiError::Internal("unexpected lease grant answer".into())),
@@ -222,9 +227,9 @@ impl LeaseService {
     }
 
     async fn revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, ApiError> {
-        match self.gw.write(Internal::LeaseRevoke(r)).await? {
+        match self.backend.write(Internal::LeaseRevoke(r)).await? {
             WriteResponse::LeaseRevoke(mut resp) => {
-                self.gw.fill(&mut resp.header);
+                self.backend.fill(&mut resp.header);
                 Ok(resp)
             }
             _ => Err(ApiError::Internal("unexpected lease revoke answer".into())),
@@ -232,15 +237,9 @@ impl LeaseService {
     }
 
     async fn leases(&self) -> Result<LeaseLeasesResponse, ApiError> {
-        let (ids, _) = self
-            .gw
-            .core()
-            .apply
-            .send(QueryLeases { keys_of: None })
-            .await
-            .map_err(|_| ApiError::Stopped)?;
+        let (ids, _) = self.backend.lease_keys(None).await?;
         Ok(LeaseLeasesResponse {
-            header: self.gw.header(self.gw.status().revision()),
+            header: self.backend.header(self.backend.status().revision()),
             leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
         })
     }
@@ -273,21 +272,13 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(OUTBOX);
         let requests = req.into_inner();
         let session = KeepAliveSession {
-            gw: self.gw.clone(),
+            backend: self.backend.clone(),
             out: tx,
         };
-        // Actors start on the actix arbiter, not on a gRPC task.
-        self.gw
-            .core()
-            .lessor
-            .send(RunHere(Box::new(move || {
-                KeepAliveSession::create(move |ctx| {
-                    ctx.add_stream(requests);
-                    session
-                });
-            })))
-            .await
-            .map_err(|_| Status::from(ApiError::Stopped))?;
+        self.backend.start_session(move |ctx| {
+            ctx.add_stream(requests);
+            session
+        });
         Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
 
@@ -295,7 +286,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let r = self.gw.lease_time_to_live(req.into_inner()).await;
+        let r = self.backend.lease_time_to_live(req.into_inner()).await;
         r.map(Response::new).map_err(Status::from)
     }
 
@@ -313,7 +304,7 @@ impl Lease for LeaseService {
 /// is answered in order. One request at a time: a client sending faster
 /// than renewals are answered is read no faster.
 struct KeepAliveSession {
-    gw: Gateway,
+    backend: Backend,
     out: mpsc::Sender<Result<LeaseKeepAliveResponse, Status>>,
 }
 
@@ -327,10 +318,10 @@ impl StreamHandler<Result<LeaseKeepAliveRequest, Status>> for KeepAliveSession {
             ctx.stop();
             return;
         };
-        let gw = self.gw.clone();
+        let backend = self.backend.clone();
         let out = self.out.clone();
         let work = async move {
-            let answer = match gw.lease_renew(req.id).await {
+            let answer = match backend.lease_renew(req.id).await {
                 Ok(ttl) => Ok(ttl),
                 // etcd: a lease that is gone is renewed to TTL 0.
                 Err(ApiError::LeaseNotFound) => Ok(0),
@@ -338,7 +329,7 @@ impl StreamHandler<Result<LeaseKeepAliveRequest, Status>> for KeepAliveSession {
             };
             let failed = answer.is_err();
             let resp = answer.map(|ttl| LeaseKeepAliveResponse {
-                header: gw.header(gw.status().revision()),
+                header: backend.header(backend.status().revision()),
                 id: req.id,
                 ttl,
             });

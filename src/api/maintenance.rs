@@ -11,21 +11,21 @@ use futures::Stream;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
-use super::{Gateway, ETCD_VERSION};
+use super::{Backend, ETCD_VERSION};
+use crate::actors::images::ImageJob;
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
-use crate::storage::image::ImageJob;
 
 /// The Maintenance service.
 pub struct MaintenanceService {
-    gw: Gateway,
+    backend: Backend,
 }
 
 impl MaintenanceService {
-    /// A Maintenance service over the gateway.
-    pub fn new(gw: Gateway) -> MaintenanceService {
-        MaintenanceService { gw }
+    /// A Maintenance service over the backend.
+    pub fn new(backend: Backend) -> MaintenanceService {
+        MaintenanceService { backend }
     }
 }
 
@@ -43,7 +43,7 @@ impl Maintenance for MaintenanceService {
         match alarm_request::AlarmAction::try_from(req.action) {
             Ok(alarm_request::AlarmAction::Get) => {
                 let alarms = self
-                    .gw
+                    .backend
                     .status()
                     .alarms
                     .read()
@@ -55,20 +55,20 @@ impl Maintenance for MaintenanceService {
                     .map(|&(member_id, alarm)| AlarmMember { member_id, alarm })
                     .collect();
                 Ok(Response::new(AlarmResponse {
-                    header: self.gw.header(self.gw.status().revision()),
+                    header: self.backend.header(self.backend.status().revision()),
                     alarms,
                 }))
             }
             Ok(_) => {
                 let r = self
-                    .gw
+                    .backend
                     .write(crate::proto::metastorepb::internal_request::Request::Alarm(
                         req,
                     ))
                     .await?;
                 match r {
                     crate::state_machine::WriteResponse::Alarm(mut resp) => {
-                        self.gw.fill(&mut resp.header);
+                        self.backend.fill(&mut resp.header);
                         Ok(Response::new(resp))
                     }
                     _ => Err(ApiError::Internal("unexpected alarm answer".into()).into()),
@@ -79,11 +79,11 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let st = self.gw.store_status().await?;
-        let status = self.gw.status();
+        let st = self.backend.store_status().await?;
+        let status = self.backend.status();
         let size = i64::try_from(st.db_size).unwrap_or(i64::MAX);
         Ok(Response::new(StatusResponse {
-            header: self.gw.header(st.revision),
+            header: self.backend.header(st.revision),
             version: ETCD_VERSION.into(),
             db_size: size,
             leader: status.leader(),
@@ -112,20 +112,20 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.gw.defragment().await?;
-        let st = self.gw.store_status().await?;
+        self.backend.defragment().await?;
+        let st = self.backend.store_status().await?;
         Ok(Response::new(DefragmentResponse {
-            header: self.gw.header(st.revision),
+            header: self.backend.header(st.revision),
         }))
     }
 
     /// CRC-32C of every stored version (MetaStore's store holds no Raft
     /// metadata: equal on members that applied the same entries).
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let (h, hashes) = self.gw.hash_state(0).await?;
+        let h = self.backend.hash_state(0).await?;
         Ok(Response::new(HashResponse {
-            header: self.gw.header(h.current_rev),
-            hash: hashes.all,
+            header: self.backend.header(h.current_rev),
+            hash: h.all,
         }))
     }
 
@@ -138,7 +138,7 @@ impl Maintenance for MaintenanceService {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         Ok(Response::new(
-            self.gw.hash_kv(req.into_inner().revision).await?,
+            self.backend.hash_kv(req.into_inner().revision).await?,
         ))
     }
 
@@ -152,9 +152,9 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let st = self.gw.store_status().await?;
-        let job = self.gw.take_image().await?;
-        let header = self.gw.header(st.revision);
+        let st = self.backend.store_status().await?;
+        let job = self.backend.take_image().await?;
+        let header = self.backend.header(st.revision);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || stream_image(job, header, tx));
         Ok(Response::new(Box::pin(
@@ -167,15 +167,15 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
-        let members = self.gw.members().await?;
+        let members = self.backend.members().await?;
         match members.get(target) {
             Some(m) if !m.is_learner => {}
             _ => return Err(ApiError::BadLeaderTransferee.into()),
         }
-        self.gw.transfer_leader(target).await?;
-        let st = self.gw.store_status().await?;
+        self.backend.transfer_leader(target).await?;
+        let st = self.backend.store_status().await?;
         Ok(Response::new(MoveLeaderResponse {
-            header: self.gw.header(st.revision),
+            header: self.backend.header(st.revision),
         }))
     }
 

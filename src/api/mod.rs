@@ -1,6 +1,6 @@
 //! The client-facing API: etcd's gRPC services and, on the same port, HTTP
 //! (`/metrics`, `/health`, `/version`). Handlers validate, then hand work to the
-//! actors through [`Gateway`]; they hold no state of their own.
+//! actors through [`Backend`]; they hold no state of their own.
 
 pub mod authority;
 pub mod cluster;
@@ -25,6 +25,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::actors::deliver;
+use crate::actors::images::{ImageJob, StateHash};
 use crate::actors::messages::{
     LocalRead, PendingRead, ProposeConfChange, QueryMembers, QueryRaft, QueryStore, RaftView,
     ReadIndex, StoreStatus, TransferLeader,
@@ -46,7 +47,7 @@ pub use crate::actors::propose::RequestIds;
 
 /// What every handler needs: the actors, the ids, the limits.
 #[derive(Clone)]
-pub struct Gateway {
+pub struct Backend {
     core: Core,
     proposer: Proposer,
     /// Largest encoded request (`--max-request-bytes`).
@@ -67,10 +68,10 @@ pub struct Gateway {
     leader_link: Arc<parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>>,
 }
 
-impl Gateway {
-    /// A gateway to a running core.
-    pub fn new(cfg: &Config, core: Core) -> Gateway {
-        Gateway {
+impl Backend {
+    /// The backend of a running core.
+    pub fn new(cfg: &Config, core: Core) -> Backend {
+        Backend {
             proposer: Proposer {
                 raft: core.raft.clone(),
                 ids: core.ids.clone(),
@@ -119,9 +120,53 @@ impl Gateway {
         &self.core.status
     }
 
-    /// The running core.
-    pub fn core(&self) -> &Core {
-        &self.core
+    /// This member's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.core.metrics
+    }
+
+    /// Test-only fault switches.
+    pub fn faults(&self) -> &crate::status::Faults {
+        &self.core.faults
+    }
+
+    /// Starts a client-session actor (see [`Core::start_session`]).
+    pub fn start_session<A>(
+        &self,
+        make: impl FnOnce(&mut actix::Context<A>) -> A + Send + 'static,
+    ) -> actix::Addr<A>
+    where
+        A: actix::Actor<Context = actix::Context<A>>,
+    {
+        self.core.start_session(make)
+    }
+
+    /// Opens a Watch stream (see [`Core::open_watch`]).
+    pub async fn open_watch(
+        &self,
+        outbox: crate::watch::Outbox,
+        requests: crate::actors::messages::WatchRequests,
+    ) -> Result<(), ApiError> {
+        self.core.open_watch(outbox, requests).await
+    }
+
+    /// Hands Raft messages from a peer to the RaftActor; waits while its
+    /// mailbox is full (backpressure on the sending peer).
+    pub async fn step(&self, msgs: Vec<raft::eraftpb::Message>) -> Result<(), ApiError> {
+        self.core
+            .raft
+            .send(crate::actors::messages::StepBatch(msgs))
+            .await
+            .map_err(|_| ApiError::Stopped)
+    }
+
+    /// Test-only: writes a key into this member's store outside Raft.
+    pub async fn fault_put(&self, put: crate::actors::messages::FaultPut) -> Result<(), ApiError> {
+        self.core
+            .apply
+            .send(put)
+            .await
+            .map_err(|_| ApiError::Stopped)
     }
 
     /// A fresh request id.
@@ -330,36 +375,11 @@ impl Gateway {
         Ok(())
     }
 
-    /// Hashes an image of the applied state up to `rev` (0: all): the
-    /// image's header and the hashes (Maintenance.Hash and HashKV, and the
-    /// corruption check). Errors as etcd's HashKV for a revision above the
-    /// current one or below the compacted one.
-    pub async fn hash_state(
-        &self,
-        rev: i64,
-    ) -> Result<
-        (
-            crate::storage::image::ImageHeader,
-            crate::storage::image::StateHashes,
-        ),
-        ApiError,
-    > {
-        let job = self.take_image().await?;
-        let (h, hashes) = tokio::task::spawn_blocking(move || {
-            let (source, _) = job.open()?;
-            crate::storage::image::hash_image(std::io::BufReader::new(source), rev)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::Internal)?;
-        if rev > h.current_rev {
-            return Err(ApiError::FutureRevision);
-        }
-        if rev > 0 && rev < h.compact_rev {
-            return Err(ApiError::Compacted);
-        }
-        Ok((h, hashes))
+    /// Hashes an image of the applied state up to `rev` (0: all): Hash,
+    /// HashKV and the corruption check. Errors as etcd's HashKV for a
+    /// revision above the current one or below the compacted one.
+    pub async fn hash_state(&self, rev: i64) -> Result<StateHash, ApiError> {
+        crate::actors::images::hash(self.take_image().await?, rev).await
     }
 
     /// A client of member `id`'s peer port (connected on first use).
@@ -395,22 +415,18 @@ impl Gateway {
         &self,
         rev: i64,
     ) -> Result<crate::proto::etcdserverpb::HashKvResponse, ApiError> {
-        let (h, hashes) = self.hash_state(rev).await?;
+        let h = self.hash_state(rev).await?;
         Ok(crate::proto::etcdserverpb::HashKvResponse {
             header: self.header(h.current_rev),
-            hash: hashes.kv,
+            hash: h.kv,
             compact_revision: h.compact_rev.max(0),
             hash_revision: if rev > 0 { rev } else { h.current_rev },
         })
     }
 
     /// Starts an image of the applied state (Maintenance.Snapshot).
-    pub async fn take_image(&self) -> Result<crate::storage::image::ImageJob, ApiError> {
-        self.core
-            .apply
-            .send(crate::actors::messages::TakeImage)
-            .await
-            .map_err(|_| ApiError::Stopped)?
+    pub async fn take_image(&self) -> Result<ImageJob, ApiError> {
+        self.core.take_image().await
     }
 }
 
@@ -428,18 +444,18 @@ pub async fn serve(
         cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
     };
 
-    let gw = Gateway::new(&cfg, core);
+    let raft_thread = core.raft_thread.clone();
+    let backend = Backend::new(&cfg, core);
     let incoming = cfg.data_dir.join(crate::storage::INCOMING);
-    let peer_gw = gw.clone();
+    let peer_backend = backend.clone();
     let max_peer_message =
         peer::max_peer_message_bytes(cfg.raft.max_size_per_msg, cfg.max_request_bytes);
-    gw.core()
-        .raft_thread
-        .spawn(async move { peer::serve(peer_gw, peers, incoming, max_peer_message).await });
-    tokio::spawn(publish(gw.clone()));
+    raft_thread
+        .spawn(async move { peer::serve(peer_backend, peers, incoming, max_peer_message).await });
+    tokio::spawn(publish(backend.clone()));
     if cfg.corrupt_check_ms > 0 {
         tokio::spawn(corruption::run(
-            gw.clone(),
+            backend.clone(),
             Duration::from_millis(cfg.corrupt_check_ms),
         ));
     }
@@ -447,32 +463,34 @@ pub async fn serve(
     // limit is checked on the encoded request (etcd's behaviour).
     let max_msg = cfg.max_request_bytes + 512 * 1024;
     let grpc = tonic::service::Routes::new(
-        KvServer::new(kv::KvService::new(gw.clone())).max_decoding_message_size(max_msg),
+        KvServer::new(kv::KvService::new(backend.clone())).max_decoding_message_size(max_msg),
     )
     .add_service(MaintenanceServer::new(
-        maintenance::MaintenanceService::new(gw.clone()),
+        maintenance::MaintenanceService::new(backend.clone()),
     ))
-    .add_service(ClusterServer::new(cluster::ClusterService::new(gw.clone())))
-    .add_service(watch::WatchService::new(gw.clone()))
+    .add_service(ClusterServer::new(cluster::ClusterService::new(
+        backend.clone(),
+    )))
+    .add_service(watch::WatchService::new(backend.clone()))
     .add_service(crate::proto::etcdserverpb::lease_server::LeaseServer::new(
-        lease::LeaseService::new(gw.clone()),
+        lease::LeaseService::new(backend.clone()),
     ))
     .add_service(crate::proto::v3lockpb::lock_server::LockServer::new(
-        concurrency::LockService::new(gw.clone()),
+        concurrency::LockService::new(backend.clone()),
     ))
     .add_service(
         crate::proto::v3electionpb::election_server::ElectionServer::new(
-            concurrency::ElectionService::new(gw.clone()),
+            concurrency::ElectionService::new(backend.clone()),
         ),
     )
     .add_service(crate::proto::health::health_server::HealthServer::new(
-        health::HealthService::new(gw.clone()),
+        health::HealthService::new(backend.clone()),
     ))
     .prepare()
     .into_axum_router()
     .layer(axum::middleware::map_response(etcd_size_status))
     .layer(axum::middleware::from_fn_with_state(
-        gw.core().metrics.clone(),
+        backend.core.metrics.clone(),
         grpc_metrics::observe,
     ));
     for maddr in cfg.metrics_listen_addrs() {
@@ -483,7 +501,7 @@ pub async fn serve(
                 source,
             })?;
         tracing::info!(addr = %maddr, "serving /metrics and health checks");
-        let router = http::metrics_router(gw.clone());
+        let router = http::metrics_router(backend.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::error!(error = %e, "metrics listener failed");
@@ -491,8 +509,8 @@ pub async fn serve(
         });
     }
     let app = grpc
-        .merge(gateway::router(gw.clone()))
-        .merge(http::router(gw, cfg.fault_injection));
+        .merge(gateway::router(backend.clone()))
+        .merge(http::router(backend, cfg.fault_injection));
     let listener = authority::Listener(
         tokio::net::TcpListener::bind(addr)
             .await
@@ -507,24 +525,24 @@ pub async fn serve(
 
 /// Announces this member's name and client URLs through the log (as etcd's
 /// publish), once a leader exists; retried until applied.
-async fn publish(gw: Gateway) {
+async fn publish(backend: Backend) {
     use crate::proto::metastorepb::PublishRequest;
-    let me = gw.status().member_id;
+    let me = backend.status().member_id;
     loop {
-        if let Ok(members) = gw.members().await {
+        if let Ok(members) = backend.members().await {
             let done = members
                 .get(me)
-                .is_some_and(|m| m.name == gw.name && m.client_ur_ls == gw.client_urls);
+                .is_some_and(|m| m.name == backend.name && m.client_ur_ls == backend.client_urls);
             if done || members.is_removed(me) {
                 return;
             }
         }
         let req = internal_request::Request::Publish(PublishRequest {
             member_id: me,
-            name: gw.name.clone(),
-            client_urls: gw.client_urls.clone(),
+            name: backend.name.clone(),
+            client_urls: backend.client_urls.clone(),
         });
-        match gw.write(req).await {
+        match backend.write(req).await {
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "publish not applied yet; retrying"),
         }

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use protobuf::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Gateway;
-use crate::actors::messages::StepBatch;
+use super::Backend;
 use crate::error::{ApiError, PeerError};
 use crate::proto::etcdserverpb::{
     HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -24,7 +23,6 @@ use crate::proto::metastorepb::{
     Membership, MembershipRequest, PromoteRequest, PromoteResponse, RaftBatch, RaftEnd,
     SnapshotAck, SnapshotChunk,
 };
-use crate::storage::image::ImageReader;
 
 /// How long a member asked for its hash at a revision it has not applied
 /// yet waits to apply it.
@@ -32,23 +30,23 @@ const HASH_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The peer service.
 pub struct PeerService {
-    gw: Gateway,
+    backend: Backend,
     incoming: PathBuf,
     received: Arc<AtomicU64>,
 }
 
 impl PeerService {
     /// A peer service; received snapshots go to `incoming`.
-    pub fn new(gw: Gateway, incoming: PathBuf) -> PeerService {
+    pub fn new(backend: Backend, incoming: PathBuf) -> PeerService {
         PeerService {
-            gw,
+            backend,
             incoming,
             received: Arc::default(),
         }
     }
 
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
-        let mine = self.gw.status().cluster_id;
+        let mine = self.backend.status().cluster_id;
         if cluster_id != mine {
             tracing::error!(
                 theirs = format!("{cluster_id:x}"),
@@ -107,7 +105,7 @@ fn decode_batch(
 /// Serves the peer service on `listener` until the process stops; messages
 /// over `max_message` bytes (see [`max_peer_message_bytes`]) are refused.
 pub async fn serve(
-    gw: Gateway,
+    backend: Backend,
     listener: std::net::TcpListener,
     incoming: PathBuf,
     max_message: usize,
@@ -130,7 +128,7 @@ pub async fn serve(
         s
     });
     tracing::info!(?addr, "serving peers");
-    let svc = PeerServer::new(PeerService::new(gw, incoming))
+    let svc = PeerServer::new(PeerService::new(backend, incoming))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
     if let Err(e) = tonic::transport::Server::builder()
@@ -148,14 +146,14 @@ pub async fn serve(
 impl Peer for PeerService {
     async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftEnd>, Status> {
         let mut batches = req.into_inner();
-        let core = self.gw.core();
+        let backend = &self.backend;
         let mut received: Option<(u64, prometheus_client::metrics::counter::Counter)> = None;
         while let Some(batch) = batches.message().await? {
             let counter = match &received {
                 Some((from, c)) if *from == batch.from => c,
                 _ => {
-                    let c = core
-                        .metrics
+                    let c = backend
+                        .metrics()
                         .peer_received_bytes
                         .get_or_create(&crate::metrics::FromPeer {
                             From: format!("{:x}", batch.from),
@@ -166,22 +164,22 @@ impl Peer for PeerService {
             };
             counter.inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
             self.check_cluster(batch.cluster_id)?;
-            if core.status.is_removed(batch.from) {
+            if backend.status().is_removed(batch.from) {
                 // It may not know yet: it never applies its own removal once
                 // the others stop replicating to it.
                 return Err(PeerError::Removed.into());
             }
-            if core.faults.isolated() {
+            if backend.faults().isolated() {
                 continue;
             }
             let msgs = decode_batch(
                 &batch,
-                core.status.member_id,
-                &core.metrics.peer_misaddressed_messages,
+                backend.status().member_id,
+                &backend.metrics().peer_misaddressed_messages,
             );
             // Waits while the Raft mailbox is full: backpressure on the
             // sender, whose next batch coalesces meanwhile.
-            if core.raft.send(StepBatch(msgs)).await.is_err() {
+            if backend.step(msgs).await.is_err() {
                 return Err(Status::unavailable("etcdserver: server stopped"));
             }
         }
@@ -198,10 +196,10 @@ impl Peer for PeerService {
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         self.check_cluster(first.cluster_id)?;
-        if self.gw.status().is_removed(first.from) {
+        if self.backend.status().is_removed(first.from) {
             return Err(PeerError::Removed.into());
         }
-        if self.gw.core().faults.isolated() {
+        if self.backend.faults().isolated() {
             return Err(Status::unavailable("isolated by fault injection"));
         }
         let mut msg = raft::eraftpb::Message::parse_from_bytes(&first.message)
@@ -229,10 +227,8 @@ impl Peer for PeerService {
         // installs from it.
         msg.mut_snapshot()
             .set_data(path.to_string_lossy().into_owned().into_bytes().into());
-        self.gw
-            .core()
-            .raft
-            .send(StepBatch(vec![msg]))
+        self.backend
+            .step(vec![msg])
             .await
             .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         Ok(Response::new(SnapshotAck {}))
@@ -243,7 +239,7 @@ impl Peer for PeerService {
         _: Request<MembershipRequest>,
     ) -> Result<Response<Membership>, Status> {
         let m = self
-            .gw
+            .backend
             .members()
             .await
             .map_err(ApiError::into_peer_status)?;
@@ -255,7 +251,7 @@ impl Peer for PeerService {
         req: Request<PromoteRequest>,
     ) -> Result<Response<PromoteResponse>, Status> {
         let members = self
-            .gw
+            .backend
             .promote_here(req.into_inner().member_id)
             .await
             .map_err(ApiError::into_peer_status)?;
@@ -271,11 +267,11 @@ impl Peer for PeerService {
         // behind (under load it always is) waits to apply them rather than
         // answer "future revision", which would skip it in every round.
         let deadline = tokio::time::Instant::now() + HASH_CATCH_UP;
-        while self.gw.status().revision() < rev && tokio::time::Instant::now() < deadline {
+        while self.backend.status().revision() < rev && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         Ok(Response::new(
-            self.gw
+            self.backend
                 .hash_kv(rev)
                 .await
                 .map_err(ApiError::into_peer_status)?,
@@ -287,13 +283,13 @@ impl Peer for PeerService {
         req: Request<LeaseKeepAliveRequest>,
     ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
         let id = req.into_inner().id;
-        let ttl = match self.gw.lease_renew_here(id).await {
+        let ttl = match self.backend.lease_renew_here(id).await {
             Ok(ttl) => ttl,
             Err(ApiError::LeaseNotFound) => 0,
             Err(e) => return Err(e.into_peer_status()),
         };
         Ok(Response::new(LeaseKeepAliveResponse {
-            header: self.gw.header(self.gw.status().revision()),
+            header: self.backend.header(self.backend.status().revision()),
             id,
             ttl,
         }))
@@ -305,7 +301,7 @@ impl Peer for PeerService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
         Ok(Response::new(
-            self.gw
+            self.backend
                 .lease_time_to_live_here(&r)
                 .await
                 .map_err(ApiError::into_peer_status)?,
@@ -334,11 +330,7 @@ async fn receive(
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         file.sync_all().map_err(|e| e.to_string())?;
-        let reader =
-            std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| e.to_string())?);
-        let (_, mut r) = ImageReader::new(reader).map_err(|e| e.to_string())?;
-        while r.next_raw().map_err(|e| e.to_string())?.is_some() {}
-        Ok(())
+        crate::actors::images::check_received(&path)
     })
     .await
     .map_err(|e| e.to_string())??;

@@ -18,9 +18,7 @@ use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
 
-use super::Gateway;
-use crate::actors::deliver;
-use crate::actors::messages::WatchOpen;
+use super::Backend;
 use crate::proto::etcdserverpb::WatchRequest;
 use crate::watch::WatchOut;
 
@@ -31,13 +29,13 @@ pub(crate) const OUTBOX: usize = 16;
 /// The Watch service.
 #[derive(Clone)]
 pub struct WatchService {
-    gw: Gateway,
+    backend: Backend,
 }
 
 impl WatchService {
-    /// A Watch service over the gateway.
-    pub fn new(gw: Gateway) -> WatchService {
-        WatchService { gw }
+    /// A Watch service over the backend.
+    pub fn new(backend: Backend) -> WatchService {
+        WatchService { backend }
     }
 }
 
@@ -59,22 +57,22 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let gw = self.gw.clone();
+        let backend = self.backend.clone();
         if req.uri().path() != "/etcdserverpb.Watch/Watch" {
             return Box::pin(
                 async move { Ok(Status::unimplemented("unknown method").into_http()) },
             );
         }
         Box::pin(async move {
-            let max = gw.max_request_bytes + 512 * 1024;
+            let max = backend.max_request_bytes + 512 * 1024;
             let codec = tonic_prost::ProstCodec::<WatchOut, WatchRequest>::default();
             let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(max), None);
-            Ok(grpc.streaming(Session(gw), req).await)
+            Ok(grpc.streaming(Session(backend), req).await)
         })
     }
 }
 
-struct Session(Gateway);
+struct Session(Backend);
 
 impl StreamingService<WatchRequest> for Session {
     type Response = WatchOut;
@@ -82,11 +80,11 @@ impl StreamingService<WatchRequest> for Session {
     type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: tonic::Request<Streaming<WatchRequest>>) -> Self::Future {
-        let gw = self.0.clone();
+        let backend = self.0.clone();
         Box::pin(async move {
             let (outbox, rx) = mpsc::channel(OUTBOX);
             let requests = request.into_inner().boxed();
-            deliver(&gw.core().apply, WatchOpen { outbox, requests }).await?;
+            backend.open_watch(outbox, requests).await?;
             let responses = ReceiverStream::new(rx)
                 .flat_map(|round| futures::stream::iter(round.into_iter().map(Ok)));
             Ok(tonic::Response::new(responses.boxed()))

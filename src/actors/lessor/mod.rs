@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::messages::{LeasesChanged, LeasesReplaced, Renew, TimeToLive};
 use super::propose::Proposer;
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::LeaseRevokeRequest;
 use crate::proto::metastorepb::{internal_request, LeaseCheckpoint, LeaseCheckpointRequest};
-use crate::state_machine::lease::LeaseChange;
 use crate::status::NodeStatus;
 use crate::storage::leases::LeaseTable;
 
@@ -127,26 +127,6 @@ impl Actor for Lessor {
     }
 }
 
-/// ApplyActor → Lessor: what an applied batch changed about leases.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct LeasesChanged(pub Vec<LeaseChange>);
-
-/// ApplyActor → Lessor: the whole table was replaced (a snapshot install).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct LeasesReplaced(pub LeaseTable);
-
-/// Keep-alive → Lessor (on the leader): renew a lease; answers its TTL.
-#[derive(Message)]
-#[rtype(result = "Result<i64, ApiError>")]
-pub struct Renew(pub i64);
-
-/// LeaseTimeToLive → Lessor (on the leader): (remaining, granted) TTLs.
-#[derive(Message)]
-#[rtype(result = "Result<(i64, i64), ApiError>")]
-pub struct TimeToLive(pub i64);
-
 impl Handler<LeasesChanged> for Lessor {
     type Result = ();
     fn handle(&mut self, msg: LeasesChanged, _: &mut Context<Self>) {
@@ -193,18 +173,5 @@ impl Handler<TimeToLive> for Lessor {
     type Result = Result<(i64, i64), ApiError>;
     fn handle(&mut self, msg: TimeToLive, _: &mut Context<Self>) -> Self::Result {
         self.clocks.time_to_live(msg.0, Instant::now())
-    }
-}
-
-/// Runs a closure on the Lessor's arbiter (where actors can be started;
-/// gRPC handlers run on plain tasks).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RunHere(pub Box<dyn FnOnce() + Send>);
-
-impl Handler<RunHere> for Lessor {
-    type Result = ();
-    fn handle(&mut self, msg: RunHere, _: &mut Context<Self>) {
-        (msg.0)();
     }
 }

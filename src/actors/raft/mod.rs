@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 
 use super::apply::ApplyActor;
 use super::messages::*;
-use super::peer::{NewUrls, Outbox, PeerActor, PeerContext, Stop};
+use super::peer::{PeerActor, PeerContext};
 use super::wal::{WalCommand, WalHandle};
 use crate::consensus::apply_flow::{ApplyFlow, FlowLimits};
 use crate::consensus::{Node, Persist, Turn};
@@ -407,11 +407,6 @@ fn reply_err(w: Waiting, e: ApiError) {
         }
     }
 }
-
-/// RaftActor → itself: start the PeerActors for the members known at start.
-#[derive(actix::Message)]
-#[rtype(result = "()")]
-pub struct InitialMembers(pub Vec<Member>);
 
 impl Actor for RaftActor {
     type Context = Context<Self>;

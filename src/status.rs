@@ -112,6 +112,9 @@ pub struct Faults {
     pub slow_apply_ms: std::sync::atomic::AtomicU64,
     /// Fail the WAL writer's next fsync (the member must stop alone).
     pub fail_wal_sync: AtomicBool,
+    /// Fail the engine's next commit of an applied batch (the member must
+    /// stop alone, and lose nothing it acknowledged).
+    pub fail_commit: AtomicBool,
 }
 
 impl Faults {

@@ -422,7 +422,14 @@ impl ApplyActor {
             }
         }
         let committing = Instant::now();
-        let committed = self.sm.commit();
+        let committed = if self.faults.fail_commit.load(Relaxed) {
+            Err(crate::storage::StorageError::io(
+                "commit the applied batch",
+                std::io::Error::other("engine commit failed by fault injection"),
+            ))
+        } else {
+            self.sm.commit()
+        };
         self.metrics
             .backend_commit_seconds
             .observe(committing.elapsed().as_secs_f64());

@@ -39,7 +39,8 @@ pub fn router(backend: Backend, fault_injection: bool) -> Router {
             .route("/debug/fault/heal", post(heal))
             .route("/debug/fault/diverge", post(diverge))
             .route("/debug/fault/slow-apply", post(slow_apply))
-            .route("/debug/fault/fail-wal-sync", post(fail_wal_sync));
+            .route("/debug/fault/fail-wal-sync", post(fail_wal_sync))
+            .route("/debug/fault/fail-commit", post(fail_commit));
     }
     r.with_state(backend)
 }
@@ -103,6 +104,17 @@ async fn fail_wal_sync(State(backend): State<Backend>) -> impl IntoResponse {
         .fail_wal_sync
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!("fault injection: the next WAL fsync fails");
+    "failing\n"
+}
+
+/// Fails the engine's next commit of an applied batch: the member stops
+/// through the fatal path, alone.
+async fn fail_commit(State(backend): State<Backend>) -> impl IntoResponse {
+    backend
+        .faults()
+        .fail_commit
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!("fault injection: the next engine commit fails");
     "failing\n"
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use metastore::config::Config;
+use metastore::config::{Config, Engine};
 
 use crate::harness::{etcdctl_at, free_port, http_get, http_post};
 
@@ -92,7 +92,16 @@ struct InProcess {
 /// Starts a lone member (a cluster of its own) on its own thread in this
 /// process, with the fault switches on, and waits until it is healthy.
 fn lone_member(dir: &std::path::Path, name: &str) -> InProcess {
-    let (client_port, peer_port) = (free_port(), free_port());
+    lone_member_at(dir, name, Engine::Memory, (free_port(), free_port()))
+}
+
+/// [`lone_member`] with an engine and ports (the same ports restart it).
+fn lone_member_at(
+    dir: &std::path::Path,
+    name: &str,
+    engine: Engine,
+    (client_port, peer_port): (u16, u16),
+) -> InProcess {
     let client = format!("http://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
     let cfg = Config {
@@ -105,6 +114,7 @@ fn lone_member(dir: &std::path::Path, name: &str) -> InProcess {
         initial_cluster: format!("{name}={peer}"),
         wal_segment_size: 4 << 20,
         fault_injection: true,
+        engine,
         ..Config::default()
     };
     cfg.validate().unwrap();
@@ -171,4 +181,59 @@ fn a_fatal_error_stops_only_its_member() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "here\n");
     let _ = stop_b.send(());
     b_thread.join().unwrap().unwrap();
+}
+
+/// A failed engine commit of an applied batch stops the member through the
+/// fatal path (exit code 2) while a member beside it in the process goes
+/// on; restarted, the member has every write it acknowledged (the Raft log
+/// holds them; the engine replays from its last commit).
+#[test]
+fn a_failed_engine_commit_stops_only_its_member_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port());
+    let a = lone_member_at(tmp.path(), "commit-a", Engine::Rocksdb, ports);
+    let b = lone_member(tmp.path(), "commit-b");
+    let (a_port, _stop_a, a_thread) = (a.client_port, a.stop, a.thread);
+    let ep = |port: u16| format!("127.0.0.1:{port}");
+    for i in 0..20 {
+        let out = etcdctl_at(&ep(a_port), &["put", &format!("k{i}"), "before"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    }
+
+    let (status, _) = http_post(a_port, "/debug/fault/fail-commit").unwrap();
+    assert!(status.contains("200"), "{status}");
+    // Applied (and maybe acknowledged) before the failed commit.
+    let last = etcdctl_at(&ep(a_port), &["put", "last", "write"]);
+    let acked = String::from_utf8_lossy(&last.stdout) == "OK\n";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a_thread.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member a did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, text) = a_thread.join().unwrap().unwrap_err();
+    assert_eq!(code, Some(2), "{text}");
+
+    let out = etcdctl_at(&ep(b.client_port), &["put", "still", "here"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    let _ = b.stop.send(());
+    b.thread.join().unwrap().unwrap();
+
+    // Restarted on the same data dir: nothing acknowledged is missing.
+    let a = lone_member_at(tmp.path(), "commit-a", Engine::Rocksdb, ports);
+    let out = etcdctl_at(&ep(a.client_port), &["get", "k", "--prefix", "--keys-only"]);
+    let keys = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        keys.lines().filter(|l| l.starts_with('k')).count(),
+        20,
+        "{keys}"
+    );
+    if acked {
+        let out = etcdctl_at(&ep(a.client_port), &["get", "last", "--print-value-only"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "write\n");
+    }
+    let _ = a.stop.send(());
+    a.thread.join().unwrap().unwrap();
 }

@@ -76,9 +76,9 @@ mod layering {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
-                if rest[room.len()..].starts_with("::{") {
+                if room.is_empty() && rest.starts_with('{') {
                     // `crate::{a, b::c}`
-                    let group = &rest[room.len() + 3..];
+                    let group = &rest[1..];
                     let end = group.find('}').unwrap_or(group.len());
                     for part in group[..end].split(',') {
                         let r: String = part

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use super::lessor::Lessor;
 use super::messages::*;
 use super::messages::{LeasesChanged, LeasesReplaced};
-use super::raft::RaftActor;
+use super::raft::RaftAddr;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state_machine::{Installed, StateMachine};
@@ -48,7 +48,7 @@ struct Waiter {
 /// Owns the state machine.
 pub struct ApplyActor {
     sm: StateMachine,
-    raft: Addr<RaftActor>,
+    raft: RaftAddr,
     lessor: Addr<Lessor>,
     status: Arc<NodeStatus>,
     waiters: HashMap<u64, Waiter>,
@@ -113,7 +113,7 @@ impl ApplyActor {
     /// Wraps a (restored) state machine.
     pub fn new(
         sm: StateMachine,
-        raft: Addr<RaftActor>,
+        raft: RaftAddr,
         lessor: Addr<Lessor>,
         status: Arc<NodeStatus>,
         metrics: Arc<Metrics>,

@@ -16,7 +16,7 @@ use actix::prelude::*;
 use super::apply::ApplyActor;
 use super::messages::InitialMembers;
 use super::peer::PeerContext;
-use super::raft::{RaftActor, RaftSettings};
+use super::raft::{RaftActor, RaftAddr, RaftSettings};
 use super::ticker::Ticker;
 use super::wal::WalWriter;
 use crate::config::Config;
@@ -42,7 +42,7 @@ pub struct Recovered {
 #[derive(Clone)]
 pub struct Core {
     /// The RaftActor.
-    pub raft: Addr<RaftActor>,
+    pub raft: RaftAddr,
     /// The ApplyActor.
     pub apply: Addr<ApplyActor>,
     /// The Lessor.
@@ -150,7 +150,7 @@ pub fn start_core(
         let faults = faults.clone();
         let metrics = metrics.clone();
         let cluster_id = status.cluster_id;
-        move |raft: Addr<RaftActor>, apply: Addr<ApplyActor>| PeerContext {
+        move |raft: RaftAddr, apply: Addr<ApplyActor>| PeerContext {
             from: id,
             cluster_id,
             raft,
@@ -172,13 +172,15 @@ pub fn start_core(
     let apply_for_raft = apply.clone();
     // A lone voter has no heartbeats to send and no election to lose: its
     // Raft runs on the client thread, which saves two thread hand-offs per
-    // batch (measured: ~20% more puts/s on 2 cores). Any other member
+    // batch, until it gains a peer (see `raft::moving`). Any other member
     // gives Raft a thread of its own.
     let cs = rec.state_machine.conf_state();
     let lone = cs.voters == [id] && cs.learners.is_empty();
+    let thread_of_raft = raft_thread.handle();
     let start = move || {
         let ctx = Context::<RaftActor>::new();
-        let raft = ctx.address();
+        let addr = ctx.address();
+        let raft = RaftAddr::new(addr.clone());
         let wal = match WalWriter::spawn(log_store, raft.clone(), wal_ctx) {
             Ok(w) => w,
             Err(e) => {
@@ -186,12 +188,14 @@ pub fn start_core(
                 return;
             }
         };
-        Ticker::new(raft.clone(), tick).start();
+        Ticker::new(addr.clone(), tick).start();
         let settings = RaftSettings {
             snapshot_catchup_entries: settings_catchup,
             tick,
             on_client_thread: lone,
             peers: peers(raft.clone(), apply_for_raft.clone()),
+            raft_thread: lone.then_some(thread_of_raft),
+            addr: Some(raft.clone()),
         };
         ctx.run(RaftActor::new(
             node,
@@ -200,7 +204,7 @@ pub fn start_core(
             raft_status,
             settings,
         ));
-        raft.do_send(InitialMembers(members));
+        addr.do_send(InitialMembers(members));
         let _ = tx.send(Ok((raft, wal.1)));
     };
     let spawned = if lone {

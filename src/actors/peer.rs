@@ -38,7 +38,7 @@ use super::apply::ApplyActor;
 use super::messages::{
     NewUrls, Outbox, RemovedFromCluster, SnapshotSent, Stop, TakeImage, Unreachable,
 };
-use super::raft::RaftActor;
+use super::raft::RaftAddr;
 use crate::error::PeerError;
 use crate::metrics::Metrics;
 use crate::proto::metastorepb::peer_client::PeerClient;
@@ -68,7 +68,7 @@ pub struct PeerContext {
     /// The cluster (receivers refuse other clusters' traffic).
     pub cluster_id: u64,
     /// Where messages from peers and transport outcomes go.
-    pub raft: Addr<RaftActor>,
+    pub raft: RaftAddr,
     /// Where images for snapshots come from.
     pub apply: Addr<ApplyActor>,
     /// Connectivity for membership checks.

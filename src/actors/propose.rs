@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix::Addr;
 use prost::Message as _;
 use tokio::sync::oneshot;
 
 use super::messages::{Propose, WriteResult};
-use super::raft::RaftActor;
+use super::raft::RaftAddr;
 use crate::error::ApiError;
 use crate::proto::metastorepb::{internal_request, InternalRequest};
 use crate::state_machine::WriteResponse;
@@ -50,7 +49,7 @@ impl RequestIds {
 #[derive(Clone)]
 pub struct Proposer {
     /// The RaftActor.
-    pub raft: Addr<RaftActor>,
+    pub raft: RaftAddr,
     /// Request ids.
     pub ids: Arc<RequestIds>,
     /// Live status (is there a leader?).
@@ -72,7 +71,7 @@ impl Proposer {
             return Err(ApiError::RequestTooLarge);
         }
         let (reply, rx) = oneshot::channel();
-        crate::actors::deliver(&self.raft, Propose { id, data, reply }).await?;
+        crate::actors::deliver(&self.raft.get(), Propose { id, data, reply }).await?;
         self.wait(rx).await
     }
 

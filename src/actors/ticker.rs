@@ -25,6 +25,13 @@ impl Actor for Ticker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.interval, |t, _| t.raft.do_send(Tick));
+        ctx.run_interval(self.interval, |t, ctx| {
+            if t.raft.connected() {
+                t.raft.do_send(Tick);
+            } else {
+                // Its RaftActor stopped (or moved: see `raft::moving`).
+                ctx.stop();
+            }
+        });
     }
 }

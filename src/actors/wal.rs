@@ -16,13 +16,12 @@
 use std::time::Instant;
 
 use super::messages::{Append, Persisted, Purge};
-use super::raft::RaftActor;
+use super::raft::RaftAddr;
 use crate::fatal::Fatal;
 use crate::metrics::Metrics;
 use crate::status::Faults;
 use crate::storage::engine::LogStore;
 use crate::storage::StorageError;
-use actix::Addr;
 use crossbeam_channel::{Receiver, Sender};
 
 /// What the WalWriter is asked to do.
@@ -53,7 +52,7 @@ impl WalHandle {
 /// Owns the engine's Raft log store.
 pub struct WalWriter {
     log: Box<dyn LogStore>,
-    raft: Addr<RaftActor>,
+    raft: RaftAddr,
     metrics: std::sync::Arc<Metrics>,
     /// This member (for logs).
     member: u64,
@@ -86,7 +85,7 @@ impl WalWriter {
     /// the last handle, is gone) so the process never exits inside a write.
     pub fn spawn(
         log: Box<dyn LogStore>,
-        raft: Addr<RaftActor>,
+        raft: RaftAddr,
         ctx: WalContext,
     ) -> std::io::Result<(WalHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = crossbeam_channel::unbounded();

@@ -70,7 +70,7 @@ impl ClusterService {
         // with a new (not yet started) voter counted, and every voter must
         // have been connected for a while.
         if !member.is_learner {
-            check_started_quorum(&members, 1)?;
+            check_started_quorum(&members, NewVoter::Added)?;
         }
         let since = self.active_since();
         let all_up = members
@@ -165,14 +165,30 @@ impl ClusterService {
     }
 }
 
-/// etcd's IsReadyToAddVotingMember / IsReadyToPromoteMember: with `extra`
-/// voters that have not started yet, the started voters are a quorum.
-pub fn check_started_quorum(members: &Membership, extra: usize) -> Result<(), ApiError> {
-    let voters = members.voters().count() + extra;
+/// Whose start the strict reconfiguration check counts on top of the
+/// started voters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewVoter {
+    /// A voter being added (not started yet): etcd's IsReadyToAddVotingMember.
+    Added,
+    /// A learner being promoted (started: it caught up): etcd's
+    /// IsReadyToPromoteMember.
+    Promoted,
+}
+
+/// etcd's strict reconfiguration check: with the new voter counted, the
+/// started voters are a quorum. As etcd, a second voter may always join a
+/// lone started one (how a one-member cluster grows).
+pub fn check_started_quorum(members: &Membership, new: NewVoter) -> Result<(), ApiError> {
+    let voters = members.voters().count() + 1;
     let started = members
         .voters()
         .filter(|m| Membership::is_started(m))
-        .count();
+        .count()
+        + usize::from(new == NewVoter::Promoted);
+    if new == NewVoter::Added && started == 1 && voters == 2 {
+        return Ok(());
+    }
     if started < voters / 2 + 1 {
         return Err(ApiError::NotEnoughStarted);
     }
@@ -237,5 +253,53 @@ impl Cluster for ClusterService {
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         Ok(Response::new(self.promote(req.into_inner()).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn voter(id: u64, started: bool) -> Member {
+        Member {
+            id,
+            name: if started {
+                format!("m{id}")
+            } else {
+                String::new()
+            },
+            peer_ur_ls: vec![format!("http://127.0.0.1:{id}")],
+            client_ur_ls: Vec::new(),
+            is_learner: false,
+        }
+    }
+
+    #[test]
+    fn the_started_quorum_is_checked_as_etcd_does() {
+        let lone = Membership::new(1, [voter(1, true)]);
+        // A one-member cluster grows: a voter may join, a learner be promoted.
+        assert_eq!(check_started_quorum(&lone, NewVoter::Added), Ok(()));
+        assert_eq!(check_started_quorum(&lone, NewVoter::Promoted), Ok(()));
+        // Two voters, one not started: a third voter would leave 1 of 3.
+        let half = Membership::new(1, [voter(1, true), voter(2, false)]);
+        assert_eq!(
+            check_started_quorum(&half, NewVoter::Added),
+            Err(ApiError::NotEnoughStarted)
+        );
+        // ... but a started learner promoted makes 2 of 3.
+        assert_eq!(check_started_quorum(&half, NewVoter::Promoted), Ok(()));
+        // Two of three started: a fourth voter would need three.
+        let three = Membership::new(1, [voter(1, true), voter(2, true), voter(3, false)]);
+        assert_eq!(
+            check_started_quorum(&three, NewVoter::Added),
+            Err(ApiError::NotEnoughStarted)
+        );
+        let up = Membership::new(1, [voter(1, true), voter(2, true), voter(3, true)]);
+        assert_eq!(check_started_quorum(&up, NewVoter::Added), Ok(()));
+        let weak = Membership::new(1, [voter(1, true), voter(2, false), voter(3, false)]);
+        assert_eq!(
+            check_started_quorum(&weak, NewVoter::Promoted),
+            Err(ApiError::NotEnoughStarted)
+        );
     }
 }

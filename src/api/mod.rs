@@ -268,7 +268,7 @@ impl Backend {
             ..Default::default()
         };
         let (reply, rx) = oneshot::channel();
-        deliver(&self.core.raft, ProposeConfChange { id, cc, reply }).await?;
+        deliver(&self.core.raft.get(), ProposeConfChange { id, cc, reply }).await?;
         match self.proposer.wait(rx).await? {
             WriteResponse::Members(m) => Ok(m),
             _ => Err(ApiError::Internal("unexpected membership answer".into())),
@@ -296,7 +296,7 @@ impl Backend {
     /// MoveLeader: hands leadership to `to`; answers once it leads.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ApiError> {
         let (reply, rx) = oneshot::channel();
-        deliver(&self.core.raft, TransferLeader { to, reply }).await?;
+        deliver(&self.core.raft.get(), TransferLeader { to, reply }).await?;
         rx.await.map_err(|_| ApiError::Stopped)?
     }
 
@@ -320,7 +320,7 @@ impl Backend {
                 return Err(ApiError::LearnerNotReady);
             }
         }
-        cluster::check_started_quorum(&members, 1)?;
+        cluster::check_started_quorum(&members, cluster::NewVoter::Promoted)?;
         self.change_membership(&Change::Promote(id)).await
     }
 
@@ -335,7 +335,7 @@ impl Backend {
         if serializable {
             deliver(&self.core.apply, LocalRead(pending)).await?;
         } else {
-            deliver(&self.core.raft, ReadIndex(pending)).await?;
+            deliver(&self.core.raft.get(), ReadIndex(pending)).await?;
         }
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,

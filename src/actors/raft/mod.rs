@@ -44,8 +44,10 @@ use crate::metrics::Metrics;
 use crate::proto::etcdserverpb::Member;
 use crate::proto::metastorepb::ConfChangeContext;
 use crate::status::NodeStatus;
+pub use moving::RaftAddr;
 
 pub mod leadership;
+pub mod moving;
 pub mod proposals;
 
 use leadership::{Removal, TransferCheck, Transfers};
@@ -81,10 +83,14 @@ pub struct RaftSettings {
     /// The tick interval.
     pub tick: std::time::Duration,
     /// Raft shares the client thread (a member that started as the only
-    /// voter); see `server::start_core`.
+    /// voter); it moves to `raft_thread` once it has peers (see [`moving`]).
     pub on_client_thread: bool,
     /// The shared context of the PeerActors (with the member's metrics).
     pub peers: PeerContext,
+    /// The Raft thread, for an actor on the client thread to move to.
+    pub raft_thread: Option<ArbiterHandle>,
+    /// Where the holders of this actor's address read it.
+    pub addr: Option<RaftAddr>,
 }
 
 /// Owns the Raft state of this member.
@@ -115,6 +121,9 @@ pub struct RaftActor {
     removal: Removal,
     /// What is handed to the applier, bounded.
     flow: ApplyFlow,
+    /// Set in the husk of an actor that moved to the Raft thread: where
+    /// everything still sent here goes.
+    moved_to: Option<Addr<RaftActor>>,
 }
 
 impl RaftActor {
@@ -146,6 +155,7 @@ impl RaftActor {
             last_tick: None,
             removal: Removal::default(),
             flow: ApplyFlow::new(FlowLimits::default(), applied),
+            moved_to: None,
         }
     }
 
@@ -431,6 +441,7 @@ impl Actor for RaftActor {
 impl Handler<InitialMembers> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: InitialMembers, _: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         self.set_peers(&msg.0);
     }
 }
@@ -438,6 +449,7 @@ impl Handler<InitialMembers> for RaftActor {
 impl Handler<Propose> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         self.propose(Waiting::Write(msg));
         self.schedule(ctx);
     }
@@ -446,6 +458,7 @@ impl Handler<Propose> for RaftActor {
 impl Handler<ProposeConfChange> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: ProposeConfChange, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         let removes_me = leadership::removes(&msg.cc, self.node.id());
         if removes_me && self.node.is_leader() {
             // Hand over first: a leader that removed itself would keep
@@ -466,6 +479,7 @@ impl Handler<ProposeConfChange> for RaftActor {
 impl Handler<ReadIndex> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: ReadIndex, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         if self.flow.reads_full() {
             let _ = msg.0.reply.send(Err(ApiError::TooManyRequests));
             return;
@@ -478,6 +492,7 @@ impl Handler<ReadIndex> for RaftActor {
 impl Handler<StepBatch> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: StepBatch, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         if self.removal.removed() {
             // Stopping: what Raft would make of it no longer matters.
             return;
@@ -507,6 +522,7 @@ impl Handler<StepBatch> for RaftActor {
 impl Handler<Unreachable> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Unreachable, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         self.node.report_unreachable(msg.0);
         self.schedule(ctx);
     }
@@ -515,6 +531,7 @@ impl Handler<Unreachable> for RaftActor {
 impl Handler<SnapshotSent> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: SnapshotSent, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         self.node.report_snapshot(msg.to, msg.ok);
         if !msg.ok {
             self.node.report_unreachable(msg.to);
@@ -526,6 +543,7 @@ impl Handler<SnapshotSent> for RaftActor {
 impl Handler<SnapshotInstalled> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: SnapshotInstalled, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         if let Some(p) = self.held.take() {
             tracing::info!(member = %self.me(), index = msg.index, "snapshot installed");
             self.wal.send(WalCommand::Append(append(p)));
@@ -537,6 +555,7 @@ impl Handler<SnapshotInstalled> for RaftActor {
 impl Handler<MembershipChanged> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: MembershipChanged, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         if self.removal.removed() {
             return;
         }
@@ -572,13 +591,12 @@ impl Handler<MembershipChanged> for RaftActor {
             }
         }
         if self.settings.on_client_thread && msg.members.len() > 1 {
+            // The moved actor starts the PeerActors and takes its turn.
+            self.move_to_own_thread(msg.members.clone(), ctx);
+            if self.moved_to.is_some() {
+                return;
+            }
             self.settings.on_client_thread = false;
-            tracing::warn!(
-                member = %self.me(),
-                "this member started as the only one and its Raft shares the client thread: \
-                 heavy requests can delay its heartbeats now that it has peers; \
-                 restart it to give Raft a thread of its own"
-            );
         }
         self.set_peers(&msg.members);
         self.schedule(ctx);
@@ -599,7 +617,8 @@ impl RaftActor {
 
 impl Handler<RemovedFromCluster> for RaftActor {
     type Result = ();
-    fn handle(&mut self, _: RemovedFromCluster, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: RemovedFromCluster, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         // A peer refused this member: the others applied its removal. The
         // commit of that removal may still be on its way here, and whoever
         // asked this member to leave waits for it to be applied; keep
@@ -620,6 +639,7 @@ fn stop_after(ctx: &mut Context<RaftActor>, delay: std::time::Duration) {
 impl Handler<TransferLeader> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: TransferLeader, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         let voters = self.node.conf_state().voters;
         match leadership::check_transfer(self.node.is_leader(), self.node.id(), &voters, msg.to) {
             TransferCheck::Refuse(e) => {
@@ -640,8 +660,11 @@ impl Handler<TransferLeader> for RaftActor {
 }
 
 impl Handler<QueryRaft> for RaftActor {
-    type Result = MessageResult<QueryRaft>;
-    fn handle(&mut self, _: QueryRaft, _: &mut Context<Self>) -> Self::Result {
+    type Result = ResponseFuture<RaftView>;
+    fn handle(&mut self, msg: QueryRaft, _: &mut Context<Self>) -> Self::Result {
+        if let Some(to) = self.moved_to.clone() {
+            return Box::pin(async move { to.send(msg).await.unwrap_or_default() });
+        }
         let cs = self.node.conf_state();
         let matched = cs
             .voters
@@ -649,17 +672,21 @@ impl Handler<QueryRaft> for RaftActor {
             .chain(cs.learners.iter())
             .filter_map(|&id| self.node.matched(id).map(|m| (id, m)))
             .collect();
-        MessageResult(RaftView {
+        let view = RaftView {
             is_leader: self.node.is_leader(),
             leader: self.node.leader(),
             matched,
-        })
+        };
+        Box::pin(async move { view })
     }
 }
 
 impl Handler<Tick> for RaftActor {
     type Result = ();
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        if self.moved_to.is_some() {
+            return; // the husk: the moved actor has its own
+        }
         self.ticks += 1;
         let now = std::time::Instant::now();
         if let Some(last) = self.last_tick.replace(now) {
@@ -694,6 +721,7 @@ impl Handler<Tick> for RaftActor {
 impl Handler<Persisted> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Persisted, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         let ready_messages = self.node.on_persisted(msg.number);
         if !ready_messages.is_empty() {
             self.send(ready_messages);
@@ -705,6 +733,7 @@ impl Handler<Persisted> for RaftActor {
 impl Handler<Applied> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Applied, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         self.node.on_applied(msg.index);
         self.flow.applied(msg.index);
         self.pump();
@@ -715,6 +744,7 @@ impl Handler<Applied> for RaftActor {
 impl Handler<Snapshotted> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Snapshotted, _: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
         self.node.compact_log(
             msg.index
                 .saturating_sub(self.settings.snapshot_catchup_entries),
@@ -729,6 +759,9 @@ impl Handler<Snapshotted> for RaftActor {
 impl Handler<RunTurn> for RaftActor {
     type Result = ();
     fn handle(&mut self, _: RunTurn, _: &mut Context<Self>) {
+        if self.moved_to.is_some() {
+            return; // the husk: the moved actor has its own
+        }
         self.turn_scheduled = false;
         // Proposals made before this turn, in the epoch they were made in,
         // before any Apply of this turn.

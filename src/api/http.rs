@@ -45,14 +45,16 @@ pub fn router(backend: Backend, fault_injection: bool) -> Router {
     r.with_state(backend)
 }
 
+/// Sets one of the member's fault switches and logs it.
+fn switch(flag: &std::sync::atomic::AtomicBool, on: bool, what: &str) {
+    flag.store(on, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!("fault injection: {what}");
+}
+
 /// Drops every Raft message and snapshot to and from this member, as a
 /// network partition would.
 async fn isolate(State(backend): State<Backend>) -> impl IntoResponse {
-    backend
-        .faults()
-        .isolated
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!("fault injection: isolated from all peers");
+    switch(&backend.faults().isolated, true, "isolated from all peers");
     "isolated\n"
 }
 
@@ -99,32 +101,28 @@ async fn diverge(
 /// Fails the WAL writer's next fsync: the member must stop on its fatal
 /// path, alone (other members in the process go on).
 async fn fail_wal_sync(State(backend): State<Backend>) -> impl IntoResponse {
-    backend
-        .faults()
-        .fail_wal_sync
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!("fault injection: the next WAL fsync fails");
+    switch(
+        &backend.faults().fail_wal_sync,
+        true,
+        "the next WAL fsync fails",
+    );
     "failing\n"
 }
 
 /// Fails the engine's next commit of an applied batch: the member stops
 /// through the fatal path, alone.
 async fn fail_commit(State(backend): State<Backend>) -> impl IntoResponse {
-    backend
-        .faults()
-        .fail_commit
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!("fault injection: the next engine commit fails");
+    switch(
+        &backend.faults().fail_commit,
+        true,
+        "the next engine commit fails",
+    );
     "failing\n"
 }
 
 /// Ends [`isolate`].
 async fn heal(State(backend): State<Backend>) -> impl IntoResponse {
-    backend
-        .faults()
-        .isolated
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!("fault injection: healed");
+    switch(&backend.faults().isolated, false, "healed");
     "healed\n"
 }
 

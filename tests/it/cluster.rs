@@ -760,48 +760,10 @@ async fn heavy_work_on_the_leader_causes_no_election(engine: Engine) {
     let mut client = etcd_client::Client::connect([ep.clone()], None)
         .await
         .unwrap();
-    let value = "v".repeat(400);
-    for chunk in 0..(100_000 / 125) {
-        let ops: Vec<etcd_client::TxnOp> = (0..125)
-            .map(|i| {
-                let k = format!("heavy/k{:06}", chunk * 125 + i);
-                etcd_client::TxnOp::put(k, value.clone(), None)
-            })
-            .collect();
-        client
-            .txn(etcd_client::Txn::new().and_then(ops))
-            .await
-            .unwrap();
-    }
+    load_heavy(&mut client).await;
     // Whole-keyspace ranges (45 MB answers), an image, a compaction, on
     // the leader.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{ep}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut raw = metastore::proto::etcdserverpb::kv_client::KvClient::new(channel)
-        .max_decoding_message_size(usize::MAX);
-    for _ in 0..3 {
-        let resp = raw
-            .range(metastore::proto::etcdserverpb::RangeRequest {
-                key: b"heavy/".to_vec(),
-                range_end: b"heavy0".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(resp.kvs.len(), 100_000);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("snap.db");
-    let out = etcdctl_at(&ep, &["snapshot", "save", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    heavy_reads_and_image(&ep).await;
     let rev = client
         .get("heavy/k000000", None)
         .await
@@ -845,6 +807,57 @@ async fn heavy_work_on_the_leader_causes_no_election(engine: Engine) {
     assert!(
         late < 100.0 || late < stalled + 50.0,
         "a tick was {late} ms late on the leader (the machine stalled {stalled} ms)"
+    );
+}
+
+/// Puts 100,000 keys `heavy/k000000`... with 400-byte values (125 per txn);
+/// returns the value.
+async fn load_heavy(client: &mut etcd_client::Client) -> String {
+    let value = "v".repeat(400);
+    for chunk in 0..(100_000 / 125) {
+        let ops: Vec<etcd_client::TxnOp> = (0..125)
+            .map(|i| {
+                let k = format!("heavy/k{:06}", chunk * 125 + i);
+                etcd_client::TxnOp::put(k, value.clone(), None)
+            })
+            .collect();
+        client
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+    }
+    value
+}
+
+/// Three whole-keyspace ranges over the [`load_heavy`] keys and an
+/// `etcdctl snapshot save`, at `ep`.
+async fn heavy_reads_and_image(ep: &str) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{ep}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = metastore::proto::etcdserverpb::kv_client::KvClient::new(channel)
+        .max_decoding_message_size(usize::MAX);
+    for _ in 0..3 {
+        let resp = raw
+            .range(metastore::proto::etcdserverpb::RangeRequest {
+                key: b"heavy/".to_vec(),
+                range_end: b"heavy0".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.kvs.len(), 100_000);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.db");
+    let out = etcdctl_at(ep, &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -927,19 +940,7 @@ async fn a_lone_member_that_gains_a_peer_moves_raft_to_its_own_thread() {
     let mut client = etcd_client::Client::connect([ep.clone()], None)
         .await
         .unwrap();
-    let value = "v".repeat(400);
-    for chunk in 0..(100_000 / 125) {
-        let ops: Vec<etcd_client::TxnOp> = (0..125)
-            .map(|i| {
-                let k = format!("heavy/k{:06}", chunk * 125 + i);
-                etcd_client::TxnOp::put(k, value.clone(), None)
-            })
-            .collect();
-        client
-            .txn(etcd_client::Txn::new().and_then(ops))
-            .await
-            .unwrap();
-    }
+    let value = load_heavy(&mut client).await;
     // A member joins; the leader sends it a 100,000-key snapshot.
     let (c, m2) = blocking({
         let ep = ep.clone();
@@ -1000,33 +1001,7 @@ async fn a_lone_member_that_gains_a_peer_moves_raft_to_its_own_thread() {
     let canary = Canary::start();
     // Whole-keyspace ranges (45 MB answers) and an image, on the leader's
     // client thread.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{ep}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut raw = metastore::proto::etcdserverpb::kv_client::KvClient::new(channel)
-        .max_decoding_message_size(usize::MAX);
-    for _ in 0..3 {
-        let resp = raw
-            .range(metastore::proto::etcdserverpb::RangeRequest {
-                key: b"heavy/".to_vec(),
-                range_end: b"heavy0".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(resp.kvs.len(), 100_000);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("snap.db");
-    let out = etcdctl_at(&ep, &["snapshot", "save", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    heavy_reads_and_image(&ep).await;
     let stalled = canary.stop();
     let (_, metrics) = http_get(c.members[0].port, "/metrics").unwrap();
     let late = late_ticks(&metrics) - late_before;

@@ -163,16 +163,7 @@ fn a_fatal_error_stops_only_its_member() {
         "OK\n",
         "a write whose fsync failed must not be acknowledged"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !a_thread.is_finished() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "member a did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (code, text) = a_thread.join().unwrap().unwrap_err();
-    assert_eq!(code, Some(2), "{text}");
+    assert_stops_with_fatal_code(a_thread);
 
     // The process and member b are alive and serve reads and writes.
     let out = etcdctl_at(&ep(b_port), &["put", "still", "here"]);
@@ -205,16 +196,7 @@ fn a_failed_engine_commit_stops_only_its_member_and_loses_nothing() {
     // Applied (and maybe acknowledged) before the failed commit.
     let last = etcdctl_at(&ep(a_port), &["put", "last", "write"]);
     let acked = String::from_utf8_lossy(&last.stdout) == "OK\n";
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !a_thread.is_finished() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "member a did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (code, text) = a_thread.join().unwrap().unwrap_err();
-    assert_eq!(code, Some(2), "{text}");
+    assert_stops_with_fatal_code(a_thread);
 
     let out = etcdctl_at(&ep(b.client_port), &["put", "still", "here"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
@@ -236,4 +218,21 @@ fn a_failed_engine_commit_stops_only_its_member_and_loses_nothing() {
     }
     let _ = a.stop.send(());
     a.thread.join().unwrap().unwrap();
+}
+
+/// Waits (10 s at most) for a member's thread to end on its own, with the
+/// fatal exit code.
+fn assert_stops_with_fatal_code(
+    thread: std::thread::JoinHandle<Result<(), (Option<i32>, String)>>,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !thread.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, text) = thread.join().unwrap().unwrap_err();
+    assert_eq!(code, Some(metastore::fatal::FATAL_EXIT_CODE), "{text}");
 }

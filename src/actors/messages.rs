@@ -388,6 +388,11 @@ pub struct LeasesReplaced(pub crate::storage::leases::LeaseTable);
 #[rtype(result = "Result<i64, ApiError>")]
 pub struct Renew(pub i64);
 
+/// LeaseLeases → Lessor: every lease's ID, soonest expiry first.
+#[derive(Message)]
+#[rtype(result = "Vec<i64>")]
+pub struct LeasesByExpiry;
+
 /// LeaseTimeToLive → Lessor (on the leader): (remaining, granted) TTLs.
 #[derive(Message)]
 #[rtype(result = "Result<(i64, i64), ApiError>")]

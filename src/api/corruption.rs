@@ -63,7 +63,7 @@ pub async fn check(backend: &Backend) -> Result<Vec<u64>, crate::error::ApiError
             Err(_) => continue,
         };
         compared += 1;
-        if resp.compact_revision != h.compact_rev.max(0) || resp.hash == h.kv {
+        if resp.compact_revision.max(0) != h.compact_rev.max(0) || resp.hash == h.kv {
             continue;
         }
         tracing::error!(

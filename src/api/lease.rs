@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Backend;
 use crate::actors::messages::QueryLeases;
-use crate::actors::messages::{Renew, TimeToLive};
+use crate::actors::messages::{LeasesByExpiry, Renew, TimeToLive};
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -116,6 +116,15 @@ impl Backend {
         self.core
             .apply
             .send(QueryLeases { keys_of })
+            .await
+            .map_err(|_| ApiError::Stopped)
+    }
+
+    /// Every lease's ID, soonest expiry first.
+    pub async fn leases_by_expiry(&self) -> Result<Vec<i64>, ApiError> {
+        self.core
+            .lessor
+            .send(LeasesByExpiry)
             .await
             .map_err(|_| ApiError::Stopped)
     }
@@ -237,7 +246,8 @@ impl LeaseService {
     }
 
     async fn leases(&self) -> Result<LeaseLeasesResponse, ApiError> {
-        let (ids, _) = self.backend.lease_keys(None).await?;
+        // As etcd: soonest expiry first.
+        let ids = self.backend.leases_by_expiry().await?;
         Ok(LeaseLeasesResponse {
             header: self.backend.header(self.backend.status().revision()),
             leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),

@@ -419,7 +419,7 @@ impl Backend {
         Ok(crate::proto::etcdserverpb::HashKvResponse {
             header: self.header(h.current_rev),
             hash: h.kv,
-            compact_revision: h.compact_rev.max(0),
+            compact_revision: h.compact_rev,
             hash_revision: if rev > 0 { rev } else { h.current_rev },
         })
     }

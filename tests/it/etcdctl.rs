@@ -430,3 +430,71 @@ fn compaction_and_reads_of_old_revisions(engine: Engine) {
 }
 
 engine_tests!(sync: put_and_get_in_every_output_format, deletes_and_txns_from_stdin, compaction_and_reads_of_old_revisions);
+
+/// `etcdctl <command> -w json` on `s`, parsed.
+fn json_of(s: &Server, command: &str) -> Value {
+    let mut args = split(command);
+    if !command.contains("-w ") {
+        args.extend(["-w".to_owned(), "json".to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.etcdctl(&args);
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("etcdctl printed JSON")
+}
+
+/// The granted TTLs of the leases `lease list` prints, in its order.
+fn listed_ttls(s: &Server) -> Vec<i64> {
+    let list = json_of(s, "lease list -w json");
+    list["leases"]
+        .as_array()
+        .map(|ls| {
+            ls.iter()
+                .map(|l| {
+                    let id = l["id"].as_u64().expect("a lease ID");
+                    let ttl = json_of(s, &format!("lease timetolive {id:x} -w json"));
+                    ttl["granted-ttl"].as_i64().expect("a granted TTL")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a new user finds side by side with etcd: member list's header
+/// (no revision), lease list's order (soonest expiry first), HashKV's
+/// compact revision before any compaction (-1).
+fn headers_lease_order_and_hashkv_as_etcd(engine: Engine) {
+    let pair = Pair::start(engine);
+    let header_keys = |s: &Server| {
+        let v = json_of(s, "member list");
+        let mut keys: Vec<String> = v["header"]
+            .as_object()
+            .expect("a header")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    for s in [&pair.etcd, &pair.ms] {
+        let out = s.etcdctl(&["put", "k", "v"]);
+        assert!(out.status.success());
+        for ttl in ["300", "100", "200"] {
+            let out = s.etcdctl(&["lease", "grant", ttl]);
+            assert!(out.status.success());
+        }
+    }
+    assert_eq!(header_keys(&pair.ms), header_keys(&pair.etcd));
+    assert_eq!(listed_ttls(&pair.etcd), vec![100, 200, 300]);
+    assert_eq!(listed_ttls(&pair.ms), listed_ttls(&pair.etcd));
+    let compacted =
+        |s: &Server| json_of(s, "endpoint hashkv")[0]["HashKV"]["compact_revision"].clone();
+    assert_eq!(compacted(&pair.etcd), Value::from(-1));
+    assert_eq!(compacted(&pair.ms), compacted(&pair.etcd));
+}
+
+engine_tests!(sync: headers_lease_order_and_hashkv_as_etcd);

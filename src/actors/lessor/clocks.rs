@@ -273,6 +273,20 @@ impl LeaseClocks {
         })
     }
 
+    /// Every lease's ID, soonest expiry first (as etcd's `Leases()`):
+    /// leases without a running clock (a follower's) last, ties by ID.
+    pub fn by_expiry(&self) -> Vec<i64> {
+        let mut ids: Vec<(Option<Instant>, i64)> =
+            self.clocks.iter().map(|(&id, c)| (c.expiry, id)).collect();
+        ids.sort_by(|a, b| match (a.0, b.0) {
+            (Some(x), Some(y)) => x.cmp(&y).then(a.1.cmp(&b.1)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.1.cmp(&b.1),
+        });
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// (remaining, granted) TTLs of a lease, on the leader.
     pub fn time_to_live(&self, id: i64, now: Instant) -> Result<(i64, i64), ApiError> {
         if !self.leading {
@@ -340,6 +354,21 @@ mod tests {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn leases_are_listed_soonest_expiry_first() {
+        let clock = Fake::new();
+        let follower = LeaseClocks::new(
+            EXTEND,
+            INTERVAL,
+            &table(&[(3, 5, 0), (1, 50, 0), (2, 20, 0)]),
+            clock.at(0.0),
+        );
+        // No clock runs on a follower: by ID.
+        assert_eq!(follower.by_expiry(), vec![1, 2, 3]);
+        let c = leader(&clock, &[(3, 5, 0), (1, 50, 0), (2, 20, 0), (4, 20, 0)]);
+        assert_eq!(c.by_expiry(), vec![3, 2, 4, 1]);
     }
 
     #[test]

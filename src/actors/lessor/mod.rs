@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::messages::{LeasesChanged, LeasesReplaced, Renew, TimeToLive};
+use super::messages::{LeasesByExpiry, LeasesChanged, LeasesReplaced, Renew, TimeToLive};
 use super::propose::Proposer;
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::LeaseRevokeRequest;
@@ -166,6 +166,13 @@ impl Handler<Renew> for Lessor {
             proposer.write(req).await?;
             Ok(ttl)
         })
+    }
+}
+
+impl Handler<LeasesByExpiry> for Lessor {
+    type Result = MessageResult<LeasesByExpiry>;
+    fn handle(&mut self, _: LeasesByExpiry, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.clocks.by_expiry())
     }
 }
 

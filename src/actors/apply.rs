@@ -716,14 +716,9 @@ impl Handler<WatchClose> for ApplyActor {
     }
 }
 
-impl Handler<QueryLeases> for ApplyActor {
-    type Result = MessageResult<QueryLeases>;
-    fn handle(&mut self, msg: QueryLeases, _: &mut Context<Self>) -> Self::Result {
-        let ids = self.sm.leases().iter().map(|(id, _)| id).collect();
-        let keys = msg
-            .keys_of
-            .map(|id| self.sm.lease_keys(id))
-            .unwrap_or_default();
-        MessageResult((ids, keys))
+impl Handler<LeaseKeys> for ApplyActor {
+    type Result = MessageResult<LeaseKeys>;
+    fn handle(&mut self, msg: LeaseKeys, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.sm.lease_keys(msg.0))
     }
 }

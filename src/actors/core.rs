@@ -192,10 +192,9 @@ pub fn start_core(
         let settings = RaftSettings {
             snapshot_catchup_entries: settings_catchup,
             tick,
-            on_client_thread: lone,
             peers: peers(raft.clone(), apply_for_raft.clone()),
             raft_thread: lone.then_some(thread_of_raft),
-            addr: Some(raft.clone()),
+            addr: raft.clone(),
         };
         ctx.run(RaftActor::new(
             node,

@@ -344,14 +344,10 @@ pub struct WatchClose {
     pub stream: crate::watch::StreamId,
 }
 
-/// Lease service → ApplyActor: every lease id, and the keys of lease
-/// `keys_of` (in order).
+/// Lease service → ApplyActor: the keys a lease holds, in order.
 #[derive(Message)]
-#[rtype(result = "(Vec<i64>, Vec<Vec<u8>>)")]
-pub struct QueryLeases {
-    /// Whose keys to list, if any.
-    pub keys_of: Option<i64>,
-}
+#[rtype(result = "Vec<Vec<u8>>")]
+pub struct LeaseKeys(pub i64);
 
 /// RaftActor → PeerActor: messages for this member.
 #[derive(Message)]

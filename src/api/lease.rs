@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Backend;
-use crate::actors::messages::QueryLeases;
+use crate::actors::messages::LeaseKeys;
 use crate::actors::messages::{LeasesByExpiry, Renew, TimeToLive};
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -108,14 +108,11 @@ impl Backend {
         .await
     }
 
-    /// Every lease's ID, and the keys of lease `keys_of` if asked.
-    pub async fn lease_keys(
-        &self,
-        keys_of: Option<i64>,
-    ) -> Result<(Vec<i64>, Vec<Vec<u8>>), ApiError> {
+    /// The keys lease `id` holds, in order.
+    pub async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, ApiError> {
         self.core
             .apply
-            .send(QueryLeases { keys_of })
+            .send(LeaseKeys(id))
             .await
             .map_err(|_| ApiError::Stopped)
     }
@@ -186,7 +183,7 @@ impl Backend {
             Err(e) => return Err(e),
         };
         let keys = if r.keys {
-            self.lease_keys(Some(r.id)).await?.1
+            self.lease_keys(r.id).await?
         } else {
             Vec::new()
         };

@@ -129,20 +129,11 @@ impl AtShutdown {
 /// Writes a new member's starting point (`point`: its membership, at index
 /// 1 for a new cluster, 0 for a member joining one) into its empty data dir.
 pub fn bootstrap(opts: &StorageOptions, point: &AppliedPoint) -> Result<(), StorageError> {
-    let (meta, hs) = start_point(point);
     match opts.engine {
-        Engine::Memory => {
-            let (mut wal, _) = Wal::open(&opts.data_dir.join("wal"), wal_options(opts))?;
-            if point.index > 0 {
-                // The initial membership lives in the first snapshot file.
-                let image =
-                    image::write_memory_image(&MemStore::new(), &point.header(1, -1), Vec::new())
-                        .map_err(|e| StorageError::io("encode the initial image", e))?;
-                snapshots::save(&opts.data_dir, point.index, &image)?;
-            }
-            start_wal(&mut wal, &meta, &hs)?;
-        }
+        // The initial membership lives in the first snapshot file.
+        Engine::Memory => seed_memory(opts, point, &MemStore::new())?,
         Engine::Rocksdb => {
+            let (_, hs) = start_point(point);
             let dbs = rocks::open(&opts.data_dir, true)?;
             rocks::bootstrap(&dbs, point, &hs)?;
             rocks::shutdown(&dbs)?;
@@ -201,19 +192,14 @@ fn restore_image(
         leases: h.leases.clone(),
         ..plan.clone()
     };
-    let (meta, hs) = start_point(&point);
     let data_dir = &opts.data_dir;
     match opts.engine {
         Engine::Memory => {
             let (_, store) = image::read_into_store(open()?, true)?;
-            let header = point.header(store.current_revision(), store.compact_main_revision());
-            let bytes = image::write_memory_image(&store, &header, Vec::new())
-                .map_err(|e| StorageError::io("encode the image", e))?;
-            snapshots::save(data_dir, h.index, &bytes)?;
-            let (mut wal, _) = Wal::open(&data_dir.join("wal"), wal_options(opts))?;
-            start_wal(&mut wal, &meta, &hs)?;
+            seed_memory(opts, &point, &store)?;
         }
         Engine::Rocksdb => {
+            let (_, hs) = start_point(&point);
             let dbs = rocks::open(data_dir, true)?;
             rocks::bootstrap(&dbs, &point, &hs)?;
             RocksKv::install_image(&dbs, path, Some((&point.conf_state, &point.membership)))?;
@@ -259,6 +245,25 @@ fn start_point(point: &AppliedPoint) -> (SnapshotMetadata, HardState) {
         ..Default::default()
     };
     (meta, hs)
+}
+
+/// A new memory-engine data dir holding `store` at `point`: its snapshot
+/// file (none for a member that joins with nothing), then a WAL that
+/// starts there.
+fn seed_memory(
+    opts: &StorageOptions,
+    point: &AppliedPoint,
+    store: &MemStore,
+) -> Result<(), StorageError> {
+    if point.index > 0 {
+        let header = point.header(store.current_revision(), store.compact_main_revision());
+        let bytes = image::write_memory_image(store, &header, Vec::new())
+            .map_err(|e| StorageError::io("encode the image", e))?;
+        snapshots::save(&opts.data_dir, point.index, &bytes)?;
+    }
+    let (meta, hs) = start_point(point);
+    let (mut wal, _) = Wal::open(&opts.data_dir.join("wal"), wal_options(opts))?;
+    start_wal(&mut wal, &meta, &hs)
 }
 
 /// Writes a new WAL's first records (where the log starts, the hard state), synced.

@@ -82,15 +82,14 @@ pub struct RaftSettings {
     pub snapshot_catchup_entries: u64,
     /// The tick interval.
     pub tick: std::time::Duration,
-    /// Raft shares the client thread (a member that started as the only
-    /// voter); it moves to `raft_thread` once it has peers (see [`moving`]).
-    pub on_client_thread: bool,
     /// The shared context of the PeerActors (with the member's metrics).
     pub peers: PeerContext,
-    /// The Raft thread, for an actor on the client thread to move to.
+    /// Set while Raft shares the client thread (a member that started as
+    /// the only voter): the Raft thread it moves to once it has peers (see
+    /// [`moving`]).
     pub raft_thread: Option<ArbiterHandle>,
     /// Where the holders of this actor's address read it.
-    pub addr: Option<RaftAddr>,
+    pub addr: RaftAddr,
 }
 
 /// Owns the Raft state of this member.
@@ -590,13 +589,13 @@ impl Handler<MembershipChanged> for RaftActor {
                 Err(e) => tracing::error!(error = %e, "raft refused an applied conf change"),
             }
         }
-        if self.settings.on_client_thread && msg.members.len() > 1 {
-            // The moved actor starts the PeerActors and takes its turn.
-            self.move_to_own_thread(msg.members.clone(), ctx);
-            if self.moved_to.is_some() {
-                return;
+        if msg.members.len() > 1 {
+            if let Some(thread) = self.settings.raft_thread.take() {
+                // The moved actor starts the PeerActors and takes its turn.
+                if self.move_to(thread, msg.members.clone(), ctx) {
+                    return;
+                }
             }
-            self.settings.on_client_thread = false;
         }
         self.set_peers(&msg.members);
         self.schedule(ctx);

@@ -87,25 +87,23 @@ macro_rules! forward_if_moved {
 pub(super) use forward_if_moved;
 
 impl RaftActor {
-    /// Moves this actor's state to a new RaftActor on the Raft thread (see
-    /// the module note); `self` becomes the husk. Does nothing when the
-    /// actor has no Raft thread to go to.
-    pub(super) fn move_to_own_thread(&mut self, members: Vec<Member>, ctx: &mut Context<Self>) {
-        let (Some(cell), Some(thread)) = (
-            self.settings.addr.clone(),
-            self.settings.raft_thread.clone(),
-        ) else {
-            return;
-        };
+    /// Moves this actor's state to a new RaftActor on `thread` (see the
+    /// module note); `self` becomes the husk. False if it could not move
+    /// (it then stays on the client thread).
+    pub(super) fn move_to(
+        &mut self,
+        thread: ArbiterHandle,
+        members: Vec<Member>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
         let husk = match self.husk() {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot move Raft to its own thread; it stays on the client thread");
-                return;
+                return false;
             }
         };
         let mut moved = std::mem::replace(self, husk);
-        moved.settings.on_client_thread = false;
         moved.turn_scheduled = false;
         // PeerActors start anew on the Raft thread; the old ones send what
         // they hold, then stop.
@@ -118,10 +116,11 @@ impl RaftActor {
         let ticked = new.clone();
         Ticker::start_in_arbiter(&thread, move |_| Ticker::new(ticked, tick));
         new.do_send(InitialMembers(members));
-        cell.set(new.clone());
+        self.settings.addr.set(new.clone());
         self.moved_to = Some(new);
         ctx.run_later(HUSK_GRACE, |_, ctx| ctx.stop());
         tracing::info!(member = %me, "this member has peers now: Raft moved to its own thread");
+        true
     }
 
     /// What stays behind a moved actor: it only forwards.
@@ -135,10 +134,9 @@ impl RaftActor {
         let settings = RaftSettings {
             snapshot_catchup_entries: self.settings.snapshot_catchup_entries,
             tick: self.settings.tick,
-            on_client_thread: false,
             peers: self.settings.peers.clone(),
             raft_thread: None,
-            addr: None,
+            addr: self.settings.addr.clone(),
         };
         Ok(RaftActor::new(
             node,

@@ -90,7 +90,13 @@ fn main() {
     let status = Arc::new(NodeStatus::new(identity.cluster_id, id));
     let system = System::new();
     system.block_on(async move {
-        let (core, _threads) = start_core(&cfg, status.clone(), Arc::new(Faults::default()), rec)
+        let (core, _threads) = start_core(
+            &cfg,
+            status.clone(),
+            Arc::new(Faults::default()),
+            metastore::tls::Dialer::plain(),
+            rec,
+        )
             .expect("start core");
         // Wait for the lone member to lead.
         while status.leader() == 0 {

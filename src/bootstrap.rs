@@ -84,6 +84,9 @@ fn discover_rounds(cfg: &Config, rounds: usize) -> Result<metastorepb::Membershi
         .enable_all()
         .build()
         .map_err(DiscoveryError::Runtime)?;
+    // Auto-TLS certificates exist before a member asks anyone.
+    crate::tls::ensure_self_signed(cfg)?;
+    let dialer = crate::tls::Dialer::from_config(cfg)?;
     rt.block_on(async {
         let mut errors = Vec::new();
         for round in 0..rounds {
@@ -91,7 +94,7 @@ fn discover_rounds(cfg: &Config, rounds: usize) -> Result<metastorepb::Membershi
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             for url in &urls {
-                match ask_membership(url).await {
+                match ask_membership(&dialer, url).await {
                     Ok(m) => return Ok(m),
                     Err(e) => errors.push((url.clone(), e)),
                 }
@@ -101,14 +104,17 @@ fn discover_rounds(cfg: &Config, rounds: usize) -> Result<metastorepb::Membershi
     })
 }
 
-async fn ask_membership(url: &str) -> Result<metastorepb::Membership, PeerError> {
+async fn ask_membership(
+    dialer: &crate::tls::Dialer,
+    url: &str,
+) -> Result<metastorepb::Membership, PeerError> {
     use crate::proto::metastorepb::peer_client::PeerClient;
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|e| PeerError::Connect(e.to_string()))?
+    let (endpoint, connector) = dialer.endpoint(url).map_err(PeerError::Connect)?;
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2));
     let channel = endpoint
-        .connect()
+        .connect_with_connector(connector)
         .await
         .map_err(|e| PeerError::Connect(e.to_string()))?;
     PeerClient::new(channel)

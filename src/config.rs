@@ -175,6 +175,46 @@ pub struct Config {
     /// raises CORRUPT on a mismatch (etcd's
     /// `--experimental-corrupt-check-time`, off there by default); 0: never.
     pub corrupt_check_ms: u64,
+    /// The client port's certificate (PEM); with `https://` listen client
+    /// URLs, TLS is served with it (etcd's `--cert-file`); empty: none.
+    pub cert_file: String,
+    /// Its private key (PEM).
+    pub key_file: String,
+    /// CA certificates client certificates must be signed by; setting it
+    /// requires client certificates, as in etcd.
+    pub trusted_ca_file: String,
+    /// Require a client certificate signed by `trusted-ca-file`.
+    pub client_cert_auth: bool,
+    /// Revoked client certificates (PEM or DER CRL).
+    pub client_crl_file: String,
+    /// Without `cert-file`: serve TLS with a self-signed certificate made in
+    /// `<data-dir>/fixtures/client`.
+    pub auto_tls: bool,
+    /// The peer port's certificate, also presented when dialing members'
+    /// `https://` peer URLs.
+    pub peer_cert_file: String,
+    /// Its private key.
+    pub peer_key_file: String,
+    /// CA certificates members' certificates must be signed by.
+    pub peer_trusted_ca_file: String,
+    /// Require a client certificate from dialing members.
+    pub peer_client_cert_auth: bool,
+    /// Revoked member certificates.
+    pub peer_crl_file: String,
+    /// Members' certificates must have this common name; empty: any.
+    pub peer_cert_allowed_cn: String,
+    /// Without `peer-cert-file`: a self-signed peer certificate in
+    /// `<data-dir>/fixtures/peer`; members' certificates are not verified.
+    pub peer_auto_tls: bool,
+    /// Validity of auto-TLS certificates, in years.
+    pub self_signed_cert_validity: u32,
+    /// Lowest TLS version (`TLS1.2` or `TLS1.3`).
+    pub tls_min_version: String,
+    /// Highest TLS version; empty: the highest supported (TLS1.3).
+    pub tls_max_version: String,
+    /// TLS 1.2 cipher suites by Go's names, comma-separated; empty: rustls'
+    /// defaults (AEAD suites only).
+    pub cipher_suites: String,
     /// Raft knobs.
     pub raft: RaftConfig,
     /// Flag only: seed a brand-new data dir from a state image (what
@@ -213,6 +253,23 @@ impl Default for Config {
             watch_progress_notify_interval_ms: 10 * 60 * 1000,
             lease_checkpoint_interval_ms: 5000,
             corrupt_check_ms: 300_000,
+            cert_file: String::new(),
+            key_file: String::new(),
+            trusted_ca_file: String::new(),
+            client_cert_auth: false,
+            client_crl_file: String::new(),
+            auto_tls: false,
+            peer_cert_file: String::new(),
+            peer_key_file: String::new(),
+            peer_trusted_ca_file: String::new(),
+            peer_client_cert_auth: false,
+            peer_crl_file: String::new(),
+            peer_cert_allowed_cn: String::new(),
+            peer_auto_tls: false,
+            self_signed_cert_validity: 1,
+            tls_min_version: "TLS1.2".into(),
+            tls_max_version: String::new(),
+            cipher_suites: String::new(),
             raft: RaftConfig::default(),
             restore_image: None,
             fault_injection: false,
@@ -309,6 +366,57 @@ pub struct Flags {
     /// "0s": never).
     #[arg(long, value_parser = parse_duration_ms)]
     pub experimental_corrupt_check_time: Option<u64>,
+    /// Client port certificate (PEM) for https:// listen client URLs.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<String>,
+    /// Client port private key (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<String>,
+    /// CA that signs client certificates (requires them).
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<String>,
+    /// Require client certificates signed by --trusted-ca-file.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    /// Revoked client certificates (CRL file).
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<String>,
+    /// Serve client TLS with a generated self-signed certificate.
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub auto_tls: Option<bool>,
+    /// Peer certificate (PEM), served and presented to members.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<String>,
+    /// Peer private key (PEM).
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<String>,
+    /// CA that signs members' certificates.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<String>,
+    /// Require client certificates from dialing members.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<bool>,
+    /// Revoked member certificates (CRL file).
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<String>,
+    /// Members' certificates must carry this common name.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Peer TLS with a generated self-signed certificate.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub peer_auto_tls: Option<bool>,
+    /// Validity of auto-TLS certificates in years.
+    #[arg(long, env = "ETCD_SELF_SIGNED_CERT_VALIDITY")]
+    pub self_signed_cert_validity: Option<u32>,
+    /// Lowest TLS version: TLS1.2 or TLS1.3.
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+    /// Highest TLS version: TLS1.2 or TLS1.3 (default: TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION")]
+    pub tls_max_version: Option<String>,
+    /// TLS 1.2 cipher suites (Go's names), comma-separated.
+    #[arg(long, env = "ETCD_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
     /// Seed a new (empty) data dir from a state image, e.g. a file written by
     /// `etcdctl snapshot save` against MetaStore, then start. Either engine
     /// restores an image either engine wrote.
@@ -376,7 +484,24 @@ impl Config {
             wal_segment_size,
             log_level,
             log_format,
-            listen_metrics_urls
+            listen_metrics_urls,
+            cert_file,
+            key_file,
+            trusted_ca_file,
+            client_cert_auth,
+            client_crl_file,
+            auto_tls,
+            peer_cert_file,
+            peer_key_file,
+            peer_trusted_ca_file,
+            peer_client_cert_auth,
+            peer_crl_file,
+            peer_cert_allowed_cn,
+            peer_auto_tls,
+            self_signed_cert_validity,
+            tls_min_version,
+            tls_max_version,
+            cipher_suites
         );
         if let Some(ms) = flags.warning_apply_duration {
             cfg.warning_apply_duration_ms = ms;
@@ -479,7 +604,11 @@ impl Config {
             }
         }
         self.peer_listen_addr()?;
-        self.client_listen_addr()?;
+        self.client_listeners()?;
+        crate::tls::Policy::from_config(self).map_err(|e| ConfigError::Invalid {
+            key: "tls".into(),
+            why: e.to_string(),
+        })?;
         Ok(())
     }
 
@@ -528,6 +657,31 @@ impl Config {
             key: "listen-client-urls".into(),
             why: format!("{first:?} is not http://host:port with an IP host"),
         })
+    }
+
+    /// Every listen client URL: its address and whether it is `https://`.
+    pub fn client_listeners(&self) -> Result<Vec<(std::net::SocketAddr, bool)>, ConfigError> {
+        let urls = split_urls(&self.listen_client_urls);
+        if urls.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "listen-client-urls".into(),
+                why: "no URL".into(),
+            });
+        }
+        urls.iter()
+            .map(|u| {
+                let addr = parse_url_addr(u).ok_or_else(|| ConfigError::Invalid {
+                    key: "listen-client-urls".into(),
+                    why: format!("{u:?} is not http(s)://host:port with an IP host"),
+                })?;
+                Ok((addr, u.starts_with("https://")))
+            })
+            .collect()
+    }
+
+    /// Whether the (first) listen peer URL is `https://`.
+    pub fn peer_listen_tls(&self) -> bool {
+        self.listen_peer_urls.trim().starts_with("https://")
     }
 
     /// The store size that raises NOSPACE (0 means etcd's default).

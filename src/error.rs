@@ -334,6 +334,9 @@ pub enum ServeError {
     /// The server failed while serving.
     #[error(transparent)]
     Serve(std::io::Error),
+    /// The listen URLs do not parse.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The task serving the API failed (panicked or was cancelled).
     #[error("api task: {0}")]
     Task(String),
@@ -349,6 +352,9 @@ pub enum DiscoveryError {
     /// No runtime to ask with.
     #[error("cannot start a runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The peer TLS files do not load.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Nobody answered: each URL asked (every round) with its answer.
     #[error("no member of --initial-cluster answered: {}", answers(.0))]
     NoAnswer(Vec<(String, PeerError)>),

@@ -9,7 +9,7 @@
 //! - [`consensus`], [`state_machine`], [`watch`]: plain logic;
 //! - [`storage`]: the shared vocabulary, the engine traits and the engines;
 //! - ground floor, usable from every room: [`proto`], [`config`],
-//!   [`error`], [`metrics`], [`status`], [`fatal`].
+//!   [`error`], [`metrics`], [`status`], [`fatal`], [`tls`].
 
 pub mod actors;
 pub mod api;
@@ -24,6 +24,7 @@ pub mod server;
 pub mod state_machine;
 pub mod status;
 pub mod storage;
+pub mod tls;
 pub mod watch;
 
 #[cfg(test)]

@@ -125,6 +125,9 @@ pub fn run_until(
     cfg: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    // TLS first: auto-TLS certificates are made (a joining member dials
+    // with them) and every file is loaded, or the start is refused.
+    let tls = crate::tls::Setup::load(&cfg)?;
     let identity = prepare(&cfg)?;
     let (mut rec, at_shutdown) = recover(&cfg)?;
     if rec.state_machine.membership().is_empty()
@@ -154,9 +157,9 @@ pub fn run_until(
     let (served, threads) = system.block_on(async move {
         // Bound before any actor runs: a fatal error stops THIS System.
         status.fatal.arm(System::current());
-        let (core, threads) = start_core(&cfg, status, faults, rec)?;
+        let (core, threads) = start_core(&cfg, status, faults, tls.dialer.clone(), rec)?;
         let served = actix_rt::spawn(async move {
-            let result = crate::api::serve(cfg, core, client_addr, peer_listener, stop).await;
+            let result = crate::api::serve(cfg, core, tls, peer_listener, stop).await;
             System::current().stop();
             result
         });

@@ -59,6 +59,8 @@ pub struct Core {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The client thread (the ApplyActor's; client sessions run there).
     pub client_thread: ArbiterHandle,
+    /// How peer URLs are dialed (plain, or TLS with the peer certificate).
+    pub dialer: crate::tls::Dialer,
 }
 
 impl Core {
@@ -121,11 +123,13 @@ impl CoreThreads {
 }
 
 /// Starts the RaftActor, Ticker and WalWriter on their own threads and the
-/// ApplyActor on the CURRENT actix arbiter, for a recovered member.
+/// ApplyActor on the CURRENT actix arbiter, for a recovered member; its
+/// PeerActors dial with `dialer`.
 pub fn start_core(
     cfg: &Config,
     status: Arc<NodeStatus>,
     faults: Arc<Faults>,
+    dialer: crate::tls::Dialer,
     rec: Recovered,
 ) -> Result<(Core, CoreThreads), StorageError> {
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -150,6 +154,7 @@ pub fn start_core(
         let faults = faults.clone();
         let metrics = metrics.clone();
         let cluster_id = status.cluster_id;
+        let dialer = dialer.clone();
         move |raft: RaftAddr, apply: Addr<ApplyActor>| PeerContext {
             from: id,
             cluster_id,
@@ -159,6 +164,7 @@ pub fn start_core(
             faults,
             metrics,
             max_batch_bytes,
+            dialer,
         }
     };
     let settings_catchup = cfg.snapshot_catchup_entries;
@@ -271,6 +277,7 @@ pub fn start_core(
             raft_thread: handle,
             metrics,
             client_thread: Arbiter::current(),
+            dialer,
         },
         CoreThreads {
             raft: raft_thread,

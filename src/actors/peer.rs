@@ -45,6 +45,7 @@ use crate::proto::metastorepb::peer_client::PeerClient;
 use crate::proto::metastorepb::{RaftBatch, SnapshotChunk};
 use crate::status::{Faults, NodeStatus};
 use crate::storage::image::ImageReader;
+use crate::tls::Connector;
 
 /// HTTP/2 flow-control windows of peer streams: room for several 4 MiB
 /// append messages (the default 64 KiB would throttle a catching-up member).
@@ -80,6 +81,8 @@ pub struct PeerContext {
     /// A batch stops taking messages once it holds this many bytes (Raft's
     /// max message size), so it fits the receiver's message cap.
     pub max_batch_bytes: usize,
+    /// Dials peer URLs (TLS for `https://` ones).
+    pub dialer: crate::tls::Dialer,
 }
 
 /// Carries Raft messages to one remote member.
@@ -137,23 +140,30 @@ impl PeerActor {
         }
     }
 
-    fn endpoint(&self) -> Option<Endpoint> {
+    fn endpoint(&self) -> Option<(Endpoint, Connector)> {
         let url = self.urls.first()?;
-        Endpoint::from_shared(url.clone()).ok().map(|e| {
-            e.connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .initial_stream_window_size(PEER_WINDOW)
-                .initial_connection_window_size(PEER_WINDOW)
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5))
-        })
+        match self.ctx.dialer.endpoint(url) {
+            Ok((e, connector)) => Some((
+                // The connector sets TCP_NODELAY itself.
+                e.connect_timeout(Duration::from_secs(1))
+                    .initial_stream_window_size(PEER_WINDOW)
+                    .initial_connection_window_size(PEER_WINDOW)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5)),
+                connector,
+            )),
+            Err(why) => {
+                tracing::warn!(peer = format!("{:x}", self.to), %why, "peer URL not dialable");
+                None
+            }
+        }
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         if self.connecting || self.tx.is_some() {
             return;
         }
-        let Some(endpoint) = self.endpoint() else {
+        let Some((endpoint, connector)) = self.endpoint() else {
             tracing::warn!(peer = format!("{:x}", self.to), urls = ?self.urls, "no usable peer URL");
             return;
         };
@@ -162,7 +172,7 @@ impl PeerActor {
         let generation = self.generation;
         let me = ctx.address();
         actix::spawn(async move {
-            let channel = match endpoint.connect().await {
+            let channel = match endpoint.connect_with_connector(connector).await {
                 Ok(c) => c,
                 Err(e) => {
                     let why = PeerError::Connect(e.to_string());
@@ -281,7 +291,7 @@ fn take_batch(queue: &mut VecDeque<Message>, budget: usize) -> Vec<Vec<u8>> {
 
 /// Builds the image, rewrites the message to it and streams it.
 async fn send_snapshot(
-    endpoint: Endpoint,
+    (endpoint, connector): (Endpoint, Connector),
     mut msg: Message,
     peer: &PeerContext,
 ) -> Result<(u64, u64), PeerError> {
@@ -342,7 +352,7 @@ async fn send_snapshot(
         Ok(())
     });
     let channel: Channel = endpoint
-        .connect()
+        .connect_with_connector(connector)
         .await
         .map_err(|e| PeerError::Connect(e.to_string()))?;
     let mut client = PeerClient::new(channel);

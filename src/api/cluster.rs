@@ -152,7 +152,7 @@ impl ClusterService {
         } else {
             // Only the leader knows whether the learner caught up.
             let leader = members.get(view.leader).ok_or(ApiError::NoLeader)?;
-            forward_promote(leader, r.id).await?
+            forward_promote(&self.backend, leader, r.id).await?
         };
         Ok(MemberPromoteResponse {
             header: self.header(),
@@ -192,15 +192,22 @@ pub fn check_started_quorum(members: &Membership, new: NewVoter) -> Result<(), A
 }
 
 /// MemberPromote handled by the leader's peer service.
-async fn forward_promote(leader: &Member, id: u64) -> Result<Vec<Member>, ApiError> {
+async fn forward_promote(
+    backend: &Backend,
+    leader: &Member,
+    id: u64,
+) -> Result<Vec<Member>, ApiError> {
     use crate::proto::metastorepb::peer_client::PeerClient;
     use crate::proto::metastorepb::PromoteRequest;
     let url = leader.peer_ur_ls.first().ok_or(ApiError::NoLeader)?;
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+    let (endpoint, connector) = backend.dialer().endpoint(url).map_err(ApiError::Internal)?;
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(10));
-    let channel = endpoint.connect().await.map_err(|_| ApiError::Timeout)?;
+    let channel = endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|_| ApiError::Timeout)?;
     match PeerClient::new(channel)
         .promote(PromoteRequest { member_id: id })
         .await

@@ -14,10 +14,10 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod peer;
+pub mod tls;
 pub mod validate;
 pub mod watch;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -402,12 +402,20 @@ impl Backend {
             .get(id)
             .and_then(|m| m.peer_ur_ls.first().cloned())
             .ok_or(ApiError::MemberNotFound)?;
-        Ok(tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
+        let (endpoint, connector) = self
+            .core
+            .dialer
+            .endpoint(&url)
+            .map_err(ApiError::Internal)?;
+        Ok(endpoint
             .connect_timeout(Duration::from_secs(1))
             .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy())
+            .connect_with_connector_lazy(connector))
+    }
+
+    /// How this member dials peer URLs.
+    pub fn dialer(&self) -> &crate::tls::Dialer {
+        &self.core.dialer
     }
 
     /// etcd's HashKV answer for `rev` (0: the current revision).
@@ -430,12 +438,14 @@ impl Backend {
     }
 }
 
-/// Serves gRPC and HTTP on `addr` until `stop` completes, and the peer
-/// service on `peers` (on the Raft thread).
+/// Serves gRPC and HTTP on every listen client URL until `stop` completes
+/// (TLS on `https://` ones, with `tls.client`), and the peer service on
+/// `peers` (on the Raft thread; TLS with `tls.peer` if the peer URL is
+/// `https://`).
 pub async fn serve(
     cfg: Config,
     core: Core,
-    addr: SocketAddr,
+    tls: crate::tls::Setup,
     peers: std::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::error::ServeError> {
@@ -450,8 +460,14 @@ pub async fn serve(
     let peer_backend = backend.clone();
     let max_peer_message =
         peer::max_peer_message_bytes(cfg.raft.max_size_per_msg, cfg.max_request_bytes);
-    raft_thread
-        .spawn(async move { peer::serve(peer_backend, peers, incoming, max_peer_message).await });
+    let peer_tls = if cfg.peer_listen_tls() {
+        tls.peer.clone()
+    } else {
+        None
+    };
+    raft_thread.spawn(async move {
+        peer::serve(peer_backend, peers, peer_tls, incoming, max_peer_message).await
+    });
     tokio::spawn(publish(backend.clone()));
     if cfg.corrupt_check_ms > 0 {
         tokio::spawn(corruption::run(
@@ -511,16 +527,58 @@ pub async fn serve(
     let app = grpc
         .merge(gateway::router(backend.clone()))
         .merge(http::router(backend, cfg.fault_injection));
-    let listener = authority::Listener(
-        tokio::net::TcpListener::bind(addr)
+    // One stop for every listener.
+    let (stopped, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop.await;
+        let _ = stopped.send(true);
+    });
+    let mut servers = Vec::new();
+    for (addr, https) in cfg.client_listeners()? {
+        let tcp = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| ServeError::ClientListen { addr, source })?,
-    );
-    tracing::info!(%addr, "serving clients (gRPC and HTTP)");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(ServeError::Serve)
+            .map_err(|source| ServeError::ClientListen { addr, source })?;
+        let mut stopping = stopping.clone();
+        let stop = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        let app = app.clone();
+        match (https, &tls.client) {
+            (true, Some(server_tls)) => {
+                tracing::info!(%addr, "serving clients over TLS (gRPC and HTTP)");
+                let listener = tls::TlsListener::new(tcp, server_tls.clone());
+                servers.push(tokio::spawn(async move {
+                    axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<tls::ClientIdentity>(),
+                    )
+                    .with_graceful_shutdown(stop)
+                    .await
+                }));
+            }
+            _ => {
+                tracing::info!(%addr, "serving clients (gRPC and HTTP)");
+                let listener = authority::Listener(tcp);
+                servers.push(tokio::spawn(async move {
+                    axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<tls::ClientIdentity>(),
+                    )
+                    .with_graceful_shutdown(stop)
+                    .await
+                }));
+            }
+        }
+    }
+    // Any listener's end ends them all (as one did before).
+    let (first, _, rest) = futures::future::select_all(servers).await;
+    for s in rest {
+        s.abort();
+    }
+    match first {
+        Ok(result) => result.map_err(ServeError::Serve),
+        Err(e) => Err(ServeError::Task(e.to_string())),
+    }
 }
 
 /// Announces this member's name and client URLs through the log (as etcd's

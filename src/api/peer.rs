@@ -107,6 +107,7 @@ fn decode_batch(
 pub async fn serve(
     backend: Backend,
     listener: std::net::TcpListener,
+    tls: Option<crate::tls::ServerTls>,
     incoming: PathBuf,
     max_message: usize,
 ) {
@@ -127,18 +128,89 @@ pub async fn serve(
         }
         s
     });
-    tracing::info!(?addr, "serving peers");
     let svc = PeerServer::new(PeerService::new(backend, incoming))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
-    if let Err(e) = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .initial_stream_window_size(crate::actors::peer::PEER_WINDOW)
         .initial_connection_window_size(crate::actors::peer::PEER_WINDOW)
-        .add_service(svc)
-        .serve_with_incoming(stream)
-        .await
-    {
+        .add_service(svc);
+    let served = match tls {
+        None => {
+            tracing::info!(?addr, "serving peers");
+            server.serve_with_incoming(stream).await
+        }
+        Some(tls) => {
+            tracing::info!(?addr, "serving peers over TLS");
+            let tcp = stream.into_inner().into_inner();
+            let incoming = crate::tls::TlsIncoming::new(tcp, tls);
+            let conns = futures::stream::unfold(incoming, |mut incoming| async move {
+                let (conn, _) = incoming.accept().await;
+                Some((Ok::<_, std::io::Error>(PeerConn(conn)), incoming))
+            });
+            server.serve_with_incoming(conns).await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "peer server stopped");
+    }
+}
+
+/// A member's TLS connection to the peer port.
+struct PeerConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for PeerConn {
+    /// The dialing member's certificate common name.
+    type ConnectInfo = Option<String>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        crate::tls::peer_common_name(&self.0)
+    }
+}
+
+impl tokio::io::AsyncRead for PeerConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
 }
 

@@ -107,6 +107,15 @@ pub struct Server {
     pub initial_cluster: Option<String>,
     /// `--initial-cluster-state`.
     pub cluster_state: String,
+    /// `https` or `http`, of the client URL.
+    pub client_scheme: &'static str,
+    /// `https` or `http`, of the peer URL.
+    pub peer_scheme: &'static str,
+    /// A plain `--listen-metrics-urls` port, where readiness is polled
+    /// (set with an https client URL).
+    pub metrics_port: Option<u16>,
+    /// More `--listen-client-urls` beside the client URL.
+    pub more_client_urls: Vec<String>,
     extra: Vec<String>,
 }
 
@@ -145,13 +154,31 @@ impl Server {
             name: name.to_owned(),
             initial_cluster: None,
             cluster_state: "new".into(),
+            client_scheme: "http",
+            peer_scheme: "http",
+            metrics_port: None,
+            more_client_urls: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
 
+    /// `https://` client and/or peer URLs (their TLS flags go in the extra
+    /// flags); an https client URL gets a plain metrics URL beside it,
+    /// where the harness polls /health.
+    pub fn set_https(&mut self, client: bool, peer: bool) {
+        self.client_scheme = if client { "https" } else { "http" };
+        self.peer_scheme = if peer { "https" } else { "http" };
+        self.metrics_port = client.then(free_port);
+    }
+
     /// The peer URL.
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
+    }
+
+    /// The client URL.
+    pub fn client_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.port)
     }
 
     /// The kind of daemon.
@@ -165,8 +192,8 @@ impl Server {
     }
 
     fn command(&self) -> Command {
-        let client = format!("http://127.0.0.1:{}", self.port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = self.client_url();
+        let peer = self.peer_url();
         let mut cmd = match self.kind {
             Kind::MetaStore(engine) => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_metastore"));
@@ -184,7 +211,12 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.dir)
             .arg("--listen-client-urls")
-            .arg(&client)
+            .arg(
+                std::iter::once(client.clone())
+                    .chain(self.more_client_urls.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .arg("--advertise-client-urls")
             .arg(&client)
             .arg("--listen-peer-urls")
@@ -196,6 +228,16 @@ impl Server {
             .arg("--initial-cluster-state")
             .arg(&self.cluster_state)
             .args(&self.extra)
+            .args(
+                self.metrics_port
+                    .map(|p| {
+                        vec![
+                            "--listen-metrics-urls".into(),
+                            format!("http://127.0.0.1:{p}"),
+                        ]
+                    })
+                    .unwrap_or_default(),
+            )
             .args(self.small_wal_segments())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
@@ -244,7 +286,7 @@ impl Server {
     /// released before the daemon binds them) is retried on new ports, as
     /// long as nothing depends on them yet; any other exit fails the test
     /// with the daemon's log.
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         for attempt in 1..=3 {
             self.launch();
             match self.wait_ready(Duration::from_secs(20)) {
@@ -291,7 +333,7 @@ impl Server {
                     return Err(status);
                 }
             }
-            if let Some((_, body)) = http_get(self.port, "/health") {
+            if let Some((_, body)) = http_get(self.metrics_port.unwrap_or(self.port), "/health") {
                 if body.contains("\"health\":\"true\"") {
                     return Ok(());
                 }
@@ -358,6 +400,12 @@ impl Server {
     /// The extra flags of the next start.
     pub fn set_extra(&mut self, extra: &[&str]) {
         self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// More extra flags for the next start.
+    pub fn add_extra<S: AsRef<str>>(&mut self, more: &[S]) {
+        self.extra
+            .extend(more.iter().map(|s| s.as_ref().to_owned()));
     }
 
     /// The next start runs MetaStore on `engine` (same data dir).
@@ -503,10 +551,25 @@ impl Cluster {
 
     /// One member per kind (mixed engines, or etcd for every member).
     pub fn start_kinds(kinds: &[Kind], extra: &[&str]) -> Cluster {
+        Cluster::start_configured(kinds, extra, |_, _| {})
+    }
+
+    /// As [`Cluster::start_kinds`], each member passed to `configure`
+    /// (its index, the member) before any starts: its URLs' schemes, its
+    /// own flags.
+    pub fn start_configured(
+        kinds: &[Kind],
+        extra: &[&str],
+        configure: impl Fn(usize, &mut Server),
+    ) -> Cluster {
         let mut members: Vec<Server> = kinds
             .iter()
             .enumerate()
-            .map(|(i, k)| Server::unstarted(*k, &format!("m{}", i + 1), extra))
+            .map(|(i, k)| {
+                let mut s = Server::unstarted(*k, &format!("m{}", i + 1), extra);
+                configure(i, &mut s);
+                s
+            })
             .collect();
         let initial = members
             .iter()

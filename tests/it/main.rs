@@ -52,4 +52,5 @@ mod lease;
 pub(crate) mod operability;
 mod smoke;
 mod snapshot;
+mod tls;
 mod watch;

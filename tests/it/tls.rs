@@ -1,0 +1,608 @@
+//! TLS on the client and peer ports (issue 14, item 4): etcdctl with
+//! `--cacert/--cert/--key` against etcd 3.4 and MetaStore started with the
+//! same TLS flags, the same outputs and failures; peer TLS clusters on both
+//! engines; a member with another CA's certificate shut out; the allowed
+//! CN; certificate rotation without restart; /metrics over https and plain.
+//!
+//! Every certificate is made here, at test time (rcgen), in a temp dir.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::harness::{etcdctl_at, http_get, Engine, Kind, Server};
+
+/// A test certificate authority.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A certificate and its key, as PEM.
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A server-and-client certificate for 127.0.0.1 with common name `cn`,
+    /// valid from `from_days` to `to_days` around now.
+    fn issue_valid(&self, cn: &str, from_days: i64, to_days: i64) -> Leaf {
+        let mut p =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now + time::Duration::days(from_days);
+        p.not_after = now + time::Duration::days(to_days);
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn issue(&self, cn: &str) -> Leaf {
+        self.issue_valid(cn, -1, 2)
+    }
+}
+
+/// The temp dir the certificates of one test live in.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `ca`'s certificate as `<name>.crt`.
+    fn ca(&self, name: &str, ca: &Ca) -> String {
+        let p = self.path(&format!("{name}.crt"));
+        std::fs::write(&p, ca.cert.pem()).unwrap();
+        p.display().to_string()
+    }
+
+    /// Writes a leaf as `<name>.crt` and `<name>.key`; returns the paths.
+    fn leaf(&self, name: &str, leaf: &Leaf) -> (String, String) {
+        let (c, k) = (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+        );
+        // Renamed into place: a reader sees the old file or the new one.
+        let tmp = self.path("tmp.pem");
+        std::fs::write(&tmp, &leaf.key).unwrap();
+        std::fs::rename(&tmp, &k).unwrap();
+        std::fs::write(&tmp, &leaf.cert).unwrap();
+        std::fs::rename(&tmp, &c).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+}
+
+/// etcdctl against `url` with TLS flags, short timeouts.
+fn ctl(url: &str, tls: &[&str], args: &[&str]) -> Output {
+    let mut all: Vec<&str> = tls.to_vec();
+    all.extend(["--dial-timeout=1s", "--command-timeout=3s"]);
+    all.extend(args);
+    etcdctl_at(url, &all)
+}
+
+/// What a comparison keeps of an etcdctl run: exit code, stdout, and the
+/// final `Error:` line (the lines before it are grpc-go's retry log, with
+/// timestamps and random client ids).
+fn essence(out: &Output) -> (Option<i32>, String, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr
+        .lines()
+        .rfind(|l| l.starts_with("Error:"))
+        .unwrap_or("")
+        .to_owned();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        error,
+    )
+}
+
+/// etcd 3.4 and a MetaStore with an https client URL and `flags`, started
+/// side by side.
+fn tls_pair(engine: Engine, flags: &[String]) -> (Server, Server) {
+    let start = |kind: Kind| {
+        let mut s = Server::unstarted(kind, "default", &[]);
+        s.set_https(true, false);
+        s.add_extra(flags);
+        s.spawn();
+        s
+    };
+    std::thread::scope(|scope| {
+        let etcd = scope.spawn(|| start(Kind::Etcd));
+        let ms = start(Kind::MetaStore(engine));
+        (etcd.join().unwrap(), ms)
+    })
+}
+
+/// Runs the same etcdctl invocation on both daemons, concurrently (each
+/// failure waits out its timeout).
+fn both(etcd: &Server, ms: &Server, scheme: &str, tls: &[&str], args: &[&str]) -> [Output; 2] {
+    let url = |s: &Server| format!("{scheme}://127.0.0.1:{}", s.port);
+    std::thread::scope(|scope| {
+        let e = scope.spawn(|| ctl(&url(etcd), tls, args));
+        let m = ctl(&url(ms), tls, args);
+        [e.join().unwrap(), m]
+    })
+}
+
+/// Client certificate authentication, side by side with etcd 3.4: the same
+/// answers with good credentials, the same failure (exit code and error)
+/// for a CA the client does not trust the server by, no client
+/// certificate, a client certificate of another CA, an expired client
+/// certificate, and plain HTTP/2 to the TLS port.
+#[test]
+fn client_tls_answers_and_failures_match_etcd() {
+    let pki = Pki::new();
+    let ca = Ca::new("test-ca");
+    let other = Ca::new("other-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let other_file = pki.ca("other-ca", &other);
+    let (srv, srv_key) = pki.leaf("server", &ca.issue("server"));
+    let (cli, cli_key) = pki.leaf("client", &ca.issue("client"));
+    let (stranger, stranger_key) = pki.leaf("stranger", &other.issue("client"));
+    let (expired, expired_key) = pki.leaf("expired", &ca.issue_valid("client", -3, -1));
+    let flags: Vec<String> = [
+        "--cert-file",
+        &srv,
+        "--key-file",
+        &srv_key,
+        "--trusted-ca-file",
+        &ca_file,
+        "--client-cert-auth",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (etcd, ms) = tls_pair(Engine::Memory, &flags);
+    let good = ["--cacert", &ca_file, "--cert", &cli, "--key", &cli_key];
+
+    for args in [
+        &["put", "foo", "bar"][..],
+        &["get", "foo"],
+        &["get", "foo", "-w", "json"],
+    ] {
+        let [e, m] = both(&etcd, &ms, "https", &good, args);
+        let (e, m) = (essence(&e), essence(&m));
+        if args.contains(&"json") {
+            assert_eq!((e.0, m.0), (Some(0), Some(0)), "{e:?} {m:?}");
+            assert!(m.1.contains("\"kvs\""), "{m:?}");
+        } else {
+            assert_eq!(e, m, "etcdctl {args:?}");
+            assert_eq!(e.0, Some(0), "{e:?}");
+        }
+    }
+
+    let failures: [(&str, &str, Vec<&str>); 5] = [
+        (
+            "server certificate not signed by the client's CA",
+            "https",
+            vec!["--cacert", &other_file, "--cert", &cli, "--key", &cli_key],
+        ),
+        ("no client certificate", "https", vec!["--cacert", &ca_file]),
+        (
+            "client certificate of another CA",
+            "https",
+            vec![
+                "--cacert",
+                &ca_file,
+                "--cert",
+                &stranger,
+                "--key",
+                &stranger_key,
+            ],
+        ),
+        (
+            "expired client certificate",
+            "https",
+            vec![
+                "--cacert",
+                &ca_file,
+                "--cert",
+                &expired,
+                "--key",
+                &expired_key,
+            ],
+        ),
+        ("plain HTTP/2 to the TLS port", "http", vec![]),
+    ];
+    for (what, scheme, tls) in &failures {
+        let [e, m] = both(&etcd, &ms, scheme, tls, &["get", "foo"]);
+        let (es, ms_) = (essence(&e), essence(&m));
+        eprintln!(
+            "{what}:\n  etcd:      {es:?}\n  metastore: {ms_:?}\n  metastore stderr: {}",
+            String::from_utf8_lossy(&m.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
+        assert_ne!(es.0, Some(0), "{what}: etcd accepted it");
+        assert_eq!(es, ms_, "{what}");
+    }
+    // The key is still there for the right client only.
+    let out = ctl(
+        &format!("https://{}", ms.endpoint()),
+        &good,
+        &["get", "foo", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bar\n");
+}
+
+/// A TLS handshake from the test: (server certificate's CN, whether the
+/// server accepted us). TLS 1.2, so a refused client certificate fails the
+/// handshake itself.
+fn handshake(port: u16, ca_file: &str, client: Option<(&str, &str)>) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
+            .unwrap();
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    let cert = conn.peer_certificates().unwrap()[0].clone();
+    Ok(metastore::tls::common_name(&cert).unwrap_or_default())
+}
+
+/// `GET path` over HTTPS/1.1 (no ALPN: HTTP/1.1); (status line, body).
+fn https_get(port: u16, ca_file: &str, path: &str) -> (String, String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
+            .unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    // A peer closing without close_notify still delivered what we need.
+    let _ = tls.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// Replacing the certificate files changes the certificate new
+/// connections get, without a restart; /metrics is served over https on
+/// the TLS port and plain on --listen-metrics-urls; an http:// listen URL
+/// beside the https one is served plain.
+#[test]
+fn certificates_rotate_without_restart_and_metrics_are_served() {
+    let pki = Pki::new();
+    let ca = Ca::new("test-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let (srv, srv_key) = pki.leaf("server", &ca.issue("server-1"));
+    let mut ms = Server::unstarted(Kind::MetaStore(Engine::Memory), "default", &[]);
+    ms.set_https(true, false);
+    let plain_port = crate::harness::free_port();
+    ms.more_client_urls = vec![format!("http://127.0.0.1:{plain_port}")];
+    ms.add_extra(&["--cert-file", &srv, "--key-file", &srv_key]);
+    ms.spawn();
+
+    assert_eq!(handshake(ms.port, &ca_file, None).unwrap(), "server-1");
+    let (status, body) = https_get(ms.port, &ca_file, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("etcd_server_has_leader 1"), "{body:.300}");
+    let (status, body) = https_get(ms.port, &ca_file, "/health");
+    assert!(
+        status.contains("200") && body.contains("true"),
+        "{status} {body}"
+    );
+    let (status, body) = http_get(ms.metrics_port.unwrap(), "/metrics").unwrap();
+    assert!(
+        status.contains("200") && body.contains("etcd_server_has_leader"),
+        "{status}"
+    );
+    // The plain client URL serves plain; the TLS one refuses plain.
+    let plain = ctl(
+        &format!("http://127.0.0.1:{plain_port}"),
+        &[],
+        &["put", "k", "v"],
+    );
+    assert!(plain.status.success(), "{plain:?}");
+    assert!(http_get(ms.port, "/health").is_none_or(|(s, _)| !s.contains("200")));
+
+    pki.leaf("server", &ca.issue("server-2"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let cn = handshake(ms.port, &ca_file, None).unwrap();
+        if cn == "server-2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still serving {cn}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = ctl(
+        &format!("https://{}", ms.endpoint()),
+        &["--cacert", &ca_file],
+        &["get", "k", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v\n", "{out:?}");
+    assert!(ms.is_running());
+}
+
+/// Peer TLS flags for a member with `cert`.
+fn peer_flags(ca_file: &str, cert: &(String, String)) -> Vec<String> {
+    [
+        "--peer-cert-file",
+        &cert.0,
+        "--peer-key-file",
+        &cert.1,
+        "--peer-trusted-ca-file",
+        ca_file,
+        "--peer-client-cert-auth",
+        "--peer-cert-allowed-cn",
+        "member",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `get key` on a member, serializable (its own state).
+fn local_value(s: &Server, key: &str) -> String {
+    let out = ctl(
+        &format!("http://{}", s.endpoint()),
+        &[],
+        &["get", key, "--print-value-only", "--consistency=s"],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn wait_value(s: &Server, key: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local_value(s, key) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{} never saw {key}={want}",
+            s.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Three members with https:// peer URLs, mutual certificate checks and an
+/// allowed CN elect a leader and replicate.
+fn peer_tls_cluster(engine: Engine) {
+    let pki = Pki::new();
+    let ca = Ca::new("peer-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let member = pki.leaf("member", &ca.issue("member"));
+    let flags = peer_flags(&ca_file, &member);
+    let mut c =
+        crate::harness::Cluster::start_configured(&[Kind::MetaStore(engine); 3], &[], |_, s| {
+            s.set_https(false, true);
+            s.add_extra(&flags);
+        });
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let out = ctl(
+        &format!("http://{}", c.members[leader].endpoint()),
+        &[],
+        &["put", "replicated", "yes"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    for m in &c.members {
+        wait_value(m, "replicated", "yes");
+        assert!(
+            m.log().contains("serving peers over TLS"),
+            "{}",
+            m.log_tail_pub()
+        );
+    }
+}
+
+engine_tests!(sync: peer_tls_cluster);
+
+/// A member whose peer certificate another CA signed cannot talk to the
+/// others: the two good members elect a leader and serve writes without
+/// it, and it never gets them.
+#[test]
+fn a_member_with_another_cas_certificate_is_shut_out() {
+    let pki = Pki::new();
+    let ca = Ca::new("peer-ca");
+    let other = Ca::new("other-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let good = pki.leaf("member", &ca.issue("member"));
+    let bad = pki.leaf("intruder", &other.issue("member"));
+    let mut members: Vec<Server> = (0..3)
+        .map(|i| {
+            let mut s =
+                Server::unstarted(Kind::MetaStore(Engine::Memory), &format!("m{}", i + 1), &[]);
+            s.set_https(false, true);
+            s.add_extra(&peer_flags(&ca_file, if i == 2 { &bad } else { &good }));
+            s
+        })
+        .collect();
+    let initial = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    for m in &mut members {
+        m.initial_cluster = Some(initial.clone());
+        m.launch();
+    }
+    members[0].wait_started();
+    members[1].wait_started();
+    let out = ctl(
+        &format!("http://{}", members[0].endpoint()),
+        &["--command-timeout=5s"],
+        &["put", "k", "written"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    wait_value(&members[1], "k", "written");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(members[2].is_running());
+    assert_eq!(
+        local_value(&members[2], "k"),
+        "",
+        "the intruder got the write"
+    );
+    let health = http_get(members[2].port, "/health").map(|(_, b)| b);
+    assert!(
+        health.as_deref().is_some_and(|b| b.contains("false")),
+        "{health:?}"
+    );
+    let refused = members[..2].iter().any(|m| {
+        m.log()
+            .contains("rejected connection: TLS handshake failed")
+    });
+    assert!(refused, "{}", members[0].log_tail_pub());
+}
+
+/// `--peer-cert-allowed-cn`: a certificate of the right CA with another
+/// common name is refused at the handshake; the allowed one is accepted.
+#[test]
+fn the_peer_port_takes_only_the_allowed_common_name() {
+    let pki = Pki::new();
+    let ca = Ca::new("peer-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let member = pki.leaf("member", &ca.issue("member"));
+    let (wrong, wrong_key) = pki.leaf("wrong-cn", &ca.issue("intruder"));
+    let mut s = Server::unstarted(Kind::MetaStore(Engine::Memory), "default", &[]);
+    s.set_https(false, true);
+    s.add_extra(&peer_flags(&ca_file, &member));
+    s.spawn();
+    assert_eq!(
+        handshake(s.peer_port, &ca_file, Some((&member.0, &member.1))).unwrap(),
+        "member"
+    );
+    let refused = handshake(s.peer_port, &ca_file, Some((&wrong, &wrong_key)));
+    assert!(refused.is_err(), "{refused:?}");
+    let anonymous = handshake(s.peer_port, &ca_file, None);
+    assert!(anonymous.is_err(), "{anonymous:?}");
+}
+
+/// `--auto-tls` and `--peer-auto-tls`, side by side with etcd 3.4: a
+/// self-signed certificate in <data-dir>/fixtures, served on the https
+/// client URL; a client that skips verification gets etcd's answers.
+#[test]
+fn auto_tls_serves_a_self_signed_certificate_like_etcd() {
+    let flags: Vec<String> = vec!["--auto-tls".into(), "--peer-auto-tls".into()];
+    let start = |kind: Kind| {
+        let mut s = Server::unstarted(kind, "default", &[]);
+        s.set_https(true, true);
+        s.add_extra(&flags);
+        s.spawn();
+        s
+    };
+    let (etcd, ms) = std::thread::scope(|scope| {
+        let e = scope.spawn(|| start(Kind::Etcd));
+        let m = start(Kind::MetaStore(Engine::Memory));
+        (e.join().unwrap(), m)
+    });
+    for args in [&["put", "a", "1"][..], &["get", "a"]] {
+        let [e, m] = both(
+            &etcd,
+            &ms,
+            "https",
+            &["--insecure-transport=false", "--insecure-skip-tls-verify"],
+            args,
+        );
+        assert_eq!(essence(&e), essence(&m), "etcdctl {args:?}");
+        assert!(e.status.success(), "{e:?}");
+    }
+    // Without skipping verification the self-signed certificate is refused.
+    let [e, m] = both(
+        &etcd,
+        &ms,
+        "https",
+        &["--insecure-transport=false"],
+        &["get", "a"],
+    );
+    assert_eq!(essence(&e), essence(&m));
+    assert!(!m.status.success());
+    for side in ["client", "peer"] {
+        assert!(Path::new(&ms.dir)
+            .join("fixtures")
+            .join(side)
+            .join("cert.pem")
+            .exists());
+    }
+}

@@ -75,6 +75,45 @@ impl Ca {
     fn issue(&self, cn: &str) -> Leaf {
         self.issue_valid(cn, -1, 2)
     }
+
+    /// A certificate with serial number `serial`.
+    fn issue_serial(&self, cn: &str, serial: u64) -> Leaf {
+        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A CRL (PEM) revoking `serials`.
+    fn crl(&self, serials: &[u64]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::hours(1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.cert, &self.key)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
 }
 
 /// The temp dir the certificates of one test live in.
@@ -275,6 +314,16 @@ fn client_tls_answers_and_failures_match_etcd() {
 /// server accepted us). TLS 1.2, so a refused client certificate fails the
 /// handshake itself.
 fn handshake(port: u16, ca_file: &str, client: Option<(&str, &str)>) -> Result<String, String> {
+    handshake_with(port, ca_file, client, &[&rustls::version::TLS12]).map(|(cn, _, _)| cn)
+}
+
+/// A TLS handshake offering `versions`: (server CN, version, cipher suite).
+fn handshake_with(
+    port: u16,
+    ca_file: &str,
+    client: Option<(&str, &str)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<(String, rustls::ProtocolVersion, rustls::CipherSuite), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     #[allow(deprecated)]
@@ -284,7 +333,7 @@ fn handshake(port: u16, ca_file: &str, client: Option<(&str, &str)>) -> Result<S
         roots.add(c.unwrap()).unwrap();
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots);
     let config = match client {
@@ -308,7 +357,11 @@ fn handshake(port: u16, ca_file: &str, client: Option<(&str, &str)>) -> Result<S
         conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
     }
     let cert = conn.peer_certificates().unwrap()[0].clone();
-    Ok(metastore::tls::common_name(&cert).unwrap_or_default())
+    Ok((
+        metastore::tls::common_name(&cert).unwrap_or_default(),
+        conn.protocol_version().unwrap(),
+        conn.negotiated_cipher_suite().unwrap().suite(),
+    ))
 }
 
 /// `GET path` over HTTPS/1.1 (no ALPN: HTTP/1.1); (status line, body).
@@ -604,5 +657,132 @@ fn auto_tls_serves_a_self_signed_certificate_like_etcd() {
             .join(side)
             .join("cert.pem")
             .exists());
+    }
+}
+
+/// `--client-crl-file`, side by side with etcd 3.4: a client certificate
+/// the CRL lists is refused, one it does not list is served.
+#[test]
+fn a_revoked_client_certificate_is_refused_like_etcd() {
+    let pki = Pki::new();
+    let ca = Ca::new("test-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let (srv, srv_key) = pki.leaf("server", &ca.issue("server"));
+    let (ok, ok_key) = pki.leaf("kept", &ca.issue_serial("client", 1001));
+    let (revoked, revoked_key) = pki.leaf("revoked", &ca.issue_serial("client", 1002));
+    let crl = pki.path("ca.crl");
+    std::fs::write(&crl, ca.crl(&[1002])).unwrap();
+    let crl = crl.display().to_string();
+    let flags: Vec<String> = [
+        "--cert-file",
+        &srv,
+        "--key-file",
+        &srv_key,
+        "--trusted-ca-file",
+        &ca_file,
+        "--client-cert-auth",
+        "--client-crl-file",
+        &crl,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (etcd, ms) = tls_pair(Engine::Memory, &flags);
+    let [e, m] = both(
+        &etcd,
+        &ms,
+        "https",
+        &["--cacert", &ca_file, "--cert", &ok, "--key", &ok_key],
+        &["put", "k", "v"],
+    );
+    assert_eq!(essence(&e), essence(&m));
+    assert!(m.status.success(), "{m:?}");
+    let [e, m] = both(
+        &etcd,
+        &ms,
+        "https",
+        &[
+            "--cacert",
+            &ca_file,
+            "--cert",
+            &revoked,
+            "--key",
+            &revoked_key,
+        ],
+        &["get", "k"],
+    );
+    assert_eq!(essence(&e), essence(&m));
+    assert!(!m.status.success(), "{m:?}");
+}
+
+/// `--tls-max-version TLS1.2 --cipher-suites ...`: only that version and
+/// suite are negotiated; etcd's refusals at start-up (cipher suites with
+/// TLS 1.3 only, unknown names) and the ones rustls adds (CBC suites).
+#[test]
+fn tls_versions_and_cipher_suites_are_enforced() {
+    let pki = Pki::new();
+    let ca = Ca::new("test-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let (srv, srv_key) = pki.leaf("server", &ca.issue("server"));
+    let mut ms = Server::unstarted(Kind::MetaStore(Engine::Memory), "default", &[]);
+    ms.set_https(true, false);
+    let tls = ["--cert-file", &srv, "--key-file", &srv_key];
+    ms.add_extra(&tls);
+    ms.add_extra(&[
+        "--tls-max-version",
+        "TLS1.2",
+        "--cipher-suites",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    ]);
+    ms.spawn();
+    let all = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let (_, version, suite) = handshake_with(ms.port, &ca_file, None, &all).unwrap();
+    assert_eq!(version, rustls::ProtocolVersion::TLSv1_2);
+    assert_eq!(
+        suite,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    );
+    let only13 = handshake_with(ms.port, &ca_file, None, &[&rustls::version::TLS13]);
+    assert!(only13.is_err(), "{only13:?}");
+    let out = ctl(
+        &format!("https://{}", ms.endpoint()),
+        &["--cacert", &ca_file],
+        &["put", "a", "b"],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    for (flags, why) in [
+        (
+            vec![
+                "--tls-min-version",
+                "TLS1.3",
+                "--cipher-suites",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            ],
+            "cipher suites cannot be configured when only TLS1.3 is enabled",
+        ),
+        (
+            vec!["--cipher-suites", "TLS_NOPE"],
+            "unexpected TLS cipher suite",
+        ),
+        (
+            vec!["--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"],
+            "not supported by MetaStore",
+        ),
+        (
+            vec!["--tls-min-version", "TLS1.1"],
+            "TLS1.1 is not supported",
+        ),
+    ] {
+        let mut bad = Server::unstarted(Kind::MetaStore(Engine::Memory), "default", &[]);
+        bad.set_https(true, false);
+        bad.add_extra(&tls);
+        bad.add_extra(&flags);
+        let out = bad.run_to_exit();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "{flags:?}: {stderr}"
+        );
     }
 }

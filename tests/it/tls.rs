@@ -301,6 +301,18 @@ fn client_tls_answers_and_failures_match_etcd() {
         assert_ne!(es.0, Some(0), "{what}: etcd accepted it");
         assert_eq!(es, ms_, "{what}");
     }
+    // etcdctl sends a URL as the :authority of these: the fix works on
+    // the decrypted stream.
+    for args in [
+        &["endpoint", "health"][..],
+        &["endpoint", "status", "--cluster"],
+    ] {
+        let [e, m] = both(&etcd, &ms, "https", &good, args);
+        assert!(
+            e.status.success() && m.status.success(),
+            "{args:?}: {e:?} {m:?}"
+        );
+    }
     // The key is still there for the right client only.
     let out = ctl(
         &format!("https://{}", ms.endpoint()),
@@ -528,6 +540,39 @@ fn peer_tls_cluster(engine: Engine) {
             m.log_tail_pub()
         );
     }
+    // A member added later finds the cluster over TLS (discovery) and gets
+    // its state as a Raft snapshot over TLS.
+    let mut m4 = Server::unstarted(Kind::MetaStore(engine), "m4", &[]);
+    m4.set_https(false, true);
+    m4.add_extra(&flags);
+    // As etcd, members are added only once every member has been connected
+    // for 5 s ("unhealthy cluster" before).
+    let peer = m4.peer_url();
+    let add = ["member", "add", "m4", "--learner", "--peer-urls", &peer];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = ctl(
+            &format!("http://{}", c.members[leader].endpoint()),
+            &[],
+            &add,
+        );
+        let unhealthy = String::from_utf8_lossy(&out.stderr).contains("unhealthy cluster");
+        if !unhealthy || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(out.status.success(), "{out:?}");
+    m4.initial_cluster = Some(format!("{},m4={}", c.initial_cluster(), m4.peer_url()));
+    m4.cluster_state = "existing".into();
+    m4.launch();
+    m4.wait_started();
+    wait_value(&m4, "replicated", "yes");
+    assert!(
+        m4.log().contains("snapshot received and checked"),
+        "{}",
+        m4.log_tail_pub()
+    );
 }
 
 engine_tests!(sync: peer_tls_cluster);

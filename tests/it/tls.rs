@@ -831,3 +831,26 @@ fn tls_versions_and_cipher_suites_are_enforced() {
         );
     }
 }
+
+/// `--peer-auto-tls` on every member: each makes its own self-signed peer
+/// certificate, the members talk over TLS without verifying each other
+/// (etcd's behaviour), elect a leader and replicate.
+#[test]
+fn a_peer_auto_tls_cluster_replicates() {
+    let mut c = crate::harness::Cluster::start_configured(
+        &[Kind::MetaStore(Engine::Memory); 3],
+        &["--peer-auto-tls"],
+        |_, s| s.set_https(false, true),
+    );
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let out = ctl(
+        &format!("http://{}", c.members[leader].endpoint()),
+        &[],
+        &["put", "auto", "tls"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    for m in &c.members {
+        wait_value(m, "auto", "tls");
+        assert!(m.dir.join("fixtures/peer/cert.pem").exists());
+    }
+}

@@ -163,20 +163,27 @@ fn ctl(url: &str, tls: &[&str], args: &[&str]) -> Output {
     etcdctl_at(url, &all)
 }
 
-/// What a comparison keeps of an etcdctl run: exit code, stdout, and the
-/// final `Error:` line (the lines before it are grpc-go's retry log, with
-/// timestamps and random client ids).
-fn essence(out: &Output) -> (Option<i32>, String, String) {
+/// What a comparison keeps of an etcdctl run: exit code, stdout, the final
+/// `Error:` line, and the error of grpc-go's last retry log line (the rest
+/// of those lines are timestamps and random client ids).
+fn essence(out: &Output) -> (Option<i32>, String, String, String) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let error = stderr
         .lines()
         .rfind(|l| l.starts_with("Error:"))
         .unwrap_or("")
         .to_owned();
+    let retry = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .next_back()
+        .unwrap_or_default();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         error,
+        retry,
     )
 }
 

@@ -524,9 +524,12 @@ pub async fn serve(
             }
         });
     }
-    let app = grpc
+    let mut app = grpc
         .merge(gateway::router(backend.clone()))
         .merge(http::router(backend, cfg.fault_injection));
+    if cfg.fault_injection {
+        app = app.merge(tls::debug_router());
+    }
     // One stop for every listener.
     let (stopped, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -39,6 +39,18 @@ pub fn client_common_name(ext: &http::Extensions) -> Option<String> {
         .and_then(|c| c.0.common_name.clone())
 }
 
+/// Test-only routes (`--experimental-fault-injection`): `GET
+/// /debug/client-cn` answers [`client_common_name`] of its own request, so
+/// tests see what handlers see.
+pub fn debug_router() -> axum::Router {
+    axum::Router::new().route(
+        "/debug/client-cn",
+        axum::routing::get(|ext: http::Extensions| async move {
+            client_common_name(&ext).unwrap_or_default()
+        }),
+    )
+}
+
 /// A TLS client listener (see the module note).
 pub struct TlsListener(pub TlsIncoming);
 

@@ -385,6 +385,16 @@ fn handshake_with(
 
 /// `GET path` over HTTPS/1.1 (no ALPN: HTTP/1.1); (status line, body).
 fn https_get(port: u16, ca_file: &str, path: &str) -> (String, String) {
+    https_get_as(port, ca_file, None, path)
+}
+
+/// [`https_get`] presenting a client certificate.
+fn https_get_as(
+    port: u16,
+    ca_file: &str,
+    client: Option<(&str, &str)>,
+    path: &str,
+) -> (String, String) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     #[allow(deprecated)]
@@ -393,11 +403,22 @@ fn https_get(port: u16, ca_file: &str, path: &str) -> (String, String) {
     for c in CertificateDer::pem_file_iter(ca_file).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect(),
+                rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
     let conn =
         rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
             .unwrap();
@@ -860,4 +881,42 @@ fn a_peer_auto_tls_cluster_replicates() {
         wait_value(m, "auto", "tls");
         assert!(m.dir.join("fixtures/peer/cert.pem").exists());
     }
+}
+
+/// What a handler sees: the verified client certificate's common name in
+/// the request's extensions on a TLS port with --client-cert-auth, none
+/// on a plain port (`/debug/client-cn`, a test-only route).
+#[test]
+fn handlers_see_the_client_certificates_common_name() {
+    let pki = Pki::new();
+    let ca = Ca::new("test-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let (srv, srv_key) = pki.leaf("server", &ca.issue("server"));
+    let (alice, alice_key) = pki.leaf("alice", &ca.issue("alice"));
+    let mut ms = Server::unstarted(Kind::MetaStore(Engine::Memory), "default", &[]);
+    ms.set_https(true, false);
+    let plain_port = crate::harness::free_port();
+    ms.more_client_urls = vec![format!("http://127.0.0.1:{plain_port}")];
+    ms.add_extra(&[
+        "--cert-file",
+        &srv,
+        "--key-file",
+        &srv_key,
+        "--trusted-ca-file",
+        &ca_file,
+        "--client-cert-auth",
+        "--experimental-fault-injection",
+    ]);
+    ms.spawn();
+    let (status, body) = https_get_as(
+        ms.port,
+        &ca_file,
+        Some((&alice, &alice_key)),
+        "/debug/client-cn",
+    );
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, "alice");
+    let (status, body) = http_get(plain_port, "/debug/client-cn").unwrap();
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, "");
 }

@@ -61,6 +61,7 @@ async fn proposer(
                 value: value.clone(),
                 ..Default::default()
             })),
+            caller: None,
         }
         .encode_to_vec();
         let (reply, rx) = oneshot::channel();

@@ -56,6 +56,7 @@ pub fn plan_new(cfg: &Config) -> Result<Bootstrap, crate::error::ConfigError> {
             conf_state: membership.conf_state(),
             membership: membership.to_pb(),
             leases: Default::default(),
+            auth: Default::default(),
         },
     })
 }
@@ -153,6 +154,7 @@ pub fn plan_join(cfg: &Config) -> Result<Bootstrap, DiscoveryError> {
             conf_state: ConfState::default(),
             membership: pb,
             leases: Default::default(),
+            auth: Default::default(),
         },
     })
 }

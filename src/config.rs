@@ -146,6 +146,13 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// Most operations per Txn branch.
     pub max_txn_ops: usize,
+    /// How Authenticate's tokens are made (etcd's `--auth-token`):
+    /// `simple` (random, kept by the member that issued them).
+    pub auth_token: String,
+    /// Seconds a simple token lives unused (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of stored passwords (etcd's `--bcrypt-cost`, 4..=31).
+    pub bcrypt_cost: u32,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
     /// Entries a leader keeps behind a snapshot so a slightly lagging
@@ -243,6 +250,9 @@ impl Default for Config {
             max_request_bytes: 1536 * 1024,
             quota_backend_bytes: DEFAULT_QUOTA,
             max_txn_ops: 128,
+            auth_token: "simple".into(),
+            auth_token_ttl: 300,
+            bcrypt_cost: 10,
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5000,
             wal_segment_size: 64 * 1024 * 1024,
@@ -327,6 +337,15 @@ pub struct Flags {
     /// Most operations per txn branch.
     #[arg(long)]
     pub max_txn_ops: Option<usize>,
+    /// Token type of Authenticate ("simple").
+    #[arg(long, env = "ETCD_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// Seconds an unused simple token lives.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL")]
+    pub auth_token_ttl: Option<u64>,
+    /// bcrypt cost of stored passwords.
+    #[arg(long, env = "ETCD_BCRYPT_COST")]
+    pub bcrypt_cost: Option<u32>,
     /// Applied entries between snapshots.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT")]
     pub snapshot_count: Option<u64>,
@@ -479,6 +498,9 @@ impl Config {
             max_request_bytes,
             quota_backend_bytes,
             max_txn_ops,
+            auth_token,
+            auth_token_ttl,
+            bcrypt_cost,
             snapshot_count,
             snapshot_catchup_entries,
             wal_segment_size,
@@ -541,6 +563,19 @@ impl Config {
         };
         if self.name.is_empty() {
             return bad("name", "must not be empty".into());
+        }
+        match self.auth_token.split(',').next().unwrap_or_default() {
+            "simple" => {}
+            "jwt" => {
+                return bad(
+                    "auth-token",
+                    "JWT tokens are not supported yet; use \"simple\"".into(),
+                )
+            }
+            other => return bad("auth-token", format!("unknown token type {other:?}")),
+        }
+        if self.auth_token_ttl == 0 {
+            return bad("auth-token-ttl", "must be positive".into());
         }
         if self.raft.election_tick <= self.raft.heartbeat_tick {
             return bad(

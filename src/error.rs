@@ -105,6 +105,54 @@ pub enum ApiError {
     /// A request a learner does not serve.
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    /// A request without a user name (no credentials while auth is on).
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// UserAdd of a user that exists.
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// A user that does not exist.
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// RoleAdd of a role that exists.
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// A role that does not exist.
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// RoleAdd without a name.
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// A wrong user name or password.
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// RoleGrantPermission without a permission.
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    /// The user may not do this.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// UserRevokeRole of a role the user does not hold.
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not hold.
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// Authenticate while auth is off.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// A token that is unknown, expired or revoked.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Removing root, or root's root role, while auth is on.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// AuthEnable without a root user.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// AuthEnable while root lacks the root role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
     /// A request that is well-formed but not supported yet.
     #[error("etcdserver: {0}")]
     Unsupported(String),
@@ -136,6 +184,15 @@ impl ApiError {
             | TooManyLearners | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
             MemberBadUrls => Code::InvalidArgument,
             MemberNotFound => Code::NotFound,
+            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt => {
+                Code::InvalidArgument
+            }
+            UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound | RoleNotGranted
+            | PermissionNotGranted | AuthNotEnabled | RootUserNotExist | RootRoleNotExist => {
+                Code::FailedPrecondition
+            }
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             Unsupported(_) => Code::Unimplemented,
             Internal(_) => Code::Internal,
         }
@@ -222,6 +279,22 @@ impl ApiError {
             TimeoutLeaderTransfer,
             Unhealthy,
             NotSupportedForLearner,
+            UserEmpty,
+            UserAlreadyExist,
+            UserNotFound,
+            RoleAlreadyExist,
+            RoleNotFound,
+            RoleEmpty,
+            AuthFailed,
+            PermissionNotGiven,
+            PermissionDenied,
+            RoleNotGranted,
+            PermissionNotGranted,
+            AuthNotEnabled,
+            InvalidAuthToken,
+            InvalidAuthMgmt,
+            RootUserNotExist,
+            RootRoleNotExist,
         ]
     }
 }
@@ -231,7 +304,7 @@ impl ApiError {
 pub const API_ERROR_KEY: &str = "metastore-api-error";
 
 /// The wire names of [`ApiError::known`]'s variants, in its order.
-const KNOWN_NAMES: [&str; 32] = [
+const KNOWN_NAMES: [&str; 48] = [
     "EmptyKey",
     "KeyNotFound",
     "ValueProvided",
@@ -264,6 +337,22 @@ const KNOWN_NAMES: [&str; 32] = [
     "TimeoutLeaderTransfer",
     "Unhealthy",
     "NotSupportedForLearner",
+    "UserEmpty",
+    "UserAlreadyExist",
+    "UserNotFound",
+    "RoleAlreadyExist",
+    "RoleNotFound",
+    "RoleEmpty",
+    "AuthFailed",
+    "PermissionNotGiven",
+    "PermissionDenied",
+    "RoleNotGranted",
+    "PermissionNotGranted",
+    "AuthNotEnabled",
+    "InvalidAuthToken",
+    "InvalidAuthMgmt",
+    "RootUserNotExist",
+    "RootRoleNotExist",
 ];
 
 impl From<ApiError> for Status {

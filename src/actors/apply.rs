@@ -75,7 +75,13 @@ pub struct ApplyActor {
     deferred: VecDeque<Deferred>,
     /// An [`ImageStep`] is in the mailbox.
     image_step_queued: bool,
+    /// The auth store as last published to the API.
+    auth: AuthCell,
 }
+
+/// The auth store as of the last applied batch, for the API (tokens,
+/// checks it runs itself): replaced whole when a change is applied.
+pub type AuthCell = Arc<parking_lot::RwLock<Arc<crate::state_machine::auth::AuthStore>>>;
 
 /// What waits for an install to finish.
 enum Deferred {
@@ -98,6 +104,8 @@ pub struct ApplySettings {
     pub watch: WatchSettings,
     /// Test-only fault switches (a slow apply).
     pub faults: Arc<crate::status::Faults>,
+    /// Where the auth store is published for the API.
+    pub auth: AuthCell,
 }
 
 /// What the ApplyActor's watch hub needs.
@@ -125,6 +133,7 @@ impl ApplyActor {
             warn_apply,
             watch,
             faults,
+            auth,
         } = settings;
         let last_snapshot = sm.applied_index();
         *status.removed.write() = sm.membership().removed().collect();
@@ -154,6 +163,7 @@ impl ApplyActor {
             installing: false,
             deferred: VecDeque::new(),
             image_step_queued: false,
+            auth,
         };
         a.publish();
         a
@@ -212,6 +222,9 @@ impl ApplyActor {
         if *self.status.alarms.read() != alarms {
             *self.status.alarms.write() = alarms;
         }
+        if !Arc::ptr_eq(&self.auth.read(), self.sm.auth()) {
+            *self.auth.write() = self.sm.auth().clone();
+        }
         self.metrics
             .proposals_applied
             .set(self.sm.applied_index() as i64);
@@ -231,7 +244,7 @@ impl ApplyActor {
         let later = self.reads.split_off(&(applied + 1));
         let ready = std::mem::replace(&mut self.reads, later);
         for read in ready.into_values().flatten() {
-            let _ = read.reply.send(self.sm.read(&read.request));
+            let _ = read.reply.send(self.sm.read(&read.caller, &read.request));
         }
     }
 
@@ -554,7 +567,7 @@ impl Handler<SnapshotLoaded> for ApplyActor {
                 Deferred::Apply(m) => self.apply(m, ctx),
                 Deferred::Reads(m) => self.queue_reads(m),
                 Deferred::Local(m) => {
-                    let _ = m.0.reply.send(self.sm.read(&m.0.request));
+                    let _ = m.0.reply.send(self.sm.read(&m.0.caller, &m.0.request));
                 }
                 Deferred::Fault(m) => self.fault_put(m),
             }
@@ -595,7 +608,10 @@ impl Handler<LocalRead> for ApplyActor {
         if self.installing {
             self.deferred.push_back(Deferred::Local(msg));
         } else {
-            let _ = msg.0.reply.send(self.sm.read(&msg.0.request));
+            let _ = msg
+                .0
+                .reply
+                .send(self.sm.read(&msg.0.caller, &msg.0.request));
         }
     }
 }
@@ -674,11 +690,30 @@ impl Handler<WatchOpen> for ApplyActor {
 impl Handler<WatchCreate> for ApplyActor {
     type Result = ();
     fn handle(&mut self, msg: WatchCreate, ctx: &mut Context<Self>) {
+        // etcd checks read permission on the whole watched range when the
+        // watch is created.
+        let r = &msg.request;
+        let key: &[u8] = if r.key.is_empty() { &[0] } else { &r.key };
+        let check = self.sm.auth().check(
+            &msg.caller,
+            key,
+            &r.range_end,
+            crate::state_machine::auth::Access::Read,
+        );
+        if check.is_err() {
+            self.hub.refuse(msg.stream, PERMISSION_DENIED);
+            return;
+        }
         self.hub.create(msg.stream, &msg.request);
         self.watchers_changed();
         self.catch_up(ctx);
     }
 }
+
+/// The cancel reason of a watch refused for want of read permission, as
+/// etcd words it (its gRPC error printed whole).
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// Another catch-up round (queued by the actor itself).
 #[derive(Message)]

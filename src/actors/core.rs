@@ -61,6 +61,8 @@ pub struct Core {
     pub client_thread: ArbiterHandle,
     /// How peer URLs are dialed (plain, or TLS with the peer certificate).
     pub dialer: crate::tls::Dialer,
+    /// The auth store as of the last applied batch.
+    pub auth: crate::actors::apply::AuthCell,
 }
 
 impl Core {
@@ -83,6 +85,7 @@ impl Core {
         &self,
         outbox: crate::watch::Outbox,
         requests: super::messages::WatchRequests,
+        caller: crate::state_machine::auth::Caller,
     ) -> Result<(), ApiError> {
         let stream = self
             .apply
@@ -92,7 +95,7 @@ impl Core {
         let apply = self.apply.clone();
         self.start_session(move |ctx| {
             ctx.add_stream(requests);
-            super::watch::WatchSession::new(apply, stream)
+            super::watch::WatchSession::new(apply, stream, caller)
         });
         Ok(())
     }
@@ -245,6 +248,8 @@ pub fn start_core(
         rec.state_machine.leases(),
     )
     .start();
+    let auth: crate::actors::apply::AuthCell =
+        Arc::new(parking_lot::RwLock::new(rec.state_machine.auth().clone()));
     apply_ctx.run(ApplyActor::new(
         rec.state_machine,
         raft.clone(),
@@ -252,6 +257,7 @@ pub fn start_core(
         status.clone(),
         metrics.clone(),
         crate::actors::apply::ApplySettings {
+            auth: auth.clone(),
             data_dir: cfg.data_dir.clone(),
             snapshot_count: cfg.snapshot_count,
             warn_apply: Duration::from_millis(cfg.warning_apply_duration_ms),
@@ -278,6 +284,7 @@ pub fn start_core(
             metrics,
             client_thread: Arbiter::current(),
             dialer,
+            auth,
         },
         CoreThreads {
             raft: raft_thread,

@@ -19,6 +19,8 @@ pub type ReadResult = Result<ReadResponse, ApiError>;
 pub struct PendingRead {
     /// The read.
     pub request: ReadRequest,
+    /// Who reads (checked when it is served).
+    pub caller: crate::state_machine::auth::Caller,
     /// Where the answer goes.
     pub reply: oneshot::Sender<ReadResult>,
 }
@@ -316,6 +318,8 @@ pub struct WatchCreate {
     pub stream: crate::watch::StreamId,
     /// The request.
     pub request: crate::proto::etcdserverpb::WatchCreateRequest,
+    /// Who watches (needs read permission on the range).
+    pub caller: crate::state_machine::auth::Caller,
 }
 
 /// Watch session → ApplyActor: cancel a watcher.

@@ -12,6 +12,7 @@ use super::messages::{Propose, WriteResult};
 use super::raft::RaftAddr;
 use crate::error::ApiError;
 use crate::proto::metastorepb::{internal_request, InternalRequest};
+use crate::state_machine::auth::Caller;
 use crate::state_machine::WriteResponse;
 use crate::status::NodeStatus;
 
@@ -59,12 +60,23 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Proposes `request` and waits for its applied answer.
+    /// Proposes this member's own `request` (no client: unchecked) and
+    /// waits for its applied answer.
     pub async fn write(&self, request: internal_request::Request) -> WriteResult {
+        self.write_as(&Caller::System, request).await
+    }
+
+    /// Proposes a client's write: checked as `caller` when applied.
+    pub async fn write_as(
+        &self,
+        caller: &Caller,
+        request: internal_request::Request,
+    ) -> WriteResult {
         let id = self.ids.next();
         let data = InternalRequest {
             id,
             request: Some(request),
+            caller: caller.to_pb(),
         }
         .encode_to_vec();
         if data.len() > self.max_request_bytes {

@@ -13,6 +13,7 @@ use actix::prelude::*;
 use super::apply::ApplyActor;
 use super::messages::{WatchCancel, WatchClose, WatchCreate, WatchProgress};
 use crate::proto::etcdserverpb::{watch_request::RequestUnion, WatchRequest};
+use crate::state_machine::auth::Caller;
 use crate::watch::StreamId;
 
 /// One Watch stream's requests.
@@ -20,15 +21,18 @@ pub struct WatchSession {
     apply: Addr<ApplyActor>,
     stream: StreamId,
     failed: bool,
+    /// Who opened the stream (its creates are checked as this user).
+    caller: Caller,
 }
 
 impl WatchSession {
     /// A session for `stream`, whose watchers live in `apply`'s hub.
-    pub fn new(apply: Addr<ApplyActor>, stream: StreamId) -> WatchSession {
+    pub fn new(apply: Addr<ApplyActor>, stream: StreamId, caller: Caller) -> WatchSession {
         WatchSession {
             apply,
             stream,
             failed: false,
+            caller,
         }
     }
 }
@@ -58,11 +62,18 @@ impl StreamHandler<Result<WatchRequest, tonic::Status>> for WatchSession {
         };
         let stream = self.stream;
         let apply = self.apply.clone();
+        let caller = self.caller.clone();
         // One request at a time: the next is read once this one is taken.
         let sent = async move {
             let _ = match req.request_union {
                 Some(RequestUnion::CreateRequest(request)) => {
-                    apply.send(WatchCreate { stream, request }).await
+                    apply
+                        .send(WatchCreate {
+                            stream,
+                            request,
+                            caller,
+                        })
+                        .await
                 }
                 Some(RequestUnion::CancelRequest(c)) => {
                     apply

@@ -134,7 +134,11 @@ impl ClusterService {
             member_id: r.id,
             peer_urls: r.peer_ur_ls,
         });
-        match self.backend.write(req).await? {
+        match self
+            .backend
+            .write(&crate::state_machine::auth::Caller::System, req)
+            .await?
+        {
             WriteResponse::Members(after) => Ok(MemberUpdateResponse {
                 header: self.header(),
                 members: after,
@@ -223,6 +227,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.backend.admin(&req)?;
         Ok(Response::new(self.add(req.into_inner()).await?))
     }
 
@@ -230,6 +235,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.backend.admin(&req)?;
         Ok(Response::new(self.remove(req.into_inner()).await?))
     }
 
@@ -237,6 +243,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.backend.admin(&req)?;
         Ok(Response::new(self.update(req.into_inner()).await?))
     }
 
@@ -255,6 +262,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.backend.admin(&req)?;
         Ok(Response::new(self.promote(req.into_inner()).await?))
     }
 }

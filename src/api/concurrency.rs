@@ -119,7 +119,7 @@ fn ranges(r: &TxnResponse) -> Vec<&RangeResponse> {
 
 impl Backend {
     async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, ApiError> {
-        match self.write(Internal::Txn(t)).await? {
+        match self.write(&self.acting, Internal::Txn(t)).await? {
             WriteResponse::Txn(mut r) => {
                 self.fill(&mut r.header);
                 Ok(r)
@@ -129,7 +129,10 @@ impl Backend {
     }
 
     async fn range(&self, r: RangeRequest) -> Result<RangeResponse, ApiError> {
-        match self.read(ReadRequest::Range(r), false).await? {
+        match self
+            .read(&self.acting, ReadRequest::Range(r), false)
+            .await?
+        {
             ReadResponse::Range(mut r) => {
                 self.fill(&mut r.header);
                 Ok(r)
@@ -143,7 +146,7 @@ impl Backend {
             key: key.to_vec(),
             ..Default::default()
         };
-        match self.write(Internal::DeleteRange(d)).await? {
+        match self.write(&self.acting, Internal::DeleteRange(d)).await? {
             WriteResponse::DeleteRange(mut r) => {
                 self.fill(&mut r.header);
                 Ok(r.header)
@@ -161,7 +164,10 @@ impl Backend {
         let id = (self.next_id() & (i64::MAX as u64)) as i64;
         let ttl = SESSION_TTL.max(self.min_lease_ttl());
         match self
-            .write(Internal::LeaseGrant(LeaseGrantRequest { ttl, id }))
+            .write(
+                &self.acting,
+                Internal::LeaseGrant(LeaseGrantRequest { ttl, id }),
+            )
             .await?
         {
             WriteResponse::LeaseGrant(r) => Ok(r.id),
@@ -229,7 +235,11 @@ impl ServerWatch {
             .await
             .map_err(|_| ApiError::Stopped)?;
         backend
-            .open_watch(outbox, ReceiverStream::new(rx).boxed())
+            .open_watch(
+                outbox,
+                ReceiverStream::new(rx).boxed(),
+                backend.acting.clone(),
+            )
             .await?;
         Ok(ServerWatch {
             _requests: requests,
@@ -359,8 +369,11 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let this = LockService {
+            backend: self.backend.acting_for(&req).map_err(plain)?,
+        };
         Ok(Response::new(
-            LockService::lock(self, req.into_inner())
+            LockService::lock(&this, req.into_inner())
                 .await
                 .map_err(plain)?,
         ))
@@ -372,6 +385,8 @@ impl Lock for LockService {
     ) -> Result<Response<UnlockResponse>, Status> {
         let header = self
             .backend
+            .acting_for(&req)
+            .map_err(plain)?
             .delete_key(&req.into_inner().key)
             .await
             .map_err(plain)?;
@@ -481,8 +496,11 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let this = ElectionService {
+            backend: self.backend.acting_for(&req).map_err(plain)?,
+        };
         Ok(Response::new(
-            ElectionService::campaign(self, req.into_inner()).await?,
+            ElectionService::campaign(&this, req.into_inner()).await?,
         ))
     }
 
@@ -490,9 +508,12 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let this = ElectionService {
+            backend: self.backend.acting_for(&req).map_err(plain)?,
+        };
         let r = req.into_inner();
         let l = leader_key(r.leader)?;
-        let header = self
+        let header = this
             .proclaim_at(&l.key, l.rev, l.lease, &r.value)
             .await
             .map_err(plain)??;
@@ -503,7 +524,10 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let r = ElectionService::leader(self, &req.into_inner().name)
+        let this = ElectionService {
+            backend: self.backend.acting_for(&req).map_err(plain)?,
+        };
+        let r = ElectionService::leader(&this, &req.into_inner().name)
             .await
             .map_err(plain)?;
         let kv = r
@@ -524,7 +548,7 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        let backend = self.backend.clone();
+        let backend = self.backend.acting_for(&req).map_err(plain)?;
         let name = req.into_inner().name;
         tokio::spawn(async move {
             // Ends when the client goes, even while no leader changes.
@@ -545,6 +569,7 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let backend = self.backend.acting_for(&req).map_err(plain)?;
         let l = leader_key(req.into_inner().leader)?;
         let t = TxnRequest {
             compare: vec![create_is(&l.key, l.rev)],
@@ -556,7 +581,7 @@ impl Election for ElectionService {
             ))],
             failure: Vec::new(),
         };
-        let r = self.backend.txn(t).await.map_err(plain)?;
+        let r = backend.txn(t).await.map_err(plain)?;
         Ok(Response::new(ResignResponse { header: r.header }))
     }
 }

@@ -78,7 +78,9 @@ pub async fn check(backend: &Backend) -> Result<Vec<u64>, crate::error::ApiError
             member_id: m.id,
             alarm: AlarmType::Corrupt as i32,
         });
-        backend.write(raise).await?;
+        backend
+            .write(&crate::state_machine::auth::Caller::System, raise)
+            .await?;
         corrupt.push(m.id);
     }
     tracing::info!(

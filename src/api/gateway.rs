@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -26,12 +26,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::concurrency::{ElectionService, LockService};
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::MaintenanceService;
 use super::Backend;
+use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -49,6 +51,7 @@ struct Services {
     maintenance: MaintenanceService,
     lock: LockService,
     election: ElectionService,
+    auth: AuthService,
 }
 
 type S = State<Arc<Services>>;
@@ -111,8 +114,20 @@ fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// A gRPC request carrying what the gateway passes on from the HTTP
+/// request: the `Authorization` header (the token, grpc-gateway's mapping).
+fn grpc_request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
+            req.metadata_mut().insert("authorization", v);
+        }
+    }
+    req
+}
+
 /// Parses, calls, answers.
-async fn unary<Req, Resp, F, Fut>(body: Bytes, call: F) -> Response
+async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Bytes, call: F) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
@@ -123,7 +138,7 @@ where
         Ok(r) => r,
         Err(s) => return error(&s),
     };
-    match call(tonic::Request::new(req)).await {
+    match call(grpc_request(&headers, req)).await {
         Ok(resp) => json(resp.get_ref()),
         Err(s) => error(&s),
     }
@@ -132,8 +147,8 @@ where
 /// Declares a route handler calling `$svc.$method`.
 macro_rules! route {
     ($name:ident, $svc:ident, $trait:ident :: $method:ident) => {
-        async fn $name(State(s): S, body: Bytes) -> Response {
-            unary(body, |r| $trait::$method(&s.$svc, r)).await
+        async fn $name(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+            unary(headers, body, |r| $trait::$method(&s.$svc, r)).await
         }
     };
 }
@@ -164,6 +179,23 @@ route!(campaign, election, Election::campaign);
 route!(proclaim, election, Election::proclaim);
 route!(leader, election, Election::leader);
 route!(resign, election, Election::resign);
+route!(auth_enable, auth, Auth::auth_enable);
+route!(auth_disable, auth, Auth::auth_disable);
+route!(auth_status, auth, Auth::auth_status);
+route!(authenticate, auth, Auth::authenticate);
+route!(user_add, auth, Auth::user_add);
+route!(user_get, auth, Auth::user_get);
+route!(user_list, auth, Auth::user_list);
+route!(user_delete, auth, Auth::user_delete);
+route!(user_change_password, auth, Auth::user_change_password);
+route!(user_grant_role, auth, Auth::user_grant_role);
+route!(user_revoke_role, auth, Auth::user_revoke_role);
+route!(role_add, auth, Auth::role_add);
+route!(role_get, auth, Auth::role_get);
+route!(role_list, auth, Auth::role_list);
+route!(role_delete, auth, Auth::role_delete);
+route!(role_grant_permission, auth, Auth::role_grant_permission);
+route!(role_revoke_permission, auth, Auth::role_revoke_permission);
 
 /// The JSON objects in a body, one after another (a streaming request).
 fn parse_many<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, Status> {
@@ -203,17 +235,21 @@ fn stream_lines<T: Serialize + Send + 'static>(rx: mpsc::Receiver<Result<T, Stat
 
 /// `/v3/watch`: the body's WatchRequests (usually one create request) open
 /// a watch stream; its responses stream back as lines.
-async fn watch(State(s): S, body: Bytes) -> Response {
+async fn watch(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     let requests = match parse_many::<WatchRequest>(&body) {
         Ok(r) => r,
         Err(st) => return error(&st),
+    };
+    let caller = match s.backend.caller(grpc_request(&headers, ()).metadata()) {
+        Ok(c) => c,
+        Err(e) => return error(&Status::from(e)),
     };
     let (outbox, rx) = mpsc::channel(super::watch::OUTBOX);
     // The requests, then nothing more for as long as the client stays.
     let requests = futures::stream::iter(requests.into_iter().map(Ok))
         .chain(futures::stream::pending())
         .boxed();
-    if let Err(e) = s.backend.open_watch(outbox, requests).await {
+    if let Err(e) = s.backend.open_watch(outbox, requests, caller).await {
         return error(&Status::from(e));
     }
     let (tx, out) = mpsc::channel(16);
@@ -274,6 +310,7 @@ pub fn router(backend: Backend) -> Router {
         maintenance: MaintenanceService::new(backend.clone()),
         lock: LockService::new(backend.clone()),
         election: ElectionService::new(backend.clone()),
+        auth: AuthService::new(backend.clone()),
         backend,
     });
     Router::new()
@@ -308,5 +345,22 @@ pub fn router(backend: Backend) -> Router {
         .route("/v3/election/proclaim", post(proclaim))
         .route("/v3/election/leader", post(leader))
         .route("/v3/election/resign", post(resign))
+        .route("/v3/auth/enable", post(auth_enable))
+        .route("/v3/auth/disable", post(auth_disable))
+        .route("/v3/auth/status", post(auth_status))
+        .route("/v3/auth/authenticate", post(authenticate))
+        .route("/v3/auth/user/add", post(user_add))
+        .route("/v3/auth/user/get", post(user_get))
+        .route("/v3/auth/user/list", post(user_list))
+        .route("/v3/auth/user/delete", post(user_delete))
+        .route("/v3/auth/user/changepw", post(user_change_password))
+        .route("/v3/auth/user/grant", post(user_grant_role))
+        .route("/v3/auth/user/revoke", post(user_revoke_role))
+        .route("/v3/auth/role/add", post(role_add))
+        .route("/v3/auth/role/get", post(role_get))
+        .route("/v3/auth/role/list", post(role_list))
+        .route("/v3/auth/role/delete", post(role_delete))
+        .route("/v3/auth/role/grant", post(role_grant_permission))
+        .route("/v3/auth/role/revoke", post(role_revoke_permission))
         .with_state(services)
 }

@@ -154,7 +154,11 @@ async fn probe_read(backend: &Backend, serializable: bool) -> Option<String> {
     };
     match tokio::time::timeout(
         Duration::from_secs(2),
-        backend.read(ReadRequest::Range(probe), serializable),
+        backend.read(
+            &crate::state_machine::auth::Caller::System,
+            ReadRequest::Range(probe),
+            serializable,
+        ),
     )
     .await
     {

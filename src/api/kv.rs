@@ -10,6 +10,7 @@ use crate::proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::proto::metastorepb::internal_request::Request as Internal;
+use crate::state_machine::auth::Caller;
 use crate::state_machine::kv::{txn_is_read_only, txn_is_serializable};
 use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 
@@ -28,25 +29,29 @@ impl KvService {
         ApiError::Internal(format!("unexpected {what} answer"))
     }
 
-    async fn range_inner(&self, r: RangeRequest) -> Result<RangeResponse, ApiError> {
+    async fn range_inner(
+        &self,
+        caller: Caller,
+        r: RangeRequest,
+    ) -> Result<RangeResponse, ApiError> {
         validate::range(&r)?;
         let serializable = r.serializable;
         match self
             .backend
-            .read(ReadRequest::Range(r), serializable)
+            .read(&caller, ReadRequest::Range(r), serializable)
             .await?
         {
             ReadResponse::Range(mut resp) => {
                 self.backend.fill(&mut resp.header);
                 Ok(resp)
             }
-            ReadResponse::Txn(_) => Err(Self::unexpected("range")),
+            _ => Err(Self::unexpected("range")),
         }
     }
 
-    async fn put_inner(&self, r: PutRequest) -> Result<PutResponse, ApiError> {
+    async fn put_inner(&self, caller: Caller, r: PutRequest) -> Result<PutResponse, ApiError> {
         validate::put(&r)?;
-        match self.backend.write(Internal::Put(r)).await? {
+        match self.backend.write(&caller, Internal::Put(r)).await? {
             WriteResponse::Put(mut resp) => {
                 self.backend.fill(&mut resp.header);
                 Ok(resp)
@@ -55,9 +60,17 @@ impl KvService {
         }
     }
 
-    async fn delete_inner(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse, ApiError> {
+    async fn delete_inner(
+        &self,
+        caller: Caller,
+        r: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, ApiError> {
         validate::delete_range(&r)?;
-        match self.backend.write(Internal::DeleteRange(r)).await? {
+        match self
+            .backend
+            .write(&caller, Internal::DeleteRange(r))
+            .await?
+        {
             WriteResponse::DeleteRange(mut resp) => {
                 self.backend.fill(&mut resp.header);
                 Ok(resp)
@@ -66,17 +79,21 @@ impl KvService {
         }
     }
 
-    async fn txn_inner(&self, r: TxnRequest) -> Result<TxnResponse, ApiError> {
+    async fn txn_inner(&self, caller: Caller, r: TxnRequest) -> Result<TxnResponse, ApiError> {
         validate::txn(&r, self.backend.max_txn_ops)?;
         let mut resp = if txn_is_read_only(&r) {
             // A txn without writes is a read: no log entry, no revision.
             let serializable = txn_is_serializable(&r);
-            match self.backend.read(ReadRequest::Txn(r), serializable).await? {
+            match self
+                .backend
+                .read(&caller, ReadRequest::Txn(r), serializable)
+                .await?
+            {
                 ReadResponse::Txn(resp) => resp,
-                ReadResponse::Range(_) => return Err(Self::unexpected("txn")),
+                _ => return Err(Self::unexpected("txn")),
             }
         } else {
-            match self.backend.write(Internal::Txn(r)).await? {
+            match self.backend.write(&caller, Internal::Txn(r)).await? {
                 WriteResponse::Txn(resp) => resp,
                 _ => return Err(Self::unexpected("txn")),
             }
@@ -85,8 +102,12 @@ impl KvService {
         Ok(resp)
     }
 
-    async fn compact_inner(&self, r: CompactionRequest) -> Result<CompactionResponse, ApiError> {
-        match self.backend.write(Internal::Compaction(r)).await? {
+    async fn compact_inner(
+        &self,
+        caller: Caller,
+        r: CompactionRequest,
+    ) -> Result<CompactionResponse, ApiError> {
+        match self.backend.write(&caller, Internal::Compaction(r)).await? {
             WriteResponse::Compact(mut resp) => {
                 self.backend.fill(&mut resp.header);
                 Ok(resp)
@@ -108,12 +129,18 @@ macro_rules! rpc {
 impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        rpc!(self.range_inner(req.into_inner()))
+        rpc!(async {
+            let caller = self.backend.caller_of(&req)?;
+            self.range_inner(caller, req.into_inner()).await
+        })
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        rpc!(self.put_inner(req.into_inner()))
+        rpc!(async {
+            let caller = self.backend.caller_of(&req)?;
+            self.put_inner(caller, req.into_inner()).await
+        })
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -121,12 +148,18 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        rpc!(self.delete_inner(req.into_inner()))
+        rpc!(async {
+            let caller = self.backend.caller_of(&req)?;
+            self.delete_inner(caller, req.into_inner()).await
+        })
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        rpc!(self.txn_inner(req.into_inner()))
+        rpc!(async {
+            let caller = self.backend.caller_of(&req)?;
+            self.txn_inner(caller, req.into_inner()).await
+        })
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -134,6 +167,9 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        rpc!(self.compact_inner(req.into_inner()))
+        rpc!(async {
+            let caller = self.backend.caller_of(&req)?;
+            self.compact_inner(caller, req.into_inner()).await
+        })
     }
 }

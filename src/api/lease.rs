@@ -135,6 +135,23 @@ impl Backend {
             .map_err(|_| ApiError::Stopped)?
     }
 
+    /// etcd's check before LeaseTimeToLive lists a lease's keys: the
+    /// caller holds the root role or may write every key it holds.
+    pub async fn check_lease_keys(
+        &self,
+        caller: &crate::state_machine::auth::Caller,
+        id: i64,
+    ) -> Result<(), ApiError> {
+        let view = self.auth_view();
+        if view.check_admin(caller).is_ok() {
+            return Ok(());
+        }
+        for key in self.lease_keys(id).await? {
+            view.check(caller, &key, &[], crate::state_machine::auth::Access::Write)?;
+        }
+        Ok(())
+    }
+
     /// LeaseTimeToLive, answered by the leader (retried as renewals are).
     pub async fn lease_time_to_live(
         &self,
@@ -221,7 +238,10 @@ impl LeaseService {
         let ttl = r.ttl.max(self.backend.min_lease_ttl());
         match self
             .backend
-            .write(Internal::LeaseGrant(LeaseGrantRequest { ttl, id }))
+            .write(
+                &crate::state_machine::auth::Caller::System,
+                Internal::LeaseGrant(LeaseGrantRequest { ttl, id }),
+            )
             .await?
         {
             WriteResponse::LeaseGrant(mut resp) => {
@@ -232,8 +252,12 @@ impl LeaseService {
         }
     }
 
-    async fn revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, ApiError> {
-        match self.backend.write(Internal::LeaseRevoke(r)).await? {
+    async fn revoke(
+        &self,
+        caller: &crate::state_machine::auth::Caller,
+        r: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, ApiError> {
+        match self.backend.write(caller, Internal::LeaseRevoke(r)).await? {
             WriteResponse::LeaseRevoke(mut resp) => {
                 self.backend.fill(&mut resp.header);
                 Ok(resp)
@@ -266,7 +290,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let r = self.revoke(req.into_inner()).await;
+        let caller = self.backend.caller_of(&req)?;
+        let r = self.revoke(&caller, req.into_inner()).await;
         r.map(Response::new).map_err(Status::from)
     }
 
@@ -293,7 +318,12 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let r = self.backend.lease_time_to_live(req.into_inner()).await;
+        let caller = self.backend.caller_of(&req)?;
+        let r = req.into_inner();
+        if r.keys {
+            self.backend.check_lease_keys(&caller, r.id).await?;
+        }
+        let r = self.backend.lease_time_to_live(r).await;
         r.map(Response::new).map_err(Status::from)
     }
 

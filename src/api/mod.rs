@@ -2,6 +2,7 @@
 //! (`/metrics`, `/health`, `/version`). Handlers validate, then hand work to the
 //! actors through [`Backend`]; they hold no state of their own.
 
+pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod concurrency;
@@ -66,6 +67,16 @@ pub struct Backend {
     pub election_timeout_ms: u64,
     /// A channel to the leader's peer service, for forwarded lease calls.
     leader_link: Arc<parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>>,
+    /// Simple tokens this member issued.
+    pub tokens: Arc<auth::Tokens>,
+    /// bcrypt, off the write path.
+    pub hasher: auth::Hasher,
+    /// Whom the requests this backend runs on its own behalf are checked
+    /// as (Lock and Election act for their client; see [`Backend::acting_for`]).
+    pub acting: crate::state_machine::auth::Caller,
+    /// Client certificates are required: a request without a token runs
+    /// as its certificate's common name.
+    pub cert_users: bool,
 }
 
 impl Backend {
@@ -87,7 +98,23 @@ impl Backend {
             client_urls: cfg.advertise_client_list(),
             election_timeout_ms: cfg.raft.tick_ms * cfg.raft.election_tick as u64,
             leader_link: Arc::default(),
+            tokens: Arc::new(auth::Tokens::new(Duration::from_secs(cfg.auth_token_ttl))),
+            hasher: auth::Hasher::start(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+                cfg.bcrypt_cost,
+            ),
+            acting: crate::state_machine::auth::Caller::System,
+            cert_users: cfg.client_cert_auth || !cfg.trusted_ca_file.is_empty(),
         }
+    }
+
+    /// This backend acting for the client of `req` (its token's user):
+    /// what it then writes, reads and watches is checked as that user.
+    pub fn acting_for<T>(&self, req: &tonic::Request<T>) -> Result<Backend, ApiError> {
+        Ok(Backend {
+            acting: self.caller_of(req)?,
+            ..self.clone()
+        })
     }
 
     /// The leader's peer service (for calls only the leader answers).
@@ -146,8 +173,9 @@ impl Backend {
         &self,
         outbox: crate::watch::Outbox,
         requests: crate::actors::messages::WatchRequests,
+        caller: crate::state_machine::auth::Caller,
     ) -> Result<(), ApiError> {
-        self.core.open_watch(outbox, requests).await
+        self.core.open_watch(outbox, requests, caller).await
     }
 
     /// Hands Raft messages from a peer to the RaftActor; waits while its
@@ -196,13 +224,15 @@ impl Backend {
         *h = self.header(revision);
     }
 
-    /// Proposes a write through Raft and waits for its applied answer.
+    /// Proposes a write through Raft and waits for its applied answer;
+    /// it is checked as `caller` when applied.
     pub async fn write(
         &self,
+        caller: &crate::state_machine::auth::Caller,
         request: internal_request::Request,
     ) -> Result<WriteResponse, ApiError> {
         self.check_quota(&request)?;
-        self.proposer.write(request).await
+        self.proposer.write_as(caller, request).await
     }
 
     /// etcd's quota check before proposing: a write that may grow the store
@@ -327,11 +357,16 @@ impl Backend {
     /// Serves a read: serializable from local state, otherwise after ReadIndex.
     pub async fn read(
         &self,
+        caller: &crate::state_machine::auth::Caller,
         request: ReadRequest,
         serializable: bool,
     ) -> Result<ReadResponse, ApiError> {
         let (reply, rx) = oneshot::channel();
-        let pending = PendingRead { request, reply };
+        let pending = PendingRead {
+            request,
+            caller: caller.clone(),
+            reply,
+        };
         if serializable {
             deliver(&self.core.apply, LocalRead(pending)).await?;
         } else {
@@ -499,6 +534,9 @@ pub async fn serve(
             concurrency::ElectionService::new(backend.clone()),
         ),
     )
+    .add_service(crate::proto::etcdserverpb::auth_server::AuthServer::new(
+        auth::AuthService::new(backend.clone()),
+    ))
     .add_service(crate::proto::health::health_server::HealthServer::new(
         health::HealthService::new(backend.clone()),
     ))
@@ -603,7 +641,10 @@ async fn publish(backend: Backend) {
             name: backend.name.clone(),
             client_urls: backend.client_urls.clone(),
         });
-        match backend.write(req).await {
+        match backend
+            .write(&crate::state_machine::auth::Caller::System, req)
+            .await
+        {
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "publish not applied yet; retrying"),
         }

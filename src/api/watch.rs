@@ -82,9 +82,10 @@ impl StreamingService<WatchRequest> for Session {
     fn call(&mut self, request: tonic::Request<Streaming<WatchRequest>>) -> Self::Future {
         let backend = self.0.clone();
         Box::pin(async move {
+            let caller = backend.caller_of(&request)?;
             let (outbox, rx) = mpsc::channel(OUTBOX);
             let requests = request.into_inner().boxed();
-            backend.open_watch(outbox, requests).await?;
+            backend.open_watch(outbox, requests, caller).await?;
             let responses = ReceiverStream::new(rx)
                 .flat_map(|round| futures::stream::iter(round.into_iter().map(Ok)));
             Ok(tonic::Response::new(responses.boxed()))

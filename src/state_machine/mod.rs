@@ -10,11 +10,13 @@
 //! It also holds the member registry ([`membership`]): changed only by
 //! applied entries, stored with the applied point, carried in images.
 
+pub mod auth;
 pub mod kv;
 pub mod lease;
 pub mod membership;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use prost::Message as _;
 use protobuf::Message as _;
@@ -32,6 +34,7 @@ use crate::storage::image::{ImageHeader, ImageJob};
 use crate::storage::leases::{LeaseEntry, LeaseTable};
 use crate::storage::{on_store, StorageError, Store};
 use crate::storage::{Event, MvccError};
+use auth::{Access, AuthListing, AuthRead, AuthStore, Caller};
 use lease::{LeaseChange, LeaseIndex};
 use membership::Membership;
 
@@ -56,6 +59,8 @@ pub enum WriteResponse {
     LeaseCheckpoint,
     /// Alarm activate / deactivate.
     Alarm(AlarmResponse),
+    /// An auth change was applied at this (key-value) revision.
+    Auth(i64),
 }
 
 /// A read request (Range, or a Txn without writes).
@@ -65,6 +70,8 @@ pub enum ReadRequest {
     Range(RangeRequest),
     /// A read-only Txn.
     Txn(TxnRequest),
+    /// A read of the auth store.
+    Auth(AuthRead),
 }
 
 /// The answer to a read.
@@ -74,6 +81,8 @@ pub enum ReadResponse {
     Range(RangeResponse),
     /// Txn.
     Txn(TxnResponse),
+    /// An auth read, at this (key-value) revision.
+    Auth(AuthListing, i64),
 }
 
 /// What applying one entry produced.
@@ -123,6 +132,9 @@ pub struct StateMachine {
     lease_index: LeaseIndex,
     /// What applying changed about leases, for the Lessor.
     lease_changes: Vec<LeaseChange>,
+    /// The auth store (shared with the API once published; a change
+    /// copies it).
+    auth: Arc<AuthStore>,
 }
 
 impl StateMachine {
@@ -134,7 +146,9 @@ impl StateMachine {
         on_store!(&mut store, s => s.set_watched(false));
         let members = Membership::from_pb(point.membership.clone());
         let lease_index = on_store!(&store, s => LeaseIndex::rebuild(s));
+        let auth = Arc::new(AuthStore::from_pb(&point.auth));
         StateMachine {
+            auth,
             store,
             point,
             members,
@@ -148,6 +162,11 @@ impl StateMachine {
     /// Every lease as of the applied index.
     pub fn leases(&self) -> &LeaseTable {
         &self.point.leases
+    }
+
+    /// The auth store as of the applied index.
+    pub fn auth(&self) -> &Arc<AuthStore> {
+        &self.auth
     }
 
     /// The keys lease `id` holds, in order.
@@ -252,7 +271,9 @@ impl StateMachine {
             conf_state: h.conf_state.clone(),
             membership: h.membership.clone(),
             leases: h.leases.clone(),
+            auth: h.auth.clone(),
         };
+        self.auth = Arc::new(AuthStore::from_pb(&h.auth));
         self.members = Membership::from_pb(h.membership.clone());
         self.lease_index = lease_index;
         self.lease_changes.clear();
@@ -341,13 +362,27 @@ impl StateMachine {
             }
         };
         let mut members_changed = false;
-        if let Some(refused) = self.capped(req.request.as_ref()) {
+        let caller = Caller::from_pb(req.caller.as_ref());
+        let refused = self
+            .capped(req.request.as_ref())
+            .or_else(|| self.denied(&caller, req.request.as_ref()).err());
+        if let Some(refused) = refused {
             return Some(Applied {
                 id: req.id,
                 result: Err(refused),
                 conf_change: None,
                 members_changed,
             });
+        }
+        if let Some(r) = req.request.as_ref() {
+            if let Some(changed) = self.apply_auth(&caller, r) {
+                return Some(Applied {
+                    id: req.id,
+                    result: changed,
+                    conf_change: None,
+                    members_changed,
+                });
+            }
         }
         let result = match req.request {
             Some(internal_request::Request::Alarm(a)) => Ok(WriteResponse::Alarm(self.alarm(&a))),
@@ -440,6 +475,73 @@ impl StateMachine {
             conf_change: None,
             members_changed,
         })
+    }
+
+    /// An auth change, if `r` is one: applied to a copy of the store when
+    /// the API holds the current one.
+    fn apply_auth(
+        &mut self,
+        caller: &Caller,
+        r: &internal_request::Request,
+    ) -> Option<Result<WriteResponse, ApiError>> {
+        if !AuthStore::is_change(r) {
+            return None;
+        }
+        // The API may hold the current store: change a copy (auth changes
+        // are rare and the store small).
+        let mut next = (*self.auth).clone();
+        let result = next.apply(caller, r)?;
+        Some(result.map(|()| {
+            self.point.auth = next.to_pb();
+            self.auth = Arc::new(next);
+            WriteResponse::Auth(self.current_revision())
+        }))
+    }
+
+    /// etcd's auth applier: may `caller` make this change? Checked against
+    /// the auth store as of this entry.
+    fn denied(
+        &self,
+        caller: &Caller,
+        req: Option<&internal_request::Request>,
+    ) -> Result<(), ApiError> {
+        use internal_request::Request as R;
+        let auth = &self.auth;
+        if !auth.enabled() || *caller == Caller::System {
+            return Ok(());
+        }
+        match req {
+            Some(R::Put(p)) => {
+                auth.check(caller, &p.key, &[], Access::Write)?;
+                self.check_lease_keys(caller, p.lease)?;
+                if p.prev_kv {
+                    auth.check(caller, &p.key, &[], Access::Read)?;
+                }
+                Ok(())
+            }
+            Some(R::DeleteRange(d)) => {
+                auth.check(caller, &d.key, &d.range_end, Access::Write)?;
+                if d.prev_kv {
+                    auth.check(caller, &d.key, &d.range_end, Access::Read)?;
+                }
+                Ok(())
+            }
+            Some(R::Txn(t)) => auth.check_txn(caller, t),
+            Some(R::LeaseRevoke(r)) => self.check_lease_keys(caller, r.id),
+            _ => Ok(()),
+        }
+    }
+
+    /// etcd's `checkLeasePuts`: writing through lease `id` (revoking it,
+    /// attaching a key) needs write permission on every key it holds.
+    pub fn check_lease_keys(&self, caller: &Caller, id: i64) -> Result<(), ApiError> {
+        if id == 0 || self.auth.check_admin(caller).is_ok() {
+            return Ok(());
+        }
+        for key in self.lease_index.keys_of(id) {
+            self.auth.check(caller, &key, &[], Access::Write)?;
+        }
+        Ok(())
     }
 
     /// What a raised alarm refuses, as etcd's capped and corrupt appliers
@@ -572,13 +674,26 @@ impl StateMachine {
         }
     }
 
-    /// Serves a read against the applied state.
-    pub fn read(&mut self, req: &ReadRequest) -> Result<ReadResponse, ApiError> {
+    /// Serves a read against the applied state, as `caller` may.
+    pub fn read(&mut self, caller: &Caller, req: &ReadRequest) -> Result<ReadResponse, ApiError> {
+        match req {
+            ReadRequest::Range(r) => self
+                .auth
+                .check(caller, &r.key, &r.range_end, Access::Read)?,
+            ReadRequest::Txn(t) => self.auth.check_txn(caller, t)?,
+            ReadRequest::Auth(a) => {
+                return self
+                    .auth
+                    .read(caller, a)
+                    .map(|l| ReadResponse::Auth(l, self.current_revision()))
+            }
+        }
         on_store!(&mut self.store, store => match req {
             ReadRequest::Range(r) => kv::range(store, r).map(ReadResponse::Range),
             ReadRequest::Txn(t) => {
                 kv::txn(store, t, &self.point.leases).map(|(r, _)| ReadResponse::Txn(r))
             }
+            ReadRequest::Auth(_) => Err(ApiError::Internal("auth read".into())),
         })
     }
 }

@@ -281,6 +281,7 @@ pub fn convert(data: &[u8], out: impl Write) -> Result<Converted, StorageError> 
             },
         );
     }
+    let auth = read_auth(&db)?;
     let mut current_rev = compact_rev.max(1);
     let mut records = Vec::with_capacity(keys.len());
     for (k, v) in keys {
@@ -310,6 +311,7 @@ pub fn convert(data: &[u8], out: impl Write) -> Result<Converted, StorageError> 
         current_rev,
         compact_rev,
         leases: leases.clone(),
+        auth,
         ..Default::default()
     };
     let mut w = ImageWriter::new(out, &header).map_err(|e| bad(e.to_string()))?;
@@ -323,6 +325,38 @@ pub fn convert(data: &[u8], out: impl Write) -> Result<Converted, StorageError> 
         compact_rev,
         leases: leases.len(),
         index,
+    })
+}
+
+/// etcd's auth store: the `auth` bucket (`authEnabled`: one byte,
+/// `authRevision`: u64 big-endian), `authUsers` and `authRoles` (name →
+/// authpb record; passwords are bcrypt hashes, as MetaStore keeps them).
+fn read_auth(db: &Db<'_>) -> Result<crate::proto::metastorepb::AuthState, StorageError> {
+    use crate::proto::{authpb, metastorepb};
+    let meta = db.bucket(b"auth")?.unwrap_or_default();
+    let get = |name: &[u8]| meta.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let enabled = get(b"authEnabled").is_some_and(|v| v.first() == Some(&1));
+    let revision = get(b"authRevision")
+        .and_then(|v| v.get(..8))
+        .map_or(0, |v| u64::from_be_bytes(v.try_into().expect("8 bytes")));
+    let mut users = Vec::new();
+    for (_, v) in db.bucket(b"authUsers")?.unwrap_or_default() {
+        let user = authpb::User::decode(v).map_err(|e| bad(format!("auth user: {e}")))?;
+        users.push(metastorepb::AuthUser {
+            user: Some(user),
+            credential_revision: revision,
+        });
+    }
+    let mut roles = Vec::new();
+    for (_, v) in db.bucket(b"authRoles")?.unwrap_or_default() {
+        roles.push(authpb::Role::decode(v).map_err(|e| bad(format!("auth role: {e}")))?);
+    }
+    Ok(metastorepb::AuthState {
+        enabled,
+        revision,
+        users,
+        roles,
+        enabled_revision: revision,
     })
 }
 

@@ -81,6 +81,8 @@ pub struct AppliedPoint {
     pub membership: metastorepb::Membership,
     /// Every lease as of that entry.
     pub leases: LeaseTable,
+    /// The auth store as of that entry.
+    pub auth: metastorepb::AuthState,
 }
 
 impl AppliedPoint {
@@ -94,6 +96,7 @@ impl AppliedPoint {
             compact_rev,
             membership: self.membership.clone(),
             leases: self.leases.clone(),
+            auth: self.auth.clone(),
         }
     }
 }

@@ -190,6 +190,7 @@ fn restore_image(
         index: h.index,
         term: h.term,
         leases: h.leases.clone(),
+        auth: h.auth.clone(),
         ..plan.clone()
     };
     let data_dir = &opts.data_dir;
@@ -293,6 +294,7 @@ fn open_rocks(data_dir: &Path, wal_size: u64) -> Result<Opened, StorageError> {
         conf_state: meta.conf_state.clone(),
         membership: meta.membership.clone(),
         leases: meta.leases.clone(),
+        auth: meta.auth.clone(),
     };
     let (base, _) = start_point(&point);
     let entries = rocks::read_entries(&dbs.raft, applied)?;
@@ -333,6 +335,7 @@ fn open_memory(data_dir: &Path, wal_options: WalOptions) -> Result<Opened, Stora
                 conf_state: h.conf_state,
                 membership: h.membership,
                 leases: h.leases,
+                auth: h.auth,
             },
             store,
         ),

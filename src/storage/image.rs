@@ -6,11 +6,12 @@
 //! Layout (integers little-endian):
 //!
 //! ```text
-//! magic "MSIMAGE3"
+//! magic "MSIMAGE4"
 //! header  = index u64 | term u64 | current_rev i64 | compact_rev i64
 //!         | conf_state length u32 | conf_state (raft ConfState, protobuf)
 //!         | membership length u32 | membership (metastorepb.Membership)
 //!         | leases length u32 | leases (metastorepb.Leases)
+//!         | auth length u32 | auth (metastorepb.AuthState)
 //! record* = length u32 | revision (main u64 BE, sub u64 BE) | mvccpb.KeyValue
 //! trailer = 0xFFFFFFFF u32 | record count u64 | crc32c of everything before u32
 //! ```
@@ -25,7 +26,8 @@
 //! versions are refused with a message that says which: version 1 had no
 //! membership and version 2 no leases, so reading them would silently lose
 //! what a member of this version must have (a version 2 image's keys may
-//! point at leases it does not carry).
+//! point at leases it does not carry). Version 3 images, from before auth,
+//! still load: they are an auth store that was never used (revision 1, off).
 
 use std::io::{self, Read, Seek, Write};
 use std::path::Path;
@@ -40,11 +42,13 @@ use crate::storage::memory::mvcc::{MemStore, Rebuild, VersionView};
 use crate::storage::StorageError;
 use crate::storage::{KeyValue, Revision};
 
-const MAGIC: &[u8; 8] = b"MSIMAGE3";
+const MAGIC: &[u8; 8] = b"MSIMAGE4";
+/// The version before auth, still read.
+const MAGIC_V3: &[u8; 8] = b"MSIMAGE3";
 /// What every version's magic starts with.
 const MAGIC_PREFIX: &[u8; 7] = b"MSIMAGE";
 /// The version this build reads and writes.
-const VERSION: u8 = b'3';
+const VERSION: u8 = b'4';
 const END: u32 = u32::MAX;
 /// Largest record accepted (a 1.5 MiB request's key and value, with room).
 const MAX_RECORD: u32 = 64 << 20;
@@ -66,6 +70,8 @@ pub struct ImageHeader {
     pub membership: metastorepb::Membership,
     /// Every lease at that index.
     pub leases: LeaseTable,
+    /// The auth store at that index.
+    pub auth: metastorepb::AuthState,
 }
 
 fn bad(why: impl Into<String>) -> StorageError {
@@ -101,6 +107,9 @@ impl<W: Write> ImageWriter<W> {
         let leases = h.leases.encode();
         w.put(&(leases.len() as u32).to_le_bytes())?;
         w.put(&leases)?;
+        let auth = h.auth.encode_to_vec();
+        w.put(&(auth.len() as u32).to_le_bytes())?;
+        w.put(&auth)?;
         Ok(w)
     }
 
@@ -238,7 +247,7 @@ impl<R: Read> ImageReader<R> {
         if !magic.starts_with(MAGIC_PREFIX) {
             return Err(bad("not a MetaStore image (bad magic)"));
         }
-        if &magic != MAGIC {
+        if &magic != MAGIC && &magic != MAGIC_V3 {
             let theirs = magic[7];
             let which = if theirs > VERSION {
                 "a newer"
@@ -246,7 +255,7 @@ impl<R: Read> ImageReader<R> {
                 "an older"
             };
             return Err(bad(format!(
-                "image format version {} is from {which} MetaStore; this one reads version {} only",
+                "image format version {} is from {which} MetaStore; this one reads versions 3 and {}",
                 theirs as char, VERSION as char
             )));
         }
@@ -274,6 +283,17 @@ impl<R: Read> ImageReader<R> {
         }
         let bytes = r.bytes(len as usize)?;
         let leases = LeaseTable::decode(&bytes).map_err(|e| bad(format!("leases: {e}")))?;
+        let auth = if &magic == MAGIC_V3 {
+            metastorepb::AuthState::default()
+        } else {
+            let len = u32::from_le_bytes(r.array()?);
+            if len > MAX_RECORD {
+                return Err(bad("auth state too large"));
+            }
+            let bytes = r.bytes(len as usize)?;
+            metastorepb::AuthState::decode(bytes.as_slice())
+                .map_err(|e| bad(format!("auth: {e}")))?
+        };
         let h = ImageHeader {
             index,
             term,
@@ -282,6 +302,7 @@ impl<R: Read> ImageReader<R> {
             compact_rev,
             membership,
             leases,
+            auth,
         };
         Ok((h, r))
     }
@@ -595,6 +616,37 @@ mod tests {
         assert_eq!(t.end().0, s.current_revision() + 1);
     }
 
+    /// An image from before auth (version 3: no auth section) loads as a
+    /// store whose auth was never used; the same image with auth carries it.
+    #[test]
+    fn version_3_images_load_without_auth() {
+        let s = sample();
+        let v4 = image(&s);
+        // The header ends after the leases: find its length field.
+        let mut at = 8 + 32;
+        for _ in 0..3 {
+            let len = u32::from_le_bytes(v4[at..at + 4].try_into().unwrap()) as usize;
+            at += 4 + len;
+        }
+        assert_eq!(&v4[at..at + 4], &[0; 4], "an empty auth section");
+        let mut v3 = MAGIC_V3.to_vec();
+        v3.extend_from_slice(&v4[8..at]);
+        v3.extend_from_slice(&v4[at + 4..v4.len() - 4]);
+        let crc = crc32c::crc32c(&v3);
+        v3.extend_from_slice(&crc.to_le_bytes());
+        let (h, d) = read_into_store(v3.as_slice(), true).unwrap();
+        assert_eq!(d, s);
+        assert_eq!(h.auth, metastorepb::AuthState::default());
+        // With auth in the header, it comes back.
+        let mut point = AppliedPoint::default();
+        point.auth.enabled = true;
+        point.auth.revision = 7;
+        let h = point.header(s.current_revision(), s.compact_main_revision());
+        let bytes = write_memory_image(&s, &h, Vec::new()).unwrap();
+        let (h, _) = read_into_store(bytes.as_slice(), true).unwrap();
+        assert_eq!((h.auth.enabled, h.auth.revision), (true, 7));
+    }
+
     #[test]
     fn images_of_other_versions_are_refused_saying_which() {
         let mut old = image(&sample());
@@ -604,11 +656,11 @@ mod tests {
             .to_string();
         assert!(e.contains("version 2 is from an older MetaStore"), "{e}");
         let mut new = image(&sample());
-        new[7] = b'4';
+        new[7] = b'5';
         let e = read_into_store(new.as_slice(), true)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("version 4 is from a newer MetaStore"), "{e}");
+        assert!(e.contains("version 5 is from a newer MetaStore"), "{e}");
         let e = read_into_store(&b"SQLite format 3\0"[..], true)
             .unwrap_err()
             .to_string();

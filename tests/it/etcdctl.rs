@@ -11,14 +11,14 @@ use serde_json::Value;
 use crate::harness::{Engine, Pair, Server};
 
 /// One etcdctl invocation: arguments, and stdin (for `txn`).
-struct Cmd {
+pub(crate) struct Cmd {
     args: Vec<String>,
     stdin: Option<String>,
     /// stdout is a protobuf RangeResponse (`get -w protobuf`).
     proto: bool,
 }
 
-fn c(line: &str) -> Cmd {
+pub(crate) fn c(line: &str) -> Cmd {
     Cmd {
         args: split(line),
         stdin: None,
@@ -36,7 +36,7 @@ fn c_proto(line: &str) -> Cmd {
 
 /// `etcdctl txn` reading compares, success ops and failure ops from stdin,
 /// each section ended by an empty line.
-fn txn(args: &str, compares: &[&str], success: &[&str], failure: &[&str]) -> Cmd {
+pub(crate) fn txn(args: &str, compares: &[&str], success: &[&str], failure: &[&str]) -> Cmd {
     let mut input = String::new();
     for section in [compares, success, failure] {
         for line in section {
@@ -88,7 +88,7 @@ fn split(line: &str) -> Vec<String> {
 
 /// What a command printed, normalised.
 #[derive(Debug, PartialEq, Eq)]
-struct Seen {
+pub(crate) struct Seen {
     code: Option<i32>,
     stdout: String,
     stderr: String,
@@ -191,7 +191,7 @@ fn exec(s: &Server, cmd: &Cmd) -> Seen {
 
 /// Runs every command on etcd, then on MetaStore; panics listing each
 /// command whose normalised output differs. Returns etcd's outputs.
-fn run(pair: &Pair, cmds: &[Cmd]) -> Vec<Seen> {
+pub(crate) fn run(pair: &Pair, cmds: &[Cmd]) -> Vec<Seen> {
     let mut outs = Vec::new();
     let mut diffs = Vec::new();
     for (i, cmd) in cmds.iter().enumerate() {

@@ -37,6 +37,7 @@ macro_rules! engine_tests {
     };
 }
 
+mod auth;
 pub(crate) mod cluster;
 mod cluster_diff;
 mod concurrency;

@@ -281,6 +281,19 @@ async fn an_etcd_snapshot_restores_into_metastore(engine: Engine) {
     client.put("after-compaction", "y", None).await.unwrap();
     client.delete("h005", None).await.unwrap();
     let (now, _) = everything(&etcd).await;
+    // Users, roles and permissions (auth's buckets; auth stays off so the
+    // reads below need no credentials).
+    for line in [
+        "user add root:rootpw",
+        "user grant-role root root",
+        "user add alice:alicepw",
+        "role add app",
+        "role grant-permission app read --prefix h",
+        "user grant-role alice app",
+    ] {
+        let out = etcd.etcdctl(&line.split(' ').collect::<Vec<_>>());
+        assert!(out.status.success(), "{line}: {out:?}");
+    }
     let path = etcd.data_dir().with_extension("etcd-snapshot");
     let out = etcd.etcdctl(&["snapshot", "save", path.to_str().unwrap()]);
     assert!(
@@ -336,6 +349,24 @@ async fn an_etcd_snapshot_restores_into_metastore(engine: Engine) {
     let mut mc = ms.client().await;
     let put = mc.put("new", "z", None).await.unwrap();
     assert_eq!(put.header().unwrap().revision(), now + 1);
+    // The users and roles came along, passwords included: with auth on,
+    // alice reads what her role allows, and nothing else.
+    let text =
+        |s: &Server, args: &[&str]| String::from_utf8_lossy(&s.etcdctl(args).stdout).into_owned();
+    for args in [
+        &["user", "list"][..],
+        &["role", "get", "app"],
+        &["user", "get", "alice"],
+    ] {
+        assert_eq!(text(&ms, args), text(&etcd, args), "{args:?}");
+    }
+    assert!(ms.etcdctl(&["auth", "enable"]).status.success());
+    assert!(ms
+        .etcdctl(&["--user=alice:alicepw", "get", "h001"])
+        .status
+        .success());
+    let denied = ms.etcdctl(&["--user=alice:alicepw", "get", "t1"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("permission denied"));
     // A damaged file is refused, leaving no data dir.
     let broken = etcd.data_dir().with_extension("etcd-broken");
     let mut bytes = std::fs::read(&path).unwrap();

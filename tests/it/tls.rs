@@ -920,3 +920,82 @@ fn handlers_see_the_client_certificates_common_name() {
     assert!(status.contains("200"), "{status}");
     assert_eq!(body, "");
 }
+
+/// With client certificates required and auth on, a request without a
+/// token runs as its certificate's common name (etcd's behaviour), and a
+/// password login still works; side by side with etcd 3.4.
+#[test]
+fn the_client_certificates_common_name_is_the_user_when_auth_is_on() {
+    let pki = Pki::new();
+    let ca = Ca::new("test-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let (srv, srv_key) = pki.leaf("server", &ca.issue("server"));
+    let (root, root_key) = pki.leaf("root", &ca.issue("root"));
+    let (alice, alice_key) = pki.leaf("alice", &ca.issue("alice"));
+    let (carol, carol_key) = pki.leaf("carol", &ca.issue("carol"));
+    let flags: Vec<String> = [
+        "--cert-file",
+        &srv,
+        "--key-file",
+        &srv_key,
+        "--trusted-ca-file",
+        &ca_file,
+        "--client-cert-auth",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (etcd, ms) = tls_pair(Engine::Memory, &flags);
+    let as_cert = |c: &str, k: &str| {
+        vec![
+            "--cacert".to_owned(),
+            ca_file.clone(),
+            "--cert".into(),
+            c.into(),
+            "--key".into(),
+            k.into(),
+        ]
+    };
+    let root_tls = as_cert(&root, &root_key);
+    let alice_tls = as_cert(&alice, &alice_key);
+    let carol_tls = as_cert(&carol, &carol_key);
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let steps: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (refs(&root_tls), vec!["user", "add", "root:rootpw"]),
+        (refs(&root_tls), vec!["user", "grant-role", "root", "root"]),
+        (refs(&root_tls), vec!["user", "add", "alice:alicepw"]),
+        (refs(&root_tls), vec!["role", "add", "app"]),
+        (
+            refs(&root_tls),
+            vec!["role", "grant-permission", "app", "readwrite", "a"],
+        ),
+        (refs(&root_tls), vec!["user", "grant-role", "alice", "app"]),
+        (refs(&root_tls), vec!["auth", "enable"]),
+        // Certificates name the user: root may do anything, alice her key.
+        (refs(&root_tls), vec!["put", "b", "1"]),
+        (refs(&alice_tls), vec!["put", "a", "1"]),
+        (refs(&alice_tls), vec!["get", "a"]),
+        (refs(&alice_tls), vec!["get", "b"]),
+        // No such user: denied.
+        (refs(&carol_tls), vec!["get", "a"]),
+        // A password login over the same connection wins over the CN.
+        (refs(&alice_tls), vec!["--user=root:rootpw", "get", "b"]),
+        (refs(&carol_tls), vec!["--user=alice:alicepw", "get", "a"]),
+        (refs(&carol_tls), vec!["--user=alice:wrong", "get", "a"]),
+    ];
+    let mut diffs = Vec::new();
+    for (tls, args) in &steps {
+        let [e, m] = both(&etcd, &ms, "https", tls, args);
+        let (e, m) = (essence(&e), essence(&m));
+        if e != m {
+            diffs.push(format!("{args:?}: etcd {e:?}, metastore {m:?}"));
+        }
+    }
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    let [_, m] = both(&etcd, &ms, "https", &refs(&alice_tls), &["get", "b"]);
+    assert!(String::from_utf8_lossy(&m.stderr).contains("permission denied"));
+    let [_, m] = both(&etcd, &ms, "https", &refs(&alice_tls), &["get", "a"]);
+    assert!(String::from_utf8_lossy(&m.stdout).contains('1'));
+}

@@ -15,7 +15,7 @@ use raft::eraftpb::ConfState;
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::{
-    cf, db_error, encode, pair, Dbs, CF_KV, CF_META, META_APPLIED, META_CONF_STATE,
+    cf, db_error, encode, pair, Dbs, CF_KV, CF_META, META_APPLIED, META_AUTH, META_CONF_STATE,
     META_INSTALLING, META_LEASES, META_MEMBERSHIP, META_REVISION,
 };
 use crate::proto::{metastorepb, mvccpb};
@@ -64,6 +64,9 @@ pub struct RocksKv {
     fill_events: bool,
     /// Version of the lease table last written.
     leases_written: Option<u64>,
+    /// The auth store's revision and switch last written (every change
+    /// moves one of them).
+    auth_written: Option<(u64, bool)>,
 }
 
 impl std::fmt::Debug for RocksKv {
@@ -161,6 +164,11 @@ impl RocksKv {
         if self.leases_written != Some(point.leases.version()) {
             batch.put_cf(meta, META_LEASES, point.leases.encode());
             self.leases_written = Some(point.leases.version());
+        }
+        let auth = (point.auth.revision, point.auth.enabled);
+        if self.auth_written != Some(auth) {
+            batch.put_cf(meta, META_AUTH, point.auth.encode_to_vec());
+            self.auth_written = Some(auth);
         }
         batch.put_cf(
             meta,
@@ -306,6 +314,7 @@ impl RocksKv {
         batch.put_cf(meta, META_CONF_STATE, encode(cs));
         batch.put_cf(meta, META_MEMBERSHIP, membership.encode_to_vec());
         batch.put_cf(meta, META_LEASES, h.leases.encode());
+        batch.put_cf(meta, META_AUTH, h.auth.encode_to_vec());
         batch.put_cf(
             meta,
             META_REVISION,
@@ -340,6 +349,7 @@ impl RocksKv {
             membership: None,
             fill_events: false,
             leases_written: None,
+            auth_written: None,
         }
     }
 }
@@ -404,6 +414,7 @@ fn write_image<W: Write>(db: &DB, snap: &rocksdb::Snapshot<'_>, out: W) -> Resul
         compact_rev: meta.revision.1,
         membership: meta.membership,
         leases: meta.leases,
+        auth: meta.auth,
     };
     let io = |e| StorageError::io("write the image", e);
     let mut w = ImageWriter::new(out, &h).map_err(io)?;

@@ -61,6 +61,7 @@ const META_CONF_STATE: &[u8] = b"conf_state";
 const META_REVISION: &[u8] = b"revision";
 const META_MEMBERSHIP: &[u8] = b"membership";
 const META_LEASES: &[u8] = b"leases";
+const META_AUTH: &[u8] = b"auth";
 /// Present while an image is being installed.
 const META_INSTALLING: &[u8] = b"installing";
 
@@ -282,6 +283,9 @@ pub struct Meta {
     pub membership: crate::proto::metastorepb::Membership,
     /// Every lease as of the applied index.
     pub leases: crate::storage::leases::LeaseTable,
+    /// The auth store as of the applied index (none before auth existed:
+    /// a fresh store).
+    pub auth: crate::proto::metastorepb::AuthState,
 }
 
 fn two_u64(what: &str, b: &[u8]) -> Result<(u64, u64), StorageError> {
@@ -361,6 +365,10 @@ fn meta_from(
         m.leases = crate::storage::leases::LeaseTable::decode(&b)
             .map_err(|e| StorageError::Rocks(format!("meta leases: {e}")))?;
     }
+    if let Some(b) = get(META_AUTH)? {
+        m.auth = crate::proto::metastorepb::AuthState::decode(b.as_slice())
+            .map_err(|e| StorageError::Rocks(format!("meta auth: {e}")))?;
+    }
     Ok(m)
 }
 
@@ -382,6 +390,7 @@ pub fn bootstrap(
     b.put_cf(meta, META_APPLIED, pair(point.index, point.term));
     b.put_cf(meta, META_CONF_STATE, encode(&point.conf_state));
     b.put_cf(meta, META_MEMBERSHIP, point.membership.encode_to_vec());
+    b.put_cf(meta, META_AUTH, point.auth.encode_to_vec());
     b.put_cf(meta, META_REVISION, pair(1, -1i64 as u64));
     dbs.kv
         .write_opt(b, &wo)

@@ -203,6 +203,19 @@ impl Hub {
         }
     }
 
+    /// Answers a create request that is refused before it is looked at
+    /// (no permission): created and canceled at once, with `reason`.
+    pub fn refuse(&mut self, stream: StreamId, reason: &str) {
+        if !self.streams.contains_key(&stream) {
+            return;
+        }
+        let mut resp = self.control(-1, self.current_rev);
+        resp.created = true;
+        resp.canceled = true;
+        resp.cancel_reason = reason.to_owned();
+        self.queue_control(stream, resp);
+    }
+
     /// WatchCreateRequest on `stream` (etcd's rules: an empty key is
     /// "\0", a range end of "\0" means every key from the key on, a start
     /// revision of 0 means "after the current one", watch id 0 means "pick

@@ -407,3 +407,130 @@ async fn an_unauthenticated_client_learns_nothing(engine: Engine) {
 
 engine_tests!(sync: etcdctl_manages_users_roles_and_permissions_as_etcd);
 engine_tests!(async: every_guarded_call_is_allowed_or_denied_as_etcd, an_unauthenticated_client_learns_nothing);
+
+/// etcdctl against one member only, as `user` ("" for none).
+fn ctl_at(s: &Server, user: &str, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = Vec::new();
+    if !user.is_empty() {
+        all.push(format!("--user={user}"));
+    }
+    all.push("--command-timeout=5s".into());
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    s.etcdctl(&refs)
+}
+
+/// The rules every member must enforce alike, read locally (serializable)
+/// and through the leader.
+fn assert_enforces(s: &Server) {
+    let ok = |user: &str, args: &[&str]| {
+        let out = ctl_at(s, user, args);
+        assert!(
+            out.status.success(),
+            "{user} {args:?} on {}: {out:?}",
+            s.endpoint()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = |user: &str, args: &[&str], why: &str| {
+        let out = ctl_at(s, user, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{user} {args:?} on {}: {out:?}",
+            s.endpoint()
+        );
+    };
+    let alice = "alice:alicepw";
+    ok(alice, &["put", "a/x", "1"]);
+    assert!(ok(alice, &["get", "a/x", "--consistency=s"]).contains("a/x"));
+    refused(
+        alice,
+        &["get", "load/", "--prefix", "--consistency=s"],
+        "permission denied",
+    );
+    refused(alice, &["put", "b", "1"], "permission denied");
+    refused("", &["get", "a/x", "--consistency=s"], "user name is empty");
+    refused("", &["put", "load/x", "1"], "user name is empty");
+    ok(
+        "root:rootpw",
+        &["get", "load/", "--prefix", "--limit=1", "--consistency=s"],
+    );
+}
+
+/// Auth turned on in a running 3-member cluster (both engines) while a
+/// client writes without credentials, then the leader killed: no write
+/// sent after the switch was acknowledged succeeds, and every member,
+/// the restarted one included, enforces the same rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_turned_on_under_load_holds_on_every_member_after_the_leader_dies() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let mut c = crate::harness::Cluster::start_kinds(
+        &[
+            crate::harness::Kind::MetaStore(Engine::Memory),
+            crate::harness::Kind::MetaStore(Engine::Rocksdb),
+            crate::harness::Kind::MetaStore(Engine::Memory),
+        ],
+        &[],
+    );
+    c.wait_leader(Duration::from_secs(10));
+    let endpoints = c.endpoints();
+    let enabled = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (before, after) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (enabled, stop, before, after) =
+            (enabled.clone(), stop.clone(), before.clone(), after.clone());
+        tokio::spawn(async move {
+            let mut client = Client::connect(endpoints, None).await.unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let was_on = enabled.load(Ordering::SeqCst);
+                i += 1;
+                if client.put(format!("load/{i}"), "v", None).await.is_ok() {
+                    if was_on { &after } else { &before }.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = &c.members[0];
+    for line in [
+        "user add root:rootpw",
+        "user grant-role root root",
+        "user add alice:alicepw",
+        "role add app",
+        "role grant-permission app readwrite --prefix a/",
+        "user grant-role alice app",
+        "auth enable",
+    ] {
+        let out = first.etcdctl(&line.split(' ').collect::<Vec<_>>());
+        assert!(out.status.success(), "{line}: {out:?}");
+    }
+    enabled.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = c.wait_leader(Duration::from_secs(10));
+    c.members[leader].kill9();
+    c.wait_leader(Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let _ = load.await;
+    assert!(
+        before.load(Ordering::SeqCst) > 0,
+        "the load wrote before auth"
+    );
+    assert_eq!(
+        after.load(Ordering::SeqCst),
+        0,
+        "a write without credentials succeeded after auth was on"
+    );
+    for (i, m) in c.members.iter_mut().enumerate() {
+        if i != leader {
+            assert_enforces(m);
+        }
+    }
+    c.members[leader].restart();
+    c.wait_leader(Duration::from_secs(15));
+    assert_enforces(&c.members[leader]);
+}

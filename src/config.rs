@@ -553,6 +553,54 @@ impl Config {
         Ok(cfg)
     }
 
+    /// What `auth-token` asks for (etcd's syntax: `simple`, or
+    /// `jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>[,ttl=<dur>]`).
+    pub fn auth_tokens(&self) -> Result<AuthTokens, ConfigError> {
+        let bad = |why: String| ConfigError::Invalid {
+            key: "auth-token".into(),
+            why,
+        };
+        let mut parts = self.auth_token.split(',');
+        let kind = parts.next().unwrap_or_default();
+        let mut opts = std::collections::HashMap::new();
+        for part in parts {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(bad(format!("option {part:?} is not key=value")));
+            };
+            if opts.insert(k, v).is_some() {
+                return Err(bad(format!("option {k:?} given twice")));
+            }
+        }
+        match kind {
+            "simple" if opts.is_empty() => Ok(AuthTokens::Simple),
+            "jwt" => {
+                let mut jwt = JwtOptions {
+                    ttl_secs: 300,
+                    ..JwtOptions::default()
+                };
+                for (k, v) in opts {
+                    match k {
+                        "pub-key" => jwt.pub_key = Some(PathBuf::from(v)),
+                        "priv-key" => jwt.priv_key = Some(PathBuf::from(v)),
+                        "sign-method" => jwt.sign_method = v.to_owned(),
+                        "ttl" => {
+                            jwt.ttl_secs = parse_duration_ms(v).map_err(bad)?.div_ceil(1000);
+                        }
+                        other => return Err(bad(format!("unknown JWT option {other:?}"))),
+                    }
+                }
+                if jwt.sign_method.is_empty() {
+                    return Err(bad("JWT needs sign-method".into()));
+                }
+                if jwt.pub_key.is_none() && jwt.priv_key.is_none() {
+                    return Err(bad("JWT needs pub-key or priv-key".into()));
+                }
+                Ok(AuthTokens::Jwt(jwt))
+            }
+            other => Err(bad(format!("unknown token type {other:?} (simple or jwt)"))),
+        }
+    }
+
     /// Checks values a typo could break.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: String| {
@@ -564,16 +612,7 @@ impl Config {
         if self.name.is_empty() {
             return bad("name", "must not be empty".into());
         }
-        match self.auth_token.split(',').next().unwrap_or_default() {
-            "simple" => {}
-            "jwt" => {
-                return bad(
-                    "auth-token",
-                    "JWT tokens are not supported yet; use \"simple\"".into(),
-                )
-            }
-            other => return bad("auth-token", format!("unknown token type {other:?}")),
-        }
+        self.auth_tokens()?;
         if self.auth_token_ttl == 0 {
             return bad("auth-token-ttl", "must be positive".into());
         }
@@ -769,6 +808,30 @@ pub fn parse_url_addr(url: &str) -> Option<std::net::SocketAddr> {
     rest.parse().ok()
 }
 
+/// How Authenticate's tokens are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthTokens {
+    /// Random strings kept by the issuing member.
+    Simple,
+    /// Signed JSON Web Tokens, valid on every member with the key.
+    Jwt(JwtOptions),
+}
+
+/// `--auth-token jwt,...`'s options (etcd's names).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JwtOptions {
+    /// The public key (PEM) tokens are verified with.
+    pub pub_key: Option<PathBuf>,
+    /// The private key (PEM; the secret for HS*) tokens are signed with;
+    /// without it the member only verifies.
+    pub priv_key: Option<PathBuf>,
+    /// RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, HS256,
+    /// HS384 or HS512.
+    pub sign_method: String,
+    /// Token lifetime (etcd's default: 5 minutes).
+    pub ttl_secs: u64,
+}
+
 /// A Go-style duration ("10m", "1m30s", "5s", "250ms", "1h") in milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let bad = || format!("invalid duration {text:?} (e.g. 10m, 5s, 500ms)");
@@ -807,6 +870,37 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_token_takes_etcds_syntax_and_refuses_the_rest() {
+        let with = |t: &str| Config {
+            auth_token: t.into(),
+            ..Config::default()
+        };
+        assert_eq!(with("simple").auth_tokens().unwrap(), AuthTokens::Simple);
+        let AuthTokens::Jwt(j) = with("jwt,pub-key=/p,priv-key=/k,sign-method=RS256,ttl=1m")
+            .auth_tokens()
+            .unwrap()
+        else {
+            panic!("not jwt")
+        };
+        assert_eq!(
+            (j.pub_key.unwrap(), j.priv_key.unwrap(), j.sign_method.as_str(), j.ttl_secs),
+            (PathBuf::from("/p"), PathBuf::from("/k"), "RS256", 60)
+        );
+        for bad in [
+            "jws",
+            "simple,x=1",
+            "jwt,pub-key=/p",
+            "jwt,sign-method=RS256",
+            "jwt,pub-key=/p,pub-key=/q,sign-method=RS256",
+            "jwt,pub-key,sign-method=RS256",
+            "jwt,pub-key=/p,sign-method=RS256,color=red",
+        ] {
+            assert!(with(bad).auth_tokens().is_err(), "{bad}");
+            assert!(with(bad).validate().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn shipped_config_toml_equals_the_defaults() {

@@ -242,6 +242,172 @@ impl Tokens {
     }
 }
 
+/// etcd's JWT tokens: signed claims (user name, the auth revision the
+/// password was checked at, expiry), valid on every member that has the
+/// key, and only while the user's credentials and auth's switch are as
+/// they were at that revision (the replicated auth store says so on every
+/// member alike).
+pub struct Jwt {
+    algorithm: jsonwebtoken::Algorithm,
+    sign: Option<jsonwebtoken::EncodingKey>,
+    verify: jsonwebtoken::DecodingKey,
+    ttl: Duration,
+    /// Tokens already verified (a signature check per request would cost
+    /// far more than the request): token → (user, revision, expiry).
+    verified: parking_lot::Mutex<HashMap<String, (String, u64, u64)>>,
+}
+
+/// Verified tokens remembered at most (then forgotten all at once).
+const JWT_CACHE: usize = 10_000;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Claims {
+    username: String,
+    revision: u64,
+    exp: u64,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Jwt {
+    /// Loads the keys `--auth-token jwt,...` names.
+    pub fn load(o: &crate::config::JwtOptions) -> Result<Jwt, crate::error::ConfigError> {
+        use jsonwebtoken::{Algorithm as A, DecodingKey, EncodingKey};
+        let bad = |why: String| crate::error::ConfigError::Invalid {
+            key: "auth-token".into(),
+            why,
+        };
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| bad(format!("cannot read {}: {e}", p.display())))
+        };
+        let algorithm: A = o
+            .sign_method
+            .parse()
+            .map_err(|_| bad(format!("unknown sign-method {:?}", o.sign_method)))?;
+        let key_err = |e: jsonwebtoken::errors::Error| bad(format!("key: {e}"));
+        let (sign, verify) = match algorithm {
+            A::HS256 | A::HS384 | A::HS512 => {
+                let path = o
+                    .priv_key
+                    .as_ref()
+                    .or(o.pub_key.as_ref())
+                    .ok_or_else(|| bad("HMAC needs priv-key".into()))?;
+                let secret = read(path)?;
+                (
+                    Some(EncodingKey::from_secret(&secret)),
+                    DecodingKey::from_secret(&secret),
+                )
+            }
+            A::ES256 | A::ES384 => {
+                let public = read(
+                    o.pub_key
+                        .as_ref()
+                        .ok_or_else(|| bad("needs pub-key".into()))?,
+                )?;
+                let sign = match &o.priv_key {
+                    Some(p) => Some(EncodingKey::from_ec_pem(&read(p)?).map_err(key_err)?),
+                    None => None,
+                };
+                (sign, DecodingKey::from_ec_pem(&public).map_err(key_err)?)
+            }
+            A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => {
+                let public = read(
+                    o.pub_key
+                        .as_ref()
+                        .ok_or_else(|| bad("needs pub-key".into()))?,
+                )?;
+                let sign = match &o.priv_key {
+                    Some(p) => Some(EncodingKey::from_rsa_pem(&read(p)?).map_err(key_err)?),
+                    None => None,
+                };
+                (sign, DecodingKey::from_rsa_pem(&public).map_err(key_err)?)
+            }
+            other => return Err(bad(format!("sign-method {other:?} is not supported"))),
+        };
+        Ok(Jwt {
+            algorithm,
+            sign,
+            verify,
+            ttl: Duration::from_secs(o.ttl_secs),
+            verified: Default::default(),
+        })
+    }
+
+    fn issue(&self, user: &str, revision: u64) -> Result<String, ApiError> {
+        let key = self.sign.as_ref().ok_or_else(|| {
+            ApiError::Internal("auth: token signing attempted with verify-only key".into())
+        })?;
+        let claims = Claims {
+            username: user.to_owned(),
+            revision,
+            exp: now_secs() + self.ttl.as_secs(),
+        };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(self.algorithm), &claims, key)
+            .map_err(|e| ApiError::Internal(format!("sign a token: {e}")))
+    }
+
+    fn user_of(&self, token: &str, auth: &AuthStore) -> Option<String> {
+        let known = self.verified.lock().get(token).cloned();
+        let (user, revision, exp) = match known {
+            Some(k) => k,
+            None => {
+                let mut v = jsonwebtoken::Validation::new(self.algorithm);
+                v.leeway = 0;
+                let c = jsonwebtoken::decode::<Claims>(token, &self.verify, &v)
+                    .ok()?
+                    .claims;
+                let mut verified = self.verified.lock();
+                if verified.len() >= JWT_CACHE {
+                    verified.clear();
+                }
+                verified.insert(token.to_owned(), (c.username.clone(), c.revision, c.exp));
+                (c.username, c.revision, c.exp)
+            }
+        };
+        (exp > now_secs() && auth.token_valid(&user, revision)).then_some(user)
+    }
+}
+
+/// Who makes and checks tokens (`--auth-token`).
+pub enum TokenIssuer {
+    /// etcd's simple tokens.
+    Simple(Tokens),
+    /// etcd's JWT tokens.
+    Jwt(Jwt),
+}
+
+impl TokenIssuer {
+    /// The issuer the configuration asks for (keys loaded).
+    pub fn new(cfg: &crate::config::Config) -> Result<TokenIssuer, crate::error::ConfigError> {
+        Ok(match cfg.auth_tokens()? {
+            crate::config::AuthTokens::Simple => {
+                TokenIssuer::Simple(Tokens::new(Duration::from_secs(cfg.auth_token_ttl)))
+            }
+            crate::config::AuthTokens::Jwt(o) => TokenIssuer::Jwt(Jwt::load(&o)?),
+        })
+    }
+
+    /// A token for `user`, whose password was checked at `revision`.
+    pub fn issue(&self, user: &str, revision: u64) -> Result<String, ApiError> {
+        match self {
+            TokenIssuer::Simple(t) => Ok(t.issue(user, revision)),
+            TokenIssuer::Jwt(j) => j.issue(user, revision),
+        }
+    }
+
+    /// The user `token` stands for, if it is still good under `auth`.
+    pub fn user_of(&self, token: &str, auth: &AuthStore) -> Option<String> {
+        match self {
+            TokenIssuer::Simple(t) => t.user_of(token, auth),
+            TokenIssuer::Jwt(j) => j.user_of(token, auth),
+        }
+    }
+}
+
 impl Backend {
     /// The auth store as of the last applied batch.
     pub fn auth_view(&self) -> Arc<AuthStore> {
@@ -377,7 +543,7 @@ impl AuthService {
             tracing::info!(user = %r.name, "invalid password");
             return Err(ApiError::AuthFailed);
         }
-        let token = self.backend.tokens.issue(&c.name, c.revision);
+        let token = self.backend.tokens.issue(&c.name, c.revision)?;
         Ok(AuthenticateResponse { header, token })
     }
 }

@@ -67,8 +67,8 @@ pub struct Backend {
     pub election_timeout_ms: u64,
     /// A channel to the leader's peer service, for forwarded lease calls.
     leader_link: Arc<parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>>,
-    /// Simple tokens this member issued.
-    pub tokens: Arc<auth::Tokens>,
+    /// Authenticate's tokens (simple or JWT).
+    pub tokens: Arc<auth::TokenIssuer>,
     /// bcrypt, off the write path.
     pub hasher: auth::Hasher,
     /// Whom the requests this backend runs on its own behalf are checked
@@ -81,7 +81,7 @@ pub struct Backend {
 
 impl Backend {
     /// The backend of a running core.
-    pub fn new(cfg: &Config, core: Core) -> Backend {
+    pub fn new(cfg: &Config, core: Core, tokens: auth::TokenIssuer) -> Backend {
         Backend {
             proposer: Proposer {
                 raft: core.raft.clone(),
@@ -98,7 +98,7 @@ impl Backend {
             client_urls: cfg.advertise_client_list(),
             election_timeout_ms: cfg.raft.tick_ms * cfg.raft.election_tick as u64,
             leader_link: Arc::default(),
-            tokens: Arc::new(auth::Tokens::new(Duration::from_secs(cfg.auth_token_ttl))),
+            tokens: Arc::new(tokens),
             hasher: auth::Hasher::start(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
                 cfg.bcrypt_cost,
@@ -490,7 +490,8 @@ pub async fn serve(
     };
 
     let raft_thread = core.raft_thread.clone();
-    let backend = Backend::new(&cfg, core);
+    let tokens = auth::TokenIssuer::new(&cfg)?;
+    let backend = Backend::new(&cfg, core, tokens);
     let incoming = cfg.data_dir.join(crate::storage::INCOMING);
     let peer_backend = backend.clone();
     let max_peer_message =

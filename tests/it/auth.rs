@@ -15,7 +15,7 @@ use crate::harness::{Engine, Pair, Server};
 
 /// root (root role); alice with role `app`: readwrite on key `a`, read on
 /// prefix `p/`, write on range [w1, w5).
-fn setup(pair: &Pair) {
+pub(crate) fn setup(pair: &Pair) {
     run(
         pair,
         &[

@@ -12,12 +12,24 @@ use crate::harness::{Engine, Pair};
 /// POST `body` to `path`; (status code, body). With `wait`, reads for that
 /// long and returns what came (a streaming answer).
 fn post(port: u16, path: &str, body: &str, wait: Option<Duration>) -> (u16, String) {
+    post_as(port, path, body, wait, None)
+}
+
+/// `post` with an `Authorization` header (a token), as gateway clients send.
+fn post_as(
+    port: u16,
+    path: &str,
+    body: &str,
+    wait: Option<Duration>,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(wait.unwrap_or(Duration::from_secs(5))))
         .unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -201,6 +213,7 @@ fn gateway_answers_as_etcd_does(engine: Engine) {
     assert_eq!(code, 200);
 }
 
+engine_tests!(sync: gateway_auth_answers_as_etcd_does);
 engine_tests!(sync: gateway_answers_as_etcd_does);
 
 /// What gRPC writes the gateway reads and watches, and the reverse.
@@ -257,3 +270,67 @@ async fn gateway_and_grpc_see_each_other(engine: Engine) {
 }
 
 engine_tests!(async: gateway_and_grpc_see_each_other);
+
+/// `/v3/auth/...` and the `Authorization` header, as etcd 3.4's gateway
+/// answers them: log in, then the same answers with the token, without
+/// it, and with a made-up one.
+fn gateway_auth_answers_as_etcd_does(engine: Engine) {
+    let p = Pair::start(engine);
+    crate::auth::setup(&p);
+    let login = |port: u16, user: &str, pw: &str| {
+        let (code, body) = post(
+            port,
+            "/v3/auth/authenticate",
+            &format!(r#"{{"name":"{user}","password":"{pw}"}}"#),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    };
+    let (e, m) = (p.etcd.port, p.ms.port);
+    let (ea, ma) = (login(e, "alice", "alicepw"), login(m, "alice", "alicepw"));
+    let (er, mr) = (login(e, "root", "rootpw"), login(m, "root", "rootpw"));
+    let same = |path: &str, body: &str, tokens: Option<(&str, &str)>| {
+        let (ec, eb) = post_as(e, path, body, None, tokens.map(|t| t.0));
+        let (mc, mb) = post_as(m, path, body, None, tokens.map(|t| t.1));
+        assert_eq!(
+            mc, ec,
+            "{path} {body}: status; etcd said {eb}, we said {mb}"
+        );
+        assert_eq!(normalized(&mb), normalized(&eb), "{path} {body}");
+        mb
+    };
+    let alice = Some((ea.as_str(), ma.as_str()));
+    let root = Some((er.as_str(), mr.as_str()));
+    // a = 1 (base64), b.
+    same("/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#, alice);
+    let got = same("/v3/kv/range", r#"{"key":"YQ=="}"#, alice);
+    assert!(got.contains("MQ=="), "{got}");
+    let denied = same("/v3/kv/range", r#"{"key":"Yg=="}"#, alice);
+    assert!(denied.contains("permission denied"), "{denied}");
+    same("/v3/kv/range", r#"{"key":"YQ=="}"#, None);
+    same(
+        "/v3/kv/range",
+        r#"{"key":"YQ=="}"#,
+        Some(("bogus.1", "bogus.1")),
+    );
+    same(
+        "/v3/auth/authenticate",
+        r#"{"name":"alice","password":"nope"}"#,
+        None,
+    );
+    same("/v3/auth/user/list", "{}", root);
+    same("/v3/auth/user/list", "{}", alice);
+    same("/v3/auth/role/get", r#"{"role":"app"}"#, alice);
+    same("/v3/auth/user/get", r#"{"name":"alice"}"#, alice);
+    same("/v3/auth/role/add", r#"{"name":"viewer"}"#, root);
+    same(
+        "/v3/auth/role/grant",
+        r#"{"name":"viewer","perm":{"permType":"READ","key":"dg==","range_end":"dw=="}}"#,
+        root,
+    );
+    same("/v3/auth/role/get", r#"{"role":"viewer"}"#, root);
+    same("/v3/auth/disable", "{}", root);
+    same("/v3/kv/range", r#"{"key":"YQ=="}"#, None);
+}

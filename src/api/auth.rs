@@ -554,8 +554,51 @@ macro_rules! rpc {
     }};
 }
 
+/// Auth changes whose request goes into the log as it came and whose
+/// answer is only a header: `method, Request, Response, Internal variant`.
+macro_rules! changes {
+    ($($method:ident, $req:ident, $resp:ident, $variant:ident;)*) => {
+        $(
+            // The signature `#[tonic::async_trait]` gives an `async fn`
+            // (it does not see into macros).
+            fn $method<'life0, 'async_trait>(
+                &'life0 self,
+                req: Request<$req>,
+            ) -> std::pin::Pin<
+                Box<
+                    dyn std::future::Future<Output = Result<Response<$resp>, Status>>
+                        + Send
+                        + 'async_trait,
+                >,
+            >
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin(async move {
+                    rpc!(async {
+                        let r = req.get_ref().clone();
+                        let header = self.change(&req, Internal::$variant(r)).await?;
+                        Ok::<_, ApiError>($resp { header })
+                    })
+                })
+            }
+        )*
+    };
+}
+
 #[tonic::async_trait]
 impl Auth for AuthService {
+    changes! {
+        user_delete, AuthUserDeleteRequest, AuthUserDeleteResponse, UserDelete;
+        user_grant_role, AuthUserGrantRoleRequest, AuthUserGrantRoleResponse, UserGrantRole;
+        user_revoke_role, AuthUserRevokeRoleRequest, AuthUserRevokeRoleResponse, UserRevokeRole;
+        role_add, AuthRoleAddRequest, AuthRoleAddResponse, RoleAdd;
+        role_delete, AuthRoleDeleteRequest, AuthRoleDeleteResponse, RoleDelete;
+        role_grant_permission, AuthRoleGrantPermissionRequest, AuthRoleGrantPermissionResponse, RoleGrantPermission;
+        role_revoke_permission, AuthRoleRevokePermissionRequest, AuthRoleRevokePermissionResponse, RoleRevokePermission;
+    }
+
     async fn auth_enable(
         &self,
         req: Request<AuthEnableRequest>,
@@ -640,17 +683,6 @@ impl Auth for AuthService {
         })
     }
 
-    async fn user_delete(
-        &self,
-        req: Request<AuthUserDeleteRequest>,
-    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        rpc!(async {
-            let r = req.get_ref().clone();
-            let header = self.change(&req, Internal::UserDelete(r)).await?;
-            Ok::<_, ApiError>(AuthUserDeleteResponse { header })
-        })
-    }
-
     async fn user_change_password(
         &self,
         req: Request<AuthUserChangePasswordRequest>,
@@ -661,39 +693,6 @@ impl Auth for AuthService {
             r.password.clear();
             let header = self.change(&req, Internal::UserChangePassword(r)).await?;
             Ok::<_, ApiError>(AuthUserChangePasswordResponse { header })
-        })
-    }
-
-    async fn user_grant_role(
-        &self,
-        req: Request<AuthUserGrantRoleRequest>,
-    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        rpc!(async {
-            let r = req.get_ref().clone();
-            let header = self.change(&req, Internal::UserGrantRole(r)).await?;
-            Ok::<_, ApiError>(AuthUserGrantRoleResponse { header })
-        })
-    }
-
-    async fn user_revoke_role(
-        &self,
-        req: Request<AuthUserRevokeRoleRequest>,
-    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        rpc!(async {
-            let r = req.get_ref().clone();
-            let header = self.change(&req, Internal::UserRevokeRole(r)).await?;
-            Ok::<_, ApiError>(AuthUserRevokeRoleResponse { header })
-        })
-    }
-
-    async fn role_add(
-        &self,
-        req: Request<AuthRoleAddRequest>,
-    ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        rpc!(async {
-            let r = req.get_ref().clone();
-            let header = self.change(&req, Internal::RoleAdd(r)).await?;
-            Ok::<_, ApiError>(AuthRoleAddResponse { header })
         })
     }
 
@@ -719,39 +718,6 @@ impl Auth for AuthService {
         rpc!(async {
             let (roles, header) = self.names(&req, AuthRead::RoleList).await?;
             Ok::<_, ApiError>(AuthRoleListResponse { header, roles })
-        })
-    }
-
-    async fn role_delete(
-        &self,
-        req: Request<AuthRoleDeleteRequest>,
-    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        rpc!(async {
-            let r = req.get_ref().clone();
-            let header = self.change(&req, Internal::RoleDelete(r)).await?;
-            Ok::<_, ApiError>(AuthRoleDeleteResponse { header })
-        })
-    }
-
-    async fn role_grant_permission(
-        &self,
-        req: Request<AuthRoleGrantPermissionRequest>,
-    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        rpc!(async {
-            let r = req.get_ref().clone();
-            let header = self.change(&req, Internal::RoleGrantPermission(r)).await?;
-            Ok::<_, ApiError>(AuthRoleGrantPermissionResponse { header })
-        })
-    }
-
-    async fn role_revoke_permission(
-        &self,
-        req: Request<AuthRoleRevokePermissionRequest>,
-    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        rpc!(async {
-            let r = req.get_ref().clone();
-            let header = self.change(&req, Internal::RoleRevokePermission(r)).await?;
-            Ok::<_, ApiError>(AuthRoleRevokePermissionResponse { header })
         })
     }
 }

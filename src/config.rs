@@ -885,7 +885,12 @@ mod tests {
             panic!("not jwt")
         };
         assert_eq!(
-            (j.pub_key.unwrap(), j.priv_key.unwrap(), j.sign_method.as_str(), j.ttl_secs),
+            (
+                j.pub_key.unwrap(),
+                j.priv_key.unwrap(),
+                j.sign_method.as_str(),
+                j.ttl_secs
+            ),
             (PathBuf::from("/p"), PathBuf::from("/k"), "RS256", 60)
         );
         for bad in [

@@ -14,7 +14,7 @@ use crate::etcdctl::{c, run, txn};
 use crate::harness::{Engine, Pair, Server};
 
 /// root (root role); alice with role `app`: readwrite on key `a`, read on
-/// prefix `p/`, write on range [w1, w5).
+/// prefix `p/`, write on range [w1, w5), readwrite on prefix `l/`.
 pub(crate) fn setup(pair: &Pair) {
     run(
         pair,
@@ -30,6 +30,7 @@ pub(crate) fn setup(pair: &Pair) {
             c("role grant-permission app readwrite a"),
             c("role grant-permission app read --prefix p/"),
             c("role grant-permission app write w1 w5"),
+            c("role grant-permission app readwrite --prefix l/"),
             c("role grant-permission nope read x"),
             c("user grant-role alice app"),
             c("user grant-role alice nope"),
@@ -280,6 +281,11 @@ async fn table(s: &Server) -> Vec<(&'static str, String)> {
     );
     case!("member list", alice.member_list());
     case!("member add", alice.member_add(["http://127.0.0.1:1"], None));
+    case!("lock l", alice.lock("l", None));
+    case!("lock p", alice.lock("p", None));
+    // Not "l": the lock above holds that prefix for its session's 60 s.
+    case!("campaign l/e", alice.campaign("l/e", "v", 0));
+    case!("campaign p", alice.campaign("p", "v", 0));
     case!("user list", alice.user_list());
     case!("user get alice", alice.user_get("alice"));
     case!("user get root", alice.user_get("root"));
@@ -347,6 +353,12 @@ async fn every_guarded_call_is_allowed_or_denied_as_etcd(engine: Engine) {
     assert_eq!(of("watch a"), "created");
     assert!(of("lease revoke (holds b)").contains("permission denied"));
     assert!(of("hashkv").contains("permission denied"));
+    assert_eq!(of("lock l"), "ok");
+    assert!(
+        of("lock p").contains("permission denied"),
+        "{}",
+        of("lock p")
+    );
 }
 
 /// With auth on, a client without credentials learns nothing: no keys, no

@@ -26,10 +26,13 @@ pub struct Target {
     pub pids: Vec<u32>,
     /// `host:port` serving /metrics, one per member.
     pub http_addrs: Vec<String>,
+    /// How clients connect (TLS, token).
+    pub dial: crate::secure::Dial,
 }
 
 /// `n` connections, the first going to endpoint `first % endpoints`.
 async fn connect(
+    dial: &crate::secure::Dial,
     endpoints: &[String],
     name: &str,
     n: usize,
@@ -38,15 +41,14 @@ async fn connect(
     let mut conns = Vec::with_capacity(n);
     for k in 0..n {
         let ep = &endpoints[(first + k) % endpoints.len()];
-        let url = format!("http://{}", crate::http::host_port(ep));
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| format!("endpoint {ep}: {e}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| format!("connect {ep}: {e}"))?;
+        // With --auth each connection authenticates (not measured).
+        let channel = dial
+            .client_channel(ep, |e| {
+                e.connect_timeout(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(60))
+                    .tcp_nodelay(true)
+            })
+            .await?;
         let mut kv = KvClient::new(channel);
         // Warm-up: the connection is established before the clock starts.
         let warm = metastore::proto::etcdserverpb::RangeRequest {
@@ -111,6 +113,7 @@ impl Threads {
         let mut handles = Vec::with_capacity(shares.len());
         for share in shares {
             let endpoints = target.endpoints.clone();
+            let dial = target.dial.clone();
             let name = target.name.clone();
             let spec = spec.clone();
             let barrier = barrier.clone();
@@ -121,7 +124,8 @@ impl Threads {
                     .build()
                     .map_err(|e| e.to_string())?;
                 rt.block_on(async move {
-                    let conns = connect(&endpoints, &name, share.conns, share.first_client).await;
+                    let conns =
+                        connect(&dial, &endpoints, &name, share.conns, share.first_client).await;
                     let _ = ready_tx.send(conns.as_ref().map(|_| ()).map_err(Clone::clone));
                     barrier.wait();
                     let conns = conns?;
@@ -215,7 +219,7 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     ));
     // Watchers and kept-alive leases first (not measured), from the next
     // revision on.
-    let first_rev = current_revision(&target.endpoints[0]).await? + 1;
+    let first_rev = current_revision(target).await? + 1;
     let side = crate::side::Side::start(args, &target.endpoints, first_rev)?;
     if side.is_some() {
         say(&format!(
@@ -230,6 +234,20 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     }
     // Every client thread connects first; the clock starts when all are ready.
     let threads = Threads::start(args, target, spec, Phase::Measure, args.total, max)?;
+    // --auth-storm: its clients connected too, started with the phase.
+    let storm = if args.auth_storm > 0 {
+        say(&format!(
+            "[{}] {} clients calling Authenticate in a loop during the phase",
+            target.name, args.auth_storm
+        ));
+        Some(crate::storm::Storm::start(
+            &target.dial,
+            &target.endpoints,
+            args.auth_storm,
+        )?)
+    } else {
+        None
+    };
     let self_pid = std::process::id();
     let server_cpu = || sum(target.pids.iter().map(|&p| procfs::cpu_micros(p)));
     let server_cpu0 = server_cpu();
@@ -238,7 +256,11 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     let host0 = procfs::host_cpu_micros();
 
     let progress = Progress::start(&target.name, args.total);
+    if let Some(s) = &storm {
+        s.go();
+    }
     let outcome = threads.finish();
+    let storm = storm.map(crate::storm::Storm::finish).transpose()?;
     progress.stop();
 
     let server_cpu1 = server_cpu();
@@ -247,7 +269,7 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     let fsync1 = fsync_totals(target);
     let seen = match side {
         Some(side) => {
-            let last = current_revision(&target.endpoints[0]).await?;
+            let last = current_revision(target).await?;
             side.finish(last)?
         }
         None => Default::default(),
@@ -269,17 +291,14 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     r.watch = seen.watch;
     r.lease = seen.lease;
     r.defrag = seen.defrag;
+    r.auth_storm = storm;
     Ok(r)
 }
 
 /// The server's current revision (a serializable read of a missing key).
-async fn current_revision(endpoint: &str) -> Result<i64, String> {
-    let url = format!("http://{}", crate::http::host_port(endpoint));
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| format!("endpoint {endpoint}: {e}"))?
-        .connect()
-        .await
-        .map_err(|e| format!("connect {endpoint}: {e}"))?;
+async fn current_revision(target: &Target) -> Result<i64, String> {
+    let endpoint = &target.endpoints[0];
+    let channel = target.dial.client_channel(endpoint, |e| e).await?;
     let r = KvClient::new(channel)
         .range(metastore::proto::etcdserverpb::RangeRequest {
             key: b"loadgen-revision".to_vec(),

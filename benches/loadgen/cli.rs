@@ -139,6 +139,21 @@ pub struct Args {
     /// during the measured phase (0: never), to see what it costs the load.
     #[arg(long, default_value_t = 0)]
     pub defrag_every_ms: u64,
+    /// With --compare: both servers serve their client port over TLS
+    /// (https, a CA and server certificate generated for the run) and every
+    /// client connects over TLS trusting that CA.
+    #[arg(long, requires = "compare")]
+    pub tls: bool,
+    /// With --compare: before the run create users `root` and `bench`
+    /// (readwrite on every key) and enable auth; every client connection
+    /// authenticates as `bench` and sends its token.
+    #[arg(long, requires = "compare")]
+    pub auth: bool,
+    /// With --auth: this many extra clients (each on its own connection)
+    /// call Authenticate as `bench` in a loop during the measured phase;
+    /// their rate is reported next to the workload's.
+    #[arg(long, default_value_t = 0, requires = "auth")]
+    pub auth_storm: usize,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -166,6 +181,13 @@ impl Args {
     pub fn validate(&self) -> Result<(), String> {
         if self.clients == 0 || self.conns == Some(0) || self.total == 0 || self.members == 0 {
             return Err("--clients, --conns, --members and --total must be at least 1".into());
+        }
+        if (self.tls || self.auth)
+            && (self.watchers > 0 || self.leases > 0 || self.defrag_every_ms > 0)
+        {
+            return Err(
+                "--tls and --auth do not support the side loads (--watchers, --leases, --defrag-every-ms) yet".into(),
+            );
         }
         let digits = (self.keyspace() - 1).max(1).ilog10() as usize + 1;
         if digits > self.key_size {

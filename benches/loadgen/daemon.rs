@@ -34,6 +34,8 @@ pub struct Daemon {
     pub kind: Kind,
     child: Option<Child>,
     pub port: u16,
+    /// A plain `--listen-metrics-urls` port (with TLS on the client port).
+    metrics_port: Option<u16>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -58,18 +60,22 @@ struct Planned {
     name: String,
     port: u16,
     peer_port: u16,
+    metrics_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
 impl Daemon {
     /// Starts a cluster of `n` members of `kind`, each with its own data
-    /// dir and ports, and waits until every member is healthy.
+    /// dir and ports, and waits until every member is healthy. With `tls`
+    /// (the certificate flags) the client port is https and /health and
+    /// /metrics are served on a plain metrics port.
     pub fn start_cluster(
         kind: Kind,
         bin: &Path,
         n: usize,
         extra: &[String],
         root: Option<&Path>,
+        tls: Option<&[String]>,
     ) -> Result<Vec<Daemon>, String> {
         let mut planned = Vec::with_capacity(n);
         for i in 0..n {
@@ -85,6 +91,10 @@ impl Daemon {
                 name: format!("m{i}"),
                 port: free_port()?,
                 peer_port: free_port()?,
+                metrics_port: match tls {
+                    Some(_) => Some(free_port()?),
+                    None => None,
+                },
                 dir,
             });
         }
@@ -97,7 +107,14 @@ impl Daemon {
         for p in planned {
             let data = p.dir.path().join("data");
             let log = p.dir.path().join("server.log");
-            let client = format!("http://127.0.0.1:{}", p.port);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client = format!("{scheme}://127.0.0.1:{}", p.port);
+            let mut secure = Vec::new();
+            if let (Some(flags), Some(port)) = (tls, p.metrics_port) {
+                secure.extend(flags.iter().cloned());
+                secure.push("--listen-metrics-urls".to_owned());
+                secure.push(format!("http://127.0.0.1:{port}"));
+            }
             let peer = format!("http://127.0.0.1:{}", p.peer_port);
             let stderr = File::create(&log).map_err(|e| format!("log file: {e}"))?;
             let child = Command::new(bin)
@@ -117,6 +134,7 @@ impl Daemon {
                 .arg(&initial)
                 .arg("--initial-cluster-state")
                 .arg("new")
+                .args(&secure)
                 .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -127,6 +145,7 @@ impl Daemon {
                 kind,
                 child: Some(child),
                 port: p.port,
+                metrics_port: p.metrics_port,
                 log,
                 _dir: p.dir,
             });
@@ -139,7 +158,7 @@ impl Daemon {
 
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_WITHIN;
-        let addr = self.addr();
+        let addr = self.http_addr();
         while Instant::now() < deadline {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 return Err(format!(
@@ -165,6 +184,11 @@ impl Daemon {
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:port` serving plain /health and /metrics.
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port.unwrap_or(self.port))
     }
 
     pub fn pid(&self) -> Option<u32> {

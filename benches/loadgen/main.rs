@@ -76,6 +76,14 @@
 //! leases of `--lease-ttl` seconds kept alive by one client (a keep-alive
 //! answered with TTL 0 is a lease that expired).
 //!
+//! `--tls` and `--auth` (with `--compare`, secure.rs) run the same workload
+//! against servers with client TLS (certificates generated for the run,
+//! https client URLs, /health and /metrics on a plain metrics port) and with
+//! auth enabled (users `root` and `bench`; every client connection
+//! authenticates as `bench` first and sends its token with each request).
+//! `--auth-storm N` (storm.rs) adds N clients calling Authenticate in a loop
+//! during the measured phase and reports their rate.
+//!
 //! # What is measured
 //!
 //! Only the measured phase, which starts once every connection has answered a
@@ -127,7 +135,9 @@ mod report;
 mod bench;
 
 mod output;
+mod secure;
 mod side;
+mod storm;
 
 use std::path::PathBuf;
 
@@ -154,6 +164,14 @@ async fn compare(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
         args.engine.iter().map(|e| Some(e.as_str())).collect()
     };
     let root = args.data_root.as_deref();
+    // --tls: certificates for this round (removed when it ends).
+    let certs = if args.tls {
+        Some(secure::Certs::generate()?)
+    } else {
+        None
+    };
+    let tls_flags = certs.as_ref().map(secure::Certs::server_flags);
+    let dial = secure::Dial::new(certs.as_ref(), args.auth);
     let mut results = Vec::new();
     // One daemon at a time, so an idle one never shares the cores.
     let mut runs: Vec<(String, Kind, PathBuf, Vec<String>)> = vec![(
@@ -180,13 +198,25 @@ async fn compare(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
             bin.display(),
             args.members
         ));
-        let members = Daemon::start_cluster(kind, &bin, args.members, &extra, root)?;
+        let members =
+            Daemon::start_cluster(kind, &bin, args.members, &extra, root, tls_flags.as_deref())?;
+        let endpoints: Vec<String> = members.iter().map(Daemon::addr).collect();
+        if args.auth {
+            secure::enable_auth(&dial, &endpoints[0])
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            say(&format!(
+                "[{name}] auth enabled; clients authenticate as {}",
+                secure::USER
+            ));
+        }
         sync_disks();
         let target = Target {
             name,
-            endpoints: members.iter().map(Daemon::addr).collect(),
+            endpoints,
             pids: members.iter().filter_map(Daemon::pid).collect(),
-            http_addrs: members.iter().map(Daemon::addr).collect(),
+            http_addrs: members.iter().map(Daemon::http_addr).collect(),
+            dial: dial.clone(),
         };
         let r = bench::run(args, &target, say).await.map_err(|e| {
             let logs: Vec<String> = members.iter().map(Daemon::log_tail).collect();
@@ -230,6 +260,7 @@ async fn external(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
         endpoints: args.endpoints.clone(),
         pids: pid.into_iter().collect(),
         http_addrs: vec![http_addr],
+        dial: secure::Dial::default(),
     };
     let r = bench::run(args, &target, say).await?;
     say(&r.summary());

@@ -23,14 +23,22 @@ fn runs(reports: &[Report]) -> impl Iterator<Item = (usize, &RunResult)> {
 }
 
 /// One row per run.
+/// With `--auth-storm`, three more columns: Authenticate calls answered,
+/// failed, and per second.
 pub fn write_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
+    let storm = runs(reports).any(|(_, r)| r.auth_storm.is_some());
     let mut out = String::from(
         "round,server,workload,ops,errors,elapsed_s,ops_per_s,p50_us,p99_us,p999_us,max_us,\
-         server_cpu_us_per_op,client_cpu_us_per_op,server_rss_kib,ops_per_fsync\n",
+         server_cpu_us_per_op,client_cpu_us_per_op,server_rss_kib,ops_per_fsync",
     );
+    out += if storm {
+        ",auth_ok,auth_errors,auth_per_s\n"
+    } else {
+        "\n"
+    };
     for (round, r) in runs(reports) {
         let l = &r.latency_us;
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{round},{},{},{},{},{:.3},{:.1},{},{},{},{},{},{},{},{}",
             r.server,
@@ -48,6 +56,17 @@ pub fn write_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
             opt(r.server_rss_kib),
             opt(r.ops_per_fsync.map(|v| format!("{v:.1}"))),
         );
+        if storm {
+            let a = r.auth_storm.as_ref();
+            let _ = write!(
+                out,
+                ",{},{},{}",
+                opt(a.map(|a| a.ok)),
+                opt(a.map(|a| a.errors)),
+                opt(a.map(|a| format!("{:.1}", a.per_s)))
+            );
+        }
+        out.push('\n');
     }
     std::fs::write(path, out)
 }

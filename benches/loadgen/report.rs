@@ -46,6 +46,8 @@ pub struct RunResult {
     pub lease: Option<crate::side::LeaseStats>,
     /// What `--defrag-every-ms` saw.
     pub defrag: Option<crate::side::DefragStats>,
+    /// What `--auth-storm` did.
+    pub auth_storm: Option<crate::storm::StormStats>,
     /// Throughput and latency over the phase.
     pub timeline: Vec<TimePoint>,
 }
@@ -161,6 +163,7 @@ impl RunResult {
             watch: None,
             lease: None,
             defrag: None,
+            auth_storm: None,
             timeline: Vec::new(),
         }
     }
@@ -228,6 +231,21 @@ impl RunResult {
                 d.every_ms, d.calls, d.errors, d.mean_ms, d.max_ms
             );
         }
+        if let Some(a) = &self.auth_storm {
+            s += &format!(
+                "  auth storm  {} clients: {} Authenticate in {:.2} s = {:.0}/s, p50 {} us, p99 {} us, {} errors{}\n",
+                a.clients,
+                a.ok,
+                a.elapsed_s,
+                a.per_s,
+                a.p50_us,
+                a.p99_us,
+                a.errors,
+                a.error_sample
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (e.g. {e})"))
+            );
+        }
         for (msg, n) in &self.error_samples {
             s += &format!("  error x{n}: {msg}\n");
         }
@@ -284,6 +302,12 @@ pub struct Config {
     pub leases: Option<(usize, i64)>,
     /// Defragment called every so many ms during the phase.
     pub defrag_every_ms: Option<u64>,
+    /// Client TLS (`--tls`).
+    pub tls: bool,
+    /// Auth enabled, clients with tokens (`--auth`).
+    pub auth: bool,
+    /// Authenticate clients during the phase (`--auth-storm`).
+    pub auth_storm: Option<usize>,
 }
 
 impl Config {
@@ -302,6 +326,9 @@ impl Config {
             watchers: (a.watchers > 0).then_some((a.watchers, a.watch_streams)),
             leases: (a.leases > 0).then_some((a.leases, a.lease_ttl)),
             defrag_every_ms: (a.defrag_every_ms > 0).then_some(a.defrag_every_ms),
+            tls: a.tls,
+            auth: a.auth,
+            auth_storm: (a.auth_storm > 0).then_some(a.auth_storm),
         }
     }
 
@@ -329,6 +356,11 @@ impl Config {
             + &self
                 .defrag_every_ms
                 .map_or(String::new(), |d| format!(" defrag-every-ms={d}"))
+            + if self.tls { " tls" } else { "" }
+            + if self.auth { " auth" } else { "" }
+            + &self
+                .auth_storm
+                .map_or(String::new(), |n| format!(" auth-storm={n}"))
     }
 }
 

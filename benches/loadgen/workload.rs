@@ -80,7 +80,8 @@ impl Spec {
 /// A gRPC KV client on one connection: the generated client of the etcd
 /// v3 API (wire-compatible with etcd's), with nothing in between, so the
 /// load generator spends as little CPU as it can beside the server.
-pub type KvClient = metastore::proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>;
+/// Its requests carry a token with `--auth`.
+pub type KvClient = metastore::proto::etcdserverpb::kv_client::KvClient<crate::secure::Authed>;
 
 /// Sends one operation; an `Err` is a failed RPC or a wrong answer.
 pub async fn execute(kv: &mut KvClient, op: Op, value: &[u8]) -> Result<(), String> {

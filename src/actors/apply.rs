@@ -693,10 +693,9 @@ impl Handler<WatchCreate> for ApplyActor {
         // etcd checks read permission on the whole watched range when the
         // watch is created.
         let r = &msg.request;
-        let key: &[u8] = if r.key.is_empty() { &[0] } else { &r.key };
         let check = self.sm.auth().check(
             &msg.caller,
-            key,
+            crate::watch::hub::watched_key(&r.key),
             &r.range_end,
             crate::state_machine::auth::Access::Read,
         );

@@ -230,16 +230,6 @@ impl Tokens {
         *last = now;
         self.issued.lock().retain(|_, t| t.deadline > now);
     }
-
-    /// Tokens held (live or not yet pruned).
-    pub fn len(&self) -> usize {
-        self.issued.lock().len()
-    }
-
-    /// Whether no token is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// etcd's JWT tokens: signed claims (user name, the auth revision the
@@ -429,10 +419,15 @@ impl Backend {
     /// `AuthInfoFromCtx`); a request without a token runs as nobody, and
     /// one with a bad token is refused.
     pub fn caller(&self, md: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
-        let view = self.auth_view();
-        if !view.enabled() {
-            return Ok(Caller::anonymous());
-        }
+        // Every client request passes here: while auth is off, only a
+        // look under the read lock, no copy of the store's handle.
+        let view = {
+            let current = self.core.auth.read();
+            if !current.enabled() {
+                return Ok(Caller::anonymous());
+            }
+            current.clone()
+        };
         let token = TOKEN_KEYS
             .iter()
             .find_map(|k| md.get(*k))
@@ -590,6 +585,8 @@ macro_rules! changes {
 #[tonic::async_trait]
 impl Auth for AuthService {
     changes! {
+        auth_enable, AuthEnableRequest, AuthEnableResponse, AuthEnable;
+        auth_disable, AuthDisableRequest, AuthDisableResponse, AuthDisable;
         user_delete, AuthUserDeleteRequest, AuthUserDeleteResponse, UserDelete;
         user_grant_role, AuthUserGrantRoleRequest, AuthUserGrantRoleResponse, UserGrantRole;
         user_revoke_role, AuthUserRevokeRoleRequest, AuthUserRevokeRoleResponse, UserRevokeRole;
@@ -597,30 +594,6 @@ impl Auth for AuthService {
         role_delete, AuthRoleDeleteRequest, AuthRoleDeleteResponse, RoleDelete;
         role_grant_permission, AuthRoleGrantPermissionRequest, AuthRoleGrantPermissionResponse, RoleGrantPermission;
         role_revoke_permission, AuthRoleRevokePermissionRequest, AuthRoleRevokePermissionResponse, RoleRevokePermission;
-    }
-
-    async fn auth_enable(
-        &self,
-        req: Request<AuthEnableRequest>,
-    ) -> Result<Response<AuthEnableResponse>, Status> {
-        rpc!(async {
-            let header = self
-                .change(&req, Internal::AuthEnable(AuthEnableRequest {}))
-                .await?;
-            Ok::<_, ApiError>(AuthEnableResponse { header })
-        })
-    }
-
-    async fn auth_disable(
-        &self,
-        req: Request<AuthDisableRequest>,
-    ) -> Result<Response<AuthDisableResponse>, Status> {
-        rpc!(async {
-            let header = self
-                .change(&req, Internal::AuthDisable(AuthDisableRequest {}))
-                .await?;
-            Ok::<_, ApiError>(AuthDisableResponse { header })
-        })
     }
 
     async fn auth_status(

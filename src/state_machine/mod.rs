@@ -676,24 +676,19 @@ impl StateMachine {
 
     /// Serves a read against the applied state, as `caller` may.
     pub fn read(&mut self, caller: &Caller, req: &ReadRequest) -> Result<ReadResponse, ApiError> {
-        match req {
-            ReadRequest::Range(r) => self
-                .auth
-                .check(caller, &r.key, &r.range_end, Access::Read)?,
-            ReadRequest::Txn(t) => self.auth.check_txn(caller, t)?,
-            ReadRequest::Auth(a) => {
-                return self
-                    .auth
-                    .read(caller, a)
-                    .map(|l| ReadResponse::Auth(l, self.current_revision()))
-            }
-        }
+        let (auth, leases) = (&self.auth, &self.point.leases);
         on_store!(&mut self.store, store => match req {
-            ReadRequest::Range(r) => kv::range(store, r).map(ReadResponse::Range),
-            ReadRequest::Txn(t) => {
-                kv::txn(store, t, &self.point.leases).map(|(r, _)| ReadResponse::Txn(r))
+            ReadRequest::Range(r) => {
+                auth.check(caller, &r.key, &r.range_end, Access::Read)?;
+                kv::range(store, r).map(ReadResponse::Range)
             }
-            ReadRequest::Auth(_) => Err(ApiError::Internal("auth read".into())),
+            ReadRequest::Txn(t) => {
+                auth.check_txn(caller, t)?;
+                kv::txn(store, t, leases).map(|(r, _)| ReadResponse::Txn(r))
+            }
+            ReadRequest::Auth(a) => auth
+                .read(caller, a)
+                .map(|l| ReadResponse::Auth(l, store.current_revision())),
         })
     }
 }

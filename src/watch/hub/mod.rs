@@ -225,11 +225,7 @@ impl Hub {
         let Some(s) = self.streams.get(&stream) else {
             return;
         };
-        let key = if req.key.is_empty() {
-            vec![0]
-        } else {
-            req.key.clone()
-        };
+        let key = watched_key(&req.key).to_vec();
         let range = match req.range_end.as_slice() {
             [] => KeyRange::One(key),
             [0] => KeyRange::From(key),
@@ -412,6 +408,15 @@ impl Hub {
         self.ring.push_back(batch.clone());
         self.deliver(&batch);
         self.trim_ring();
+    }
+}
+
+/// The key a create request watches: etcd reads an empty key as "\0".
+pub fn watched_key(key: &[u8]) -> &[u8] {
+    if key.is_empty() {
+        &[0]
+    } else {
+        key
     }
 }
 

@@ -901,6 +901,42 @@ impl Canary {
     }
 }
 
+/// The disk's side of [`Canary`]: a thread of the test writes 4 KiB to a
+/// file in the temp dir (where the members' data dirs are) and fdatasyncs
+/// it every 10 ms, and records the slowest sync: no member can acknowledge
+/// a put faster than its disk syncs its WAL.
+struct DiskCanary {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<f64>,
+}
+
+impl DiskCanary {
+    fn start() -> DiskCanary {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = tempfile::tempfile().expect("a temp file");
+            let block = [7u8; 4096];
+            let mut worst = Duration::ZERO;
+            while !s.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                file.write_all(&block).unwrap();
+                file.sync_data().unwrap();
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            worst.as_secs_f64() * 1000.0
+        });
+        DiskCanary { stop, handle }
+    }
+
+    fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(f64::MAX)
+    }
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -1237,8 +1273,8 @@ async fn load_keys(ep: &str, prefix: &str, n: usize, value_len: usize) {
 /// the leader and on every member it asks; Maintenance.Snapshot; a snapshot
 /// streamed to a new member, which installs it) runs off the thread that
 /// acknowledges puts: puts keep flowing (no gap between acknowledgements
-/// longer than 100 ms, unless the machine itself stalled as long) and no
-/// election happens.
+/// longer than 100 ms, unless the machine itself stalled or its disk was
+/// slow to sync: see the allowance below) and no election happens.
 ///
 /// A timing test with four members of a million keys each: it runs alone,
 /// after the rest of the suite (`scripts/test.sh` runs the ignored tests
@@ -1264,6 +1300,7 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
     .unwrap();
 
     let canary = Canary::start();
+    let disk = DiskCanary::start();
     let log = Arc::new(AckLog {
         acks: Mutex::new(Vec::new()),
     });
@@ -1352,18 +1389,29 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
     stop.store(true, Ordering::Relaxed);
     putter.await.unwrap();
     let stalled = canary.stop();
+    let sync = disk.stop();
 
     let gaps = [
         ("corruption check", log.worst_gap(t0, t1)),
         ("Maintenance.Snapshot", log.worst_gap(t1, t2)),
         ("snapshot to a new member", log.worst_gap(t2, t3)),
     ];
-    eprintln!("longest gaps between put acknowledgements: {gaps:?}; the machine stalled up to {stalled} ms");
+    eprintln!(
+        "longest gaps between put acknowledgements: {gaps:?}; the machine stalled up to \
+         {stalled} ms, a 4 KiB fdatasync took up to {sync} ms"
+    );
+    // A put's acknowledgement crosses several threads (the test's client,
+    // the member's gRPC, Raft, WAL and apply threads) and waits for an
+    // fdatasync: on a machine that stalls, two stalls and the slowest sync
+    // can add up in one gap. Whole-state work on the thread that
+    // acknowledges puts would stop them for seconds at a million keys.
+    let allowed = 100f64.max(2.0 * stalled + sync + 50.0);
     for (what, gap) in gaps {
         let ms = gap.as_secs_f64() * 1000.0;
         assert!(
-            ms < 100.0 || ms < stalled + 50.0,
-            "puts stalled {ms} ms during the {what} (the machine stalled {stalled} ms)"
+            ms < allowed,
+            "puts stalled {ms} ms during the {what} (allowed {allowed} ms: the machine \
+             stalled {stalled} ms, a sync took {sync} ms)"
         );
     }
     let after = blocking(move || {

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{Backend, ETCD_VERSION};
+use super::{Backend, ETCD_CLUSTER_VERSION, ETCD_VERSION};
 use crate::proto::etcdserverpb::{AlarmType, RangeRequest};
 use crate::state_machine::ReadRequest;
 
@@ -283,6 +283,9 @@ fn checks_response(what: &str, checks: Vec<Check>, verbose: bool) -> impl IntoRe
 async fn version() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        format!(r#"{{"etcdserver":"{ETCD_VERSION}","etcdcluster":"3.5.0"}}"#),
+        format!(
+            r#"{{"etcdserver":"{ETCD_VERSION}","etcdcluster":"{ETCD_CLUSTER_VERSION}","metastore":"{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        ),
     )
 }

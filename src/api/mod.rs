@@ -40,8 +40,18 @@ use crate::proto::metastorepb::internal_request;
 use crate::state_machine::membership::Membership;
 use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 
-/// The etcd API version MetaStore speaks (reported by Status and /version).
-pub const ETCD_VERSION: &str = "3.5.0";
+/// The etcd server version whose API MetaStore implements, reported by
+/// Maintenance.Status and `/version`. Clients gate features on it:
+/// kube-apiserver sends watch progress requests (for consistent reads from
+/// its cache) only to etcd 3.4.31+ or 3.5.13+, the releases whose requested
+/// progress notifications travel in the watch stream behind every event
+/// already due (watch id -1, held back until every watcher of the stream is
+/// synced, also one that catches up without an event) — as the watch hub
+/// sends them. MetaStore's own version is in `/version` as `metastore`.
+pub const ETCD_VERSION: &str = "3.5.13";
+
+/// The cluster version as etcd reports it (major.minor.0).
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 use crate::actors::propose::REQUEST_TIMEOUT;
 
 pub use crate::actors::propose::RequestIds;

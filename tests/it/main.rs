@@ -37,6 +37,7 @@ macro_rules! engine_tests {
     };
 }
 
+mod apiserver;
 mod auth;
 pub(crate) mod cluster;
 mod cluster_diff;
@@ -54,4 +55,4 @@ pub(crate) mod operability;
 mod smoke;
 mod snapshot;
 mod tls;
-mod watch;
+pub(crate) mod watch;

@@ -127,13 +127,13 @@ fn etcdctl_watch_replays_like_etcd(engine: Engine) {
 engine_tests!(sync: etcdctl_watch_replays_like_etcd);
 
 /// A raw Watch stream: requests in, responses out.
-struct RawWatch {
-    tx: mpsc::Sender<WatchRequest>,
+pub(crate) struct RawWatch {
+    pub(crate) tx: mpsc::Sender<WatchRequest>,
     rx: tonic::Streaming<WatchResponse>,
 }
 
 impl RawWatch {
-    async fn open(endpoint: &str) -> RawWatch {
+    pub(crate) async fn open(endpoint: &str) -> RawWatch {
         let channel = Channel::from_shared(format!("http://{endpoint}"))
             .expect("uri")
             .connect()
@@ -142,8 +142,35 @@ impl RawWatch {
         RawWatch::on(channel).await
     }
 
+    /// A stream whose first request creates `req`, queued before the call
+    /// is made: etcd (grpc-go) sends the response headers only with its
+    /// first response, so opening first and creating after would wait
+    /// forever.
+    pub(crate) async fn open_creating(endpoint: &str, req: WatchCreateRequest) -> RawWatch {
+        let channel = Channel::from_shared(format!("http://{endpoint}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(req)),
+        })
+        .await
+        .expect("queue the create");
+        RawWatch::call(channel, tx, rx).await
+    }
+
     async fn on(channel: Channel) -> RawWatch {
         let (tx, rx) = mpsc::channel(64);
+        RawWatch::call(channel, tx, rx).await
+    }
+
+    async fn call(
+        channel: Channel,
+        tx: mpsc::Sender<WatchRequest>,
+        rx: mpsc::Receiver<WatchRequest>,
+    ) -> RawWatch {
         let resp = WatchClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .watch(ReceiverStream::new(rx))
@@ -155,7 +182,7 @@ impl RawWatch {
         }
     }
 
-    async fn create(&self, req: WatchCreateRequest) {
+    pub(crate) async fn create(&self, req: WatchCreateRequest) {
         self.tx
             .send(WatchRequest {
                 request_union: Some(RequestUnion::CreateRequest(req)),
@@ -164,7 +191,7 @@ impl RawWatch {
             .expect("send create");
     }
 
-    async fn next(&mut self) -> WatchResponse {
+    pub(crate) async fn next(&mut self) -> WatchResponse {
         tokio::time::timeout(Duration::from_secs(20), self.rx.message())
             .await
             .expect("a watch response within 20 s")
@@ -173,7 +200,7 @@ impl RawWatch {
     }
 }
 
-fn prefix(p: &str) -> WatchCreateRequest {
+pub(crate) fn prefix(p: &str) -> WatchCreateRequest {
     let mut end = p.as_bytes().to_vec();
     *end.last_mut().expect("non-empty prefix") += 1;
     WatchCreateRequest {

@@ -456,6 +456,17 @@ impl RecordSlice {
         self.records.is_empty()
     }
 
+    /// Bytes of memory it holds (records and their index).
+    pub fn memory_bytes(&self) -> usize {
+        self.arena.capacity()
+            + self.records.capacity() * std::mem::size_of::<(Revision, usize, usize)>()
+    }
+
+    /// Each version's revision and encoded record, in the order pushed.
+    pub fn records(&self) -> impl Iterator<Item = (Revision, &[u8])> + '_ {
+        self.records.iter().map(|&(r, a, b)| (r, &self.arena[a..b]))
+    }
+
     /// The encoded records, back to back.
     #[cfg(test)]
     pub fn bytes_for_tests(&self) -> &[u8] {

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod engines;
 mod error;
 pub mod image;
+pub mod image_sort;
 pub mod leases;
 #[cfg(test)]
 pub mod log_conformance;

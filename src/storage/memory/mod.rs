@@ -7,7 +7,8 @@
 //! hash is computed over) is taken in slices: the apply thread copies the
 //! versions of a few thousand keys per turn ([`StateEngine::image_step`],
 //! about a millisecond each) and hands them to a thread of the image, which
-//! sorts them by revision and writes the file. The slices read the store
+//! sorts them by revision (spilling sorted runs to a temp file past 16 MiB,
+//! [`crate::storage::image_sort`]) and writes the file. The slices read the store
 //! at the revision the image started at: versions at or below it never
 //! change, and compaction is held (it moves the compacted revision but
 //! removes nothing) until the last slice is taken. A received image is
@@ -24,9 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use super::engine::{AppliedPoint, Checkpoint, InstallJob, KvEngine, StateEngine};
-use super::image::{
-    read_into_store, unlinked_temp, write_sorted, ImageHeader, ImageJob, RecordSlice,
-};
+use super::image::{read_into_store, unlinked_temp, ImageHeader, ImageJob, RecordSlice};
+use super::image_sort::{RevisionSorter, RUN_BYTES};
 use crate::storage::memory::mvcc::{MemStore, WriteTxn};
 use crate::storage::StorageError;
 use crate::storage::{Event, MvccError, RangeOptions, RangeResult};
@@ -88,12 +88,14 @@ impl MemoryEngine {
     fn start_export<W: Write + Send + 'static>(
         &mut self,
         h: ImageHeader,
+        tmp_dir: &Path,
         out: W,
     ) -> Result<std::thread::JoinHandle<Result<W, StorageError>>, StorageError> {
         let (pieces, rx) = mpsc::channel();
+        let tmp_dir = tmp_dir.to_owned();
         let thread = std::thread::Builder::new()
             .name("memory-image".into())
-            .spawn(move || assemble(&h, rx, out))
+            .spawn(move || assemble(&h, rx, &tmp_dir, out))
             .map_err(|e| StorageError::io("start the image thread", e))?;
         self.store.hold_compaction();
         self.exports.push(Export {
@@ -118,12 +120,15 @@ impl MemoryEngine {
 fn assemble<W: Write>(
     h: &ImageHeader,
     pieces: mpsc::Receiver<Piece>,
+    tmp_dir: &Path,
     out: W,
 ) -> Result<W, StorageError> {
-    let mut slices = Vec::new();
+    let mut sorter = RevisionSorter::new(tmp_dir, RUN_BYTES);
     loop {
         match pieces.recv() {
-            Ok(Piece::Slice(s)) => slices.push(s),
+            Ok(Piece::Slice(s)) => sorter
+                .push(s)
+                .map_err(|e| StorageError::io("spill the image's versions", e))?,
             Ok(Piece::Done) => break,
             Err(_) => {
                 return Err(StorageError::Image(
@@ -132,7 +137,9 @@ fn assemble<W: Write>(
             }
         }
     }
-    write_sorted(h, &slices, out).map_err(|e| StorageError::io("write the image", e))
+    sorter
+        .finish(h, out)
+        .map_err(|e| StorageError::io("write the image", e))
 }
 
 impl KvEngine for MemoryEngine {
@@ -179,7 +186,7 @@ impl StateEngine for MemoryEngine {
     fn image(&mut self, point: &AppliedPoint, tmp_dir: &Path) -> Result<ImageJob, StorageError> {
         let file = unlinked_temp(tmp_dir, &format!("image-{}.tmp", point.index))?;
         let h = self.header(point);
-        self.start_export(h, BufWriter::new(file))
+        self.start_export(h, tmp_dir, BufWriter::new(file))
             .map(ImageJob::Writing)
     }
 
@@ -218,8 +225,10 @@ impl StateEngine for MemoryEngine {
         let index = point.index;
         let started = std::time::Instant::now();
         let h = self.header(point);
-        let thread = snapshots::create_tmp(data_dir, index)
-            .and_then(|(file, tmp)| self.start_export(h, BufWriter::new(file)).map(|t| (t, tmp)));
+        let thread = snapshots::create_tmp(data_dir, index).and_then(|(file, tmp)| {
+            self.start_export(h, data_dir, BufWriter::new(file))
+                .map(|t| (t, tmp))
+        });
         let dir = data_dir.to_owned();
         Checkpoint::Write(Box::new(move || {
             let (thread, tmp): (_, PathBuf) = thread?;

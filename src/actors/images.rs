@@ -1,7 +1,7 @@
 //! What the API layer may do with images of the applied state without
-//! knowing their format: stream one (Maintenance.Snapshot), hash one
-//! (Hash, HashKV, the corruption check), check one received from the
-//! leader before acknowledging it.
+//! knowing their format: turn one into etcd's data file (Maintenance.Snapshot
+//! streams that), hash one (Hash, HashKV, the corruption check), check one
+//! received from the leader before acknowledging it.
 
 use std::path::Path;
 
@@ -47,6 +47,30 @@ pub async fn hash(job: ImageJob, rev: i64) -> Result<StateHash, ApiError> {
         kv: hashes.kv,
         all: hashes.all,
     })
+}
+
+/// Writes the image `job` produces as etcd's data file (a bbolt database,
+/// `storage::bbolt::write`) to an unlinked temp file in `tmp_dir`: blocking.
+/// Returns the file, at its start, and its length. The file has no name
+/// once created, so it is gone when the returned handle is dropped, however
+/// the stream that reads it ends.
+pub fn etcd_data_file(job: ImageJob, tmp_dir: &Path) -> Result<(std::fs::File, u64), String> {
+    use std::io::{Seek, SeekFrom};
+    let (source, _) = job.open()?;
+    // One conversion per thread at a time: the thread names the file.
+    let thread = format!("{:?}", std::thread::current().id());
+    let name: String = thread.chars().filter(char::is_ascii_digit).collect();
+    let file = image::unlinked_temp(tmp_dir, &format!("snapshot-{name}.db.tmp"))
+        .map_err(|e| e.to_string())?;
+    let (out, _) = crate::storage::bbolt::write::write_bbolt(
+        std::io::BufReader::new(source),
+        std::io::BufWriter::new(file),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut file = out.into_inner().map_err(|e| e.error().to_string())?;
+    let len = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    Ok((file, len))
 }
 
 /// Reads a received image file whole (checksum and every record): blocking.

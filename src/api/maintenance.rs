@@ -2,9 +2,10 @@
 //! check; list, activate, deactivate through Raft),
 //! Defragment (compacts the rocksdb engine's files; the memory engine has
 //! nothing to defragment), MoveLeader (on the leader, as etcd), Snapshot
-//! (MetaStore's own image format), Hash and HashKV (over an image of the
-//! applied state); Downgrade is not supported yet.
+//! (etcd's data file, a bbolt database), Hash and HashKV (over an image of
+//! the applied state); Downgrade is not supported yet.
 
+use std::io::Read;
 use std::pin::Pin;
 
 use futures::Stream;
@@ -148,10 +149,12 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-    /// Streams MetaStore's state image (`storage::image`), not a bbolt file,
-    /// framed as etcd frames its database (512-byte padding, then SHA-256):
-    /// `etcdctl snapshot save` stores and checks it; `etcdctl snapshot
-    /// restore` cannot read it.
+    /// Streams the applied state as etcd's data file (a bbolt database with
+    /// etcd's buckets, converted from the state image on a blocking thread),
+    /// framed as etcd frames it (512-byte padding, then SHA-256): `etcdctl
+    /// snapshot save` stores and checks it, `etcdctl snapshot status` and
+    /// `restore` (and etcd 3.5's `etcdutl`) read it, and so does `metastore
+    /// --restore-image`.
     async fn snapshot(
         &self,
         req: Request<SnapshotRequest>,
@@ -161,7 +164,8 @@ impl Maintenance for MaintenanceService {
         let job = self.backend.take_image().await?;
         let header = self.backend.header(st.revision);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || stream_image(job, header, tx));
+        let tmp_dir = self.backend.data_dir.clone();
+        tokio::task::spawn_blocking(move || stream_image(job, &tmp_dir, header, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -195,17 +199,20 @@ impl Maintenance for MaintenanceService {
 /// etcd's chunk size for snapshot streams.
 const CHUNK: usize = 32 * 1024;
 
-/// Sends the image in chunks (on a blocking thread: it may wait for the
-/// image thread and read a file).
+/// Converts the image to etcd's data file in `tmp_dir` and sends that in
+/// chunks (on a blocking thread: it may wait for the image thread, and
+/// converts and reads files). Returns, dropping the unlinked temp file, as
+/// soon as the client is gone.
 fn stream_image(
     job: ImageJob,
+    tmp_dir: &std::path::Path,
     header: Option<ResponseHeader>,
     tx: tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
 ) {
     let fail = |e: String| {
         let _ = tx.blocking_send(Err(Status::internal(format!("etcdserver: {e}"))));
     };
-    let (mut source, total) = match job.open() {
+    let (mut source, total) = match crate::actors::images::etcd_data_file(job, tmp_dir) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };

@@ -69,6 +69,8 @@ pub struct Backend {
     pub max_txn_ops: usize,
     /// Member name.
     pub name: String,
+    /// The data dir (where Maintenance.Snapshot writes its temp file).
+    pub data_dir: std::path::PathBuf,
     /// Advertised peer URLs.
     pub peer_urls: Vec<String>,
     /// Advertised client URLs.
@@ -104,6 +106,7 @@ impl Backend {
             quota: cfg.quota(),
             max_txn_ops: cfg.max_txn_ops,
             name: cfg.name.clone(),
+            data_dir: cfg.data_dir.clone(),
             peer_urls: cfg.advertise_peer_list(),
             client_urls: cfg.advertise_client_list(),
             election_timeout_ms: cfg.raft.tick_ms * cfg.raft.election_tick as u64,

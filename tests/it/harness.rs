@@ -88,6 +88,22 @@ pub enum Kind {
     MetaStore(Engine),
     /// The reference etcd (Debian's etcd-server package).
     Etcd,
+    /// etcd 3.5.1 (from [`etcd35_dir`]).
+    Etcd35,
+}
+
+/// Where etcd 3.5.1's `etcd`, `etcdctl` and `etcdutl` are:
+/// `$METASTORE_ETCD35_DIR`, else `~/.cache/metastore/etcd-3.5.1`, where
+/// scripts/setup.sh puts them; None if they are not there.
+pub fn etcd35_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("METASTORE_ETCD35_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/metastore/etcd-3.5.1"),
+    };
+    ["etcd", "etcdutl"]
+        .iter()
+        .all(|b| dir.join(b).is_file())
+        .then_some(dir)
 }
 
 /// A running daemon; killed on drop.
@@ -137,6 +153,18 @@ impl Server {
         let mut s = Server::unstarted(kind, "default", extra);
         s.dir = dir;
         s._tmp = Some(tmp);
+        s.spawn();
+        s
+    }
+
+    /// An etcd of `kind` started on a data dir that `restore` fills first
+    /// (given the server, whose name, peer URL and data dir it uses), as
+    /// `etcdctl snapshot restore` or `etcdutl snapshot restore` fill one.
+    pub fn start_restored(kind: Kind, restore: impl FnOnce(&Server)) -> Server {
+        let mut s = Server::unstarted(kind, "restored", &[]);
+        // Part of a cluster now: never moved to other ports.
+        s.initial_cluster = Some(format!("{}={}", s.name, s.peer_url()));
+        restore(&s);
         s.spawn();
         s
     }
@@ -201,6 +229,11 @@ impl Server {
                 c
             }
             Kind::Etcd => Command::new("etcd"),
+            Kind::Etcd35 => Command::new(
+                etcd35_dir()
+                    .expect("etcd 3.5.1 (scripts/setup.sh)")
+                    .join("etcd"),
+            ),
         };
         let initial = self
             .initial_cluster

@@ -1,46 +1,21 @@
-//! Reads an etcd data file (a bbolt database, as `etcdctl snapshot save`
-//! stores it from etcd 3.4 or 3.5) and turns it into a MetaStore state image,
-//! so `metastore --restore-image etcd.db` moves an etcd user over with every
-//! key, value, revision, version, lease and the compaction point.
-//!
-//! bbolt, as far as this reader needs it (little-endian, as written on the
-//! machines etcd runs on): the file is pages of `page_size` bytes; page 0
-//! and 1 hold the two meta copies (the valid one with the higher
-//! transaction id wins); every page starts with a 16-byte header (id u64,
-//! flags u16, count u16, overflow u32) and spans `overflow` more pages.
-//! Branch pages hold `count` elements (pos u32, ksize u32, child page u64),
-//! leaf pages `count` elements (flags u32, pos u32, ksize u32, vsize u32); an
-//! element's key sits `pos` bytes after the element itself, its value right
-//! after the key. A leaf element flagged 1 is a nested bucket: its value is
-//! the bucket's root page id and sequence, and with root 0 the bucket's one
-//! page follows inline.
-//!
-//! etcd's buckets: `key` (17-byte revision keys: main u64 BE, '_', sub u64
-//! BE, and a trailing 't' for a deletion; values are `mvccpb.KeyValue`),
-//! `meta` (`consistent_index`, `finishedCompactRev`, `term` since 3.5) and
-//! `lease` (`leasepb.Lease` by ID).
+//! Reads a bbolt file (see the format in the parent module) and turns
+//! etcd's buckets into a MetaStore state image.
 
 use std::io::Write;
 use std::path::Path;
 
 use prost::Message as _;
 
-use super::image::{revision_key, ImageHeader, ImageWriter};
-use super::leases::{LeaseEntry, LeaseTable};
+use super::{
+    bad, fnv1a64, EtcdLease, AUTH, AUTH_ENABLED, AUTH_REVISION, AUTH_ROLES, AUTH_USERS, BRANCH,
+    BUCKET_LEAF, CONSISTENT_INDEX, ELEMENT, FINISHED_COMPACT, KEY, LEAF, LEASE, MAGIC, META,
+    META_CHECKSUM, META_PAGE_SIZE, META_ROOT, META_SIZE, META_TXID, PAGE_HEADER, TERM,
+};
 use crate::proto::mvccpb;
+use crate::storage::image::{revision_key, ImageHeader, ImageWriter};
+use crate::storage::leases::{LeaseEntry, LeaseTable};
 use crate::storage::Revision;
 use crate::storage::StorageError;
-
-const MAGIC: u32 = 0xED0C_DAED;
-const BRANCH: u16 = 0x01;
-const LEAF: u16 = 0x02;
-const BUCKET_LEAF: u32 = 0x01;
-const PAGE_HEADER: usize = 16;
-const ELEMENT: usize = 16;
-
-fn bad(why: impl Into<String>) -> StorageError {
-    StorageError::Image(format!("etcd data file: {}", why.into()))
-}
 
 /// Whether `head` (the file's first bytes) is a bbolt database.
 pub fn is_bbolt(head: &[u8]) -> bool {
@@ -60,10 +35,10 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
 }
 
 /// A bucket's (key, value) pairs, in key order.
-type Entries<'a> = Vec<(&'a [u8], &'a [u8])>;
+pub(super) type Entries<'a> = Vec<(&'a [u8], &'a [u8])>;
 
 /// A bbolt file in memory.
-struct Db<'a> {
+pub(super) struct Db<'a> {
     data: &'a [u8],
     page_size: usize,
     root: u64,
@@ -103,11 +78,12 @@ impl<'a> Page<'a> {
 }
 
 impl<'a> Db<'a> {
-    fn open(data: &'a [u8]) -> Result<Db<'a>, StorageError> {
+    pub(super) fn open(data: &'a [u8]) -> Result<Db<'a>, StorageError> {
         if !is_bbolt(data) {
             return Err(bad("not a bbolt database"));
         }
-        let page_size = u32_at(data, PAGE_HEADER + 8).ok_or_else(|| bad("no meta"))? as usize;
+        let page_size =
+            u32_at(data, PAGE_HEADER + META_PAGE_SIZE).ok_or_else(|| bad("no meta"))? as usize;
         if !(512..=(1 << 20)).contains(&page_size) {
             return Err(bad(format!("page size {page_size}")));
         }
@@ -116,18 +92,18 @@ impl<'a> Db<'a> {
         let mut best: Option<(u64, u64)> = None;
         for p in 0..2 {
             let m = p * page_size + PAGE_HEADER;
-            let Some(meta) = data.get(m..m + 64) else {
+            let Some(meta) = data.get(m..m + META_SIZE) else {
                 continue;
             };
             if u32_at(meta, 0) != Some(MAGIC) {
                 continue;
             }
-            let sum = u64_at(meta, 56).unwrap_or(0);
-            if fnv1a64(&meta[..56]) != sum {
+            let sum = u64_at(meta, META_CHECKSUM).unwrap_or(0);
+            if fnv1a64(&meta[..META_CHECKSUM]) != sum {
                 continue;
             }
-            let root = u64_at(meta, 16).unwrap_or(0);
-            let txid = u64_at(meta, 48).unwrap_or(0);
+            let root = u64_at(meta, META_ROOT).unwrap_or(0);
+            let txid = u64_at(meta, META_TXID).unwrap_or(0);
             if best.is_none_or(|(_, t)| txid > t) {
                 best = Some((root, txid));
             }
@@ -191,7 +167,7 @@ impl<'a> Db<'a> {
     }
 
     /// The entries of top-level bucket `name` (None: no such bucket).
-    fn bucket(&self, name: &[u8]) -> Result<Option<Entries<'a>>, StorageError> {
+    pub(super) fn bucket(&self, name: &[u8]) -> Result<Option<Entries<'a>>, StorageError> {
         let mut top = Vec::new();
         self.walk(self.page(self.root)?, &mut top, 0)?;
         let Some(&(_, _, header)) = top
@@ -219,26 +195,6 @@ impl<'a> Db<'a> {
     }
 }
 
-fn fnv1a64(b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &x in b {
-        h ^= u64::from(x);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// etcd's `leasepb.Lease`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct EtcdLease {
-    #[prost(int64, tag = "1")]
-    id: i64,
-    #[prost(int64, tag = "2")]
-    ttl: i64,
-    #[prost(int64, tag = "3")]
-    remaining_ttl: i64,
-}
-
 /// What a conversion found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Converted {
@@ -258,8 +214,8 @@ pub struct Converted {
 /// `out`.
 pub fn convert(data: &[u8], out: impl Write) -> Result<Converted, StorageError> {
     let db = Db::open(data)?;
-    let keys = db.bucket(b"key")?.ok_or_else(|| bad("no `key` bucket"))?;
-    let meta = db.bucket(b"meta")?.unwrap_or_default();
+    let keys = db.bucket(KEY)?.ok_or_else(|| bad("no `key` bucket"))?;
+    let meta = db.bucket(META)?.unwrap_or_default();
     let meta_u64 = |name: &[u8]| {
         meta.iter()
             .find(|(k, _)| *k == name)
@@ -267,11 +223,11 @@ pub fn convert(data: &[u8], out: impl Write) -> Result<Converted, StorageError> 
             .map(|v| u64::from_be_bytes(v.try_into().expect("8 bytes")))
     };
     // etcd stores compaction revisions as revision keys (main, sub).
-    let compact_rev = meta_u64(b"finishedCompactRev").map_or(-1, |r| r as i64);
-    let index = meta_u64(b"consistent_index").unwrap_or(0);
-    let term = meta_u64(b"term").unwrap_or(1).max(1);
+    let compact_rev = meta_u64(FINISHED_COMPACT).map_or(-1, |r| r as i64);
+    let index = meta_u64(CONSISTENT_INDEX).unwrap_or(0);
+    let term = meta_u64(TERM).unwrap_or(1).max(1);
     let mut leases = LeaseTable::default();
-    for (_, v) in db.bucket(b"lease")?.unwrap_or_default() {
+    for (_, v) in db.bucket(LEASE)?.unwrap_or_default() {
         let l = EtcdLease::decode(v).map_err(|e| bad(format!("lease: {e}")))?;
         leases.insert(
             l.id,
@@ -333,14 +289,14 @@ pub fn convert(data: &[u8], out: impl Write) -> Result<Converted, StorageError> 
 /// authpb record; passwords are bcrypt hashes, as MetaStore keeps them).
 fn read_auth(db: &Db<'_>) -> Result<crate::proto::metastorepb::AuthState, StorageError> {
     use crate::proto::{authpb, metastorepb};
-    let meta = db.bucket(b"auth")?.unwrap_or_default();
+    let meta = db.bucket(AUTH)?.unwrap_or_default();
     let get = |name: &[u8]| meta.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-    let enabled = get(b"authEnabled").is_some_and(|v| v.first() == Some(&1));
-    let revision = get(b"authRevision")
+    let enabled = get(AUTH_ENABLED).is_some_and(|v| v.first() == Some(&1));
+    let revision = get(AUTH_REVISION)
         .and_then(|v| v.get(..8))
         .map_or(0, |v| u64::from_be_bytes(v.try_into().expect("8 bytes")));
     let mut users = Vec::new();
-    for (_, v) in db.bucket(b"authUsers")?.unwrap_or_default() {
+    for (_, v) in db.bucket(AUTH_USERS)?.unwrap_or_default() {
         let user = authpb::User::decode(v).map_err(|e| bad(format!("auth user: {e}")))?;
         users.push(metastorepb::AuthUser {
             user: Some(user),
@@ -348,7 +304,7 @@ fn read_auth(db: &Db<'_>) -> Result<crate::proto::metastorepb::AuthState, Storag
         });
     }
     let mut roles = Vec::new();
-    for (_, v) in db.bucket(b"authRoles")?.unwrap_or_default() {
+    for (_, v) in db.bucket(AUTH_ROLES)?.unwrap_or_default() {
         roles.push(authpb::Role::decode(v).map_err(|e| bad(format!("auth role: {e}")))?);
     }
     Ok(metastorepb::AuthState {
@@ -360,15 +316,32 @@ fn read_auth(db: &Db<'_>) -> Result<crate::proto::metastorepb::AuthState, Storag
     })
 }
 
+/// The database in a file `etcdctl snapshot save` stored: its SHA-256
+/// checked and cut off. As etcd's restore, a file whose length is 32 bytes
+/// past a multiple of 512 carries one; a bare database (copied from a data
+/// dir) is taken as it is.
+fn verified(file: &[u8]) -> Result<&[u8], StorageError> {
+    use sha2::{Digest, Sha256};
+    if file.len() % 512 != 32 {
+        return Ok(file);
+    }
+    let (db, sum) = file.split_at(file.len() - 32);
+    if Sha256::digest(db).as_slice() != sum {
+        return Err(bad("SHA-256 mismatch: the file is damaged"));
+    }
+    Ok(db)
+}
+
 /// Converts the etcd data file at `path` into an image file next to
 /// `image` (written whole, then renamed).
 pub fn convert_file(path: &Path, image: &Path) -> Result<Converted, StorageError> {
     let data =
         std::fs::read(path).map_err(|e| StorageError::io(format!("read {}", path.display()), e))?;
+    let data = verified(&data)?;
     let partial = image.with_extension("partial");
     let file = std::fs::File::create(&partial)
         .map_err(|e| StorageError::io(format!("create {}", partial.display()), e))?;
-    let c = convert(&data, std::io::BufWriter::new(file))?;
+    let c = convert(data, std::io::BufWriter::new(file))?;
     std::fs::rename(&partial, image)
         .map_err(|e| StorageError::io(format!("rename {}", partial.display()), e))?;
     Ok(c)

@@ -12,6 +12,7 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)             # reference s
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)       # bindgen for the rocksdb crate
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)          # promtool checks the alert rules
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)             # lossyfs (power-loss tests) mounts through it when not root
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -50,6 +50,7 @@ mod harness;
 mod inprocess;
 mod kv;
 mod lease;
+pub(crate) mod lossy;
 pub(crate) mod operability;
 mod smoke;
 mod snapshot;

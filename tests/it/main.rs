@@ -52,6 +52,7 @@ mod kv;
 mod lease;
 pub(crate) mod lossy;
 pub(crate) mod operability;
+mod power;
 mod smoke;
 mod snapshot;
 mod tls;

@@ -86,7 +86,18 @@ impl LossyDisk {
     /// Drops everything not durable, unmounts and mounts the rest again.
     /// The processes using the disk must be dead.
     pub fn cut(&mut self) -> Cut {
-        let answer = self.command("cut");
+        self.cut_with("cut")
+    }
+
+    /// A cut where blocks written since their file's last sync survive or
+    /// not at random (seeded), and such files keep their synced or current
+    /// length: dirty pages written back in any order before the power went.
+    pub fn cut_torn(&mut self, seed: u64) -> Cut {
+        self.cut_with(&format!("cut torn {seed}"))
+    }
+
+    fn cut_with(&mut self, command: &str) -> Cut {
+        let answer = self.command(command);
         let field = |name: &str| -> u64 {
             answer
                 .split_whitespace()
@@ -322,4 +333,32 @@ fn a_frozen_disk_fails_every_request() {
     assert_eq!(read(&p).unwrap(), b"");
     let (files, dirs) = disk.syncs();
     assert_eq!((files, dirs), (0, 1));
+}
+
+#[test]
+fn a_torn_cut_keeps_some_unsynced_blocks() {
+    let mut disk = LossyDisk::mount();
+    let p = disk.path().join("f");
+    let (old, new) = (vec![1u8; 4096], vec![2u8; 4096]);
+    let (mut kept, mut lost) = (0, 0);
+    for seed in 1..=8 {
+        fs::write(&p, old.repeat(8)).unwrap();
+        File::open(&p).unwrap().sync_all().unwrap();
+        fsync_dir(disk.path());
+        let mut f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all(&new.repeat(8)).unwrap();
+        drop(f);
+        disk.cut_torn(seed);
+        let after = read(&p).unwrap();
+        assert_eq!(after.len(), 8 * 4096);
+        for block in after.chunks(4096) {
+            if block == new.as_slice() {
+                kept += 1;
+            } else {
+                assert_eq!(block, old.as_slice(), "a block is either old or new");
+                lost += 1;
+            }
+        }
+    }
+    assert!(kept > 0 && lost > 0, "kept {kept}, lost {lost}");
 }

@@ -45,6 +45,8 @@ struct Acked {
 struct PowerCluster {
     cluster: Cluster,
     disks: Vec<LossyDisk>,
+    /// Torn cuts (some unsynced blocks survive), seeded from this.
+    torn: Option<u64>,
 }
 
 impl PowerCluster {
@@ -57,7 +59,11 @@ impl PowerCluster {
             let log = disks[i].path().with_extension("log");
             s.log_file = Some(log);
         });
-        PowerCluster { cluster, disks }
+        PowerCluster {
+            cluster,
+            disks,
+            torn: None,
+        }
     }
 
     /// Cuts the power of `which` members at one instant: their disks stop
@@ -70,7 +76,17 @@ impl PowerCluster {
         for &i in which {
             self.cluster.members[i].kill9();
         }
-        which.iter().map(|&i| self.disks[i].cut()).collect()
+        let torn = &mut self.torn;
+        which
+            .iter()
+            .map(|&i| match torn.as_mut() {
+                None => self.disks[i].cut(),
+                Some(seed) => {
+                    *seed += 1;
+                    self.disks[i].cut_torn(*seed)
+                }
+            })
+            .collect()
     }
 
     /// Starts the members `which` again and waits until they are healthy.
@@ -350,9 +366,15 @@ impl Target {
 
 /// Runs `targets` as cycles on a fresh cluster of `n`; returns the
 /// acknowledged writes checked and how much the cuts threw away.
-async fn run_cycles(n: usize, engine: Engine, targets: &[Target]) -> (usize, u64) {
+async fn run_cycles(
+    n: usize,
+    engine: Engine,
+    targets: &[Target],
+    torn: Option<u64>,
+) -> (usize, u64) {
     let started = Instant::now();
     let mut pc = PowerCluster::start(n, engine);
+    pc.torn = torn;
     let acked = Arc::new(Mutex::new(Acked::default()));
     let mut thrown = 0;
     for (round, target) in targets.iter().enumerate() {
@@ -380,12 +402,12 @@ async fn run_cycles(n: usize, engine: Engine, targets: &[Target]) -> (usize, u64
 }
 
 async fn power_cut_of_a_lone_member_loses_no_acknowledged_write(engine: Engine) {
-    run_cycles(1, engine, &[Target::All; 4]).await;
+    run_cycles(1, engine, &[Target::All; 4], None).await;
 }
 
 async fn power_cut_of_three_members_loses_no_acknowledged_write(engine: Engine) {
     use Target::*;
-    run_cycles(3, engine, &[All, Leader, All, Follower, Leader]).await;
+    run_cycles(3, engine, &[All, Leader, All, Follower, Leader], None).await;
 }
 
 engine_tests!(async:
@@ -394,7 +416,8 @@ engine_tests!(async:
 );
 
 /// Many cycles (METASTORE_POWER_CYCLES, default 40) on 3 members, cutting
-/// everyone, the leader or a follower in turn.
+/// everyone, the leader or a follower in turn; torn cuts with
+/// METASTORE_POWER_TORN_SEED.
 async fn soak(engine: Engine) {
     let cycles: usize = std::env::var("METASTORE_POWER_CYCLES")
         .ok()
@@ -405,7 +428,10 @@ async fn soak(engine: Engine) {
         .cycle()
         .take(cycles)
         .collect();
-    run_cycles(3, engine, &targets).await;
+    let torn = std::env::var("METASTORE_POWER_TORN_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    run_cycles(3, engine, &targets, torn).await;
 }
 
 #[ignore = "soak: minutes; METASTORE_POWER_CYCLES sets the cycles"]
@@ -418,4 +444,36 @@ async fn power_cut_soak_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cut_soak_rocksdb() {
     soak(Engine::Rocksdb).await;
+}
+
+/// Torn cuts of a lone member: blocks written since their file's last sync
+/// survive at random, as when dirty pages were written back in any order
+/// before the power went (METASTORE_POWER_CYCLES cuts, default 10, seed
+/// METASTORE_POWER_TORN_SEED). Not in the default run: the memory engine's
+/// WAL refuses to start when the first page of an unsynced batch was lost
+/// but a later one landed ("record length is 0 ...; more data follows the
+/// record, so this is not a torn write"), which its rule calls corruption
+/// on purpose; a cut rarely lands there, but when it does this fails.
+async fn torn(engine: Engine) {
+    let cycles: usize = std::env::var("METASTORE_POWER_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let seed = std::env::var("METASTORE_POWER_TORN_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    run_cycles(1, engine, &vec![Target::All; cycles], Some(seed)).await;
+}
+
+#[ignore = "torn cuts: the memory WAL may refuse an out-of-order tail (see torn())"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_power_cut_memory() {
+    torn(Engine::Memory).await;
+}
+
+#[ignore = "torn cuts: the memory WAL may refuse an out-of-order tail (see torn())"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_power_cut_rocksdb() {
+    torn(Engine::Rocksdb).await;
 }

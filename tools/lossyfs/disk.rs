@@ -555,12 +555,24 @@ impl Disk {
 
     /// The power cut: everything not made durable is gone. Open handles die
     /// with the processes that held them.
-    pub fn cut(&mut self) -> CutReport {
+    ///
+    /// With `torn` (a seed), a file does not simply return to its synced
+    /// state: each 4 KiB block written since its last sync survives or not
+    /// by a coin toss, and its length is the synced or the current one (the
+    /// kernel may have written back any dirty pages, in any order, and the
+    /// disk may have completed any of them). Directories still return to
+    /// their synced entries.
+    pub fn cut(&mut self, torn: Option<u64>) -> CutReport {
         let mut report = CutReport::default();
+        let mut rng = torn.map(Coin::new);
         for node in self.nodes.values_mut() {
             if !node.data.same_as(&node.synced_data) {
                 report.files_reverted += 1;
-                node.data = node.synced_data.clone();
+                node.data = match rng.as_mut() {
+                    None => node.synced_data.clone(),
+                    Some(coin) => torn_data(&node.data, &node.synced_data, coin),
+                };
+                node.synced_data = node.data.clone();
             }
             if node.entries != node.synced_entries {
                 report.dirs_reverted += 1;
@@ -592,6 +604,43 @@ impl Disk {
         self.handles.clear();
         self.stats.cuts += 1;
         report
+    }
+}
+
+/// What a torn cut leaves of a file written since its last sync: some of
+/// the new blocks, some of the old, at the old or the new length.
+fn torn_data(now: &Data, synced: &Data, coin: &mut Coin) -> Data {
+    let mut out = synced.clone();
+    let len = if coin.toss() { now.len } else { synced.len };
+    out.set_len(len);
+    for b in 0..len.div_ceil(BLOCK) {
+        let differs = match (now.blocks.get(b as usize), synced.blocks.get(b as usize)) {
+            (Some(Some(x)), Some(Some(y))) => !Arc::ptr_eq(x, y),
+            (None | Some(None), None | Some(None)) => false,
+            _ => true,
+        };
+        if differs && coin.toss() {
+            let start = b * BLOCK;
+            let n = BLOCK.min(len - start) as usize;
+            out.write(start, &now.read(start, n));
+        }
+    }
+    out
+}
+
+/// A seeded coin (xorshift64*): reproducible cuts.
+struct Coin(u64);
+
+impl Coin {
+    fn new(seed: u64) -> Coin {
+        Coin(seed | 1)
+    }
+
+    fn toss(&mut self) -> bool {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 63 == 1
     }
 }
 
@@ -686,9 +735,34 @@ mod tests {
         d.fsync(f).unwrap();
         d.write(f, 0, 4, b"+lost", 0).unwrap();
         d.write(f, 0, 0, b"K", 0).unwrap();
-        let report = d.cut();
+        let report = d.cut(None);
         assert_eq!(report.files_reverted, 1);
         assert_eq!(contents(&d, f), b"kept");
+    }
+
+    #[test]
+    fn a_torn_cut_keeps_some_unsynced_blocks_and_nothing_else() {
+        let mut kept_some = false;
+        let mut lost_some = false;
+        for seed in 1..40 {
+            let mut d = Disk::new();
+            let f = new_file(&mut d, ROOT, "f");
+            d.fsync(ROOT).unwrap();
+            d.write(f, 0, 0, &[1; 4 * BLOCK as usize], 0).unwrap();
+            d.fsync(f).unwrap();
+            d.write(f, 0, 0, &[2; 6 * BLOCK as usize], 0).unwrap();
+            d.cut(Some(seed));
+            let after = contents(&d, f);
+            assert!(after.len() == 4 * BLOCK as usize || after.len() == 6 * BLOCK as usize);
+            for (i, block) in after.chunks(BLOCK as usize).enumerate() {
+                // Past the synced length, a block not written back is a hole.
+                let hole = i >= 4 && block == [0; BLOCK as usize];
+                assert!(block == [1; BLOCK as usize] || block == [2; BLOCK as usize] || hole);
+                kept_some |= block[0] == 2;
+                lost_some |= block[0] == 1;
+            }
+        }
+        assert!(kept_some && lost_some);
     }
 
     #[test]
@@ -698,7 +772,7 @@ mod tests {
         d.fsync(ROOT).unwrap();
         let fh = d.open(f, libc::O_WRONLY | libc::O_DSYNC).unwrap();
         d.write(f, fh, 0, b"synced", 0).unwrap();
-        d.cut();
+        d.cut(None);
         assert_eq!(contents(&d, f), b"synced");
     }
 
@@ -708,7 +782,7 @@ mod tests {
         let f = new_file(&mut d, ROOT, "f");
         d.write(f, 0, 0, b"data", 0).unwrap();
         d.fsync(f).unwrap();
-        assert_eq!(d.cut().nodes_dropped, 1);
+        assert_eq!(d.cut(None).nodes_dropped, 1);
         assert_eq!(d.lookup(ROOT, name("f")).unwrap_err(), libc::ENOENT);
     }
 
@@ -724,7 +798,7 @@ mod tests {
         d.fsync(tmp).unwrap();
         d.rename(ROOT, name("tmp"), ROOT, name("current"), 0)
             .unwrap();
-        d.cut();
+        d.cut(None);
         let a = d.lookup(ROOT, name("current")).unwrap();
         assert_eq!(contents(&d, a.ino), b"old", "the unsynced rename undone");
         assert!(
@@ -738,7 +812,7 @@ mod tests {
         d.rename(ROOT, name("tmp"), ROOT, name("current"), 0)
             .unwrap();
         d.fsync(ROOT).unwrap();
-        d.cut();
+        d.cut(None);
         let a = d.lookup(ROOT, name("current")).unwrap();
         assert_eq!(contents(&d, a.ino), b"new");
         assert_eq!(a.nlink, 1);
@@ -752,11 +826,11 @@ mod tests {
         d.fsync(f).unwrap();
         d.fsync(ROOT).unwrap();
         d.unlink(ROOT, name("f")).unwrap();
-        d.cut();
+        d.cut(None);
         assert_eq!(contents(&d, d.lookup(ROOT, name("f")).unwrap().ino), b"x");
         d.unlink(ROOT, name("f")).unwrap();
         d.fsync(ROOT).unwrap();
-        assert_eq!(d.cut().nodes_dropped, 1);
+        assert_eq!(d.cut(None).nodes_dropped, 1);
     }
 
     #[test]
@@ -767,12 +841,12 @@ mod tests {
         d.write(f, 0, 0, b"0123456789", 0).unwrap();
         d.fsync(f).unwrap();
         d.set_attr(f, size(3)).unwrap();
-        d.cut();
+        d.cut(None);
         assert_eq!(contents(&d, f), b"0123456789");
         d.set_attr(f, size(3)).unwrap();
         d.fsync(f).unwrap();
         d.set_attr(f, size(8)).unwrap();
-        d.cut();
+        d.cut(None);
         assert_eq!(contents(&d, f), b"012");
     }
 
@@ -786,7 +860,7 @@ mod tests {
         d.fsync(ROOT).unwrap();
         let f = new_file(&mut d, sub, "f");
         d.fsync(f).unwrap();
-        d.cut();
+        d.cut(None);
         assert!(d.lookup(ROOT, name("sub")).is_ok());
         assert!(d.lookup(sub, name("f")).is_err());
     }

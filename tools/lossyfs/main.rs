@@ -15,6 +15,10 @@
 //!   everything unsynced and mounts the durable state again at the same
 //!   place. Answers `cut files=F dirs=D dropped=N` (files and directories
 //!   that went back to an older state, nodes that vanished).
+//! - `cut torn SEED`: a cut where each 4 KiB block written since its
+//!   file's last sync survives or not by a (seeded) coin toss, and each such
+//!   file keeps its synced or its current length: dirty pages written back
+//!   in any order before the power went. Directories as for `cut`.
 //! - `stats`: `stats writes=W file_syncs=F dir_syncs=D cuts=C`.
 //!
 //! End of input unmounts and exits. Mounting needs root (the mount
@@ -62,19 +66,32 @@ fn run(mountpoint: &Path) -> io::Result<()> {
     writeln!(out, "ready")?;
     out.flush()?;
     for line in io::stdin().lock().lines() {
-        let answer = match line?.trim() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.first().copied().unwrap_or("") {
             "freeze" => {
                 machine.lock().frozen = true;
                 "frozen".to_owned()
             }
             "cut" => {
+                let torn = match words.get(1..) {
+                    Some(["torn", seed]) => match seed.parse::<u64>() {
+                        Ok(seed) => Some(seed),
+                        Err(_) => {
+                            writeln!(out, "error bad seed {seed:?}")?;
+                            out.flush()?;
+                            continue;
+                        }
+                    },
+                    _ => None,
+                };
                 machine.lock().frozen = true;
                 if let Some(s) = session.take() {
                     unmount(s, mountpoint);
                 }
                 let report = {
                     let mut m = machine.lock();
-                    let report = m.disk.cut();
+                    let report = m.disk.cut(torn);
                     m.epoch += 1;
                     m.frozen = false;
                     report
@@ -93,7 +110,7 @@ fn run(mountpoint: &Path) -> io::Result<()> {
                 )
             }
             "" => continue,
-            other => format!("error unknown command {other:?}"),
+            _ => format!("error unknown command {line:?}"),
         };
         writeln!(out, "{answer}")?;
         out.flush()?;

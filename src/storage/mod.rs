@@ -13,6 +13,7 @@
 //!   whose member it is).
 //! - [`memory`]: the `memory` engine (MVCC in memory, its own WAL and
 //!   snapshot files); [`rocks`]: the `rocksdb` engine.
+//! - [`dirs`]: creating directories durably (their parent fsynced).
 //! - [`raft_log`]: the in-memory Raft log both engines recover into;
 //!   [`image`]: the state image format both engines read and write;
 //!   [`bbolt`]: the reader for etcd's data files; [`leases`]: the lease table.
@@ -22,6 +23,7 @@
 pub mod bbolt;
 #[cfg(test)]
 pub mod conformance;
+pub mod dirs;
 pub mod engine;
 pub mod engines;
 mod error;

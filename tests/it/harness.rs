@@ -132,6 +132,9 @@ pub struct Server {
     pub metrics_port: Option<u16>,
     /// More `--listen-client-urls` beside the client URL.
     pub more_client_urls: Vec<String>,
+    /// Where the daemon's stderr goes (None: beside the data dir). Set it
+    /// when the data dir is on a disk that loses what is not synced.
+    pub log_file: Option<PathBuf>,
     extra: Vec<String>,
 }
 
@@ -186,6 +189,7 @@ impl Server {
             peer_scheme: "http",
             metrics_port: None,
             more_client_urls: Vec::new(),
+            log_file: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -289,7 +293,9 @@ impl Server {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.with_extension("log")
+        self.log_file
+            .clone()
+            .unwrap_or_else(|| self.dir.with_extension("log"))
     }
 
     fn log_tail(&self) -> String {

@@ -45,7 +45,7 @@ pub fn save(data_dir: &Path, index: u64, image: &[u8]) -> Result<PathBuf, Storag
 /// which the next listing removes.
 pub fn create_tmp(data_dir: &Path, index: u64) -> Result<(fs::File, PathBuf), StorageError> {
     let d = dir(data_dir);
-    fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
+    crate::storage::dirs::create_all(&d).map_err(io(format!("create {}", d.display())))?;
     let tmp = d.join(format!("{index:016x}.snap.tmp"));
     let f = fs::File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
     Ok((f, tmp))
@@ -76,7 +76,7 @@ pub fn commit_tmp(
 /// `index` (fsynced before and after the rename).
 pub fn adopt(data_dir: &Path, index: u64, received: &Path) -> Result<PathBuf, StorageError> {
     let d = dir(data_dir);
-    fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
+    crate::storage::dirs::create_all(&d).map_err(io(format!("create {}", d.display())))?;
     let path = final_path(data_dir, index);
     let moved = || -> std::io::Result<()> {
         fs::File::open(received)?.sync_all()?;

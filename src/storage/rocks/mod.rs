@@ -98,6 +98,14 @@ pub fn open_with(
     wal_size: Option<u64>,
 ) -> Result<Dbs, StorageError> {
     let root = data_dir.join(DIR);
+    if create {
+        // RocksDB fsyncs its own directory, not the parents it creates.
+        for db in ["raft", "kv"] {
+            let dir = root.join(db);
+            super::dirs::create_all(&dir)
+                .map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
+        }
+    }
     let raft = open_one(
         data_dir,
         &root.join("raft"),

@@ -22,6 +22,7 @@ pub fn metrics_router(backend: Backend) -> Router {
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn(read_whole_body))
         .with_state(backend)
 }
 
@@ -42,7 +43,33 @@ pub fn router(backend: Backend, fault_injection: bool) -> Router {
             .route("/debug/fault/fail-wal-sync", post(fail_wal_sync))
             .route("/debug/fault/fail-commit", post(fail_commit));
     }
-    r.with_state(backend)
+    r.layer(axum::middleware::from_fn(read_whole_body))
+        .with_state(backend)
+}
+
+/// The most of a body these handlers ignore that is read anyway (Go's
+/// net/http reads up to 256 KiB of an unread body).
+const UNREAD_BODY_LIMIT: usize = 256 << 10;
+
+/// Reads a request's body before its handler runs, though these handlers
+/// ignore it: a GET that carries one (Patroni sends `GET /version` with
+/// `{}`) must leave its keep-alive connection usable. hyper, after the
+/// response, drains an unread body only if its bytes already arrived, and
+/// closes the connection otherwise: the request pipelined behind it got no
+/// answer whenever the body came a moment after the headers. A body over
+/// the limit is left, and the connection closes after the answer (as etcd
+/// closes it).
+async fn read_whole_body(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, UNREAD_BODY_LIMIT)
+        .await
+        .map(axum::body::Body::from)
+        .unwrap_or_else(|_| axum::body::Body::empty());
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
 }
 
 /// Sets one of the member's fault switches and logs it.

@@ -49,6 +49,7 @@ pub(crate) mod etcdctl;
 mod gateway;
 mod harness;
 mod inprocess;
+mod keepalive;
 mod kv;
 mod lease;
 pub(crate) mod lossy;

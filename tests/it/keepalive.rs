@@ -102,7 +102,7 @@ fn sequence(s: &Server, reqs: &[(&str, &str, &str)], how: Send) -> Vec<Option<u1
         stream,
     );
     let mut out = Vec::new();
-    let mut answer = |r: &mut BufReader<TcpStream>| {
+    let answer = |r: &mut BufReader<TcpStream>| {
         let resp = read_response(r);
         if let Some(resp) = &resp {
             assert!(

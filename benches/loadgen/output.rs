@@ -79,16 +79,18 @@ pub fn write_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
 fn write_k8s_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
     let mut out = String::from(
         "round,server,members,kind,ops,errors,ops_per_s,p50_us,p99_us,max_us,\
-         server_cpu_us_per_op,server_rss_kib,violations\n",
+         server_cpu_us_per_op,server_rss_kib,violations,pauses,longest_pause_ms\n",
     );
     for (round, r) in runs(reports) {
         let Some(k) = &r.k8s else { continue };
         let members = reports[round - 1].config.members;
         let tail = format!(
-            "{},{},{}",
+            "{},{},{},{},{}",
             opt(r.server_cpu_us_per_op.map(|v| format!("{v:.1}"))),
             opt(r.server_rss_kib),
-            k.violations
+            k.violations,
+            k.pauses.len(),
+            k.pauses.iter().map(|p| p.ms).max().unwrap_or(0)
         );
         for x in &k.kinds {
             let _ = writeln!(

@@ -561,6 +561,17 @@ impl Report {
             .map(|(n, k)| format!("{n} {}", k.violations))
             .collect();
         s += &format!("violations: {}\n", v.join(", "));
+        let p: Vec<String> = runs
+            .iter()
+            .map(|(n, k)| {
+                format!(
+                    "{n} {} (longest {} ms)",
+                    k.pauses.len(),
+                    k.pauses.iter().map(|p| p.ms).max().unwrap_or(0)
+                )
+            })
+            .collect();
+        s += &format!("pauses over 100 ms: {}\n", p.join(", "));
         s
     }
 }

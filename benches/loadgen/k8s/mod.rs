@@ -171,14 +171,18 @@ pub struct SnapshotAt {
     pub file: String,
 }
 
-/// Operations over [`STALL_MS`] that overlap in time.
+/// A pause: over [`STALL_MS`] in which no operation of any client
+/// completed, though every client had one in flight (a closed loop).
 #[derive(Debug, Clone, Serialize)]
-pub struct StallWindow {
+pub struct Pause {
+    /// The last completion before it, since the phase started.
     pub start_ms: u64,
-    pub end_ms: u64,
-    pub max_ms: u64,
+    pub ms: u64,
+    /// Operations in flight over the whole pause, their kinds and the
+    /// slowest one's latency.
     pub ops: u64,
     pub kinds: Vec<String>,
+    pub max_op_ms: u64,
     /// Compactions and snapshot files within a second of it.
     pub near: Vec<String>,
 }
@@ -212,7 +216,9 @@ pub struct K8sStats {
     pub violation_samples: Vec<String>,
     pub compactions: Vec<CompactionAt>,
     pub snapshots: Vec<SnapshotAt>,
-    pub stalls: Vec<StallWindow>,
+    /// Operations over STALL_MS.
+    pub slow_ops: u64,
+    pub pauses: Vec<Pause>,
 }
 
 /// What every task shares.
@@ -1032,54 +1038,49 @@ fn snapshot_poller(
     })
 }
 
-/// Overlapping operations over STALL_MS, as windows.
-fn stall_windows(
-    mut stalls: Vec<(u64, u64, Kind)>,
+/// The pauses in a phase: gaps of over STALL_MS between consecutive
+/// completions (of `samples`: start ms, latency µs), with the slow
+/// operations (`slow`: start ms, latency ms, kind) that spanned each.
+fn pauses(
+    samples: &[(u32, u32)],
+    slow: &[(u64, u64, Kind)],
     compactions: &[CompactionAt],
     snapshots: &[SnapshotAt],
-) -> Vec<StallWindow> {
-    stalls.sort_unstable();
-    let mut out: Vec<StallWindow> = Vec::new();
-    let mut kinds: BTreeSet<Kind> = BTreeSet::new();
-    for (at, ms, kind) in stalls {
-        match out.last_mut() {
-            Some(w) if at <= w.end_ms => {
-                w.end_ms = w.end_ms.max(at + ms);
-                w.max_ms = w.max_ms.max(ms);
-                w.ops += 1;
-                kinds.insert(kind);
-            }
-            _ => {
-                if let Some(w) = out.last_mut() {
-                    w.kinds = kinds.iter().map(|k| k.name().to_owned()).collect();
-                }
-                kinds = BTreeSet::from([kind]);
-                out.push(StallWindow {
-                    start_ms: at,
-                    end_ms: at + ms,
-                    max_ms: ms,
-                    ops: 1,
-                    kinds: Vec::new(),
-                    near: Vec::new(),
-                });
-            }
+) -> Vec<Pause> {
+    let mut done: Vec<u64> = samples
+        .iter()
+        .map(|&(at, us)| at as u64 + us as u64 / 1000)
+        .collect();
+    done.sort_unstable();
+    let mut out = Vec::new();
+    for w in done.windows(2) {
+        let (from, to) = (w[0], w[1]);
+        if to - from <= STALL_MS {
+            continue;
         }
-    }
-    if let Some(w) = out.last_mut() {
-        w.kinds = kinds.iter().map(|k| k.name().to_owned()).collect();
-    }
-    for w in &mut out {
-        let near = |t: u64| t + 1000 >= w.start_ms && t <= w.end_ms + 1000;
+        let spanning: Vec<&(u64, u64, Kind)> = slow
+            .iter()
+            .filter(|(at, ms, _)| *at <= from && at + ms >= to)
+            .collect();
+        let kinds: BTreeSet<Kind> = spanning.iter().map(|(_, _, k)| *k).collect();
+        let near = |t: u64| t + 1000 >= from && t <= to + 1000;
+        let mut p = Pause {
+            start_ms: from,
+            ms: to - from,
+            ops: spanning.len() as u64,
+            kinds: kinds.iter().map(|k| k.name().to_owned()).collect(),
+            max_op_ms: spanning.iter().map(|(_, ms, _)| *ms).max().unwrap_or(0),
+            near: Vec::new(),
+        };
         for c in compactions.iter().filter(|c| near(c.t_ms)) {
-            w.near
+            p.near
                 .push(format!("compaction at {} ms ({} ms)", c.t_ms, c.ms));
         }
-        for s in snapshots.iter().filter(|s| near(s.t_ms)) {
-            w.near.push(format!(
-                "member {} wrote {} at {} ms",
-                s.member, s.file, s.t_ms
-            ));
+        for f in snapshots.iter().filter(|f| near(f.t_ms)) {
+            p.near
+                .push(format!("m{} wrote {} at {} ms", f.member, f.file, f.t_ms));
         }
+        out.push(p);
     }
     out
 }
@@ -1414,6 +1415,7 @@ async fn measure(
         all.add(h).expect("histograms with equal bounds");
     }
     let errors: u64 = stats.errors.iter().sum();
+    let pauses = pauses(&stats.samples, &stats.stalls, &compactions, &snapshots);
     let outcome = Outcome {
         ok: all.len(),
         hist: all,
@@ -1423,7 +1425,6 @@ async fn measure(
         cut_short: false,
         samples: std::mem::take(&mut stats.samples),
     };
-    let stalls = stall_windows(std::mem::take(&mut stats.stalls), &compactions, &snapshots);
     let k8s = K8sStats {
         started_unix_ms,
         keys,
@@ -1447,7 +1448,8 @@ async fn measure(
         violation_samples: lock(&shared.violations).clone(),
         compactions,
         snapshots,
-        stalls,
+        slow_ops: stats.stalls.len() as u64,
+        pauses,
     };
     Ok(Measured {
         outcome,
@@ -1495,21 +1497,21 @@ impl K8sStats {
             .collect();
         s += &format!("  snapshot files at {}\n", sn.join(", "));
         s += &format!(
-            "  stalls (ops over {STALL_MS} ms, overlapping ones merged; phase started at unix ms {}):\n",
-            self.started_unix_ms
+            "  pauses   (no operation completed for over {STALL_MS} ms; {} ops took over {STALL_MS} ms; phase started at unix ms {}):\n",
+            self.slow_ops, self.started_unix_ms
         );
-        for w in &self.stalls {
+        for p in &self.pauses {
             s += &format!(
-                "    {}..{} ms: {} ops, max {} ms, kinds {}{}\n",
-                w.start_ms,
-                w.end_ms,
-                w.ops,
-                w.max_ms,
-                w.kinds.join(","),
-                if w.near.is_empty() {
+                "    at {} ms for {} ms: {} ops in flight throughout (slowest {} ms), kinds {}{}\n",
+                p.start_ms,
+                p.ms,
+                p.ops,
+                p.max_op_ms,
+                p.kinds.join(","),
+                if p.near.is_empty() {
                     String::new()
                 } else {
-                    format!("; near {}", w.near.join("; "))
+                    format!("; near {}", p.near.join("; "))
                 }
             );
         }

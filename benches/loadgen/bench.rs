@@ -28,6 +28,8 @@ pub struct Target {
     pub http_addrs: Vec<String>,
     /// How clients connect (TLS, token).
     pub dial: crate::secure::Dial,
+    /// The members' data dirs (--compare), watched for snapshot files.
+    pub data_dirs: Vec<std::path::PathBuf>,
 }
 
 /// `n` connections, the first going to endpoint `first % endpoints`.
@@ -163,13 +165,13 @@ impl Threads {
     }
 }
 
-fn sum<T: std::iter::Sum<T>>(parts: impl Iterator<Item = Option<T>>) -> Option<T> {
+pub fn sum<T: std::iter::Sum<T>>(parts: impl Iterator<Item = Option<T>>) -> Option<T> {
     parts
         .collect::<Option<Vec<T>>>()
         .map(|v| v.into_iter().sum())
 }
 
-fn fsync_totals(target: &Target) -> Option<(f64, f64)> {
+pub fn fsync_totals(target: &Target) -> Option<(f64, f64)> {
     let parts: Option<Vec<(f64, f64)>> = target
         .http_addrs
         .iter()
@@ -183,6 +185,9 @@ fn fsync_totals(target: &Target) -> Option<(f64, f64)> {
 
 /// Runs the configured workload against `target`; `say` prints progress.
 pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<RunResult, String> {
+    if args.workload == crate::cli::Workload::K8s {
+        return crate::k8s::run(args, target, say);
+    }
     let spec = Arc::new(Spec::new(args));
     let max = Duration::from_secs(args.max_seconds);
     if args.workload.needs_preload() {

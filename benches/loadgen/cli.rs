@@ -1,6 +1,28 @@
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Parser, ValueEnum};
+
+/// `250ms`, `10s`, `5m` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = n.parse().map_err(|e| format!("{s}: {e}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s}: the unit must be ms, s, m or h")),
+    };
+    if secs <= 0.0 {
+        return Err(format!("{s}: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
 
 /// The operation mix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -15,6 +37,9 @@ pub enum Workload {
     Txn,
     /// Linearizable gets and puts (--read-percent gets).
     Mixed,
+    /// kube-apiserver's traffic: optimistic updates, paginated lists,
+    /// watchers, events on a lease, compaction; every answer checked (k8s/).
+    K8s,
 }
 
 impl Workload {
@@ -26,6 +51,7 @@ impl Workload {
             Workload::GetSerializable => "get-serializable",
             Workload::Txn => "txn",
             Workload::Mixed => "mixed",
+            Workload::K8s => "k8s",
         }
     }
 
@@ -166,6 +192,24 @@ pub struct Args {
     /// Also draw throughput and p99 latency over time of every run as SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// --workload k8s: objects preloaded before the measured phase.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// --workload k8s: how long the measured phase runs (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub k8s_duration: Duration,
+    /// --workload k8s: the apiserver's compaction interval (its default is
+    /// 5m; shorter, e.g. 10s, to see several in a run).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub k8s_compact_interval: Duration,
+    /// --workload k8s: drop one delivered watch event before the check (a
+    /// planted bug the check must catch).
+    #[arg(long, hide = true)]
+    pub k8s_plant_drop: bool,
+    /// With --compare: copy each member's log (stderr) here as
+    /// `<round>-<server>-m<i>.log` before its data dir is removed.
+    #[arg(long)]
+    pub keep_logs: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -188,6 +232,17 @@ impl Args {
             return Err(
                 "--tls and --auth do not support the side loads (--watchers, --leases, --defrag-every-ms) yet".into(),
             );
+        }
+        if self.workload == Workload::K8s
+            && (self.watchers > 0
+                || self.leases > 0
+                || self.defrag_every_ms > 0
+                || self.auth_storm > 0)
+        {
+            return Err("--workload k8s runs its own watchers and lease; no side loads".into());
+        }
+        if self.workload == Workload::K8s && self.keys == 0 {
+            return Err("--keys must be at least 1".into());
         }
         let digits = (self.keyspace() - 1).max(1).ilog10() as usize + 1;
         if digits > self.key_size {

@@ -191,6 +191,19 @@ impl Daemon {
         format!("127.0.0.1:{}", self.metrics_port.unwrap_or(self.port))
     }
 
+    /// The member's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// Copies the member's log (its stderr so far) to `to`.
+    pub fn copy_log(&self, to: &Path) -> std::io::Result<()> {
+        if let Some(d) = to.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::copy(&self.log, to).map(drop)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

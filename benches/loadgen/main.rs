@@ -59,6 +59,18 @@
 //! Read workloads first put every key of the keyspace once (not measured). A
 //! get that finds no key, or a txn whose compare fails, counts as an error.
 //!
+//! * `k8s` (k8s/): what kube-apiserver's storage layer does to etcd, for
+//!   `--k8s-duration` (default 60s) after preloading `--keys` objects:
+//!   optimistic creates, updates and deletes (compare-and-swap on
+//!   mod_revision, retried on conflict), gets, counts, paginated LISTs,
+//!   events put with a shared lease, a watcher per resource with prev_kv
+//!   and progress requests, and the apiserver's compactor every
+//!   `--k8s-compact-interval` (default 5m). Every LIST, read and watch
+//!   event is checked against the writers' acknowledged writes; a violation
+//!   fails the run. Reported per kind, with the watch lag, compactions,
+//!   snapshot files and stalls (operations over 100 ms); `--csv` has one
+//!   row per kind. `--keep-logs DIR` keeps the servers' logs.
+//!
 //! # Output
 //!
 //! Each run prints its summary when it ends, long runs a progress line on
@@ -134,6 +146,7 @@ mod report;
 
 mod bench;
 
+mod k8s;
 mod output;
 mod secure;
 mod side;
@@ -152,7 +165,7 @@ fn sync_disks() {
     unsafe { libc::sync() };
 }
 
-async fn compare(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
+async fn compare(args: &Args, round: usize, say: &dyn Fn(&str)) -> Result<Report, String> {
     let ms_bin = daemon::metastore_bin(args.metastore_bin.as_deref());
     if let Some(w) = daemon::staleness_warning(&ms_bin) {
         say(&w);
@@ -217,6 +230,7 @@ async fn compare(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
             pids: members.iter().filter_map(Daemon::pid).collect(),
             http_addrs: members.iter().map(Daemon::http_addr).collect(),
             dial: dial.clone(),
+            data_dirs: members.iter().map(Daemon::data_dir).collect(),
         };
         let r = bench::run(args, &target, say).await.map_err(|e| {
             let logs: Vec<String> = members.iter().map(Daemon::log_tail).collect();
@@ -224,6 +238,18 @@ async fn compare(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
         })?;
         say(&r.summary());
         results.push(r);
+        if let Some(dir) = &args.keep_logs {
+            for (i, m) in members.iter().enumerate() {
+                let to = dir.join(format!(
+                    "{}-{}-m{i}.log",
+                    round + 1,
+                    results.last().map_or("", |r| r.server.as_str())
+                ));
+                if let Err(e) = m.copy_log(&to) {
+                    say(&format!("cannot keep {}: {e}", to.display()));
+                }
+            }
+        }
         // Stopped before the next server starts: one at a time on the cores.
         drop(members);
     }
@@ -261,6 +287,7 @@ async fn external(args: &Args, say: &dyn Fn(&str)) -> Result<Report, String> {
         pids: pid.into_iter().collect(),
         http_addrs: vec![http_addr],
         dial: secure::Dial::default(),
+        data_dirs: Vec::new(),
     };
     let r = bench::run(args, &target, say).await?;
     say(&r.summary());
@@ -305,7 +332,7 @@ fn main() -> ExitCode {
         }
         let report = rt.block_on(async {
             if args.compare {
-                compare(&args, &say).await
+                compare(&args, round, &say).await
             } else {
                 external(&args, &say).await
             }
@@ -355,7 +382,7 @@ fn main() -> ExitCode {
     let failed = reports
         .iter()
         .flat_map(|r| &r.results)
-        .any(|r| r.errors > 0 || r.cut_short);
+        .any(|r| r.errors > 0 || r.cut_short || r.k8s.as_ref().is_some_and(|k| k.violations > 0));
     if failed {
         ExitCode::FAILURE
     } else {

@@ -26,6 +26,9 @@ fn runs(reports: &[Report]) -> impl Iterator<Item = (usize, &RunResult)> {
 /// With `--auth-storm`, three more columns: Authenticate calls answered,
 /// failed, and per second.
 pub fn write_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
+    if runs(reports).any(|(_, r)| r.k8s.is_some()) {
+        return write_k8s_csv(path, reports);
+    }
     let storm = runs(reports).any(|(_, r)| r.auth_storm.is_some());
     let mut out = String::from(
         "round,server,workload,ops,errors,elapsed_s,ops_per_s,p50_us,p99_us,p999_us,max_us,\
@@ -67,6 +70,51 @@ pub fn write_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
             );
         }
         out.push('\n');
+    }
+    std::fs::write(path, out)
+}
+
+/// --workload k8s: one row per kind of each run, then its watch lag
+/// (`ops` = events checked against a write) and all kinds together.
+fn write_k8s_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
+    let mut out = String::from(
+        "round,server,members,kind,ops,errors,ops_per_s,p50_us,p99_us,max_us,\
+         server_cpu_us_per_op,server_rss_kib,violations,pauses,longest_pause_ms\n",
+    );
+    for (round, r) in runs(reports) {
+        let Some(k) = &r.k8s else { continue };
+        let members = reports[round - 1].config.members;
+        let tail = format!(
+            "{},{},{},{},{}",
+            opt(r.server_cpu_us_per_op.map(|v| format!("{v:.1}"))),
+            opt(r.server_rss_kib),
+            k.violations,
+            k.pauses.len(),
+            k.pauses.iter().map(|p| p.ms).max().unwrap_or(0)
+        );
+        for x in &k.kinds {
+            let _ = writeln!(
+                out,
+                "{round},{},{members},{},{},{},{:.1},{},{},{},{tail}",
+                r.server, x.kind, x.ops, x.errors, x.ops_per_s, x.p50_us, x.p99_us, x.max_us
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{round},{},{members},watch-lag,{},0,{:.1},{},{},{},{tail}",
+            r.server,
+            k.watch_verified,
+            k.watch_verified as f64 / r.elapsed_s.max(1e-9),
+            k.watch_lag_p50_us,
+            k.watch_lag_p99_us,
+            k.watch_lag_max_us
+        );
+        let l = &r.latency_us;
+        let _ = writeln!(
+            out,
+            "{round},{},{members},all,{},{},{:.1},{},{},{},{tail}",
+            r.server, r.ops, r.errors, r.ops_per_s, l.p50, l.p99, l.max
+        );
     }
     std::fs::write(path, out)
 }

@@ -50,6 +50,8 @@ pub struct RunResult {
     pub auth_storm: Option<crate::storm::StormStats>,
     /// Throughput and latency over the phase.
     pub timeline: Vec<TimePoint>,
+    /// What --workload k8s measured per kind and found.
+    pub k8s: Option<crate::k8s::K8sStats>,
 }
 
 /// One interval of a run.
@@ -165,6 +167,7 @@ impl RunResult {
             defrag: None,
             auth_storm: None,
             timeline: Vec::new(),
+            k8s: None,
         }
     }
 
@@ -246,6 +249,9 @@ impl RunResult {
                     .map_or(String::new(), |e| format!(" (e.g. {e})"))
             );
         }
+        if let Some(k) = &self.k8s {
+            s += &k.summary();
+        }
         for (msg, n) in &self.error_samples {
             s += &format!("  error x{n}: {msg}\n");
         }
@@ -308,6 +314,8 @@ pub struct Config {
     pub auth: bool,
     /// Authenticate clients during the phase (`--auth-storm`).
     pub auth_storm: Option<usize>,
+    /// --workload k8s: (objects, phase seconds, compaction interval seconds).
+    pub k8s: Option<(u64, f64, f64)>,
 }
 
 impl Config {
@@ -329,10 +337,24 @@ impl Config {
             tls: a.tls,
             auth: a.auth,
             auth_storm: (a.auth_storm > 0).then_some(a.auth_storm),
+            k8s: (a.workload == crate::cli::Workload::K8s).then_some((
+                a.keys,
+                a.k8s_duration.as_secs_f64(),
+                a.k8s_compact_interval.as_secs_f64(),
+            )),
         }
     }
 
     pub fn line(&self) -> String {
+        if let Some((k, d, c)) = self.k8s {
+            return format!(
+                "workload=k8s clients={} members={} keys={k} k8s-duration={d}s k8s-compact-interval={c}s{}{}",
+                self.clients,
+                self.members,
+                if self.tls { " tls" } else { "" },
+                if self.auth { " auth" } else { "" }
+            );
+        }
         format!(
             "workload={} clients={} conns={} members={} total={} key-size={} value-size={} keyspace={} keys={}{}",
             self.workload,
@@ -462,6 +484,9 @@ impl Report {
                 opt(r.other_cpu_pct),
             );
         }
+        if self.results.iter().any(|r| r.k8s.is_some()) {
+            s += &self.k8s_table();
+        }
         for (name, x) in &self.ratios {
             let opt2 = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}x"));
             s += &format!(
@@ -473,6 +498,80 @@ impl Report {
                 opt2(x.rss)
             );
         }
+        s
+    }
+}
+
+impl Report {
+    /// --workload k8s: each kind on each server, and each server against
+    /// the first (etcd in --compare).
+    fn k8s_table(&self) -> String {
+        let runs: Vec<(&str, &crate::k8s::K8sStats)> = self
+            .results
+            .iter()
+            .filter_map(|r| r.k8s.as_ref().map(|k| (r.server.as_str(), k)))
+            .collect();
+        let mut s = format!("{:<9}", "kind");
+        for (name, _) in &runs {
+            s += &format!(" | {name:>9} ops/s  p50 us  p99 us   max us");
+        }
+        for (name, _) in runs.iter().skip(1) {
+            s += &format!(" | {name}/{}: ops/s p99", runs[0].0);
+        }
+        s.push('\n');
+        let kinds: Vec<&str> = runs
+            .first()
+            .map(|(_, k)| k.kinds.iter().map(|x| x.kind.as_str()).collect())
+            .unwrap_or_default();
+        let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        for kind in kinds {
+            let of = |k: &crate::k8s::K8sStats| k.kinds.iter().find(|x| x.kind == kind).cloned();
+            s += &format!("{kind:<9}");
+            for (_, k) in &runs {
+                if let Some(x) = of(k) {
+                    s += &format!(
+                        " | {:>15.1} {:>7} {:>7} {:>8}",
+                        x.ops_per_s, x.p50_us, x.p99_us, x.max_us
+                    );
+                }
+            }
+            if let Some(base) = of(runs[0].1) {
+                for (_, k) in runs.iter().skip(1) {
+                    if let Some(x) = of(k) {
+                        s += &format!(
+                            " | {:.2}x {:.2}x",
+                            div(x.ops_per_s, base.ops_per_s),
+                            div(x.p99_us as f64, base.p99_us as f64)
+                        );
+                    }
+                }
+            }
+            s.push('\n');
+        }
+        s += &format!("{:<9}", "watch lag");
+        for (_, k) in &runs {
+            s += &format!(
+                " | {:>15} {:>7} {:>7} {:>8}",
+                k.watch_verified, k.watch_lag_p50_us, k.watch_lag_p99_us, k.watch_lag_max_us
+            );
+        }
+        s.push('\n');
+        let v: Vec<String> = runs
+            .iter()
+            .map(|(n, k)| format!("{n} {}", k.violations))
+            .collect();
+        s += &format!("violations: {}\n", v.join(", "));
+        let p: Vec<String> = runs
+            .iter()
+            .map(|(n, k)| {
+                format!(
+                    "{n} {} (longest {} ms)",
+                    k.pauses.len(),
+                    k.pauses.iter().map(|p| p.ms).max().unwrap_or(0)
+                )
+            })
+            .collect();
+        s += &format!("pauses over 100 ms: {}\n", p.join(", "));
         s
     }
 }

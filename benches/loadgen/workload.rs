@@ -62,7 +62,8 @@ impl Spec {
                 key,
                 serializable: true,
             },
-            Workload::Txn => Op::Txn(key),
+            // k8s/ runs its own operations; bench::run never gets here.
+            Workload::Txn | Workload::K8s => Op::Txn(key),
             Workload::Mixed => {
                 if rng.gen_range(0..100u8) < self.read_percent {
                     Op::Get {

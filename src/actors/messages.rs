@@ -86,6 +86,13 @@ pub struct StepBatch(pub Vec<raft::eraftpb::Message>);
 #[rtype(result = "()")]
 pub struct Unreachable(pub u64);
 
+/// Peer server → RaftActor → that member's PeerActor: member `0` opened a
+/// stream to this one (it is up, maybe just restarted): if this member's
+/// stream to it is down, redial now instead of at the end of the backoff.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerBack(pub u64);
+
 /// PeerActor → RaftActor: how a snapshot sent to `to` ended.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -201,6 +201,13 @@ impl Backend {
             .map_err(|_| ApiError::Stopped)
     }
 
+    /// Member `from` opened a Raft stream to this one (see `PeerBack`).
+    pub fn peer_back(&self, from: u64) {
+        self.core
+            .raft
+            .do_send(crate::actors::messages::PeerBack(from));
+    }
+
     /// Test-only: writes a key into this member's store outside Raft.
     pub async fn fault_put(&self, put: crate::actors::messages::FaultPut) -> Result<(), ApiError> {
         self.core

@@ -244,6 +244,12 @@ impl Peer for PeerService {
             if backend.faults().isolated() {
                 continue;
             }
+            if batch.messages.is_empty() {
+                // The stream's first batch (see the PeerActor): the member
+                // is up; redial it if this member's stream to it is down.
+                backend.peer_back(batch.from);
+                continue;
+            }
             let msgs = decode_batch(
                 &batch,
                 backend.status().member_id,

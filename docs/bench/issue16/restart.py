@@ -7,7 +7,9 @@ loopback), ROUNDS times: SIGKILL a follower, leave it down DOWN seconds
 (long enough for the leader's reconnect backoff to grow), start it again and
 time, from the start, until (a) `GET /health` on it answers
 {"health":"true"} and (b) its Status names the same leader as the other two.
-Prints one line per restart and a summary; writes restart.csv next to it.
+Both are polled every 20 ms with 250 ms timeouts over HTTP (/health and the
+JSON gateway's Maintenance.Status). Prints one line per restart and a
+summary; writes restart.csv next to it.
 
 Usage: docs/bench/issue16/restart.py [ROUNDS] [DOWN_S]
 METASTORE_BIN (default $CARGO_TARGET_DIR/release/metastore), etcd on PATH.
@@ -54,18 +56,21 @@ class Member:
 
     def healthy(self):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.cport}/health", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.cport}/health", timeout=0.25) as r:
                 return json.load(r).get("health") == "true"
         except Exception:
             return False
 
     def leader(self):
-        out = subprocess.run(["etcdctl", "--endpoints", f"127.0.0.1:{self.cport}",
-                              "endpoint", "status", "-w", "json", "--command-timeout=1s"],
-                             capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+        """(leader id, own id) from Maintenance.Status through the JSON
+        gateway (etcdctl would wait out its dial timeout on a member that is
+        not listening yet, hiding when it came up)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.cport}/v3/maintenance/status",
+                                     data=b"{}", method="POST")
         try:
-            st = json.loads(out.stdout)[0]["Status"]
-            return st["leader"], st["header"]["member_id"]
+            with urllib.request.urlopen(req, timeout=0.25) as r:
+                st = json.load(r)
+            return int(st.get("leader", 0)), int(st["header"]["member_id"])
         except Exception:
             return None, None
 

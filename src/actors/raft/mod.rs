@@ -518,6 +518,16 @@ impl Handler<StepBatch> for RaftActor {
     }
 }
 
+impl Handler<PeerBack> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: PeerBack, _: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
+        if let Some((_, peer)) = self.peers.get(&msg.0) {
+            peer.do_send(msg);
+        }
+    }
+}
+
 impl Handler<Unreachable> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Unreachable, ctx: &mut Context<Self>) {

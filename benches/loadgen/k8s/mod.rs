@@ -521,6 +521,36 @@ fn else_kv(resp: &TxnResponse) -> Option<&metastore::proto::mvccpb::KeyValue> {
     }
 }
 
+/// The apiserver's compare-and-swap: `then` if `key`'s mod_revision is
+/// `mod_rev` (0: absent), else read the key. Returns the answer and its
+/// revision; an error leaves the key's outcome unknown to the checker.
+async fn cas(
+    kv: &mut Kvc,
+    shared: &Shared,
+    key: &[u8],
+    mod_rev: i64,
+    then: request_op::Request,
+) -> Result<(TxnResponse, i64), String> {
+    let txn = TxnRequest {
+        compare: vec![compare_mod(key, mod_rev)],
+        success: vec![RequestOp {
+            request: Some(then),
+        }],
+        failure: vec![get_op(key)],
+    };
+    match kv.txn(txn).await {
+        Ok(r) => {
+            let resp = r.into_inner();
+            let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+            Ok((resp, rev))
+        }
+        Err(s) => {
+            shared.uncertain(key);
+            Err(status(&s))
+        }
+    }
+}
+
 async fn create(
     kv: &mut Kvc,
     shared: &Shared,
@@ -530,25 +560,12 @@ async fn create(
 ) -> Result<(), String> {
     let value = shared.value(rng);
     let h = check::hash(&value);
-    let txn = TxnRequest {
-        compare: vec![compare_mod(&key, 0)],
-        success: vec![RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest {
-                key: key.clone(),
-                value,
-                ..Default::default()
-            })),
-        }],
-        failure: vec![get_op(&key)],
-    };
-    let resp = match kv.txn(txn).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => {
-            shared.uncertain(&key);
-            return Err(status(&s));
-        }
-    };
-    let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+    let put = request_op::Request::RequestPut(PutRequest {
+        key: key.clone(),
+        value,
+        ..Default::default()
+    });
+    let (resp, rev) = cas(kv, shared, &key, 0, put).await?;
     if resp.succeeded {
         shared.record(Write {
             key,
@@ -602,21 +619,7 @@ async fn guaranteed(
             };
             (request_op::Request::RequestPut(p), Some(h))
         };
-        let txn = TxnRequest {
-            compare: vec![compare_mod(&key, current.0)],
-            success: vec![RequestOp {
-                request: Some(then),
-            }],
-            failure: vec![get_op(&key)],
-        };
-        let resp = match kv.txn(txn).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
-                shared.uncertain(&key);
-                return Err(status(&s));
-            }
-        };
-        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        let (resp, rev) = cas(kv, shared, &key, current.0, then).await?;
         if resp.succeeded {
             shared.record(Write {
                 key,

@@ -1438,15 +1438,20 @@ async fn a_slow_applier_gets_a_bounded_backlog_and_catches_up() {
     let fport = c.members[follower].port;
     http_post(fport, "/debug/fault/slow-apply?ms=20").unwrap();
     let ep = c.members[leader].endpoint();
+    // Set once the cap holds entries back in the follower's Raft log.
+    let held = Arc::new(AtomicBool::new(false));
     let sampler = {
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let (s, held) = (stop.clone(), held.clone());
         let h = std::thread::spawn(move || {
             let (mut inflight, mut waiting) = (0f64, 0f64);
             while !s.load(Ordering::Relaxed) {
                 if let Some((_, m)) = http_get(fport, "/metrics") {
                     inflight = inflight.max(metric(&m, "metastore_apply_inflight_entries"));
                     waiting = waiting.max(metric(&m, "metastore_apply_waiting_entries"));
+                    if waiting > 0.0 {
+                        held.store(true, Ordering::Relaxed);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -1454,16 +1459,23 @@ async fn a_slow_applier_gets_a_bounded_backlog_and_catches_up() {
         });
         (stop, h)
     };
-    // 16 clients put for 8 s: many small batches for the slow applier.
-    let deadline = Instant::now() + Duration::from_secs(8);
+    // 16 clients put for 8 s, and on until the cap holds entries back (how
+    // fast the backlog grows depends on the machine), 60 s at most: many
+    // small batches for the slow applier.
+    let start = Instant::now();
+    let going = move || {
+        let t = start.elapsed();
+        t < Duration::from_secs(60) && (t < Duration::from_secs(8) || !held.load(Ordering::Relaxed))
+    };
     let mut tasks = Vec::new();
     for t in 0..16 {
         let ep = ep.clone();
+        let going = going.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = etcd_client::Client::connect([ep], None).await.unwrap();
             let mut last = 0;
             let mut i = 0;
-            while Instant::now() < deadline {
+            while going() {
                 client
                     .put(format!("slow/{t}/{i}"), "v", None)
                     .await

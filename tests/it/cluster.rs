@@ -1342,8 +1342,14 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
             break;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no full corruption check ran: {done:?}"
+            t0.elapsed() < Duration::from_secs(150),
+            "no full corruption check ran: {done:?}\nleader's log: {}\nfollowers' logs: {}",
+            c.members[leader].log_tail_pub(),
+            (0..3)
+                .filter(|&i| i != leader)
+                .map(|i| c.members[i].log_tail_pub())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
         );
     }
     let t1 = Instant::now();

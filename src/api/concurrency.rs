@@ -46,8 +46,9 @@ const NOT_LEADER: &str = "election: not leader";
 const NO_LEADER: &str = "election: no leader";
 const MISSING_LEADER: &str = "\"leader\" field must be provided";
 
-/// The end of the range of keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+/// The end of the range of keys starting with `prefix` (clientv3's
+/// GetPrefixRangeEnd; `"\0"` when every byte is 0xff: all keys from it).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

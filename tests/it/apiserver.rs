@@ -28,9 +28,7 @@ use crate::watch::{prefix, RawWatch};
 
 /// The end of the range of every key under `p`.
 fn prefix_end(p: &str) -> Vec<u8> {
-    let mut end = p.as_bytes().to_vec();
-    *end.last_mut().expect("non-empty prefix") += 1;
-    end
+    metastore::api::concurrency::prefix_end(p.as_bytes())
 }
 
 fn object(resource: &str, ns: &str, name: &str) -> String {

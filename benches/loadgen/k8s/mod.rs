@@ -67,6 +67,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
+use metastore::api::concurrency::prefix_end;
 use metastore::proto::etcdserverpb::kv_client::KvClient;
 use metastore::proto::etcdserverpb::lease_client::LeaseClient;
 use metastore::proto::etcdserverpb::watch_client::WatchClient;
@@ -291,18 +292,6 @@ fn object_key(j: u64) -> Vec<u8> {
 
 fn event_key(n: u64) -> Vec<u8> {
     format!("/registry/events/ns-{:02}/ev-{n:05}", n % NAMESPACES).into_bytes()
-}
-
-/// The end of the range of keys starting with `prefix` (clientv3.GetPrefixRangeEnd).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn status(s: &tonic::Status) -> String {

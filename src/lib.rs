@@ -17,6 +17,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod consensus;
 pub mod error;
+pub mod failpoints;
 pub mod fatal;
 pub mod metrics;
 pub mod proto;

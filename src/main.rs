@@ -17,6 +17,7 @@ fn main() {
         report(info);
         std::process::exit(70);
     }));
+    metastore::failpoints::setup();
     let flags = Flags::parse();
     let cfg = match Config::load(flags) {
         Ok(c) => c,

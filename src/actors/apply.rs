@@ -414,8 +414,12 @@ impl ApplyActor {
             // stays free for the client API, so the test can watch it.
             ctx.wait(actix::clock::sleep(Duration::from_millis(slow)).into_actor(self));
         }
+        if let Some(delay) = crate::failpoints::delay("apply::delay") {
+            ctx.wait(actix::clock::sleep(delay).into_actor(self));
+        }
         let mut last = None;
         for entry in &msg.entries {
+            fail::fail_point!("apply::before_entry");
             last = Some(entry.index);
             let Some(applied) = self.sm.apply(entry) else {
                 continue;
@@ -434,6 +438,7 @@ impl ApplyActor {
                 let _ = w.reply.send(applied.result);
             }
         }
+        fail::fail_point!("apply::before_commit");
         let committing = Instant::now();
         let committed = if self.faults.fail_commit.load(Relaxed) {
             Err(crate::storage::StorageError::io(
@@ -453,6 +458,7 @@ impl ApplyActor {
             ctx.stop();
             return;
         }
+        fail::fail_point!("apply::after_commit");
         let took = started.elapsed();
         self.metrics
             .apply_duration_ms
@@ -497,8 +503,11 @@ impl Handler<InstallSnapshot> for ApplyActor {
         let spawned = std::thread::Builder::new()
             .name("install".into())
             .spawn(move || {
+                fail::fail_point!("snapshot::before_install");
+                let result = job();
+                fail::fail_point!("snapshot::after_install");
                 me.do_send(SnapshotLoaded {
-                    result: job(),
+                    result,
                     path,
                     started,
                 })

@@ -341,6 +341,7 @@ async fn send_snapshot(
     let faults = peer.faults.clone();
     let (cluster_id, from) = (peer.cluster_id, peer.from);
     let reader = tokio::task::spawn_blocking(move || -> Result<(), PeerError> {
+        fail::fail_point!("snapshot::send");
         tx.blocking_send(first)
             .map_err(|_| PeerError::local("stream closed"))?;
         let mut sent = 0u64;

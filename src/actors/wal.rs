@@ -113,6 +113,7 @@ impl WalWriter {
             for cmd in std::iter::once(first).chain(rx.try_iter()) {
                 match cmd {
                     WalCommand::Append(a) => {
+                        fail::fail_point!("wal::before_write");
                         entries += a.entries.len();
                         must_sync |= a.must_sync;
                         highest = Some(a.number);
@@ -131,6 +132,7 @@ impl WalWriter {
                 }
             }
             if must_sync {
+                fail::fail_point!("wal::before_fsync");
                 if let Err(e) = self.sync() {
                     // Raft cannot go on without a durable log, and retrying
                     // after a failed fsync may report success for data that
@@ -141,12 +143,14 @@ impl WalWriter {
                 }
                 self.metrics.wal_batch_entries.observe(entries as f64);
             }
+            fail::fail_point!("wal::after_fsync");
             // Without must_sync (nothing but a hard state that needs no fsync)
             // the records ride along with the next sync.
             if let Some(number) = highest {
                 self.raft.do_send(Persisted { number });
             }
             for p in purges {
+                fail::fail_point!("wal::purge");
                 if let Err(e) = self.log.purge(p.upto) {
                     tracing::warn!(error = %e, upto = p.upto, "log purge failed");
                 }

@@ -88,6 +88,14 @@ impl StreamingService<WatchRequest> for Session {
             backend.open_watch(outbox, requests, caller).await?;
             let responses = ReceiverStream::new(rx)
                 .flat_map(|round| futures::stream::iter(round.into_iter().map(Ok)));
+            // Tests: a slow network or client on the send path.
+            #[cfg(feature = "failpoints")]
+            let responses = responses.then(|r| async move {
+                if let Some(d) = crate::failpoints::delay("watch::send_delay") {
+                    tokio::time::sleep(d).await;
+                }
+                r
+            });
             Ok(tonic::Response::new(responses.boxed()))
         })
     }

@@ -274,6 +274,7 @@ pub fn compact<E: KvEngine>(
     store: &mut E,
     c: &CompactionRequest,
 ) -> Result<CompactionResponse, ApiError> {
+    fail::fail_point!("engine::compact");
     store.compact(c.revision)?;
     Ok(CompactionResponse {
         header: header(store.current_revision()),

@@ -617,6 +617,7 @@ impl StateMachine {
             keep_events(self.watched, &mut self.events, events);
             rev
         };
+        fail::fail_point!("lease::revoke");
         self.lease_index.forget(id);
         self.point.leases.remove(id);
         self.lease_changes.push(LeaseChange::Revoked { id });
@@ -652,6 +653,7 @@ impl StateMachine {
         let mut members = self.members.clone();
         match members.apply(&change, &self.point.conf_state) {
             Ok(cs) => {
+                fail::fail_point!("membership::apply");
                 tracing::info!(index, ?change, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
                 self.point.conf_state = cs;
                 self.set_members(members);

@@ -135,6 +135,9 @@ pub struct Server {
     /// Where the daemon's stderr goes (None: beside the data dir). Set it
     /// when the data dir is on a disk that loses what is not synced.
     pub log_file: Option<PathBuf>,
+    /// `FAILPOINTS` of the next start (a MetaStore built with the
+    /// `failpoints` feature), e.g. `wal::before_fsync=20*off->panic`.
+    pub failpoints: Option<String>,
     extra: Vec<String>,
 }
 
@@ -190,6 +193,7 @@ impl Server {
             metrics_port: None,
             more_client_urls: Vec::new(),
             log_file: None,
+            failpoints: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -278,6 +282,10 @@ impl Server {
             .args(self.small_wal_segments())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        match &self.failpoints {
+            Some(f) => cmd.env("FAILPOINTS", f),
+            None => cmd.env_remove("FAILPOINTS"),
+        };
         if std::env::var_os("METASTORE_TEST_LOGS").is_none() {
             // Kept beside the data dir, shown if the daemon dies at start-up.
             match std::fs::OpenOptions::new()

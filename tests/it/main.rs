@@ -46,6 +46,9 @@ mod diff;
 mod durability;
 mod errors;
 pub(crate) mod etcdctl;
+// Built with `--features failpoints` (scripts/test.sh does).
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod gateway;
 mod harness;
 mod inprocess;
@@ -54,7 +57,7 @@ mod kv;
 mod lease;
 pub(crate) mod lossy;
 pub(crate) mod operability;
-mod power;
+pub(crate) mod power;
 mod smoke;
 mod snapshot;
 mod tls;

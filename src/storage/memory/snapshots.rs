@@ -64,6 +64,7 @@ pub fn commit_tmp(
     let path = final_path(data_dir, index);
     let write = || -> std::io::Result<()> {
         file.sync_all()?;
+        fail::fail_point!("snapshot::save");
         fs::rename(tmp, &path)?;
         fs::File::open(&d)?.sync_all()
     };

@@ -199,6 +199,7 @@ impl RocksKv {
         let end = revision_key(Revision::new(rev.saturating_add(1), 0));
         let spawned = super::spawn_background(&self.dbs, "rocksdb-compact", move || {
             let started = Instant::now();
+            fail::fail_point!("engine::compact_files");
             db.compact_range_cf(cf(&db, CF_KV), None::<&[u8]>, Some(&end[..]));
             tracing::info!(
                 upto = rev,
@@ -219,6 +220,7 @@ impl RocksKv {
         let busy = super::Busy::start(&self.dbs);
         move || {
             let _busy = busy;
+            fail::fail_point!("engine::defrag");
             for name in [CF_KV, CF_META] {
                 db.compact_range_cf(cf(&db, name), None::<&[u8]>, None::<&[u8]>);
             }

@@ -407,6 +407,7 @@ impl Wal {
             .dir
             .prepare_segment(seq, &self.buf, self.opts.prealloc_len());
         self.clear_pending();
+        fail::fail_point!("wal::rotate");
         let installed = self.dir.install(prepared?);
         let (file, len) = installed.inspect_err(|_| {
             // Whether the rename or its directory fsync took effect is unknown;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::Backend;
 use crate::proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmType, HashKvRequest,
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, HashKvRequest, HashKvResponse,
 };
 use crate::proto::metastorepb::internal_request;
 
@@ -43,31 +43,26 @@ pub async fn check(backend: &Backend) -> Result<Vec<u64>, crate::error::ApiError
     let me = backend.status().member_id;
     let h = backend.hash_state(0).await?;
     let rev = h.current_rev;
+    // Every member is asked at once: each images its whole state, so asking
+    // in turn would add their times up (minutes at a million keys).
+    let asks = backend
+        .members()
+        .await?
+        .members()
+        .iter()
+        .filter(|m| m.id != me)
+        .map(|m| ask(backend, m.id, rev))
+        .collect::<Vec<_>>();
+    let answers = futures::future::join_all(asks).await;
     let mut corrupt = Vec::new();
     let mut compared = 0;
-    for m in backend.members().await?.members() {
-        if m.id == me {
-            continue;
-        }
-        let Ok(mut peer) = backend.peer_of(m.id).await else {
-            continue;
-        };
-        let asked =
-            tokio::time::timeout(ASK_TIMEOUT, peer.hash_kv(HashKvRequest { revision: rev })).await;
-        let resp = match asked {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => {
-                tracing::debug!(member = format!("{:x}", m.id), error = %s.message(), "no hash from member");
-                continue;
-            }
-            Err(_) => continue,
-        };
+    for (id, resp) in answers.into_iter().flatten() {
         compared += 1;
         if resp.compact_revision.max(0) != h.compact_rev.max(0) || resp.hash == h.kv {
             continue;
         }
         tracing::error!(
-            member = format!("{:x}", m.id),
+            member = format!("{id:x}"),
             revision = rev,
             leader_hash = h.kv,
             member_hash = resp.hash,
@@ -75,13 +70,13 @@ pub async fn check(backend: &Backend) -> Result<Vec<u64>, crate::error::ApiError
         );
         let raise = internal_request::Request::Alarm(AlarmRequest {
             action: AlarmAction::Activate as i32,
-            member_id: m.id,
+            member_id: id,
             alarm: AlarmType::Corrupt as i32,
         });
         backend
             .write(&crate::state_machine::auth::Caller::System, raise)
             .await?;
-        corrupt.push(m.id);
+        corrupt.push(id);
     }
     tracing::info!(
         revision = rev,
@@ -90,4 +85,16 @@ pub async fn check(backend: &Backend) -> Result<Vec<u64>, crate::error::ApiError
         "corruption check done"
     );
     Ok(corrupt)
+}
+
+/// Member `id`'s HashKV at `rev`, or None (unreachable, behind, too slow).
+async fn ask(backend: &Backend, id: u64, rev: i64) -> Option<(u64, HashKvResponse)> {
+    let mut peer = backend.peer_of(id, ASK_TIMEOUT).await.ok()?;
+    match peer.hash_kv(HashKvRequest { revision: rev }).await {
+        Ok(r) => Some((id, r.into_inner())),
+        Err(s) => {
+            tracing::debug!(member = format!("{id:x}"), error = %s.message(), "no hash from member");
+            None
+        }
+    }
 }

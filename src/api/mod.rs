@@ -147,10 +147,13 @@ impl Backend {
                 return Ok(PeerClient::new(ch.clone()));
             }
         }
-        let channel = self.peer_channel(leader).await.map_err(|e| match e {
-            ApiError::MemberNotFound => ApiError::NoLeader,
-            e => e,
-        })?;
+        let channel = self
+            .peer_channel(leader, REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                ApiError::MemberNotFound => ApiError::NoLeader,
+                e => e,
+            })?;
         *self.leader_link.lock() = Some((leader, channel.clone()));
         Ok(PeerClient::new(channel))
     }
@@ -437,21 +440,27 @@ impl Backend {
         crate::actors::images::hash(self.take_image().await?, rev).await
     }
 
-    /// A client of member `id`'s peer port (connected on first use).
+    /// A client of member `id`'s peer port (connected on first use) whose
+    /// calls time out after `timeout`.
     pub async fn peer_of(
         &self,
         id: u64,
+        timeout: Duration,
     ) -> Result<
         crate::proto::metastorepb::peer_client::PeerClient<tonic::transport::Channel>,
         ApiError,
     > {
         Ok(crate::proto::metastorepb::peer_client::PeerClient::new(
-            self.peer_channel(id).await?,
+            self.peer_channel(id, timeout).await?,
         ))
     }
 
     /// A channel to member `id`'s first peer URL, connected on first use.
-    async fn peer_channel(&self, id: u64) -> Result<tonic::transport::Channel, ApiError> {
+    async fn peer_channel(
+        &self,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<tonic::transport::Channel, ApiError> {
         let members = self.members().await?;
         let url = members
             .get(id)
@@ -464,7 +473,7 @@ impl Backend {
             .map_err(ApiError::Internal)?;
         Ok(endpoint
             .connect_timeout(Duration::from_secs(1))
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(timeout)
             .connect_with_connector_lazy(connector))
     }
 

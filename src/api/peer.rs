@@ -33,6 +33,11 @@ pub struct PeerService {
     backend: Backend,
     incoming: PathBuf,
     received: Arc<AtomicU64>,
+    /// One peer hash at a time: a whole-state image per request, and a
+    /// leader that gave up waiting must not leave hashes piling up behind
+    /// the one running (a queued request whose asker left is dropped
+    /// before it starts).
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl PeerService {
@@ -42,6 +47,7 @@ impl PeerService {
             backend,
             incoming,
             received: Arc::default(),
+            hashing: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -341,6 +347,11 @@ impl Peer for PeerService {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         let rev = req.into_inner().revision;
+        let _one_at_a_time = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
         // The leader asks at its own revision; a follower a few entries
         // behind (under load it always is) waits to apply them rather than
         // answer "future revision", which would skip it in every round.
@@ -403,6 +414,7 @@ async fn receive(
         // Page-cache writes of one chunk: short; the fsync and the check
         // below run on a blocking thread.
         out.write_all(&chunk.data).map_err(|e| e.to_string())?;
+        fail::fail_point!("snapshot::receive");
     }
     let file = out.into_inner().map_err(|e| e.error().to_string())?;
     let path = path.to_owned();

@@ -53,6 +53,8 @@ mod keepalive;
 mod kv;
 mod lease;
 pub(crate) mod lossy;
+mod netfaults;
+mod netproxy;
 pub(crate) mod operability;
 mod power;
 mod smoke;

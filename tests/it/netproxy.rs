@@ -412,3 +412,81 @@ fn pump(
         }
     }
 }
+
+/// Connects to `port` on 127.0.0.1 from `source` (as a member dials).
+fn dial_from(source: Ipv4Addr, port: u16) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        let s = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        let s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
+
+/// A blackhole holds a new connection without dialing the callee and
+/// forwards nothing; healed, the bytes flow both ways. A connection from a
+/// stranger's address matches no rule and is counted.
+#[test]
+fn a_blackhole_holds_new_connections_and_forwards_nothing() {
+    let port = crate::harness::free_port();
+    let callee = TcpListener::bind((member_ip(1), port)).unwrap();
+    callee.set_nonblocking(true).unwrap();
+    let targets: [SocketAddr; 2] = [
+        (member_ip(0), crate::harness::free_port()).into(),
+        (member_ip(1), port).into(),
+    ];
+    let proxy = NetProxy::start(&targets);
+    proxy.one_way(0, 1);
+    let mut caller = dial_from(member_ip(0), proxy.ports[1]);
+    caller.write_all(b"ping").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        matches!(callee.accept(), Err(e) if e.kind() == ErrorKind::WouldBlock),
+        "the callee was dialed under a blackhole"
+    );
+    assert_eq!(proxy.forwarded(0, 1), 0);
+    proxy.heal();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut inside, from) = loop {
+        match callee.accept() {
+            Ok(c) => break c,
+            Err(_) => {
+                assert!(Instant::now() < deadline, "not dialed after the heal");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    assert!(from.ip().is_loopback());
+    inside.set_nonblocking(false).unwrap();
+    inside
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    inside.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping", "held bytes arrive after the heal");
+    inside.write_all(b"pong").unwrap();
+    caller
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    caller.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+    assert_eq!(proxy.forwarded(0, 1), 4);
+    // A caller from no member's address passes under any rule.
+    proxy.isolate(1);
+    let _stranger = dial_from(Ipv4Addr::LOCALHOST, proxy.ports[1]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while callee.accept().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "a stranger's connection was held"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(proxy.strangers(), 1);
+}

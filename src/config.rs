@@ -228,8 +228,9 @@ pub struct Config {
     /// `etcdctl snapshot save` stored) before starting.
     #[serde(skip)]
     pub restore_image: Option<PathBuf>,
-    /// Flag only, for tests: serve `POST /debug/fault/isolate` and
-    /// `/debug/fault/heal` on the client port (drop all peer traffic).
+    /// Flag only, for tests: serve the `POST /debug/fault/...` switches
+    /// (slow apply, failing fsync or commit, a write outside Raft) and
+    /// `/debug/client-cn` on the client port.
     #[serde(skip)]
     pub fault_injection: bool,
 }
@@ -441,8 +442,8 @@ pub struct Flags {
     /// restores an image either engine wrote.
     #[arg(long)]
     pub restore_image: Option<PathBuf>,
-    /// For tests only: serve POST /debug/fault/isolate and /debug/fault/heal
-    /// on the client port, which drop (or restore) all peer traffic.
+    /// For tests only: serve the POST /debug/fault/... switches (slow apply,
+    /// failing fsync or commit, a write outside Raft) on the client port.
     #[arg(long, hide = true)]
     pub experimental_fault_injection: bool,
     /// For measurements: one append in flight at a time (sets

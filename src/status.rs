@@ -101,12 +101,10 @@ impl NodeStatus {
     }
 }
 
-/// Test-only fault switches in the transport, set through the client port
-/// when the member runs with `--experimental-fault-injection`.
+/// Test-only fault switches, set through the client port when the member
+/// runs with `--experimental-fault-injection`.
 #[derive(Debug, Default)]
 pub struct Faults {
-    /// Drop every Raft message and snapshot to and from this member.
-    pub isolated: AtomicBool,
     /// Every applied batch takes this many more milliseconds, as on a slow
     /// disk (the applier's thread sleeps: it is what a slow commit does).
     pub slow_apply_ms: std::sync::atomic::AtomicU64,
@@ -115,11 +113,4 @@ pub struct Faults {
     /// Fail the engine's next commit of an applied batch (the member must
     /// stop alone, and lose nothing it acknowledged).
     pub fail_commit: AtomicBool,
-}
-
-impl Faults {
-    /// Whether traffic is being dropped.
-    pub fn isolated(&self) -> bool {
-        self.isolated.load(Relaxed)
-    }
 }

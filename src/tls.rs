@@ -15,7 +15,11 @@
 //!   `https://` ones over TLS with its peer certificate as client
 //!   certificate and the peer CA as roots (an auto-TLS member, whose peers
 //!   have self-signed certificates, does not verify them: etcd's
-//!   `InsecureSkipVerify` for self-signed certificates).
+//!   `InsecureSkipVerify` for self-signed certificates). Peer connections
+//!   leave from the host of the member's first listen peer URL when that is
+//!   a specific IP (see [`Dialer::with_source`]), so whatever sits between
+//!   members (a firewall rule, a fault-injecting proxy in the tests) can
+//!   tell which member a connection comes from.
 //! - `--auto-tls`/`--peer-auto-tls`: a self-signed certificate in
 //!   `<data-dir>/fixtures/{client,peer}`, made once and kept.
 //!
@@ -705,12 +709,15 @@ pub fn peer_common_name<S>(conn: &tokio_rustls::server::TlsStream<S>) -> Option<
 #[derive(Clone, Default)]
 pub struct Dialer {
     tls: Option<Arc<Reloading<rustls::ClientConfig>>>,
+    /// The local address connections are bound to before they connect.
+    source: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dialer")
             .field("tls", &self.tls.is_some())
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -728,16 +735,28 @@ impl Dialer {
         let r = Reloading::new(watched, move || build_client(&files, &policy))?;
         Ok(Dialer {
             tls: Some(Arc::new(r)),
+            source: None,
         })
     }
 
     /// The peer dialer of a configuration (auto TLS resolved first, see
-    /// [`Setup`]).
+    /// [`Setup`]), binding the member's own peer address.
     pub fn from_config(cfg: &Config) -> Result<Dialer, TlsError> {
-        match peer_files(cfg)? {
-            Some(files) => Dialer::new(files, Policy::from_config(cfg)?),
-            None => Ok(Dialer::plain()),
-        }
+        let dialer = match peer_files(cfg)? {
+            Some(files) => Dialer::new(files, Policy::from_config(cfg)?)?,
+            None => Dialer::plain(),
+        };
+        Ok(dialer.with_source(peer_source(cfg)))
+    }
+
+    /// This dialer, its connections bound to `source` (any port) before
+    /// they connect; None, or an unspecified address: the kernel chooses.
+    /// A connection to an address of the other family, or from a loopback
+    /// source to a host that is not loopback (which cannot route), is not
+    /// bound.
+    pub fn with_source(mut self, source: Option<std::net::IpAddr>) -> Dialer {
+        self.source = source.filter(|ip| !ip.is_unspecified());
+        self
     }
 
     /// A tonic endpoint for `url` and the connector to open it with
@@ -759,14 +778,54 @@ impl Dialer {
         };
         let endpoint =
             tonic::transport::Endpoint::from_shared(plain).map_err(|e| format!("{url}: {e}"))?;
-        Ok((endpoint, Connector { tls }))
+        Ok((
+            endpoint,
+            Connector {
+                tls,
+                source: self.source,
+            },
+        ))
     }
+}
+
+/// The host of the first listen peer URL, if it is an IP address.
+fn peer_source(cfg: &Config) -> Option<std::net::IpAddr> {
+    cfg.peer_listen_addr().ok().map(|a| a.ip())
 }
 
 /// Opens connections for a tonic channel (see [`Dialer::endpoint`]).
 #[derive(Clone)]
 pub struct Connector {
     tls: Option<Arc<Reloading<rustls::ClientConfig>>>,
+    source: Option<std::net::IpAddr>,
+}
+
+/// Connects to `host:port`, bound to `source` where it can route (see
+/// [`Dialer::with_source`]); tries each resolved address in turn.
+async fn dial(host: &str, port: u16, source: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"));
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let bind = source.filter(|s| {
+            s.is_ipv4() == addr.is_ipv4() && (!s.is_loopback() || addr.ip().is_loopback())
+        });
+        let attempt = match bind {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await
+            }
+        };
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// A dialed connection, plain or TLS.
@@ -789,6 +848,7 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let tls = self.tls.as_ref().map(|t| t.current());
+        let source = self.source;
         Box::pin(async move {
             let host = uri
                 .host()
@@ -797,7 +857,7 @@ impl tower_service::Service<http::Uri> for Connector {
                 .trim_end_matches(']')
                 .to_owned();
             let port = uri.port_u16().unwrap_or(80);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = dial(&host, port, source).await?;
             let _ = tcp.set_nodelay(true);
             let io = match tls {
                 None => PeerIo::Plain(tcp),
@@ -1052,7 +1112,8 @@ impl Setup {
         let dialer = match peer_files {
             Some(f) => Dialer::new(f, policy)?,
             None => Dialer::plain(),
-        };
+        }
+        .with_source(peer_source(cfg));
         let https = |urls: &str| urls.split(',').any(|u| u.trim().starts_with("https://"));
         if https(&cfg.listen_client_urls) && client.is_none() {
             return Err(TlsError::Flag {
@@ -1107,6 +1168,26 @@ mod tests {
             .filter(|s| s.version() == &rustls::version::TLS12)
             .collect();
         assert_eq!(tls12.len(), 2);
+    }
+
+    /// Peer connections leave from the member's own peer address, so a
+    /// proxy between members can tell who is calling; a source that cannot
+    /// reach the target (loopback to elsewhere, the other family) is left
+    /// to the kernel.
+    #[tokio::test]
+    async fn peer_connections_leave_from_the_listen_peer_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let source: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+        let _out = dial("127.0.0.1", port, Some(source)).await.unwrap();
+        let (_, from) = listener.accept().await.unwrap();
+        assert_eq!(from.ip(), source);
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        let _out = dial("127.0.0.1", port, Some(v6)).await.unwrap();
+        let (_, from) = listener.accept().await.unwrap();
+        assert_eq!(from.ip().to_string(), "127.0.0.1");
+        let any = Dialer::plain().with_source(Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(any.source, None, "an unspecified address binds nothing");
     }
 
     #[test]

@@ -154,7 +154,6 @@ pub fn start_core(
     let max_batch_bytes = usize::try_from(cfg.raft.max_size_per_msg).unwrap_or(usize::MAX);
     let peers = {
         let status = status.clone();
-        let faults = faults.clone();
         let metrics = metrics.clone();
         let cluster_id = status.cluster_id;
         let dialer = dialer.clone();
@@ -164,7 +163,6 @@ pub fn start_core(
             raft,
             apply,
             status,
-            faults,
             metrics,
             max_batch_bytes,
             dialer,

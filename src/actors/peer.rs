@@ -43,7 +43,7 @@ use crate::error::PeerError;
 use crate::metrics::Metrics;
 use crate::proto::metastorepb::peer_client::PeerClient;
 use crate::proto::metastorepb::{RaftBatch, SnapshotChunk};
-use crate::status::{Faults, NodeStatus};
+use crate::status::NodeStatus;
 use crate::storage::image::ImageReader;
 use crate::tls::Connector;
 
@@ -80,8 +80,6 @@ pub struct PeerContext {
     pub apply: Addr<ApplyActor>,
     /// Connectivity for membership checks.
     pub status: Arc<NodeStatus>,
-    /// Test-only fault switches.
-    pub faults: Arc<Faults>,
     /// The member's metrics.
     pub metrics: Arc<Metrics>,
     /// A batch stops taking messages once it holds this many bytes (Raft's
@@ -244,7 +242,7 @@ impl PeerActor {
     }
 
     fn start_snapshot(&mut self, msg: Message, ctx: &mut Context<Self>) {
-        if self.sending_snapshot || self.ctx.faults.isolated() {
+        if self.sending_snapshot {
             self.ctx.raft.do_send(SnapshotSent {
                 to: self.to,
                 ok: false,
@@ -338,7 +336,6 @@ async fn send_snapshot(
         data: Vec::new(),
     };
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
-    let faults = peer.faults.clone();
     let (cluster_id, from) = (peer.cluster_id, peer.from);
     let reader = tokio::task::spawn_blocking(move || -> Result<(), PeerError> {
         fail::fail_point!("snapshot::send");
@@ -346,9 +343,6 @@ async fn send_snapshot(
             .map_err(|_| PeerError::local("stream closed"))?;
         let mut sent = 0u64;
         while sent < total {
-            if faults.isolated() {
-                return Err(PeerError::local("isolated by fault injection"));
-            }
             let mut buf = vec![0u8; SNAPSHOT_CHUNK.min((total - sent) as usize)];
             source.read_exact(&mut buf).map_err(PeerError::local)?;
             sent += buf.len() as u64;
@@ -433,10 +427,6 @@ struct Reconnect;
 impl Handler<Outbox> for PeerActor {
     type Result = ();
     fn handle(&mut self, msg: Outbox, ctx: &mut Context<Self>) {
-        if self.ctx.faults.isolated() {
-            // A cut network: the messages vanish; Raft's timeouts notice.
-            return;
-        }
         let mut dropped = false;
         for m in msg.0 {
             if m.get_msg_type() == MessageType::MsgSnapshot {

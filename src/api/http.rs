@@ -1,6 +1,7 @@
 //! HTTP on the client port: `/metrics` (Prometheus), `/health` and `/version`
 //! (etcd's JSON), `/livez` and `/readyz` (etcd's plain-text checks); with `--experimental-fault-injection`, the test-only fault
-//! switches of the transport.
+//! switches of the applier, the WAL and the engine (network faults between
+//! members come from outside the process: the tests' TCP proxy).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -36,8 +37,6 @@ pub fn router(backend: Backend, fault_injection: bool) -> Router {
         .route("/version", get(version));
     if fault_injection {
         r = r
-            .route("/debug/fault/isolate", post(isolate))
-            .route("/debug/fault/heal", post(heal))
             .route("/debug/fault/diverge", post(diverge))
             .route("/debug/fault/slow-apply", post(slow_apply))
             .route("/debug/fault/fail-wal-sync", post(fail_wal_sync))
@@ -76,13 +75,6 @@ async fn read_whole_body(
 fn switch(flag: &std::sync::atomic::AtomicBool, on: bool, what: &str) {
     flag.store(on, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!("fault injection: {what}");
-}
-
-/// Drops every Raft message and snapshot to and from this member, as a
-/// network partition would.
-async fn isolate(State(backend): State<Backend>) -> impl IntoResponse {
-    switch(&backend.faults().isolated, true, "isolated from all peers");
-    "isolated\n"
 }
 
 /// `?ms=N`: every applied batch takes N ms more from now on (0: back to
@@ -145,12 +137,6 @@ async fn fail_commit(State(backend): State<Backend>) -> impl IntoResponse {
         "the next engine commit fails",
     );
     "failing\n"
-}
-
-/// Ends [`isolate`].
-async fn heal(State(backend): State<Backend>) -> impl IntoResponse {
-    switch(&backend.faults().isolated, false, "healed");
-    "healed\n"
 }
 
 async fn metrics(State(backend): State<Backend>) -> impl IntoResponse {

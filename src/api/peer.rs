@@ -247,9 +247,6 @@ impl Peer for PeerService {
                 // the others stop replicating to it.
                 return Err(PeerError::Removed.into());
             }
-            if backend.faults().isolated() {
-                continue;
-            }
             if batch.messages.is_empty() {
                 // The stream's first batch (see the PeerActor): the member
                 // is up; redial it if this member's stream to it is down.
@@ -282,9 +279,6 @@ impl Peer for PeerService {
         self.check_cluster(first.cluster_id)?;
         if self.backend.status().is_removed(first.from) {
             return Err(PeerError::Removed.into());
-        }
-        if self.backend.faults().isolated() {
-            return Err(Status::unavailable("isolated by fault injection"));
         }
         let mut msg = raft::eraftpb::Message::parse_from_bytes(&first.message)
             .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;

@@ -138,6 +138,10 @@ pub struct Server {
     /// `FAILPOINTS` of the next start (a MetaStore built with the
     /// `failpoints` feature), e.g. `wal::before_fsync=20*off->panic`.
     pub failpoints: Option<String>,
+    /// The IP the peer port listens on (and peer connections leave from).
+    pub peer_host: String,
+    /// The peer URL others dial, when it is not the listen one (a proxy).
+    pub advertised_peer_url: Option<String>,
     extra: Vec<String>,
 }
 
@@ -194,6 +198,8 @@ impl Server {
             more_client_urls: Vec::new(),
             log_file: None,
             failpoints: None,
+            peer_host: "127.0.0.1".into(),
+            advertised_peer_url: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -207,9 +213,19 @@ impl Server {
         self.metrics_port = client.then(free_port);
     }
 
-    /// The peer URL.
+    /// The peer URL (the one other members dial).
     pub fn peer_url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
+        self.advertised_peer_url
+            .clone()
+            .unwrap_or_else(|| self.listen_peer_url())
+    }
+
+    /// The URL the peer port listens on.
+    pub fn listen_peer_url(&self) -> String {
+        format!(
+            "{}://{}:{}",
+            self.peer_scheme, self.peer_host, self.peer_port
+        )
     }
 
     /// The client URL.
@@ -230,6 +246,7 @@ impl Server {
     fn command(&self) -> Command {
         let client = self.client_url();
         let peer = self.peer_url();
+        let listen_peer = self.listen_peer_url();
         let mut cmd = match self.kind {
             Kind::MetaStore(engine) => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_metastore"));
@@ -261,7 +278,7 @@ impl Server {
             .arg("--advertise-client-urls")
             .arg(&client)
             .arg("--listen-peer-urls")
-            .arg(&peer)
+            .arg(&listen_peer)
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
@@ -432,6 +449,24 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGSTOP: the process stands still (its sockets stay open, nothing
+    /// answers), as a long GC pause or a stalled VM.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let c = self.child.as_ref().expect("the daemon runs");
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", c.id());
     }
 
     /// SIGTERM, and wait for a clean exit.
@@ -631,6 +666,31 @@ impl Cluster {
             m.wait_started();
         }
         Cluster { members }
+    }
+
+    /// `n` MetaStore members on `engine` whose Raft traffic crosses a
+    /// [`NetProxy`](crate::netproxy::NetProxy) the test drives: member `i`
+    /// listens for peers on [`member_ip`](crate::netproxy::member_ip)`(i)`
+    /// and advertises its proxy's port.
+    pub fn start_proxied(
+        n: usize,
+        engine: Engine,
+        extra: &[&str],
+    ) -> (Cluster, crate::netproxy::NetProxy) {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let targets: Vec<std::net::SocketAddr> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (crate::netproxy::member_ip(i), p).into())
+            .collect();
+        let proxy = crate::netproxy::NetProxy::start(&targets);
+        let kinds = vec![Kind::MetaStore(engine); n];
+        let c = Cluster::start_configured(&kinds, extra, |i, s| {
+            s.peer_host = crate::netproxy::member_ip(i).to_string();
+            s.peer_port = ports[i];
+            s.advertised_peer_url = Some(proxy.url(i));
+        });
+        (c, proxy)
     }
 
     /// The `--initial-cluster` value of the running members.

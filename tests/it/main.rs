@@ -56,6 +56,8 @@ mod keepalive;
 mod kv;
 mod lease;
 pub(crate) mod lossy;
+mod netfaults;
+mod netproxy;
 pub(crate) mod operability;
 pub(crate) mod power;
 mod smoke;

@@ -48,6 +48,7 @@ mod errors;
 pub(crate) mod etcdctl;
 mod gateway;
 mod harness;
+mod history;
 mod inprocess;
 mod keepalive;
 mod kv;

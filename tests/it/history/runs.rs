@@ -1022,7 +1022,7 @@ fn delete_at_the_compaction_revision_is_delivered(engine: Engine) {
         let (c, mut v) = lin::check(&rec.calls(), &[], base);
         for (l, (id, _)) in logs.iter_mut().zip(&specs) {
             l.items = w.items(*id);
-            watch::check(l, &c, Some(end), 0, &mut v);
+            watch::check(l, &c, Some(end), d, &mut v);
         }
         assert!(
             v.all.is_empty(),

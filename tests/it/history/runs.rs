@@ -714,7 +714,8 @@ known_bug_tests!(
     sync: three_members_under_faults);
 
 /// A longer run by hand: `METASTORE_SOAK_SECS` seconds per cycle (30),
-/// `METASTORE_SOAK_CYCLES` cycles (3), over 3 members, engines in turn.
+/// `METASTORE_SOAK_CYCLES` cycles (3), `METASTORE_SOAK_MEMBERS` members
+/// (3), engines in turn.
 #[test]
 #[ignore]
 fn history_soak() {
@@ -726,6 +727,10 @@ fn history_soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let members: usize = std::env::var("METASTORE_SOAK_MEMBERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     for cycle in 0..cycles {
         let engine = if cycle % 2 == 0 {
             Engine::Memory
@@ -733,7 +738,7 @@ fn history_soak() {
             Engine::Rocksdb
         };
         let r = runner::run(Plan {
-            members: 3,
+            members,
             engine,
             run_for: Duration::from_secs_f64(secs),
             faults: every_fault(true),

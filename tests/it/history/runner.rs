@@ -888,6 +888,17 @@ pub(crate) struct Recorded {
 impl Recorded {
     /// Opens a stream on `ep` creating `watchers` (id, spec) from `start`.
     pub async fn open(ep: &str, watchers: &[(i64, Spec)], start: i64) -> Recorded {
+        Recorded::open_asking(ep, watchers, start, false).await
+    }
+
+    /// As [`Recorded::open`]; with `progress`, a progress request follows
+    /// the creates in the stream's first message batch.
+    pub async fn open_asking(
+        ep: &str,
+        watchers: &[(i64, Spec)],
+        start: i64,
+        progress: bool,
+    ) -> Recorded {
         let (tx, rx) = mpsc::channel(64);
         let mut asked = Vec::new();
         for (id, spec) in watchers {
@@ -901,6 +912,12 @@ impl Recorded {
             };
             tx.try_send(create_request(&t, start)).expect("room");
             asked.push((*id, start));
+        }
+        if progress {
+            tx.try_send(WatchRequest {
+                request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+            })
+            .expect("room");
         }
         let rx = WatchClient::new(channel(ep))
             .watch(ReceiverStream::new(rx))
@@ -933,6 +950,16 @@ impl Recorded {
             .ok()??;
         self.resps.push(r.clone());
         Some(r)
+    }
+
+    /// Reads (and keeps) whatever comes for `d`.
+    pub async fn read_for(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if self.next(left).await.is_none() {
+                break;
+            }
+        }
     }
 
     /// Reads until a progress notification at `rev` or above (asking for

@@ -808,14 +808,32 @@ fn lone_member_keeps_acked_writes_across_power_cuts(engine: Engine) {
     no_violations(&v);
 }
 
+/// How the member a watcher moves to fell behind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Behind {
+    /// Cut off from its peers by the transport's fault switch.
+    Isolated,
+    /// Stopped (SIGSTOP); the watch stream is opened while it is, and it
+    /// is resumed with the create and a progress request waiting.
+    Paused,
+}
+
 /// etcd#15271: a watch went back in time after a partition. Here: a
-/// watcher on the leader sees revisions up to X; a follower is cut off and
-/// falls behind while writes go on to Y; the watcher moves to the cut-off
-/// follower from Y + 1 (as a client does when its stream breaks). Whatever
-/// it is told there must not go below Y: no event at or below Y, no
-/// progress notification below Y; after the heal it gets everything after
-/// Y without a gap.
+/// watcher on the leader sees revisions up to X; a follower is cut off
+/// (isolated, or paused as a stand-in) and falls behind while writes go on
+/// to Y; the watcher moves to that follower from Y + 1 (as a client does
+/// when its stream breaks). Whatever it is told there must not go below
+/// Y: no event at or below Y, no progress notification below Y; after the
+/// heal it gets everything after Y without a gap.
 fn watch_does_not_go_back_after_a_partition(engine: Engine) {
+    watch_does_not_go_back(engine, Behind::Isolated);
+}
+
+fn watch_does_not_go_back_after_a_pause(engine: Engine) {
+    watch_does_not_go_back(engine, Behind::Paused);
+}
+
+fn watch_does_not_go_back(engine: Engine, how: Behind) {
     let mut f = Faulty::start(3, engine, false, &[]);
     let leader = f.cluster.wait_leader(Duration::from_secs(10));
     let follower = (leader + 1) % 3;
@@ -842,7 +860,12 @@ fn watch_does_not_go_back_after_a_partition(engine: Engine) {
         })
     };
     puts(10, "before");
-    assert!(http_post(f.cluster.members[follower].port, "/debug/fault/isolate").is_some());
+    match how {
+        Behind::Isolated => {
+            assert!(http_post(f.cluster.members[follower].port, "/debug/fault/isolate").is_some())
+        }
+        Behind::Paused => signal(&f, follower, libc::SIGSTOP),
+    }
     puts(20, "during");
     let y = rt.block_on(async {
         current_rev(&mut KvClient::new(channel(&eps[leader])))
@@ -854,14 +877,26 @@ fn watch_does_not_go_back_after_a_partition(engine: Engine) {
         "the leader's watchers reach {y}"
     );
     // Moved to the cut-off follower, which is behind Y.
-    let mut second = rt.block_on(Recorded::open(&eps[follower], &specs, y + 1));
+    let mut second = match how {
+        Behind::Isolated => rt.block_on(Recorded::open_asking(&eps[follower], &specs, y + 1, true)),
+        Behind::Paused => {
+            let (ep, specs) = (eps[follower].clone(), specs.clone());
+            let opening =
+                rt.spawn(async move { Recorded::open_asking(&ep, &specs, y + 1, true).await });
+            std::thread::sleep(Duration::from_millis(300));
+            signal(&f, follower, libc::SIGCONT);
+            rt.block_on(opening).unwrap()
+        }
+    };
     rt.block_on(async {
         for _ in 0..4 {
             second.request_progress().await;
-            while second.next(Duration::from_millis(300)).await.is_some() {}
+            second.read_for(Duration::from_millis(300)).await;
         }
     });
-    assert!(http_post(f.cluster.members[follower].port, "/debug/fault/heal").is_some());
+    if how == Behind::Isolated {
+        assert!(http_post(f.cluster.members[follower].port, "/debug/fault/heal").is_some());
+    }
     puts(10, "after");
     let end = rt.block_on(async {
         current_rev(&mut KvClient::new(channel(&eps[leader])))
@@ -1055,7 +1090,7 @@ async fn watch_on_a_future_revision(engine: Engine) {
     }
     // Asked before any revision up to the start exists.
     w.request_progress().await;
-    while w.next(Duration::from_millis(500)).await.is_some() {}
+    w.read_for(Duration::from_millis(500)).await;
     let mut kv = KvClient::new(channel(&ep));
     for i in 0..8 {
         let op = Op::Put {
@@ -1064,7 +1099,7 @@ async fn watch_on_a_future_revision(engine: Engine) {
         };
         rec.call(0, &mut kv, op).await;
         w.request_progress().await;
-        while w.next(Duration::from_millis(100)).await.is_some() {}
+        w.read_for(Duration::from_millis(100)).await;
     }
     let end = current_rev(&mut kv).await.unwrap();
     assert!(w.drain_to(end, Duration::from_secs(10)).await, "drained");
@@ -1145,7 +1180,7 @@ engine_tests!(sync: lone_member_keeps_acked_writes_across_power_cuts, no_stale_r
 engine_tests!(async: starved_watchers_lose_no_events);
 known_bug_tests!(
     "open bug: the watch hub sends a watcher whose start is above the member's revision a progress notification at that revision, below what the watcher knew (fix pending on main)",
-    sync: watch_does_not_go_back_after_a_partition);
+    sync: watch_does_not_go_back_after_a_partition, watch_does_not_go_back_after_a_pause);
 known_bug_tests!(
     "open bug: the watch hub sends a watcher whose start is above the member's revision a progress notification at that revision, below what the watcher knew (fix pending on main)",
     async: watch_on_a_future_revision);

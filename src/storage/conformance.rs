@@ -113,11 +113,22 @@ pub fn compaction<E: KvEngine>(mut e: E) {
     assert_eq!(e.compact(7), Err(MvccError::FutureRevision));
     e.compact(5).unwrap();
     assert_eq!(e.compact(5), Err(MvccError::Compacted));
+    // A deletion at exactly the compaction revision is still sent to a
+    // watch from that revision (etcd#18089), until the next compaction.
+    let at5 = e.history(b"b", b"c", 5, 100).unwrap();
+    assert_eq!(at5.len(), 1);
+    assert_eq!(
+        (at5[0].kind, at5[0].kv.mod_revision),
+        (EventKind::Delete, 5)
+    );
     assert_eq!(get(&e, b"a", 4), Err(MvccError::Compacted));
     assert_eq!(get(&e, b"a", 5).unwrap().unwrap().value, b"2");
     assert_eq!(get(&e, b"b", 5).unwrap(), None);
     assert_eq!(get(&e, b"a", 0).unwrap().unwrap().value, b"3");
     assert_eq!(e.current_revision(), 6, "compaction takes no revision");
+    e.compact(6).unwrap();
+    assert!(e.history(b"b", b"c", 6, 100).unwrap().is_empty());
+    assert_eq!(get(&e, b"b", 6).unwrap(), None);
 }
 
 /// History (what a watcher from the past is sent): every change in range

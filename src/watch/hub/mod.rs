@@ -136,6 +136,8 @@ pub struct Hub {
     frames_size: usize,
     /// The ring holds every change from this revision on (i64::MAX: none).
     ring_from: i64,
+    /// Streams whose progress request waits for their watchers.
+    progress_waiting: HashSet<StreamId>,
     current_rev: i64,
     compact_rev: i64,
 }
@@ -160,6 +162,7 @@ impl Hub {
             ring_size: 0,
             frames_size: 0,
             ring_from: i64::MAX,
+            progress_waiting: HashSet::new(),
             current_rev,
             compact_rev,
         }
@@ -332,7 +335,7 @@ impl Hub {
         for (sid, s) in self.streams.iter_mut() {
             let mut any = false;
             for (id, w) in s.watchers.iter_mut() {
-                if w.progress_notify && w.quiet && w.synced {
+                if w.progress_notify && w.quiet && w.current_at(rev) {
                     s.control.push(
                         WatchResponseWire {
                             header,
@@ -385,6 +388,12 @@ impl Hub {
     /// `current_rev` afterwards.
     pub fn publish(&mut self, events: &[Event], current_rev: i64) {
         self.current_rev = current_rev;
+        // A progress request that waited for a watcher on a future revision
+        // is answered once the store reaches it.
+        let waiting: Vec<StreamId> = self.progress_waiting.iter().copied().collect();
+        for sid in waiting {
+            self.maybe_progress(sid);
+        }
         if events.is_empty() || self.groups.is_empty() {
             return;
         }

@@ -50,6 +50,14 @@ pub(super) struct Stream {
     pub(super) closed: bool,
 }
 
+impl Watcher {
+    /// Synced, and not waiting for a revision beyond the next one: a
+    /// progress notification at `current_rev` is true for it.
+    pub(super) fn current_at(&self, current_rev: i64) -> bool {
+        self.synced && self.min_rev <= current_rev + 1
+    }
+}
+
 impl Stream {
     /// Sends the queued control responses; true when none is left.
     pub(super) fn flush_control(&mut self) -> bool {
@@ -70,8 +78,12 @@ impl Stream {
         }
     }
 
-    pub(super) fn all_synced(&self) -> bool {
-        self.watchers.values().all(|w| w.synced)
+    /// Every watcher has been sent everything up to `current_rev`: each is
+    /// synced, and none starts beyond the next revision (a watcher on a
+    /// future revision, e.g. one resumed here from a member that was ahead,
+    /// must not be told of a revision older than its start: etcd#20221).
+    pub(super) fn all_synced(&self, current_rev: i64) -> bool {
+        self.watchers.values().all(|w| w.current_at(current_rev))
     }
 }
 
@@ -116,18 +128,22 @@ impl Hub {
         }
         self.lagging.retain(|(s, _)| *s != stream);
         self.blocked.remove(&stream);
+        self.progress_waiting.remove(&stream);
     }
 
     pub(super) fn maybe_progress(&mut self, stream: StreamId) {
         let rev = self.current_rev;
         let resp = self.control(-1, rev);
+        self.progress_waiting.remove(&stream);
         if let Some(s) = self.streams.get_mut(&stream) {
-            if s.progress_wanted && s.all_synced() {
+            if s.progress_wanted && s.all_synced(rev) {
                 s.progress_wanted = false;
                 s.control.push(resp.into());
                 if !s.flush_control() {
                     self.blocked.insert(stream);
                 }
+            } else if s.progress_wanted {
+                self.progress_waiting.insert(stream);
             }
         }
         self.drop_closed();

@@ -354,6 +354,39 @@ fn progress_notify_only_for_quiet_synced_watchers() {
 }
 
 #[test]
+fn no_progress_below_a_future_start_revision() {
+    // A client resumes its watch here from revision 6 (it saw 5 from a
+    // member that was ahead); this member is at 3. Telling it "everything
+    // up to 3 was sent" would move its progress back in time (etcd#20221).
+    let mut f = Fixture::new(HubConfig::default());
+    f.put("k", "a"); // 2
+    f.put("k", "b"); // 3
+    let (s, mut rx) = f.open(64);
+    let mut req = watch("k", "");
+    req.start_revision = 6;
+    req.progress_notify = true;
+    f.hub.create(s, &req);
+    received(&mut rx);
+    f.hub.progress(s);
+    f.hub.progress_tick();
+    let seen = received(&mut rx);
+    assert_eq!(seen.control, vec![], "no progress at 3 for a watch from 6");
+    f.put("other", "x"); // 4
+    assert_eq!(received(&mut rx).control, vec![]);
+    f.put("other", "y"); // 5: everything before the start revision is here
+    let seen = received(&mut rx);
+    assert_eq!(seen.control, vec![(-1, false, false, 0, String::new())]);
+    assert_eq!(seen.headers, vec![5]);
+    f.hub.progress_tick();
+    let seen = received(&mut rx);
+    assert_eq!(seen.control, vec![(0, false, false, 0, String::new())]);
+    assert_eq!(seen.headers, vec![5]);
+    f.put("k", "c"); // 6
+    let seen = received(&mut rx);
+    assert_eq!(seen.events.len(), 1);
+}
+
+#[test]
 fn large_revisions_are_fragmented_for_watchers_that_ask() {
     let cfg = HubConfig {
         max_response_bytes: 1000,

@@ -124,7 +124,12 @@ impl KeyHistory {
         if idx == 0 {
             return 0;
         }
-        let keep_from = if self.versions[idx - 1].is_tombstone() {
+        // The newest version at or below `rev` stays unless it is a
+        // tombstone older than `rev`: a deletion at exactly the compaction
+        // revision stays until the next compaction, so a watch from `rev`
+        // (still allowed) is sent it (etcd#18089).
+        let last = &self.versions[idx - 1];
+        let keep_from = if last.is_tombstone() && last.rev.main < rev {
             idx
         } else {
             idx - 1
@@ -210,9 +215,12 @@ mod tests {
         );
         h2.compact(5, None);
         assert_eq!(mains(&h2), vec![(4, false), (6, true), (8, false)]);
-        // The tombstone at exactly the compaction revision goes too.
+        // The tombstone at exactly the compaction revision stays (a watch
+        // from 6 is sent the delete), and goes at the next compaction.
         let mut h3 = h.clone();
         h3.compact(6, None);
+        assert_eq!(mains(&h3), vec![(6, true), (8, false)]);
+        h3.compact(7, None);
         assert_eq!(mains(&h3), vec![(8, false)]);
         let mut h4 = h.clone();
         h4.compact(7, None);
@@ -228,6 +236,8 @@ mod tests {
         let mut h = KeyHistory::with_first(put(2, 0, 2, 1, b"a"));
         h.push(Version::tombstone(Revision::new(3, 0)));
         h.compact(3, None);
+        assert_eq!(mains(&h), vec![(3, true)]);
+        h.compact(4, None);
         assert!(h.is_empty());
     }
 }

@@ -13,13 +13,15 @@
 //!   move the revision.
 //! - Every key maps to a non-empty history ordered strictly by `Revision`.
 //!   A tombstone (a version with `version == 0`) always follows a live
-//!   version: histories never start with one and never hold two in a row.
+//!   version and never another tombstone; a history starts with one only
+//!   after compaction at exactly its revision.
 //!   Within a generation `version` grows by one and `create_revision` stays;
 //!   the first put after a tombstone has `version == 1` and
 //!   `create_revision == mod_revision`.
 //! - After compaction at C, every key holds at most one version with
-//!   `main <= C` and that version is live; keys whose history would become
-//!   empty are removed. Reads at any revision `>= C` are unaffected.
+//!   `main <= C`, and that version is live or a tombstone at exactly C (so
+//!   a watch from C is sent that deletion); keys whose history would
+//!   become empty are removed. Reads at any revision `>= C` are unaffected.
 //! - The cached live-key count and byte estimate always equal a full
 //!   recomputation over the map.
 //!

@@ -96,7 +96,7 @@ impl Rebuild {
         for h in store.keys.values() {
             let vs = h.versions();
             if vs.get(1).is_some_and(|v| v.rev.main <= compact_rev)
-                || (vs[0].rev.main <= compact_rev && vs[0].is_tombstone())
+                || (vs[0].is_tombstone() && vs[0].rev.main != compact_rev)
             {
                 return Err(corrupt("history older than the compacted revision"));
             }
@@ -117,7 +117,9 @@ fn check_version(v: &Version, prev: Option<&Version>, current_rev: i64) -> Resul
         return Err(corrupt("versions not strictly ascending"));
     }
     let ok = if v.is_tombstone() {
-        prev.is_some_and(|p| !p.is_tombstone())
+        // A first retained tombstone is checked against the compacted
+        // revision when the store is finished.
+        prev.is_none_or(|p| !p.is_tombstone())
     } else {
         match prev {
             Some(p) if !p.is_tombstone() => {

@@ -689,8 +689,14 @@ pub(super) mod tests {
         assert_eq!(s.current_revision(), 7);
         assert_eq!(s.compact(5), Err(MvccError::Compacted));
         assert_eq!(s.compact(4), Err(MvccError::Compacted));
-        // Tombstoned "b" is gone entirely; "a" keeps a@4 (newest <= 5) and a@7.
-        assert!(!s.keys.contains_key(&b"b"[..]));
+        // "b" was deleted at exactly 5: only its tombstone stays (a watch
+        // from 5 is sent the deletion); "a" keeps a@4 (newest <= 5) and a@7.
+        let b: Vec<(i64, bool)> = s.keys[&b"b"[..]]
+            .versions()
+            .iter()
+            .map(|v| (v.rev.main, v.is_tombstone()))
+            .collect();
+        assert_eq!(b, vec![(5, true)]);
         let a: Vec<i64> = s.keys[&b"a"[..]]
             .versions()
             .iter()
@@ -705,8 +711,10 @@ pub(super) mod tests {
         assert_eq!(rng_all(&s, 8), Err(MvccError::FutureRevision));
         assert_eq!(s.recount(), (s.live_keys, s.size_bytes));
 
-        // Compacting at the current revision keeps the latest live versions.
+        // Compacting at the current revision keeps the latest live versions;
+        // the tombstone older than it goes, and "b" with it.
         s.compact(7).unwrap();
+        assert!(!s.keys.contains_key(&b"b"[..]));
         assert_eq!(rng_all(&s, 7).unwrap(), before[2]);
         assert_eq!(
             s.keys.values().map(|h| h.versions().len()).sum::<usize>(),

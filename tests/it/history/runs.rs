@@ -20,42 +20,6 @@ use super::watch::{self, Event, Item, Log, Spec};
 use super::{Call, Kind, Kv, Op, Ret, Violations};
 use crate::harness::{http_post, Engine};
 
-/// As `engine_tests!`, ignored with the open server bug that makes them
-/// fail today (see the ignore reasons); they run again once the fixes are
-/// merged.
-macro_rules! known_bug_tests {
-    ($why:literal, sync: $($name:ident),*) => {
-        $(mod $name {
-            use crate::harness::Engine;
-            #[test]
-            #[ignore = $why]
-            fn memory() {
-                super::$name(Engine::Memory)
-            }
-            #[test]
-            #[ignore = $why]
-            fn rocksdb() {
-                super::$name(Engine::Rocksdb)
-            }
-        })*
-    };
-    ($why:literal, async: $($name:ident),*) => {
-        $(mod $name {
-            use crate::harness::Engine;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = $why]
-            async fn memory() {
-                super::$name(Engine::Memory).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = $why]
-            async fn rocksdb() {
-                super::$name(Engine::Rocksdb).await
-            }
-        })*
-    };
-}
-
 // ---------------------------------------------------------------------
 // A clean history from a sequential model, and faults planted in it.
 // ---------------------------------------------------------------------
@@ -708,10 +672,7 @@ fn five_members_under_faults(engine: Engine) {
     under_faults(5, engine);
 }
 
-engine_tests!(sync: one_member_under_faults, five_members_under_faults);
-known_bug_tests!(
-    "open bug: the watch hub sends a watcher whose start is above the member's revision a progress notification at that revision, below what the watcher knew (fix pending on main)",
-    sync: three_members_under_faults);
+engine_tests!(sync: one_member_under_faults, three_members_under_faults, five_members_under_faults);
 
 /// A longer run by hand: `METASTORE_SOAK_SECS` seconds per cycle (30),
 /// `METASTORE_SOAK_CYCLES` cycles (3), `METASTORE_SOAK_MEMBERS` members
@@ -1176,14 +1137,9 @@ fn no_stale_read_after_a_pause(engine: Engine) {
     no_violations(&v);
 }
 
-engine_tests!(sync: lone_member_keeps_acked_writes_across_power_cuts, no_stale_read_after_a_pause);
-engine_tests!(async: starved_watchers_lose_no_events);
-known_bug_tests!(
-    "open bug: the watch hub sends a watcher whose start is above the member's revision a progress notification at that revision, below what the watcher knew (fix pending on main)",
-    sync: watch_does_not_go_back_after_a_partition, watch_does_not_go_back_after_a_pause);
-known_bug_tests!(
-    "open bug: the watch hub sends a watcher whose start is above the member's revision a progress notification at that revision, below what the watcher knew (fix pending on main)",
-    async: watch_on_a_future_revision);
-known_bug_tests!(
-    "open bug: compaction at a delete's revision drops the tombstone, and the delete event with it (shared in-memory index, both engines; fix pending on main)",
-    sync: delete_at_the_compaction_revision_is_delivered);
+engine_tests!(sync: lone_member_keeps_acked_writes_across_power_cuts,
+    no_stale_read_after_a_pause,
+    watch_does_not_go_back_after_a_partition,
+    watch_does_not_go_back_after_a_pause,
+    delete_at_the_compaction_revision_is_delivered);
+engine_tests!(async: starved_watchers_lose_no_events, watch_on_a_future_revision);

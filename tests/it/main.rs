@@ -51,6 +51,7 @@ pub(crate) mod etcdctl;
 mod failpoints;
 mod gateway;
 mod harness;
+mod history;
 mod inprocess;
 mod keepalive;
 mod kv;

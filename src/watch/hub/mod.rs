@@ -388,15 +388,21 @@ impl Hub {
     /// `current_rev` afterwards.
     pub fn publish(&mut self, events: &[Event], current_rev: i64) {
         self.current_rev = current_rev;
+        if !events.is_empty() && !self.groups.is_empty() {
+            self.route(events, current_rev);
+        }
         // A progress request that waited for a watcher on a future revision
-        // is answered once the store reaches it.
+        // is answered once the store reaches it, after the batch's events
+        // (a progress at R tells the client everything up to R was sent).
         let waiting: Vec<StreamId> = self.progress_waiting.iter().copied().collect();
         for sid in waiting {
             self.maybe_progress(sid);
         }
-        if events.is_empty() || self.groups.is_empty() {
-            return;
-        }
+    }
+
+    /// Encodes one applied batch, keeps it in the ring and sends it to the
+    /// synced watchers it matches.
+    fn route(&mut self, events: &[Event], current_rev: i64) {
         let want_prev = self.prev_watchers > 0;
         let encoded: Vec<WireEvent> = events
             .iter()

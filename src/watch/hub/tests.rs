@@ -136,6 +136,25 @@ fn received(rx: &mut mpsc::Receiver<Vec<WatchOut>>) -> Seen {
     seen
 }
 
+/// What arrived, in order: "event R" per event, "progress R" per
+/// progress response (watch id -1).
+fn arrival(rx: &mut mpsc::Receiver<Vec<WatchOut>>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(batch) = rx.try_recv() {
+        for o in batch {
+            let r = WatchResponseWire::decode(o.encode_to_vec().as_slice()).unwrap();
+            for e in &r.events {
+                let e = mvccpb::Event::decode(e.as_ref()).unwrap();
+                out.push(format!("event {}", e.kv.unwrap_or_default().mod_revision));
+            }
+            if r.events.is_empty() && r.watch_id == -1 {
+                out.push(format!("progress {}", r.header.map_or(-1, |h| h.revision)));
+            }
+        }
+    }
+    out
+}
+
 const PUT: i32 = 0;
 const DELETE: i32 = 1;
 
@@ -384,6 +403,26 @@ fn no_progress_below_a_future_start_revision() {
     f.put("k", "c"); // 6
     let seen = received(&mut rx);
     assert_eq!(seen.events.len(), 1);
+
+    // One applied batch takes the store past the start revision (7 and 8
+    // together; the watch is from 8): the event at 8 comes before the
+    // progress at 8 that answers the waiting request.
+    let (s2, mut rx2) = f.open(64);
+    let mut req = watch("k", "");
+    req.start_revision = 8;
+    f.hub.create(s2, &req);
+    received(&mut rx2);
+    f.hub.progress(s2);
+    assert_eq!(received(&mut rx2).control, vec![]);
+    let mut t = f.store.0.write();
+    t.put_blind(b"other", b"z".to_vec(), 0);
+    let (_, mut events) = t.end(); // 7
+    let mut t = f.store.0.write();
+    t.put_blind(b"k", b"d".to_vec(), 0);
+    let (rev, more) = t.end(); // 8
+    events.extend(more);
+    f.hub.publish(&events, rev);
+    assert_eq!(arrival(&mut rx2), vec!["event 8", "progress 8"]);
 }
 
 #[test]

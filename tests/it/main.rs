@@ -43,6 +43,7 @@ pub(crate) mod cluster;
 mod cluster_diff;
 mod concurrency;
 mod diff;
+mod diskfaults;
 mod durability;
 mod errors;
 pub(crate) mod etcdctl;

@@ -72,11 +72,11 @@ impl RaftLog {
                     }
                 }
                 record::HARD_STATE => {
-                    log.hard_state = HardState::parse_from_bytes(&rec.payload)
+                    log.hard_state = parse_bounded::<HardState>(&rec.payload)
                         .map_err(|e| StorageError::Decode(format!("hard state: {e}")))?;
                 }
                 record::SNAPSHOT => {
-                    let meta = SnapshotMetadata::parse_from_bytes(&rec.payload)
+                    let meta = parse_bounded::<SnapshotMetadata>(&rec.payload)
                         .map_err(|e| StorageError::Decode(format!("snapshot marker: {e}")))?;
                     if meta.index > log.snapshot.index {
                         // The state machine must hold at least what the log
@@ -255,12 +255,26 @@ pub fn decode_entries(mut buf: &[u8]) -> Result<Vec<Entry>, StorageError> {
         if buf.len() < len {
             return Err(StorageError::Decode("truncated entry".into()));
         }
-        let e = Entry::parse_from_bytes(&buf[..len])
+        let e = parse_bounded::<Entry>(&buf[..len])
             .map_err(|e| StorageError::Decode(format!("entry: {e}")))?;
         out.push(e);
         buf = &buf[len..];
     }
     Ok(out)
+}
+
+/// Decodes a Raft protobuf message from untrusted bytes. The protobuf
+/// library reads a bytes field whose declared length it cannot check
+/// against the end of its input into a buffer of up to 10 MB first; here
+/// the input's own length is the limit, so a length past the end is refused
+/// before anything is allocated for it (a 141-byte peer message made it
+/// allocate 10 MB).
+pub fn parse_bounded<M: protobuf::Message>(bytes: &[u8]) -> protobuf::ProtobufResult<M> {
+    let mut is = protobuf::CodedInputStream::from_bytes(bytes);
+    is.push_limit(bytes.len() as u64)?;
+    let m = M::parse_from(&mut is)?;
+    is.check_eof()?;
+    Ok(m)
 }
 
 /// Protobuf bytes of a message (hard state, snapshot metadata).

@@ -47,6 +47,7 @@ mod diskfaults;
 mod durability;
 mod errors;
 pub(crate) mod etcdctl;
+mod flood;
 mod gateway;
 mod harness;
 mod inprocess;

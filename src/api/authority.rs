@@ -663,7 +663,16 @@ mod tests {
         /// wrapper passes on, so the wrapper must not panic on it first).
         #[test]
         fn hostile_header_blocks_never_panic(
-            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            // Bytes biased to HPACK's size-update prefix (001xxxxx), which
+            // the hpack crate mishandled.
+            junk in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(),
+                    0x20u8..0x40,
+                    proptest::strategy::Just(0x3fu8),
+                ],
+                0..64,
+            ),
             flags in proptest::prelude::any::<u8>(),
         ) {
             let mut f = FixAuthority::new(());

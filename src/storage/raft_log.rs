@@ -263,14 +263,16 @@ pub fn decode_entries(mut buf: &[u8]) -> Result<Vec<Entry>, StorageError> {
     Ok(out)
 }
 
-/// Decodes a Raft protobuf message from untrusted bytes. The protobuf
-/// library reads a bytes field whose declared length it cannot check
-/// against the end of its input into a buffer of up to 10 MB first; here
-/// the input's own length is the limit, so a length past the end is refused
-/// before anything is allocated for it (a 141-byte peer message made it
-/// allocate 10 MB).
+/// Decodes a Raft protobuf message from untrusted bytes. Read from a plain
+/// slice, the protobuf library allocates a buffer of a bytes field's
+/// declared length (up to 10 MB) before it finds the input shorter (a
+/// 141-byte peer message made it allocate 10 MB, a 10-byte one 1 MB).
+/// Here the input is one shared buffer (one copy) that fields are sliced
+/// from, checked against its end first, and its length is the limit for
+/// the fields that are copied.
 pub fn parse_bounded<M: protobuf::Message>(bytes: &[u8]) -> protobuf::ProtobufResult<M> {
-    let mut is = protobuf::CodedInputStream::from_bytes(bytes);
+    let bytes = bytes::Bytes::copy_from_slice(bytes);
+    let mut is = protobuf::CodedInputStream::from_carllerche_bytes(&bytes);
     is.push_limit(bytes.len() as u64)?;
     let m = M::parse_from(&mut is)?;
     is.check_eof()?;

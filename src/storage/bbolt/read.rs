@@ -395,21 +395,32 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
     }
 
-    /// A root page turned into a branch whose 200 children are itself:
-    /// refused at once (a walk that revisits pages never ended: 200 to the
-    /// 64th pages).
+    /// Pages shared down a tree: the root and five added pages are
+    /// branches whose 255 children are all the next page, the last a leaf.
+    /// No cycle and never deeper than 7, yet a walk that revisits pages
+    /// reads 255^6 of them (it never ended); refused at the second visit.
     #[test]
-    fn a_branch_that_points_back_at_itself_is_refused() {
+    fn pages_reached_twice_are_refused() {
         let mut data = seed_file();
-        let root = Db::open(&data).unwrap().root as usize;
-        let page = &mut data[root * PAGE_SIZE..(root + 1) * PAGE_SIZE];
-        page[8..10].copy_from_slice(&BRANCH.to_le_bytes());
-        page[10..12].copy_from_slice(&200u16.to_le_bytes());
-        page[12..16].copy_from_slice(&0u32.to_le_bytes());
-        for i in 0..200 {
-            let at = PAGE_HEADER + i * ELEMENT;
-            page[at + 8..at + 16].copy_from_slice(&(root as u64).to_le_bytes());
+        let root = Db::open(&data).unwrap().root;
+        let first_added = (data.len() / PAGE_SIZE) as u64;
+        data.resize(data.len() + 6 * PAGE_SIZE, 0);
+        let mut chain = vec![root];
+        chain.extend(first_added..first_added + 6);
+        for pair in chain.windows(2) {
+            let (id, next) = (pair[0] as usize, pair[1]);
+            let page = &mut data[id * PAGE_SIZE..(id + 1) * PAGE_SIZE];
+            page[..8].copy_from_slice(&(id as u64).to_le_bytes());
+            page[8..10].copy_from_slice(&BRANCH.to_le_bytes());
+            page[10..12].copy_from_slice(&255u16.to_le_bytes());
+            page[12..16].copy_from_slice(&0u32.to_le_bytes());
+            for i in 0..255 {
+                let at = PAGE_HEADER + i * ELEMENT;
+                page[at + 8..at + 16].copy_from_slice(&next.to_le_bytes());
+            }
         }
+        let leaf = *chain.last().unwrap() as usize * PAGE_SIZE;
+        data[leaf + 8..leaf + 10].copy_from_slice(&LEAF.to_le_bytes());
         let (ok, _) = convert_within(data).expect("the walk never ended");
         assert!(!ok);
     }

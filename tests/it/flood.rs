@@ -301,8 +301,11 @@ fn flood(silent_count: usize) {
         shortest >= Duration::from_secs(9),
         "a silent connection was closed after {shortest:?}, before the 10 s deadline"
     );
+    // A connection's deadline starts when the member accepts it; one that
+    // waited in the listen backlog while the others were opened lived that
+    // long on this side first.
     assert!(
-        longest.expect("some") < Duration::from_secs(20),
+        longest.expect("some") < connect_took + Duration::from_secs(20),
         "a silent connection lived {longest:?}"
     );
     // Bounded: the silent connections cost little each, and the bad

@@ -90,6 +90,16 @@ fn grpc_put_status(s: &Server) -> Option<(String, String)> {
     })
 }
 
+/// The member's Raft index (`etcdctl endpoint status`).
+fn raft_index(s: &Server) -> u64 {
+    let out = s.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    // etcd's proto names this field raftIndex (camelCase).
+    v[0]["Status"]["raftIndex"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no raftIndex in {v}"))
+}
+
 /// Free space below the reserve raises NOSPACE through Raft: writes refused
 /// (ResourceExhausted, etcd's message), reads served, health says so; with
 /// space back, `alarm disarm` brings writes back and nothing was lost.
@@ -117,8 +127,13 @@ fn a_disk_below_its_reserve_raises_nospace_until_disarmed(engine: Engine) {
         String::from_utf8_lossy(&s.etcdctl(&["alarm", "list"]).stdout).contains("alarm:NOSPACE")
     });
     assert!(raised, "no NOSPACE alarm\n{}", s.log_tail_pub());
-    let err = put(&s, "refused", "v").unwrap_err();
-    assert!(err.contains(NOSPACE), "{err}");
+    // Refused before proposal: the Raft log does not grow.
+    let index = raft_index(&s);
+    for _ in 0..5 {
+        let err = put(&s, "refused", "v").unwrap_err();
+        assert!(err.contains(NOSPACE), "{err}");
+    }
+    assert_eq!(raft_index(&s), index, "refused puts went through Raft");
     let (code, message) = grpc_put_status(&s).expect("a put while NOSPACE");
     assert_eq!(code, "ResourceExhausted");
     assert_eq!(message, NOSPACE);

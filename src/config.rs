@@ -114,6 +114,9 @@ impl TryFrom<String> for LogFormat {
 /// etcd's default backend quota: 2 GiB.
 pub const DEFAULT_QUOTA: u64 = 2 << 30;
 
+/// Free space kept on the data dir's filesystem by default: 128 MiB.
+pub const DEFAULT_DISK_RESERVE: u64 = 128 << 20;
+
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -144,6 +147,10 @@ pub struct Config {
     /// that grow it fail (etcd's `--quota-backend-bytes`; 0: the 2 GiB
     /// default).
     pub quota_backend_bytes: u64,
+    /// Free space the data dir's filesystem must keep: below it the member
+    /// raises NOSPACE (as past the quota) so writes stop before the disk is
+    /// full (0: no check).
+    pub disk_reserve_bytes: u64,
     /// Most operations per Txn branch.
     pub max_txn_ops: usize,
     /// How Authenticate's tokens are made (etcd's `--auth-token`):
@@ -250,6 +257,7 @@ impl Default for Config {
             initial_cluster_token: "etcd-cluster".into(),
             max_request_bytes: 1536 * 1024,
             quota_backend_bytes: DEFAULT_QUOTA,
+            disk_reserve_bytes: DEFAULT_DISK_RESERVE,
             max_txn_ops: 128,
             auth_token: "simple".into(),
             auth_token_ttl: 300,
@@ -335,6 +343,10 @@ pub struct Flags {
     /// Store size that raises the NOSPACE alarm (0: 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES")]
     pub quota_backend_bytes: Option<u64>,
+    /// Free space to keep on the data dir's filesystem; below it NOSPACE
+    /// is raised (0: no check).
+    #[arg(long)]
+    pub disk_reserve_bytes: Option<u64>,
     /// Most operations per txn branch.
     #[arg(long)]
     pub max_txn_ops: Option<usize>,
@@ -498,6 +510,7 @@ impl Config {
             initial_cluster_token,
             max_request_bytes,
             quota_backend_bytes,
+            disk_reserve_bytes,
             max_txn_ops,
             auth_token,
             auth_token_ttl,

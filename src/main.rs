@@ -18,6 +18,7 @@ fn main() {
         std::process::exit(70);
     }));
     metastore::failpoints::setup();
+    raise_open_files_limit();
     let flags = Flags::parse();
     let cfg = match Config::load(flags) {
         Ok(c) => c,
@@ -44,5 +45,22 @@ fn main() {
             .downcast_ref::<metastore::error::MemberStopped>()
             .map_or(1, |s| s.code);
         std::process::exit(code);
+    }
+}
+
+/// Lifts the soft limit on open files to the hard one, as Go's runtime does
+/// for etcd: every client connection is a descriptor, and the usual soft
+/// limit (1024) would refuse connections long before the member is busy.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }

@@ -36,6 +36,9 @@ use crate::watch::{Hub, HubConfig};
 const MAILBOX: usize = 4096;
 /// How often waiters whose clients went away are dropped.
 const SWEEP: Duration = Duration::from_secs(1);
+/// A snapshot that failed (a full disk) is tried again after this long,
+/// not at the next applied batch: the WAL holds everything meanwhile.
+pub const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 /// How often lagging watchers are given another slice when no batch comes.
 const CATCH_UP: Duration = Duration::from_millis(10);
 
@@ -59,6 +62,8 @@ pub struct ApplyActor {
     last_snapshot: u64,
     /// A snapshot file is being written by a background thread.
     saving: bool,
+    /// The last snapshot failed: no new one before this instant.
+    snapshot_retry_at: Option<Instant>,
     metrics: Arc<Metrics>,
     /// Every watcher of this member.
     hub: Hub,
@@ -154,6 +159,7 @@ impl ApplyActor {
             snapshot_count: snapshot_count.max(1),
             last_snapshot,
             saving: false,
+            snapshot_retry_at: None,
             metrics,
             hub,
             progress_notify: watch.progress_notify,
@@ -256,6 +262,9 @@ impl ApplyActor {
         if self.saving || self.installing || applied < self.last_snapshot + self.snapshot_count {
             return;
         }
+        if self.snapshot_retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
         let term = self.sm.applied_term();
         match self.sm.checkpoint(&self.data_dir) {
             Checkpoint::Durable => {
@@ -277,7 +286,11 @@ impl ApplyActor {
                                 Ok(()) => true,
                                 Err(e) => {
                                     // The WAL still holds everything; try again later.
-                                    tracing::error!(error = %e, "snapshot failed");
+                                    tracing::error!(
+                                        error = %e,
+                                        retry_in_s = SNAPSHOT_RETRY.as_secs(),
+                                        "snapshot failed"
+                                    );
                                     false
                                 }
                             };
@@ -324,6 +337,7 @@ impl Handler<SnapshotSaved> for ApplyActor {
     type Result = ();
     fn handle(&mut self, msg: SnapshotSaved, _: &mut Context<Self>) {
         self.saving = false;
+        self.snapshot_retry_at = (!msg.ok).then(|| Instant::now() + SNAPSHOT_RETRY);
         if msg.ok {
             self.last_snapshot = msg.index;
             self.raft.do_send(Snapshotted {

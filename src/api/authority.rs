@@ -14,7 +14,16 @@
 //! authority, and the block is re-encoded with literals that never touch
 //! the server's dynamic table, so both sides' HPACK state stays consistent.
 //! HTTP/1.1 connections (`/metrics`, `/health`) are passed through.
+//!
+//! Memory per connection is bounded whatever the client sends: frames other
+//! than HEADERS and CONTINUATION are forwarded as their bytes arrive, never
+//! collected whole (a frame header may declare up to 16 MiB); a header
+//! frame larger than the 16 KiB frame size the server allows is refused,
+//! and a header block larger than 1 MiB too. A connection that has not
+//! sent the HTTP/2 preface or the start of an HTTP/1.1 request within
+//! [`FIRST_BYTES`] is closed: half-open connections cannot pile up.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -33,6 +42,9 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16_384;
 /// A header block larger than this is refused (no client sends one).
 const MAX_BLOCK: usize = 1 << 20;
+/// How long a new connection may take to show what it speaks (the whole
+/// HTTP/2 preface, or bytes that are not one: HTTP/1.1).
+pub const FIRST_BYTES: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -68,6 +80,11 @@ pub struct FixAuthority<S> {
     taken: usize,
     block: Option<Block>,
     decoder: hpack::Decoder<'static>,
+    /// Payload bytes of a non-header frame still to forward as they come.
+    passing: usize,
+    /// Until when the connection may stay undecided (armed at the first
+    /// read, inside the runtime).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> FixAuthority<S> {
@@ -81,6 +98,8 @@ impl<S> FixAuthority<S> {
             taken: 0,
             block: None,
             decoder: hpack::Decoder::new(),
+            passing: 0,
+            deadline: None,
         }
     }
 
@@ -109,6 +128,14 @@ impl<S> FixAuthority<S> {
                     self.output.extend(self.input.drain(..PREFACE.len()));
                     self.mode = Mode::Deciding;
                 }
+                Mode::Deciding | Mode::Rewrite if self.passing > 0 => {
+                    if self.input.is_empty() {
+                        return Ok(());
+                    }
+                    let n = self.passing.min(self.input.len());
+                    self.output.extend(self.input.drain(..n));
+                    self.passing -= n;
+                }
                 Mode::Deciding | Mode::Rewrite => {
                     if !self.frame()? {
                         return Ok(());
@@ -124,10 +151,22 @@ impl<S> FixAuthority<S> {
             return Ok(false);
         }
         let len = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]) as usize;
+        let kind = self.input[3];
+        if kind != HEADERS && kind != CONTINUATION && self.block.is_none() {
+            // Not part of a header block: forwarded as it arrives (a DATA
+            // frame may declare up to 16 MiB; none is collected here).
+            self.output.extend(self.input.drain(..FRAME_HEADER));
+            self.passing = len;
+            return Ok(true);
+        }
+        if len > MAX_FRAME {
+            // Larger than the server's SETTINGS_MAX_FRAME_SIZE: the server
+            // would refuse it too; never buffer it.
+            return Err(bad("header frame larger than the 16 KiB frame size"));
+        }
         if self.input.len() < FRAME_HEADER + len {
             return Ok(false);
         }
-        let kind = self.input[3];
         let flags = self.input[4];
         let stream =
             u32::from_be_bytes([self.input[5], self.input[6], self.input[7], self.input[8]])
@@ -194,6 +233,9 @@ impl<S> FixAuthority<S> {
 
     /// A whole header block: decide, forward, or rewrite.
     fn finish(&mut self, block: Block) -> io::Result<()> {
+        if hpack_checked(&block.fragment).is_none() {
+            return Err(bad("malformed or oversized HPACK"));
+        }
         let headers = self
             .decoder
             .decode(&block.fragment)
@@ -247,6 +289,70 @@ impl<S> FixAuthority<S> {
         self.output.extend_from_slice(&stream.to_be_bytes());
         self.output.extend_from_slice(payload);
     }
+}
+
+/// The dynamic table size a client may ask for: the HTTP/2 default of
+/// SETTINGS_HEADER_TABLE_SIZE, which the server keeps.
+const MAX_TABLE_SIZE: usize = 4096;
+
+/// Walks an HPACK block's structure without decoding it: every integer
+/// complete and at most 5 octets, every string inside the block, every
+/// dynamic table size update at most [`MAX_TABLE_SIZE`]. The `hpack` crate
+/// panics on a truncated size update (a remote crash: found by the flood
+/// test) and takes any size (a table of up to 256 MiB per connection), so
+/// it only sees blocks that pass this.
+fn hpack_checked(block: &[u8]) -> Option<()> {
+    /// An HPACK integer with a `prefix`-bit prefix at `at`: (value, next).
+    fn int(buf: &[u8], at: usize, prefix: u32) -> Option<(usize, usize)> {
+        let mask = (1usize << prefix) - 1;
+        let mut value = usize::from(*buf.get(at)?) & mask;
+        let mut next = at + 1;
+        if value < mask {
+            return Some((value, next));
+        }
+        let mut shift = 0;
+        loop {
+            let b = *buf.get(next)?;
+            next += 1;
+            value += usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                return Some((value, next));
+            }
+            if next - at >= 5 {
+                return None;
+            }
+        }
+    }
+    fn string(buf: &[u8], at: usize) -> Option<usize> {
+        let (len, next) = int(buf, at, 7)?;
+        let end = next.checked_add(len)?;
+        (end <= buf.len()).then_some(end)
+    }
+    fn literal(buf: &[u8], at: usize, prefix: u32) -> Option<usize> {
+        let (index, mut next) = int(buf, at, prefix)?;
+        if index == 0 {
+            next = string(buf, next)?;
+        }
+        string(buf, next)
+    }
+    let mut at = 0;
+    while let Some(&b) = block.get(at) {
+        at = if b & 0x80 != 0 {
+            int(block, at, 7)?.1
+        } else if b & 0x40 != 0 {
+            literal(block, at, 6)?
+        } else if b & 0x20 != 0 {
+            let (size, next) = int(block, at, 5)?;
+            if size > MAX_TABLE_SIZE {
+                return None;
+            }
+            next
+        } else {
+            literal(block, at, 4)?
+        };
+    }
+    Some(())
 }
 
 /// The authority without a scheme, if it has one.
@@ -306,6 +412,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
             if me.mode == Mode::Pass && me.input.is_empty() {
                 // The fast path: straight through.
                 return Pin::new(&mut me.inner).poll_read(cx, buf);
+            }
+            if me.mode != Mode::Preface {
+                me.deadline = None;
+            } else {
+                let deadline = me
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(FIRST_BYTES)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within 10 s of connecting",
+                    )));
+                }
             }
             let mut chunk = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut chunk);
@@ -489,5 +608,106 @@ mod tests {
         input.extend(frame(CONTINUATION, END_HEADERS, 1, c));
         let seen = server_sees(&through(&input));
         assert_eq!(authorities(&seen), vec!["10.0.0.1:2379"]);
+    }
+
+    /// A DATA frame that declares 16 MiB is forwarded as its bytes come,
+    /// never collected (the wrapper holds nothing back); a HEADERS frame
+    /// over the 16 KiB frame size is refused before its bytes arrive.
+    #[test]
+    fn big_frames_are_streamed_or_refused_never_buffered() {
+        let mut enc = hpack::Encoder::new();
+        let mut f = FixAuthority::new(());
+        f.input.extend_from_slice(PREFACE);
+        f.input.extend(frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &block(&mut enc, "http://h:1"),
+        ));
+        f.process().unwrap();
+        assert_eq!(f.mode, Mode::Rewrite);
+        let mut data = frame(0x0, 0, 1, &[]);
+        data[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
+        f.input.extend_from_slice(&data);
+        f.input.extend_from_slice(&[7u8; 1000]);
+        f.process().unwrap();
+        assert!(f.input.is_empty(), "{} bytes held back", f.input.len());
+        assert_eq!(f.passing, (1 << 24) - 1 - 1000);
+
+        let mut f = FixAuthority::new(());
+        f.input.extend_from_slice(PREFACE);
+        let mut big = frame(HEADERS, 0, 1, &[]);
+        big[..3].copy_from_slice(&[0x01, 0x00, 0x00]); // 64 KiB declared
+        f.input.extend_from_slice(&big);
+        assert!(f.process().is_err());
+    }
+
+    /// A truncated size update (the `hpack` crate unwraps its integer and
+    /// panicked) and one asking for a 256 MiB table: refused.
+    #[test]
+    fn bad_size_updates_are_refused_before_hpack_sees_them() {
+        for bad_block in [&[0x3f][..], &[0x3f, 0xe1, 0xff, 0xff, 0x7f]] {
+            let mut f = FixAuthority::new(());
+            f.input.extend_from_slice(PREFACE);
+            f.input
+                .extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, bad_block));
+            assert!(f.process().is_err(), "{bad_block:?}");
+        }
+        assert_eq!(hpack_checked(&[0x3f, 0xe1, 0x1f]), Some(()), "4096 is fine");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any bytes as a header block (the server's decoder sees what the
+        /// wrapper passes on, so the wrapper must not panic on it first).
+        #[test]
+        fn hostile_header_blocks_never_panic(
+            // Bytes biased to HPACK's size-update prefix (001xxxxx), which
+            // the hpack crate mishandled.
+            junk in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(),
+                    0x20u8..0x40,
+                    proptest::strategy::Just(0x3fu8),
+                ],
+                0..64,
+            ),
+            flags in proptest::prelude::any::<u8>(),
+        ) {
+            let mut f = FixAuthority::new(());
+            f.input.extend_from_slice(PREFACE);
+            f.input.extend(frame(HEADERS, flags | END_HEADERS, 1, &junk));
+            let _ = f.process();
+            let mut enc = hpack::Encoder::new();
+            let mut f = FixAuthority::new(());
+            f.input.extend_from_slice(PREFACE);
+            f.input.extend(frame(HEADERS, END_HEADERS, 1, &block(&mut enc, "http://a:1")));
+            f.input.extend(frame(HEADERS, flags | END_HEADERS, 3, &junk));
+            let _ = f.process();
+        }
+
+        /// Any bytes after the preface, cut anywhere: no panic, and never
+        /// more than a frame and a header block held back.
+        #[test]
+        fn hostile_bytes_never_panic_or_pile_up(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            cut in 1usize..64,
+        ) {
+            let mut f = FixAuthority::new(());
+            let mut input = PREFACE.to_vec();
+            input.extend_from_slice(&body);
+            for piece in input.chunks(cut) {
+                f.input.extend_from_slice(piece);
+                if f.process().is_err() {
+                    break;
+                }
+                f.output.clear();
+                proptest::prop_assert!(f.input.len() <= FRAME_HEADER + MAX_FRAME);
+                proptest::prop_assert!(
+                    f.block.as_ref().map_or(0, |b| b.raw.len()) <= MAX_BLOCK + MAX_FRAME + 64
+                );
+            }
+        }
     }
 }

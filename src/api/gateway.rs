@@ -364,3 +364,50 @@ pub fn router(backend: Backend) -> Router {
         .route("/v3/auth/role/revoke", post(role_revoke_permission))
         .with_state(services)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{
+        LeaseKeepAliveRequest, PutRequest, RangeRequest, TxnRequest, WatchRequest,
+    };
+
+    /// Every decoder the gateway runs on a body.
+    fn parse_every_way(body: &[u8]) {
+        let _ = parse::<RangeRequest>(body);
+        let _ = parse::<PutRequest>(body);
+        let _ = parse::<TxnRequest>(body);
+        let _ = parse_many::<WatchRequest>(body);
+        let _ = parse_many::<LeaseKeepAliveRequest>(body);
+    }
+
+    /// Deep nesting is refused by the JSON parser's depth limit, not a
+    /// stack overflow.
+    #[test]
+    fn deeply_nested_json_is_refused() {
+        let deep = format!(r#"{{"success":[{}]}}"#, "[".repeat(100_000));
+        assert!(parse::<TxnRequest>(deep.as_bytes()).is_err());
+        parse_every_way(deep.as_bytes());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Bytes, JSON-looking text and real requests with a field's value
+        /// replaced: InvalidArgument or a request, never a panic.
+        #[test]
+        fn hostile_json_bodies_never_panic(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            text in r#"[{}\[\]":,0-9a-z_\-+.eE\\ ]{0,256}"#,
+            field in "(key|range_end|value|lease|limit|revision|compare|success|failure|request_put|create_request|watch_id|ID|sort_order|target|result)",
+            value in r#"(-?[0-9]{1,30}|"[A-Za-z0-9+/=]{0,64}"|null|true|\[\]|\{\}|1e999|"\\u0000")"#,
+        ) {
+            parse_every_way(&raw);
+            parse_every_way(text.as_bytes());
+            let one = format!(r#"{{"key":"Zm9v","{field}":{value}}}"#);
+            parse_every_way(one.as_bytes());
+            let nested = format!(r#"{{"success":[{{"{field}":{value}}}],"compare":[{{"{field}":{value}}}]}}"#);
+            parse_every_way(nested.as_bytes());
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod authority;
 pub mod cluster;
 pub mod concurrency;
 pub mod corruption;
+pub mod disk;
 pub mod gateway;
 mod grpc_metrics;
 pub mod health;
@@ -258,10 +259,12 @@ impl Backend {
         self.proposer.write_as(caller, request).await
     }
 
-    /// etcd's quota check before proposing: a write that may grow the store
-    /// past `--quota-backend-bytes` raises this member's NOSPACE alarm
-    /// (through Raft, so every member refuses such writes until it is
-    /// disarmed) and fails.
+    /// etcd's quota check before proposing: while any NOSPACE alarm is
+    /// raised (by the quota or a member's disk check) a write that may grow
+    /// the store is refused here, without a trip through Raft; a write that
+    /// may grow the store past `--quota-backend-bytes` raises this member's
+    /// NOSPACE alarm (through Raft, so every member refuses such writes
+    /// until it is disarmed) and fails.
     fn check_quota(&self, request: &internal_request::Request) -> Result<(), ApiError> {
         use internal_request::Request as R;
         let cost = match request {
@@ -270,6 +273,17 @@ impl Backend {
             R::LeaseGrant(_) => 64,
             _ => return Ok(()),
         } as u64;
+        let nospace = crate::proto::etcdserverpb::AlarmType::Nospace as i32;
+        if self
+            .core
+            .status
+            .alarms
+            .read()
+            .iter()
+            .any(|&(_, a)| a == nospace)
+        {
+            return Err(ApiError::NoSpace);
+        }
         let size = self
             .core
             .status
@@ -278,29 +292,39 @@ impl Backend {
         if size + cost <= self.quota {
             return Ok(());
         }
-        let nospace = crate::proto::etcdserverpb::AlarmType::Nospace as i32;
-        let me = self.core.status.member_id;
-        if !self.core.status.alarms.read().contains(&(me, nospace)) {
-            let raise =
-                internal_request::Request::Alarm(crate::proto::etcdserverpb::AlarmRequest {
-                    action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
-                    member_id: me,
-                    alarm: nospace,
-                });
-            let proposer = self.proposer.clone();
+        if !self.nospace_raised_by_me() {
             tracing::warn!(
-                member = format!("{me:x}"),
+                member = format!("{:x}", self.core.status.member_id),
                 size,
                 quota = self.quota,
                 "store over its quota: raising NOSPACE"
             );
-            tokio::spawn(async move {
-                if let Err(e) = proposer.write(raise).await {
-                    tracing::warn!(error = %e, "NOSPACE alarm not raised yet");
-                }
-            });
+            self.raise_nospace();
         }
         Err(ApiError::NoSpace)
+    }
+
+    /// Whether this member's NOSPACE alarm is raised (as last applied).
+    pub fn nospace_raised_by_me(&self) -> bool {
+        let nospace = crate::proto::etcdserverpb::AlarmType::Nospace as i32;
+        let me = self.core.status.member_id;
+        self.core.status.alarms.read().contains(&(me, nospace))
+    }
+
+    /// Proposes this member's NOSPACE alarm in the background (a failure
+    /// is logged; the next refused write or disk check tries again).
+    pub fn raise_nospace(&self) {
+        let raise = internal_request::Request::Alarm(crate::proto::etcdserverpb::AlarmRequest {
+            action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.core.status.member_id,
+            alarm: crate::proto::etcdserverpb::AlarmType::Nospace as i32,
+        });
+        let proposer = self.proposer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = proposer.write(raise).await {
+                tracing::warn!(error = %e, "NOSPACE alarm not raised yet");
+            }
+        });
     }
 
     /// Proposes a membership change and waits until it is applied here;
@@ -534,6 +558,13 @@ pub async fn serve(
         peer::serve(peer_backend, peers, peer_tls, incoming, max_peer_message).await
     });
     tokio::spawn(publish(backend.clone()));
+    if cfg.disk_reserve_bytes > 0 {
+        tokio::spawn(disk::run(
+            backend.clone(),
+            cfg.data_dir.clone(),
+            cfg.disk_reserve_bytes,
+        ));
+    }
     if cfg.corrupt_check_ms > 0 {
         tokio::spawn(corruption::run(
             backend.clone(),

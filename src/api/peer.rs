@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use protobuf::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Backend;
@@ -92,7 +91,7 @@ fn decode_batch(
 ) -> Vec<raft::eraftpb::Message> {
     let mut msgs = Vec::with_capacity(batch.messages.len());
     for bytes in &batch.messages {
-        match raft::eraftpb::Message::parse_from_bytes(bytes) {
+        match crate::storage::raft_log::parse_bounded::<raft::eraftpb::Message>(bytes) {
             Ok(m) if m.to == me => msgs.push(m),
             Ok(m) => {
                 misaddressed.inc();
@@ -280,8 +279,9 @@ impl Peer for PeerService {
         if self.backend.status().is_removed(first.from) {
             return Err(PeerError::Removed.into());
         }
-        let mut msg = raft::eraftpb::Message::parse_from_bytes(&first.message)
-            .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;
+        let mut msg =
+            crate::storage::raft_log::parse_bounded::<raft::eraftpb::Message>(&first.message)
+                .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;
         let index = msg.get_snapshot().get_metadata().index;
         let n = self.received.fetch_add(1, Ordering::Relaxed);
         let path = self
@@ -423,6 +423,8 @@ async fn receive(
 
 #[cfg(test)]
 mod tests {
+    use protobuf::Message as _;
+
     use super::*;
 
     fn encoded(from: u64, to: u64) -> Vec<u8> {
@@ -459,5 +461,46 @@ mod tests {
         assert!(cap >= (8 << 20));
         assert!(cap > crate::actors::peer::SNAPSHOT_CHUNK);
         assert!(cap <= (16 << 20));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Peer-port bytes of any shape (a batch, a snapshot chunk, the Raft
+        /// messages inside, some of them real messages with bytes changed):
+        /// decoded or refused, never a panic, never a large allocation the
+        /// bytes do not back.
+        #[test]
+        fn hostile_peer_messages_never_panic_or_overallocate(
+            wire in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+            inner in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+                0..8,
+            ),
+            poke in (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()),
+        ) {
+            use crate::storage::alloc_probe::{bound, largest_allocation};
+            use prost::Message as _;
+            let mut real = encoded(2, 1);
+            let n = real.len();
+            real[poke.0 % n] = poke.1;
+            let mut messages = inner;
+            messages.push(real);
+            let input: usize = wire.len() + messages.iter().map(Vec::len).sum::<usize>();
+            let counter = prometheus_client::metrics::counter::Counter::default();
+            let (_, largest) = largest_allocation(|| {
+                let _ = RaftBatch::decode(wire.as_slice());
+                let _ = SnapshotChunk::decode(wire.as_slice());
+                let _ = crate::storage::raft_log::parse_bounded::<raft::eraftpb::Message>(&wire);
+                let batch = RaftBatch {
+                    cluster_id: 1,
+                    from: 2,
+                    to: 1,
+                    messages,
+                };
+                decode_batch(&batch, 1, &counter)
+            });
+            proptest::prop_assert!(largest <= bound(input), "{largest} for {input} bytes");
+        }
     }
 }

@@ -19,7 +19,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use prost::Message as _;
-use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType};
 
 use crate::error::ApiError;
@@ -630,7 +629,7 @@ impl StateMachine {
     /// changes may both have passed the proposer's check), then applied to
     /// the registry and the conf state; Raft applies it after.
     fn apply_conf_change(&mut self, index: u64, data: &[u8]) -> Option<Applied> {
-        let cc = match ConfChangeV2::parse_from_bytes(data) {
+        let cc = match crate::storage::raft_log::parse_bounded::<ConfChangeV2>(data) {
             Ok(cc) => cc,
             Err(e) => {
                 tracing::error!(index, error = %e, "undecodable conf change skipped");

@@ -34,6 +34,27 @@ pub fn sync(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Bytes an unprivileged process may still write on the filesystem that
+/// holds `path` (statvfs: available blocks times the fragment size).
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is NUL-terminated and outlives the call; `st` is a
+    // writable statvfs that the call fills when it returns 0.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct (zeroed anyway).
+    let st = unsafe { st.assume_init() };
+    // fsblkcnt_t and c_ulong are u64 here but not on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let (blocks, size) = (st.f_bavail as u64, st.f_frsize as u64);
+    Ok(blocks.saturating_mul(size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +69,12 @@ mod tests {
         let file = tmp.path().join("f");
         fs::write(&file, b"x").expect("write");
         assert!(create_all(&file).is_err(), "a file is not a directory");
+    }
+
+    #[test]
+    fn free_space_is_reported_and_a_missing_path_is_an_error() {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        assert!(free_space(tmp.path()).expect("statvfs") > 0);
+        assert!(free_space(&tmp.path().join("missing")).is_err());
     }
 }

@@ -8,7 +8,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use protobuf::Message as _;
 use raft::eraftpb::{HardState, SnapshotMetadata};
 use serde::Deserialize;
 
@@ -324,7 +323,7 @@ fn open_memory(data_dir: &Path, wal_options: WalOptions) -> Result<Opened, Stora
     let marker = records
         .iter()
         .find(|r| r.kind == record::SNAPSHOT)
-        .map(|r| SnapshotMetadata::parse_from_bytes(&r.payload))
+        .map(|r| crate::storage::raft_log::parse_bounded::<SnapshotMetadata>(&r.payload))
         .transpose()
         .map_err(|e| StorageError::Decode(format!("snapshot marker: {e}")))?;
     let (point, store) = match snap {

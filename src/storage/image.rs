@@ -268,8 +268,8 @@ impl<R: Read> ImageReader<R> {
             return Err(bad("conf state too large"));
         }
         let cs = r.bytes(len as usize)?;
-        let conf_state =
-            ConfState::parse_from_bytes(&cs).map_err(|e| bad(format!("conf state: {e}")))?;
+        let conf_state = crate::storage::raft_log::parse_bounded::<ConfState>(&cs)
+            .map_err(|e| bad(format!("conf state: {e}")))?;
         let len = u32::from_le_bytes(r.array()?);
         if len > MAX_RECORD {
             return Err(bad("membership too large"));
@@ -321,9 +321,19 @@ impl<R: Read> ImageReader<R> {
         Ok(b)
     }
 
+    /// `n` bytes, in a buffer that grows with the bytes actually read: a
+    /// damaged or hostile length (up to 64 MiB) costs no memory the input
+    /// does not back.
     fn bytes(&mut self, n: usize) -> Result<Vec<u8>, StorageError> {
-        let mut b = vec![0u8; n];
-        self.fill(&mut b)?;
+        let mut b = Vec::with_capacity(n.min(64 << 10));
+        (&mut self.input)
+            .take(n as u64)
+            .read_to_end(&mut b)
+            .map_err(|e| bad(format!("truncated: {e}")))?;
+        if b.len() != n {
+            return Err(bad(format!("truncated: {} of {n} bytes", b.len())));
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &b);
         Ok(b)
     }
 
@@ -715,5 +725,79 @@ mod tests {
         let at = huge.len() - 16;
         huge.splice(at..at, 0x7fff_fff0u32.to_le_bytes());
         assert!(read_into_store(huge.as_slice(), true).is_err());
+    }
+
+    /// A valid image of a few records: the seed the hostile inputs grow from.
+    fn seed_image() -> Vec<u8> {
+        write_memory_image(
+            &sample(),
+            &AppliedPoint::default().header(3, -1),
+            Vec::new(),
+        )
+        .unwrap()
+    }
+
+    /// Reads `bytes` every way the member does (restore, a received
+    /// snapshot's check, HashKV of an image): the largest allocation made.
+    fn read_every_way(bytes: &[u8]) -> usize {
+        let (_, largest) = crate::storage::alloc_probe::largest_allocation(|| {
+            let _ = read_into_store(bytes, true);
+            let _ = hash_image(bytes, 0);
+            if let Ok((_, mut r)) = ImageReader::new(bytes) {
+                while let Ok(Some(_)) = r.next_raw() {}
+            }
+        });
+        largest
+    }
+
+    /// A header whose first length field claims 60 MiB, with 10 bytes
+    /// behind it: refused without allocating the claimed size (it did).
+    #[test]
+    fn a_claimed_length_is_not_allocated_before_its_bytes() {
+        let image = seed_image();
+        // magic, index, term, current and compact revision: 40 bytes.
+        let mut bytes = image[..40].to_vec();
+        bytes.extend_from_slice(&(60u32 << 20).to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 10]);
+        assert!(read_into_store(bytes.as_slice(), true).is_err());
+        let largest = read_every_way(&bytes);
+        assert!(
+            largest < 1 << 20,
+            "allocated {largest} bytes for a 54-byte input"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// A prefix of a valid image, then anything, or a valid image with
+        /// a few bytes changed: an error or a store, never a panic, and no
+        /// allocation the input does not back.
+        #[test]
+        fn hostile_images_never_panic_or_overallocate(
+            keep in 0usize..400,
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            pokes in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()),
+                0..6,
+            ),
+        ) {
+            let image = seed_image();
+            let mut bytes = image[..keep.min(image.len())].to_vec();
+            bytes.extend_from_slice(&tail);
+            let mut poked = image.clone();
+            for (at, b) in pokes {
+                let n = poked.len();
+                poked[at % n] = b;
+            }
+            for input in [bytes, poked] {
+                let largest = read_every_way(&input);
+                proptest::prop_assert!(
+                    largest <= crate::storage::alloc_probe::bound(input.len()),
+                    "{largest} bytes allocated for {} bytes of input",
+                    input.len()
+                );
+            }
+        }
     }
 }

@@ -20,6 +20,8 @@
 //!
 //! Knows nothing of actors, Raft's driver, or gRPC: imports only `proto`.
 
+#[cfg(test)]
+pub(crate) mod alloc_probe;
 pub mod bbolt;
 #[cfg(test)]
 pub mod conformance;

@@ -72,11 +72,11 @@ impl RaftLog {
                     }
                 }
                 record::HARD_STATE => {
-                    log.hard_state = HardState::parse_from_bytes(&rec.payload)
+                    log.hard_state = parse_bounded::<HardState>(&rec.payload)
                         .map_err(|e| StorageError::Decode(format!("hard state: {e}")))?;
                 }
                 record::SNAPSHOT => {
-                    let meta = SnapshotMetadata::parse_from_bytes(&rec.payload)
+                    let meta = parse_bounded::<SnapshotMetadata>(&rec.payload)
                         .map_err(|e| StorageError::Decode(format!("snapshot marker: {e}")))?;
                     if meta.index > log.snapshot.index {
                         // The state machine must hold at least what the log
@@ -255,12 +255,28 @@ pub fn decode_entries(mut buf: &[u8]) -> Result<Vec<Entry>, StorageError> {
         if buf.len() < len {
             return Err(StorageError::Decode("truncated entry".into()));
         }
-        let e = Entry::parse_from_bytes(&buf[..len])
+        let e = parse_bounded::<Entry>(&buf[..len])
             .map_err(|e| StorageError::Decode(format!("entry: {e}")))?;
         out.push(e);
         buf = &buf[len..];
     }
     Ok(out)
+}
+
+/// Decodes a Raft protobuf message from untrusted bytes. Read from a plain
+/// slice, the protobuf library allocates a buffer of a bytes field's
+/// declared length (up to 10 MB) before it finds the input shorter (a
+/// 141-byte peer message made it allocate 10 MB, a 10-byte one 1 MB).
+/// Here the input is one shared buffer (one copy) that fields are sliced
+/// from, checked against its end first, and its length is the limit for
+/// the fields that are copied.
+pub fn parse_bounded<M: protobuf::Message>(bytes: &[u8]) -> protobuf::ProtobufResult<M> {
+    let bytes = bytes::Bytes::copy_from_slice(bytes);
+    let mut is = protobuf::CodedInputStream::from_carllerche_bytes(&bytes);
+    is.push_limit(bytes.len() as u64)?;
+    let m = M::parse_from(&mut is)?;
+    is.check_eof()?;
+    Ok(m)
 }
 
 /// Protobuf bytes of a message (hard state, snapshot metadata).

@@ -428,6 +428,26 @@ impl Server {
         }
     }
 
+    /// Waits up to `within` for the process to exit on its own; its exit
+    /// status, or None if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The process id, if running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -126,6 +126,28 @@ impl LossyDisk {
     }
 }
 
+impl LossyDisk {
+    /// Sets the capacity: `full BYTES`, `full +BYTES` (room for BYTES more
+    /// than in use now) or `full off`. Returns the bytes in use.
+    pub fn full(&mut self, arg: &str) -> u64 {
+        let answer = self.command(&format!("full {arg}"));
+        answer
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("used="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("lossyfs answered {answer:?}"))
+    }
+
+    /// Arms EIO: `fsync`, `fsync once`, `write`, `write once`, or `off`.
+    pub fn eio(&mut self, arg: &str) {
+        let answer = self.command(&format!("eio {arg}"));
+        assert!(
+            answer.starts_with("eio fsync="),
+            "lossyfs answered {answer:?}"
+        );
+    }
+}
+
 impl Drop for LossyDisk {
     fn drop(&mut self) {
         // End of input: lossyfs unmounts and exits.
@@ -361,4 +383,84 @@ fn a_torn_cut_keeps_some_unsynced_blocks() {
         }
     }
     assert!(kept > 0 && lost > 0, "kept {kept}, lost {lost}");
+}
+
+/// A full disk refuses whatever grows its contents with ENOSPC (writes,
+/// truncate up), keeps what fitted, reports the room left to statvfs
+/// (what MetaStore's disk check reads), and takes writes again once a
+/// file is removed or the limit is lifted.
+#[test]
+fn a_full_disk_refuses_growth_with_enospc_until_space_returns() {
+    let mut disk = LossyDisk::mount();
+    let a = disk.path().join("a");
+    fs::write(&a, vec![7u8; 8192]).unwrap();
+    let used = disk.full("+16384");
+    assert_eq!(used, 8192);
+    let free = metastore::storage::dirs::free_space(disk.path()).unwrap();
+    assert_eq!(free, 16384, "statvfs reports the room left");
+    let b = disk.path().join("b");
+    let mut f = File::create(&b).unwrap();
+    f.write_all(&[1u8; 16384]).unwrap();
+    let err = f.write_all(&[1u8]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let err = f.set_len(16385).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // An overwrite in place needs no room.
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(&[2u8; 4096]).unwrap();
+    assert_eq!(
+        metastore::storage::dirs::free_space(disk.path()).unwrap(),
+        0
+    );
+    drop(f);
+    assert_eq!(read(&b).unwrap().len(), 16384, "what fitted is kept");
+    // Removing a file frees its space.
+    fs::remove_file(&a).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&b)
+        .unwrap()
+        .write_all(&[3u8; 8192])
+        .unwrap();
+    assert_eq!(disk.full("off"), 16384 + 8192);
+    fs::write(disk.path().join("c"), vec![0u8; 100_000]).unwrap();
+}
+
+/// EIO on fsync: the call fails and makes nothing durable (a cut loses the
+/// data), once or until disarmed; EIO on write fails the write.
+#[test]
+fn eio_fails_fsync_and_write_and_keeps_nothing_durable() {
+    let mut disk = LossyDisk::mount();
+    let p = disk.path().join("f");
+    let mut f = File::create(&p).unwrap();
+    fsync_dir(disk.path());
+    f.write_all(b"acked? no").unwrap();
+    disk.eio("fsync once");
+    let err = f.sync_all().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(f);
+    disk.cut();
+    assert_eq!(
+        read(&p).unwrap(),
+        b"",
+        "a failed fsync made nothing durable"
+    );
+    // `once`: the next fsync works.
+    let mut f = OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all(b"synced").unwrap();
+    f.sync_all().unwrap();
+    disk.eio("fsync");
+    for _ in 0..2 {
+        let err = f.sync_data().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    }
+    disk.eio("write");
+    let err = f.write_all(b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    disk.eio("off");
+    f.write_all(b" again").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    disk.cut();
+    assert_eq!(read(&p).unwrap(), b"synced again");
 }

@@ -43,12 +43,14 @@ pub(crate) mod cluster;
 mod cluster_diff;
 mod concurrency;
 mod diff;
+mod diskfaults;
 mod durability;
 mod errors;
 pub(crate) mod etcdctl;
 // Built with `--features failpoints` (scripts/test.sh does).
 #[cfg(feature = "failpoints")]
 mod failpoints;
+mod flood;
 mod gateway;
 mod harness;
 mod history;

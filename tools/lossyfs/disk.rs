@@ -18,6 +18,13 @@
 //! contents and length, every directory to its last synced entries, and
 //! whatever is no longer reachable from the root is gone.
 //!
+//! Failures on command ([`Faults`]): a capacity past which a write, a
+//! truncate up or an allocating fallocate that grows the contents fails
+//! with ENOSPC (all or nothing: no short writes), and EIO from fsync or
+//! write, once or until disarmed. A failed fsync makes nothing durable.
+//! Space in use is the length of every file that still has a name
+//! (an unlinked file is freed at once, even if still open).
+//!
 //! Contents live in 4 KiB blocks shared (reference-counted) between `cur`
 //! and `dur`: an fsync copies a list of block pointers, a write copies only
 //! the blocks it touches that the durable side still shares.
@@ -218,6 +225,43 @@ pub struct Stats {
     pub cuts: u64,
 }
 
+/// Whether an injected I/O error is armed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Eio {
+    /// No error.
+    #[default]
+    Off,
+    /// The next call fails, later ones succeed.
+    Once,
+    /// Every call fails until disarmed.
+    Always,
+}
+
+impl Eio {
+    /// Whether this call fails (disarming a one-shot error).
+    fn trip(&mut self) -> bool {
+        match *self {
+            Eio::Off => false,
+            Eio::Once => {
+                *self = Eio::Off;
+                true
+            }
+            Eio::Always => true,
+        }
+    }
+}
+
+/// Failures the disk injects.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Bytes of contents the disk holds at most (`None`: no limit here).
+    pub capacity: Option<u64>,
+    /// fsync of files and directories fails with EIO.
+    pub fsync: Eio,
+    /// write fails with EIO.
+    pub write: Eio,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Handle {
     /// Opened with O_SYNC or O_DSYNC: every write is synced.
@@ -233,6 +277,8 @@ pub struct Disk {
     next_fh: u64,
     /// Counters.
     pub stats: Stats,
+    /// Injected failures.
+    pub faults: Faults,
 }
 
 impl Default for Disk {
@@ -252,6 +298,7 @@ impl Disk {
             handles: HashMap::new(),
             next_fh: 1,
             stats: Stats::default(),
+            faults: Faults::default(),
         }
     }
 
@@ -433,6 +480,8 @@ impl Disk {
         } = change;
         let now = SystemTime::now();
         if let Some(size) = size {
+            let old = self.file_mut(ino)?.data.len();
+            self.reserve(size.saturating_sub(old))?;
             let node = self.file_mut(ino)?;
             node.data.set_len(size);
             node.attr.mtime = now;
@@ -492,6 +541,11 @@ impl Disk {
         flags: i32,
     ) -> Result<usize, Errno> {
         let sync = flags & libc::O_DSYNC != 0 || self.handles.get(&fh).is_some_and(|h| h.sync);
+        if self.faults.write.trip() {
+            return Err(libc::EIO);
+        }
+        let old = self.file_mut(ino)?.data.len();
+        self.reserve((off + data.len() as u64).saturating_sub(old))?;
         let now = SystemTime::now();
         let node = self.file_mut(ino)?;
         node.data.write(off, data);
@@ -508,8 +562,12 @@ impl Disk {
     /// (nothing to do here), PUNCH_HOLE and ZERO_RANGE.
     pub fn fallocate(&mut self, ino: u64, off: u64, len: u64, mode: i32) -> Result<(), Errno> {
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        let node = self.file_mut(ino)?;
         let end = off.saturating_add(len);
+        if !keep {
+            let old = self.file_mut(ino)?.data.len();
+            self.reserve(end.saturating_sub(old))?;
+        }
+        let node = self.file_mut(ino)?;
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
             0 => {}
             libc::FALLOC_FL_PUNCH_HOLE if keep => node.data.zero(off, len),
@@ -524,6 +582,10 @@ impl Disk {
 
     /// fsync/fdatasync of a file, or fsync of a directory.
     pub fn fsync(&mut self, ino: u64) -> Result<(), Errno> {
+        self.node(ino)?;
+        if self.faults.fsync.trip() {
+            return Err(libc::EIO);
+        }
         let node = self.node_mut(ino)?;
         match node.attr.kind {
             Kind::File => {
@@ -548,9 +610,22 @@ impl Disk {
             .collect())
     }
 
-    /// Space in use (bytes of file contents, as they are now).
+    /// Space in use (bytes of contents of the files that have a name, as
+    /// they are now).
     pub fn used(&self) -> u64 {
-        self.nodes.values().map(|n| n.data.len()).sum()
+        self.nodes
+            .values()
+            .filter(|n| n.attr.nlink > 0)
+            .map(|n| n.data.len())
+            .sum()
+    }
+
+    /// Refuses `more` bytes of contents past the capacity (ENOSPC).
+    fn reserve(&self, more: u64) -> Result<(), Errno> {
+        match self.faults.capacity {
+            Some(cap) if more > 0 && self.used().saturating_add(more) > cap => Err(libc::ENOSPC),
+            _ => Ok(()),
+        }
     }
 
     /// The power cut: everything not made durable is gone. Open handles die

@@ -379,12 +379,14 @@ impl Filesystem for LossyFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // A 64 GiB disk; RocksDB only checks there is room.
-        let total = (64u64 << 30) / BLOCK;
-        let used = self
-            .with(|d| Ok(d.used().div_ceil(BLOCK)))
-            .unwrap_or(0)
-            .min(total);
+        // A 64 GiB disk unless `full` set a capacity; RocksDB only checks
+        // there is room, MetaStore's disk check compares the free space with
+        // its reserve.
+        let (capacity, used) = self
+            .with(|d| Ok((d.faults.capacity, d.used())))
+            .unwrap_or((None, 0));
+        let total = capacity.unwrap_or(64 << 30) / BLOCK;
+        let used = used.div_ceil(BLOCK).min(total);
         reply.statfs(
             total,
             total - used,

@@ -20,6 +20,15 @@
 //!   file keeps its synced or its current length: dirty pages written back
 //!   in any order before the power went. Directories as for `cut`.
 //! - `stats`: `stats writes=W file_syncs=F dir_syncs=D cuts=C`.
+//! - `full BYTES`: the disk holds BYTES of contents at most; a write,
+//!   truncate or fallocate that would grow past that fails with ENOSPC, and
+//!   statfs reports that size. `full +BYTES`: room for BYTES more than now.
+//!   `full off`: no limit. Answers `full capacity=C used=U` (or
+//!   `full off used=U`).
+//! - `eio fsync|write [once]`: every fsync (of files and directories) or
+//!   every write fails with EIO, or only the next one; nothing a failed
+//!   fsync covered becomes durable. `eio off` disarms both. Answers
+//!   `eio fsync=F write=W` (each `off`, `once` or `always`).
 //!
 //! End of input unmounts and exits. Mounting needs root (the mount
 //! syscall) or fusermount3 (Debian's `fuse3`).
@@ -109,6 +118,14 @@ fn run(mountpoint: &Path) -> io::Result<()> {
                     s.writes, s.file_syncs, s.dir_syncs, s.cuts
                 )
             }
+            "full" => match full(&mut machine.lock().disk, &words[1..]) {
+                Ok(answer) => answer,
+                Err(e) => format!("error {e}"),
+            },
+            "eio" => match eio(&mut machine.lock().disk, &words[1..]) {
+                Ok(answer) => answer,
+                Err(e) => format!("error {e}"),
+            },
             "" => continue,
             _ => format!("error unknown command {line:?}"),
         };
@@ -119,6 +136,59 @@ fn run(mountpoint: &Path) -> io::Result<()> {
         unmount(s, mountpoint);
     }
     Ok(())
+}
+
+/// The `full` command.
+fn full(disk: &mut disk::Disk, args: &[&str]) -> Result<String, String> {
+    let used = disk.used();
+    disk.faults.capacity = match args {
+        ["off"] => None,
+        [n] => {
+            let (more, digits) = match n.strip_prefix('+') {
+                Some(d) => (true, d),
+                None => (false, *n),
+            };
+            let n: u64 = digits.parse().map_err(|_| format!("bad size {n:?}"))?;
+            Some(if more { used.saturating_add(n) } else { n })
+        }
+        _ => return Err("usage: full BYTES|+BYTES|off".into()),
+    };
+    Ok(match disk.faults.capacity {
+        Some(c) => format!("full capacity={c} used={used}"),
+        None => format!("full off used={used}"),
+    })
+}
+
+/// The `eio` command.
+fn eio(disk: &mut disk::Disk, args: &[&str]) -> Result<String, String> {
+    use disk::Eio;
+    let f = &mut disk.faults;
+    match args {
+        ["off"] => (f.fsync, f.write) = (Eio::Off, Eio::Off),
+        [op, rest @ ..] => {
+            let how = match rest {
+                [] => Eio::Always,
+                ["once"] => Eio::Once,
+                _ => return Err("usage: eio fsync|write [once]".into()),
+            };
+            match *op {
+                "fsync" => f.fsync = how,
+                "write" => f.write = how,
+                _ => return Err(format!("unknown operation {op:?}")),
+            }
+        }
+        [] => return Err("usage: eio fsync|write [once] | eio off".into()),
+    }
+    let name = |e: Eio| match e {
+        Eio::Off => "off",
+        Eio::Once => "once",
+        Eio::Always => "always",
+    };
+    Ok(format!(
+        "eio fsync={} write={}",
+        name(f.fsync),
+        name(f.write)
+    ))
 }
 
 fn mount(machine: &Arc<Mutex<Machine>>, mountpoint: &Path) -> io::Result<BackgroundSession> {

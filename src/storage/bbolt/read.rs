@@ -120,12 +120,16 @@ impl<'a> Db<'a> {
         let start = (id as usize)
             .checked_mul(self.page_size)
             .ok_or_else(|| bad("page id"))?;
+        let past = || bad(format!("page {id} past the end"));
         let head = self
             .data
-            .get(start..start + PAGE_HEADER)
-            .ok_or_else(|| bad(format!("page {id} past the end")))?;
+            .get(start..start.checked_add(PAGE_HEADER).ok_or_else(past)?)
+            .ok_or_else(past)?;
         let overflow = u32_at(head, 12).unwrap_or(0) as usize;
-        let end = start + (overflow + 1) * self.page_size;
+        let end = (overflow + 1)
+            .checked_mul(self.page_size)
+            .and_then(|n| n.checked_add(start))
+            .ok_or_else(past)?;
         let bytes = self
             .data
             .get(start..end.min(self.data.len()))
@@ -134,11 +138,15 @@ impl<'a> Db<'a> {
     }
 
     /// Every (flags, key, value) of the tree at `page`, in key order.
+    /// `seen` holds the pages walked so far: a page reached twice (a damaged
+    /// or hostile file whose branches point back up or at each other) is an
+    /// error, so the walk visits each page once and ends.
     fn walk(
         &self,
         page: Page<'a>,
         out: &mut Vec<(u32, &'a [u8], &'a [u8])>,
         depth: usize,
+        seen: &mut std::collections::HashSet<u64>,
     ) -> Result<(), StorageError> {
         if depth > 64 {
             return Err(bad("tree too deep"));
@@ -147,7 +155,10 @@ impl<'a> Db<'a> {
             for i in 0..page.count {
                 let at = page.element(i)?;
                 let child = u64_at(page.bytes, at + 8).ok_or_else(|| bad("branch"))?;
-                self.walk(self.page(child)?, out, depth + 1)?;
+                if !seen.insert(child) {
+                    return Err(bad(format!("page {child} reached twice")));
+                }
+                self.walk(self.page(child)?, out, depth + 1, seen)?;
             }
         } else if page.flags & LEAF != 0 {
             for i in 0..page.count {
@@ -169,7 +180,8 @@ impl<'a> Db<'a> {
     /// The entries of top-level bucket `name` (None: no such bucket).
     pub(super) fn bucket(&self, name: &[u8]) -> Result<Option<Entries<'a>>, StorageError> {
         let mut top = Vec::new();
-        self.walk(self.page(self.root)?, &mut top, 0)?;
+        let mut seen = std::collections::HashSet::from([self.root]);
+        self.walk(self.page(self.root)?, &mut top, 0, &mut seen)?;
         let Some(&(_, _, header)) = top
             .iter()
             .find(|(f, k, _)| f & BUCKET_LEAF != 0 && *k == name)
@@ -181,9 +193,10 @@ impl<'a> Db<'a> {
         if root == 0 {
             // Inline: the bucket's one page follows its header.
             let page = Page::parse(header.get(16..).ok_or_else(|| bad("inline bucket"))?)?;
-            self.walk(page, &mut entries, 0)?;
+            self.walk(page, &mut entries, 0, &mut std::collections::HashSet::new())?;
         } else {
-            self.walk(self.page(root)?, &mut entries, 0)?;
+            let mut seen = std::collections::HashSet::from([root]);
+            self.walk(self.page(root)?, &mut entries, 0, &mut seen)?;
         }
         Ok(Some(
             entries
@@ -345,4 +358,99 @@ pub fn convert_file(path: &Path, image: &Path) -> Result<Converted, StorageError
     std::fs::rename(&partial, image)
         .map_err(|e| StorageError::io(format!("rename {}", partial.display()), e))?;
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::storage::alloc_probe::{bound, largest_allocation};
+    use crate::storage::bbolt::write::{write_bbolt, PAGE_SIZE};
+    use crate::storage::engine::AppliedPoint;
+    use crate::storage::image::write_memory_image;
+    use crate::storage::memory::mvcc::MemStore;
+
+    /// A small valid etcd data file: a few keys.
+    fn seed_file() -> Vec<u8> {
+        let mut s = MemStore::new();
+        for i in 0..40u32 {
+            let mut t = s.write();
+            t.put(format!("k{i:03}").as_bytes(), vec![b'v'; 50], 0);
+            t.end();
+        }
+        let h = AppliedPoint::default().header(s.current_revision(), s.compact_main_revision());
+        let image = write_memory_image(&s, &h, Vec::new()).unwrap();
+        let (file, _) = write_bbolt(image.as_slice(), Cursor::new(Vec::new())).unwrap();
+        file.into_inner()
+    }
+
+    /// Runs `convert` on another thread; None if it did not end in 10 s.
+    fn convert_within(data: Vec<u8>) -> Option<(bool, usize)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (ok, largest) = largest_allocation(|| convert(&data, Vec::new()).is_ok());
+            let _ = tx.send((ok, largest));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
+    }
+
+    /// Pages shared down a tree: the root and five added pages are
+    /// branches whose 255 children are all the next page, the last a leaf.
+    /// No cycle and never deeper than 7, yet a walk that revisits pages
+    /// reads 255^6 of them (it never ended); refused at the second visit.
+    #[test]
+    fn pages_reached_twice_are_refused() {
+        let mut data = seed_file();
+        let root = Db::open(&data).unwrap().root;
+        let first_added = (data.len() / PAGE_SIZE) as u64;
+        data.resize(data.len() + 6 * PAGE_SIZE, 0);
+        let mut chain = vec![root];
+        chain.extend(first_added..first_added + 6);
+        for pair in chain.windows(2) {
+            let (id, next) = (pair[0] as usize, pair[1]);
+            let page = &mut data[id * PAGE_SIZE..(id + 1) * PAGE_SIZE];
+            page[..8].copy_from_slice(&(id as u64).to_le_bytes());
+            page[8..10].copy_from_slice(&BRANCH.to_le_bytes());
+            page[10..12].copy_from_slice(&255u16.to_le_bytes());
+            page[12..16].copy_from_slice(&0u32.to_le_bytes());
+            for i in 0..255 {
+                let at = PAGE_HEADER + i * ELEMENT;
+                page[at + 8..at + 16].copy_from_slice(&next.to_le_bytes());
+            }
+        }
+        let leaf = *chain.last().unwrap() as usize * PAGE_SIZE;
+        data[leaf + 8..leaf + 10].copy_from_slice(&LEAF.to_le_bytes());
+        let (ok, _) = convert_within(data).expect("the walk never ended");
+        assert!(!ok);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// A valid file with bytes changed past its meta pages (so its
+        /// checksums still hold) or cut short: an error or an image, in
+        /// bounded time and memory, never a panic.
+        #[test]
+        fn hostile_bbolt_files_never_panic_loop_or_overallocate(
+            pokes in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()),
+                1..24,
+            ),
+            cut in proptest::prelude::any::<usize>(),
+            shorten in proptest::prelude::any::<bool>(),
+        ) {
+            let mut data = seed_file();
+            let body = data.len() - 2 * PAGE_SIZE;
+            for (at, b) in pokes {
+                data[2 * PAGE_SIZE + at % body] = b;
+            }
+            if shorten {
+                data.truncate(2 * PAGE_SIZE + cut % body);
+            }
+            let len = data.len();
+            let (_, largest) = convert_within(data).expect("convert did not end in 10 s");
+            proptest::prop_assert!(largest <= bound(len), "{largest} for {len} bytes");
+        }
+    }
 }

@@ -226,20 +226,32 @@ impl StateEngine for MemoryEngine {
         let started = std::time::Instant::now();
         let h = self.header(point);
         let thread = snapshots::create_tmp(data_dir, index).and_then(|(file, tmp)| {
-            self.start_export(h, data_dir, BufWriter::new(file))
-                .map(|t| (t, tmp))
+            match self.start_export(h, data_dir, BufWriter::new(file)) {
+                Ok(t) => Ok((t, tmp)),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(e)
+                }
+            }
         });
         let dir = data_dir.to_owned();
         Checkpoint::Write(Box::new(move || {
             let (thread, tmp): (_, PathBuf) = thread?;
-            let written = thread
-                .join()
-                .map_err(|_| StorageError::Image("the image thread panicked".into()))??;
-            let file = written
-                .into_inner()
-                .map_err(|e| StorageError::io("write the snapshot", e.into_error()))?;
-            let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let path = snapshots::commit_tmp(&dir, index, file, &tmp)?;
+            let written = (|| {
+                let written = thread
+                    .join()
+                    .map_err(|_| StorageError::Image("the image thread panicked".into()))??;
+                let file = written
+                    .into_inner()
+                    .map_err(|e| StorageError::io("write the snapshot", e.into_error()))?;
+                let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let path = snapshots::commit_tmp(&dir, index, file, &tmp)?;
+                Ok::<_, StorageError>((path, bytes))
+            })();
+            let (path, bytes) = written.inspect_err(|_| {
+                // A full disk: leave no partial file to fill it further.
+                let _ = std::fs::remove_file(&tmp);
+            })?;
             tracing::info!(
                 index,
                 bytes,

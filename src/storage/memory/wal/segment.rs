@@ -515,4 +515,53 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A segment of real Raft records with bytes changed and cut
+        /// anywhere, scanned and its records' entries decoded as recovery
+        /// does: records or an error, never a panic, and no allocation
+        /// the bytes do not back.
+        #[test]
+        fn hostile_segments_never_panic_or_overallocate(
+            pokes in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()),
+                0..8,
+            ),
+            cut in proptest::prelude::any::<usize>(),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            use crate::storage::alloc_probe::{bound, largest_allocation};
+            use crate::storage::raft_log::{decode_entries, encode_entries};
+            let entries: Vec<raft::eraftpb::Entry> = (1..4u64)
+                .map(|i| raft::eraftpb::Entry {
+                    index: i,
+                    term: 1,
+                    data: vec![i as u8; 40].into(),
+                    ..Default::default()
+                })
+                .collect();
+            let mut payload = Vec::new();
+            encode_entries(&entries, &mut payload);
+            let mut data = segment(&[(1, payload.as_slice(), 3), (2, garbage.as_slice(), 4)]);
+            let body = data.len() - MAGIC_LEN;
+            for (at, b) in pokes {
+                data[MAGIC_LEN + at % body] = b;
+            }
+            data.truncate(MAGIC_LEN + cut % (body + 1));
+            let (_, largest) = largest_allocation(|| {
+                for is_last in [true, false] {
+                    if let Ok((_, records)) = scan_vec(&data, is_last) {
+                        for r in &records {
+                            let _ = decode_entries(&r.payload);
+                        }
+                    }
+                }
+                let _ = decode_entries(&garbage);
+            });
+            let input = data.len() + garbage.len();
+            proptest::prop_assert!(largest <= bound(input), "{largest} for {input} bytes");
+        }
+    }
 }

@@ -268,10 +268,9 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     let storm = storm.map(crate::storm::Storm::finish).transpose()?;
     progress.stop();
 
-    let server_cpu1 = server_cpu();
-    let client_cpu1 = procfs::cpu_micros(self_pid);
-    let host1 = procfs::host_cpu_micros();
-    let fsync1 = fsync_totals(target);
+    // The side load finishes first (watchers wait for every event of the
+    // phase), so the CPU figures count all the work until the last event is
+    // delivered, not only until the last put.
     let seen = match side {
         Some(side) => {
             let last = current_revision(target).await?;
@@ -279,6 +278,10 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
         }
         None => Default::default(),
     };
+    let server_cpu1 = server_cpu();
+    let client_cpu1 = procfs::cpu_micros(self_pid);
+    let host1 = procfs::host_cpu_micros();
+    let fsync1 = fsync_totals(target);
     let probes = Probes {
         server_cpu_us: server_cpu0.zip(server_cpu1).map(|(a, b)| b - a),
         client_cpu_us: client_cpu0.zip(client_cpu1).map(|(a, b)| b - a),

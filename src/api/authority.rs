@@ -282,13 +282,18 @@ impl<S> FixAuthority<S> {
     }
 
     fn push_frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-        let len = payload.len() as u32;
-        self.output.extend_from_slice(&len.to_be_bytes()[1..]);
-        self.output.push(kind);
-        self.output.push(flags);
-        self.output.extend_from_slice(&stream.to_be_bytes());
-        self.output.extend_from_slice(payload);
+        write_frame(&mut self.output, kind, flags, stream, payload);
     }
+}
+
+/// Appends one HTTP/2 frame (9-byte header, then `payload`) to `out`.
+pub fn write_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// The dynamic table size a client may ask for: the HTTP/2 default of
@@ -502,11 +507,8 @@ mod tests {
     use super::*;
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        f.push(kind);
-        f.push(flags);
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
+        let mut f = Vec::new();
+        write_frame(&mut f, kind, flags, stream, payload);
         f
     }
 

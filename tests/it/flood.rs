@@ -50,11 +50,8 @@ fn raise_own_open_files_limit() -> u64 {
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.push(kind);
-    f.push(flags);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
+    let mut f = Vec::new();
+    metastore::api::authority::write_frame(&mut f, kind, flags, stream, payload);
     f
 }
 

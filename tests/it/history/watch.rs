@@ -307,6 +307,15 @@ pub(crate) fn check(
     }
 }
 
+/// A committed change of revision `r` missing from the response that held
+/// the rest of it.
+fn split(v: &mut Violations, name: &str, r: i64, key: &str) {
+    v.add(
+        Kind::SplitRevision,
+        format!("{name}: {key} at {r} not in the response with the rest of revision {r}"),
+    );
+}
+
 fn compare_revision(
     name: &str,
     r: i64,
@@ -356,26 +365,15 @@ fn compare_revision(
                     );
                 }
             }
+            // A committed change this response lacks (the rest of its
+            // revision came in another).
             (Some(w), Some(g)) if w.kv.key < g.kv.key => {
                 let w = wi.next().unwrap();
-                v.add(
-                    Kind::SplitRevision,
-                    format!(
-                        "{name}: {} at {r} not in the response with the rest of revision {r}",
-                        w.kv.key
-                    ),
-                );
-                let _ = g;
+                split(v, name, r, &w.kv.key);
             }
             (Some(_), None) => {
                 let w = wi.next().unwrap();
-                v.add(
-                    Kind::SplitRevision,
-                    format!(
-                        "{name}: {} at {r} not in the response with the rest of revision {r}",
-                        w.kv.key
-                    ),
-                );
+                split(v, name, r, &w.kv.key);
             }
             (_, Some(_)) => {
                 let g = gi.next().unwrap();

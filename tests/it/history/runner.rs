@@ -120,6 +120,10 @@ pub(crate) struct Pause(pub Duration);
 /// restart.
 pub(crate) struct PowerCut;
 
+/// Its links to every other member slowed to 50 ± 40 ms each way (at the
+/// proxy) for a while.
+pub(crate) struct Slow(pub Duration);
+
 /// Cut off from its peers (a blackhole at the proxy, both ways) for a
 /// while.
 pub(crate) struct Isolate(pub Duration);
@@ -165,6 +169,58 @@ impl Fault for PowerCut {
     }
 }
 
+impl Fault for Slow {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn inject(&mut self, f: &mut Faulty, m: usize) {
+        let (mean, jitter) = (Duration::from_millis(50), Duration::from_millis(40));
+        for o in (0..f.cluster.members.len()).filter(|&o| o != m) {
+            f.proxy.delay(m, o, mean, jitter);
+            f.proxy.delay(o, m, mean, jitter);
+        }
+        std::thread::sleep(self.0);
+        f.proxy.heal();
+    }
+}
+
+/// Restarted with a failpoint armed to panic after some passes (the
+/// `failpoints` feature), run until it dies there (or 8 s), then restarted
+/// without it. Each injection takes the next point of the list.
+#[cfg(feature = "failpoints")]
+pub(crate) struct Crash(pub usize);
+
+#[cfg(feature = "failpoints")]
+impl Fault for Crash {
+    fn name(&self) -> &'static str {
+        "crash"
+    }
+    fn inject(&mut self, f: &mut Faulty, m: usize) {
+        const POINTS: [&str; 4] = [
+            "wal::after_fsync",
+            "apply::before_commit",
+            "apply::after_commit",
+            "wal::before_fsync",
+        ];
+        let point = POINTS[self.0 % POINTS.len()];
+        self.0 += 1;
+        let s = &mut f.cluster.members[m];
+        s.kill9();
+        s.failpoints = Some(format!("{point}=30*off->panic"));
+        s.launch();
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while s.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if s.is_running() {
+            eprintln!("crash fault: {point} not reached in 8 s; killed instead");
+        }
+        s.kill9();
+        s.failpoints = None;
+        f.restart(m);
+    }
+}
+
 impl Fault for Isolate {
     fn name(&self) -> &'static str {
         "isolate"
@@ -182,6 +238,9 @@ pub(crate) fn every_fault(lossy: bool) -> Vec<Box<dyn Fault>> {
         Box::new(Kill),
         Box::new(Pause(Duration::from_millis(1600))),
         Box::new(Isolate(Duration::from_millis(1600))),
+        Box::new(Slow(Duration::from_millis(1600))),
+        #[cfg(feature = "failpoints")]
+        Box::new(Crash(0)),
     ];
     if lossy {
         v.push(Box::new(PowerCut));

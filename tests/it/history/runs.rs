@@ -221,6 +221,14 @@ fn in_range(spec: &Spec, key: &str) -> bool {
 
 /// 150 random calls over four keys, a progress notification every
 /// seventh, a final range.
+/// The index of the history's first put.
+fn first_put(s: &Sim) -> usize {
+    s.calls
+        .iter()
+        .position(|c| matches!(c.op, Op::Put { .. }))
+        .expect("a put")
+}
+
 fn clean() -> Sim {
     let mut s = Sim::new();
     let mut rng = StdRng::seed_from_u64(7);
@@ -373,11 +381,7 @@ fn checker_catches_a_wrong_txn_outcome() {
 fn checker_catches_a_read_of_the_future() {
     let mut s = clean();
     // A get answered before the put it shows was invoked.
-    let i = s
-        .calls
-        .iter()
-        .position(|c| matches!(c.op, Op::Put { .. }))
-        .expect("a put");
+    let i = first_put(&s);
     let (key, value, rev) = match (&s.calls[i].op, &s.calls[i].ret) {
         (Op::Put { key, value }, Ret::Put { rev }) => (key.clone(), value.clone(), *rev),
         _ => unreachable!(),
@@ -424,11 +428,7 @@ fn checker_catches_a_value_nobody_wrote_and_a_revision_gap() {
     let mut s = clean();
     // The put behind one event is gone from the record: its value comes
     // from nowhere.
-    let i = s
-        .calls
-        .iter()
-        .position(|c| matches!(c.op, Op::Put { .. }))
-        .expect("a put");
+    let i = first_put(&s);
     s.calls.remove(i);
     caught(&s, Kind::UnknownValue);
     // A revision no write or event explains.

@@ -273,15 +273,7 @@ impl Backend {
             R::LeaseGrant(_) => 64,
             _ => return Ok(()),
         } as u64;
-        let nospace = crate::proto::etcdserverpb::AlarmType::Nospace as i32;
-        if self
-            .core
-            .status
-            .alarms
-            .read()
-            .iter()
-            .any(|&(_, a)| a == nospace)
-        {
+        if self.nospace_raised(None) {
             return Err(ApiError::NoSpace);
         }
         let size = self
@@ -306,9 +298,18 @@ impl Backend {
 
     /// Whether this member's NOSPACE alarm is raised (as last applied).
     pub fn nospace_raised_by_me(&self) -> bool {
+        self.nospace_raised(Some(self.core.status.member_id))
+    }
+
+    /// Whether a NOSPACE alarm of `member` (None: of any member) is raised.
+    fn nospace_raised(&self, member: Option<u64>) -> bool {
         let nospace = crate::proto::etcdserverpb::AlarmType::Nospace as i32;
-        let me = self.core.status.member_id;
-        self.core.status.alarms.read().contains(&(me, nospace))
+        self.core
+            .status
+            .alarms
+            .read()
+            .iter()
+            .any(|&(m, a)| a == nospace && member.is_none_or(|id| id == m))
     }
 
     /// Proposes this member's NOSPACE alarm in the background (a failure

@@ -19,9 +19,13 @@
 //! than HEADERS and CONTINUATION are forwarded as their bytes arrive, never
 //! collected whole (a frame header may declare up to 16 MiB); a header
 //! frame larger than the 16 KiB frame size the server allows is refused,
-//! and a header block larger than 1 MiB too. A connection that has not
-//! sent the HTTP/2 preface or the start of an HTTP/1.1 request within
-//! [`FIRST_BYTES`] is closed: half-open connections cannot pile up.
+//! and a header block larger than 1 MiB too. A connection that within
+//! [`FIRST_BYTES`] of its first read has not sent the HTTP/2 connection
+//! preface (the magic and the header of its first frame, SETTINGS) or the
+//! whole head of its first HTTP/1.1 request (up to the empty line) is
+//! closed: silent and half-sent connections cannot pile up. An HTTP/2
+//! connection past its preface may stay idle (a gRPC client dials before
+//! its first call, and etcd keeps such connections too).
 
 use std::future::Future as _;
 use std::io;
@@ -42,14 +46,17 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16_384;
 /// A header block larger than this is refused (no client sends one).
 const MAX_BLOCK: usize = 1 << 20;
-/// How long a new connection may take to show what it speaks (the whole
-/// HTTP/2 preface, or bytes that are not one: HTTP/1.1).
+/// How long a new connection may take to send the HTTP/2 connection
+/// preface, or the head of its first HTTP/1.1 request.
 pub const FIRST_BYTES: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// Waiting for the connection preface.
     Preface,
+    /// HTTP/1.1, before the end of the first request's head; the bytes pass
+    /// as they come.
+    Head,
     /// HTTP/2, before the first header block.
     Deciding,
     /// Every header block is rewritten.
@@ -82,6 +89,12 @@ pub struct FixAuthority<S> {
     decoder: hpack::Decoder<'static>,
     /// Payload bytes of a non-header frame still to forward as they come.
     passing: usize,
+    /// HTTP/2: whether a first frame's header followed the magic (the
+    /// preface is complete).
+    greeted: bool,
+    /// HTTP/1.1 in [`Mode::Head`]: how much of the "\r\n\r\n" that ends
+    /// the head the last bytes matched.
+    head_end: usize,
     /// Until when the connection may stay undecided (armed at the first
     /// read, inside the runtime).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -99,6 +112,8 @@ impl<S> FixAuthority<S> {
             block: None,
             decoder: hpack::Decoder::new(),
             passing: 0,
+            greeted: false,
+            head_end: 0,
             deadline: None,
         }
     }
@@ -119,7 +134,7 @@ impl<S> FixAuthority<S> {
                 Mode::Preface => {
                     let n = self.input.len().min(PREFACE.len());
                     if self.input[..n] != PREFACE[..n] {
-                        self.mode = Mode::Pass; // HTTP/1.1
+                        self.mode = Mode::Head; // HTTP/1.1
                         continue;
                     }
                     if n < PREFACE.len() {
@@ -127,6 +142,22 @@ impl<S> FixAuthority<S> {
                     }
                     self.output.extend(self.input.drain(..PREFACE.len()));
                     self.mode = Mode::Deciding;
+                }
+                Mode::Head => {
+                    for &b in &self.input {
+                        self.head_end = match (self.head_end, b) {
+                            (0 | 2, b'\r') => self.head_end + 1,
+                            (1 | 3, b'\n') => self.head_end + 1,
+                            (_, b'\r') => 1,
+                            _ => 0,
+                        };
+                        if self.head_end == 4 {
+                            self.mode = Mode::Pass;
+                            break;
+                        }
+                    }
+                    self.output.append(&mut self.input);
+                    return Ok(());
                 }
                 Mode::Deciding | Mode::Rewrite if self.passing > 0 => {
                     if self.input.is_empty() {
@@ -152,6 +183,7 @@ impl<S> FixAuthority<S> {
         }
         let len = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]) as usize;
         let kind = self.input[3];
+        self.greeted = true;
         if kind != HEADERS && kind != CONTINUATION && self.block.is_none() {
             // Not part of a header block: forwarded as it arrives (a DATA
             // frame may declare up to 16 MiB; none is collected here).
@@ -418,7 +450,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
                 // The fast path: straight through.
                 return Pin::new(&mut me.inner).poll_read(cx, buf);
             }
-            if me.mode != Mode::Preface {
+            let undecided = match me.mode {
+                Mode::Preface | Mode::Head => true,
+                Mode::Deciding => !me.greeted,
+                Mode::Rewrite | Mode::Pass => false,
+            };
+            if !undecided {
                 me.deadline = None;
             } else {
                 let deadline = me
@@ -427,7 +464,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
                 if deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "no request within 10 s of connecting",
+                        "no connection preface or request head within 10 s of connecting",
                     )));
                 }
             }
@@ -595,6 +632,48 @@ mod tests {
         assert_eq!(through(&input), input);
         let get = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
         assert_eq!(through(&get), get);
+    }
+
+    /// What keeps the 10 s deadline armed: the HTTP/2 magic without a first
+    /// frame, an HTTP/1.1 head without its empty line (however the bytes are
+    /// split). A whole preface or head disarms it.
+    #[test]
+    fn the_deadline_holds_until_a_preface_or_a_request_head_is_complete() {
+        let undecided = |f: &FixAuthority<()>| match f.mode {
+            Mode::Preface | Mode::Head => true,
+            Mode::Deciding => !f.greeted,
+            _ => false,
+        };
+        let get = b"GET /health HTTP/1.1\r\nHost: x\r\nX: \r\r\n\r\nnext".to_vec();
+        let end = get.len() - 4;
+        for split in 1..get.len() {
+            let mut f = FixAuthority::new(());
+            let mut out = Vec::new();
+            for (i, piece) in [&get[..split], &get[split..]].into_iter().enumerate() {
+                f.input.extend_from_slice(piece);
+                f.process().unwrap();
+                out.append(&mut f.output);
+                assert_eq!(undecided(&f), i == 0 && split < end, "split {split}");
+            }
+            assert_eq!(out, get, "split {split}");
+            assert_eq!(f.mode, Mode::Pass);
+        }
+        let mut f = FixAuthority::new(());
+        f.input
+            .extend_from_slice(b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\n\n\r\n");
+        f.process().unwrap();
+        assert!(undecided(&f), "\\n\\r\\n does not end a head");
+
+        let mut f = FixAuthority::new(());
+        f.input.extend_from_slice(PREFACE);
+        f.process().unwrap();
+        assert!(undecided(&f), "the magic alone");
+        f.input.extend_from_slice(&frame(0x4, 0, 0, &[])[..8]);
+        f.process().unwrap();
+        assert!(undecided(&f), "part of the SETTINGS frame's header");
+        f.input.extend_from_slice(&frame(0x4, 0, 0, &[])[8..]);
+        f.process().unwrap();
+        assert!(!undecided(&f), "the magic and SETTINGS");
     }
 
     #[test]

@@ -166,6 +166,7 @@ async fn crash_at(point: &'static str, after: u32, n: usize, engine: Engine, tri
             tokio::spawn(client_loop(
                 serving[k % serving.len()].clone(),
                 format!("c{k}"),
+                0,
                 stop.clone(),
                 acked.clone(),
             ))
@@ -352,6 +353,7 @@ async fn slow_apply_and_watch_send_lose_nothing(engine: Engine) {
             tokio::spawn(client_loop(
                 endpoints[k % 3].clone(),
                 format!("s{k}"),
+                0,
                 stop.clone(),
                 acked.clone(),
             ))

@@ -1,9 +1,12 @@
 //! Hostile clients against one member (issue 16, item 5): 10,000 malformed
 //! requests (garbage bytes, broken JSON, broken HTTP/2 frames, a DATA frame
 //! that claims 16 MiB), 100 oversize ones, then 10,000 connections that
-//! never send a byte. The member keeps serving puts and gets throughout,
-//! its memory stays bounded, and the silent connections are closed after
-//! about 10 s (the `:authority` wrapper's first-bytes deadline).
+//! never send a byte, or stop inside an HTTP/1.1 request head, or after the
+//! HTTP/2 magic. The member keeps serving puts and gets throughout, its
+//! memory stays bounded, and those connections are closed after about 10 s
+//! (the `:authority` wrapper's first-bytes deadline), while HTTP/2
+//! connections that sent their whole preface stay open, idle, as etcd keeps
+//! them (a gRPC client dials before its first call).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -248,14 +251,23 @@ fn flood(silent_count: usize) {
     );
     assert!(put_get(&s, "after-bad"));
 
-    // Connections that never send a byte, each watched from its own start.
+    // Connections that never send a byte, or stop in the middle of a request
+    // head or after the HTTP/2 magic, each watched from its own start; and
+    // a few idle HTTP/2 clients that sent their whole preface.
+    const STARTS: [&[u8]; 3] = [b"", b"GET /health HTTP/1.1\r\nHost: x\r\n", PREFACE];
     let opened = Instant::now();
+    let dial = |first: &[u8]| {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.write_all(first).unwrap();
+        c.set_nonblocking(true).unwrap();
+        c
+    };
     let mut silent: Vec<(TcpStream, Instant, Option<Duration>)> = (0..silent_count)
-        .map(|_| {
-            let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            c.set_nonblocking(true).unwrap();
-            (c, Instant::now(), None)
-        })
+        .map(|i| (dial(STARTS[i % 3]), Instant::now(), None))
+        .collect();
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    let idle: Vec<TcpStream> = (0..10)
+        .map(|_| dial(&[PREFACE, &settings[..]].concat()))
         .collect();
     let connect_took = opened.elapsed();
     assert!(
@@ -276,6 +288,9 @@ fn flood(silent_count: usize) {
         std::thread::sleep(Duration::from_millis(200));
     }
     let lived: Vec<Duration> = silent.iter().filter_map(|(_, _, l)| *l).collect();
+    // The idle ones opened last: past their own 10 s too before they count.
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_closed = idle.iter().filter(|c| closed(c)).count();
     let still_open = silent.len() - lived.len();
     let shortest = lived.iter().min().copied();
     let longest = lived.iter().max().copied();
@@ -293,6 +308,11 @@ fn flood(silent_count: usize) {
         still_open, 0,
         "silent connections still open 30 s after the last one opened"
     );
+    assert_eq!(
+        idle_closed, 0,
+        "an idle HTTP/2 connection past its preface was closed"
+    );
+    drop(idle);
     let shortest = shortest.expect("some connections");
     assert!(
         shortest >= Duration::from_secs(9),

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
 
 /// One lossyfs mount in a temp dir; unmounted on drop.
 pub struct LossyDisk {
@@ -139,6 +140,15 @@ impl LossyDisk {
     }
 
     /// Arms EIO: `fsync`, `fsync once`, `write`, `write once`, or `off`.
+    /// Makes every file fsync take `delay` before it syncs.
+    pub fn fsync_delay(&mut self, delay: Duration) {
+        let answer = self.command(&format!("fsync-delay {}", delay.as_micros()));
+        assert!(
+            answer.starts_with("fsync-delay "),
+            "lossyfs answered {answer:?}"
+        );
+    }
+
     pub fn eio(&mut self, arg: &str) {
         let answer = self.command(&format!("eio {arg}"));
         assert!(

@@ -999,3 +999,61 @@ fn the_client_certificates_common_name_is_the_user_when_auth_is_on() {
     let [_, m] = both(&etcd, &ms, "https", &refs(&alice_tls), &["get", "a"]);
     assert!(String::from_utf8_lossy(&m.stdout).contains('1'));
 }
+
+/// Connections to a TLS client port that never finish the handshake (one
+/// sends nothing, one the first bytes of a ClientHello) are closed after
+/// the 10 s handshake deadline, and meanwhile others connect and are served.
+#[test]
+fn stalled_tls_handshakes_are_closed_and_block_no_one() {
+    let pki = Pki::new();
+    let ca = Ca::new("test-ca");
+    let ca_file = pki.ca("ca", &ca);
+    let (srv, srv_key) = pki.leaf("server", &ca.issue("server-1"));
+    let mut ms = Server::unstarted(Kind::MetaStore(Engine::Memory), "default", &[]);
+    ms.set_https(true, false);
+    ms.add_extra(&["--cert-file", &srv, "--key-file", &srv_key]);
+    ms.spawn();
+    let opened = Instant::now();
+    // A TLS record header announcing a 512-byte handshake, and 3 bytes of it.
+    let starts: [&[u8]; 2] = [b"", &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]];
+    let mut stalled: Vec<(TcpStream, Option<Duration>)> = starts
+        .iter()
+        .map(|first| {
+            let mut c = TcpStream::connect(("127.0.0.1", ms.port)).unwrap();
+            c.write_all(first).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            (c, None)
+        })
+        .collect();
+    assert_eq!(handshake(ms.port, &ca_file, None).unwrap(), "server-1");
+    let (status, _) = https_get(ms.port, &ca_file, "/health");
+    assert!(status.contains("200"), "{status}");
+    while opened.elapsed() < Duration::from_secs(20) && stalled.iter().any(|(_, l)| l.is_none()) {
+        for (c, lived) in stalled.iter_mut().filter(|(_, l)| l.is_none()) {
+            let mut b = [0u8; 64];
+            match c.read(&mut b) {
+                Ok(0) => *lived = Some(opened.elapsed()),
+                Err(e)
+                    if e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::TimedOut =>
+                {
+                    *lived = Some(opened.elapsed())
+                }
+                _ => {}
+            }
+        }
+    }
+    for (i, (_, lived)) in stalled.iter().enumerate() {
+        let lived = lived.unwrap_or_else(|| panic!("stalled handshake {i} still open after 20 s"));
+        assert!(
+            lived >= Duration::from_secs(9),
+            "stalled handshake {i} closed after {lived:?}"
+        );
+    }
+    assert!(
+        ms.log().contains("TLS handshake timed out"),
+        "{}",
+        ms.log_tail_pub()
+    );
+}

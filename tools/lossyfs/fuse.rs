@@ -37,6 +37,9 @@ pub struct Machine {
     pub epoch: u64,
     /// The power is off: every request fails.
     pub frozen: bool,
+    /// How long a file fsync takes before it makes anything durable (a real
+    /// disk's flush: the window in which written pages are not yet synced).
+    pub fsync_delay: std::time::Duration,
 }
 
 /// One mount's request handler.
@@ -328,6 +331,13 @@ impl Filesystem for LossyFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _data: bool, reply: ReplyEmpty) {
+        let delay = self.machine.lock().fsync_delay;
+        if !delay.is_zero() {
+            // Unlocked: a cut may come meanwhile, and then this fsync fails.
+            // The FUSE session's own thread, and a disk's flush blocks it.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(delay);
+        }
         match self.with(|d| d.fsync(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -20,6 +20,11 @@
 //!   file keeps its synced or its current length: dirty pages written back
 //!   in any order before the power went. Directories as for `cut`.
 //! - `stats`: `stats writes=W file_syncs=F dir_syncs=D cuts=C`.
+//! - `fsync-delay MICROSECONDS`: every file fsync waits that long before
+//!   it makes anything durable (and fails if the power is cut meanwhile),
+//!   as a real disk's flush takes time: written data then stays unsynced
+//!   long enough for a cut to find a whole batch of it. Answers
+//!   `fsync-delay N`.
 //! - `full BYTES`: the disk holds BYTES of contents at most; a write,
 //!   truncate or fallocate that would grow past that fails with ENOSPC, and
 //!   statfs reports that size. `full +BYTES`: room for BYTES more than now.
@@ -111,6 +116,13 @@ fn run(mountpoint: &Path) -> io::Result<()> {
                     report.files_reverted, report.dirs_reverted, report.nodes_dropped
                 )
             }
+            "fsync-delay" => match words.get(1).and_then(|w| w.parse::<u64>().ok()) {
+                Some(us) => {
+                    machine.lock().fsync_delay = std::time::Duration::from_micros(us);
+                    format!("fsync-delay {us}")
+                }
+                None => "error usage: fsync-delay MICROSECONDS".to_owned(),
+            },
             "stats" => {
                 let s = machine.lock().disk.stats;
                 format!(

@@ -27,7 +27,13 @@
 //! whose header or body runs past end-of-file, whose crc fails while its
 //! declared extent reaches end-of-file, or which is followed by nothing but
 //! zero bytes, is a torn write: the file is truncated to the last good record,
-//! fsynced, and a warning names file and offset. Any other bad record (one with
+//! fsynced, and a warning names file and offset. So is a bad record that shows
+//! a sector lost at a power cut while a later one of the same unsynced batch
+//! reached the disk (page write-back is in any order until fsync returns): it
+//! starts in a sector that is zero from it to the sector's end, or overlaps a
+//! whole zero sector (see `segment::lost_sector`); nothing from such a hole on
+//! was acknowledged, because fsync makes every earlier byte durable first.
+//! Any other bad record (one with
 //! intact data after it, or anywhere in an older segment) means bytes that
 //! were once durably written have changed; `open` fails with
 //! [`WalError::Corrupt`] naming file and offset instead of silently dropping
@@ -266,7 +272,7 @@ impl Wal {
         let mut closed = VecDeque::with_capacity(older.len());
         for &seq in older {
             let path = segment::path(dir.path(), seq);
-            segment::read_all(&path, &mut data)?;
+            segment::read_all(&path, &mut data, false)?;
             segment::check_header(&path, &data, false)?;
             let scan = segment::scan(&path, &data, false, &mut records)?;
             closed.push_back(ClosedSegment {
@@ -498,7 +504,7 @@ fn open_last(
     records: &mut Vec<Record>,
 ) -> Result<ActiveSegment, WalError> {
     let path = segment::path(dir.path(), seq);
-    segment::read_all(&path, data)?;
+    segment::read_all(&path, data, true)?;
     let mut file = OpenOptions::new()
         .write(true)
         .open(&path)
@@ -1202,5 +1208,82 @@ mod tests {
             assert_eq!(recs.last(), Some(&rec(3, b"after")), "kept {kept}");
             fs::write(&path, &full).unwrap();
         }
+    }
+
+    /// A power cut that kept a later sector of the last unsynced batch but
+    /// not an earlier one (write-back in any order): the hole ends the log,
+    /// the batch is dropped from its first damaged record, and nothing synced
+    /// before it is lost. The same hole anywhere but in the last segment, or
+    /// a hole smaller than a sector, stays corruption.
+    #[test]
+    fn a_lost_sector_inside_the_last_unsynced_batch_ends_the_log() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+        for i in 0..5 {
+            wal.append(1, &payload(i), i as u64);
+        }
+        wal.sync().unwrap();
+        let synced = wal.active.len as usize;
+        // One batch of 40 records of 200 bytes: about 16 sectors.
+        for i in 0..40u64 {
+            wal.append(2, &[i as u8 + 1; 200], 100 + i);
+        }
+        wal.sync().unwrap();
+        let batch_end = wal.active.len as usize;
+        drop(wal);
+        let path = seg_path(dir, 1);
+        let full = fs::read(&path).unwrap();
+        let frame = codec::frame_len(200);
+        let first_sector = synced.div_ceil(segment::SECTOR) * segment::SECTOR;
+        // Lose, in turn: the batch's first sector (it keeps its old content:
+        // the synced prefix, then zeros), and whole sectors further in.
+        assert!(
+            first_sector > synced,
+            "the batch starts on a sector boundary"
+        );
+        let mut lost: Vec<(usize, usize)> = vec![(synced, first_sector)];
+        for s in (first_sector..batch_end - segment::SECTOR).step_by(3 * segment::SECTOR) {
+            lost.push((s, s + segment::SECTOR));
+        }
+        for (from, to) in lost {
+            let mut cut = full.clone();
+            cut[from..to].fill(0);
+            fs::write(&path, &cut).unwrap();
+            let (mut wal, recs) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+            // Records wholly before the hole survive; the one it touches and
+            // everything after are gone.
+            let whole = (from - synced) / frame;
+            assert_eq!(recs.len(), 5 + whole, "hole {from}..{to}");
+            wal.append(3, b"after", 1000);
+            wal.sync().unwrap();
+            drop(wal);
+            let (_, recs) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+            assert_eq!(recs.len(), 5 + whole + 1, "hole {from}..{to}");
+            assert_eq!(recs.last(), Some(&rec(3, b"after")));
+            fs::write(&path, &full).unwrap();
+        }
+        // A hole of less than a sector inside the batch, data on both sides:
+        // damage, not a lost write.
+        let mid = first_sector + 4 * segment::SECTOR + 100;
+        let mut cut = full.clone();
+        cut[mid..mid + 300].fill(0);
+        fs::write(&path, &cut).unwrap();
+        let (file, _, msg) = corrupt_err(Wal::open(dir, prealloc(64 * 1024)).unwrap_err());
+        assert_eq!(file, path);
+        assert!(msg.contains("not a torn write"), "{msg}");
+        // A lost sector in a segment that is not the last: corruption.
+        fs::write(&path, &full).unwrap();
+        let (mut wal, _) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
+        wal.rotate(&[(HDR, b"hdr".to_vec())]).unwrap();
+        wal.append(1, b"next", 2000);
+        wal.sync().unwrap();
+        drop(wal);
+        let mut cut = fs::read(&path).unwrap();
+        cut[first_sector + segment::SECTOR..first_sector + 2 * segment::SECTOR].fill(0);
+        fs::write(&path, &cut).unwrap();
+        let (file, _, msg) = corrupt_err(Wal::open(dir, prealloc(64 * 1024)).unwrap_err());
+        assert_eq!(file, path);
+        assert!(msg.contains("not the last"), "{msg}");
     }
 }

@@ -235,12 +235,55 @@ fn lock_exclusive(_handle: &File, _path: &Path) -> Result<(), WalError> {
 }
 
 /// Reads the whole file at `path` into `buf` (cleared first, capacity reused).
-pub(super) fn read_all(path: &Path, buf: &mut Vec<u8>) -> Result<(), WalError> {
+///
+/// With `zero_tail` (the last segment, preallocated with zeros) whole MiB
+/// chunks of zeros at the end of the file are left out: replay treats the
+/// end of `buf` as it treats zeros to the end of the file (the end of the
+/// log, or a write cut short there), and a restart does not copy and scan a
+/// 64 MiB buffer of mostly zeros. Zeros followed by data are kept, so the
+/// replay rules see them.
+pub(super) fn read_all(path: &Path, buf: &mut Vec<u8>, zero_tail: bool) -> Result<(), WalError> {
     buf.clear();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(buf))
-        .map_err(io_err("read", path))?;
-    Ok(())
+    let mut file = File::open(path).map_err(io_err("open", path))?;
+    if !zero_tail {
+        file.read_to_end(buf).map_err(io_err("read", path))?;
+        return Ok(());
+    }
+    let mut chunk = vec![0u8; 1 << 20];
+    // Zero bytes read and not yet put in `buf`: added only if data follows.
+    let mut zeros = 0usize;
+    loop {
+        let mut n = 0;
+        while n < chunk.len() {
+            match file.read(&mut chunk[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err("read", path)(e)),
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if all_zero(&chunk[..n]) {
+            zeros += n;
+        } else {
+            buf.resize(buf.len() + zeros, 0);
+            zeros = 0;
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        if n < chunk.len() {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether every byte is zero; ORs 4 KiB at a time (which vectorizes) and
+/// stops at the first block that is not.
+pub(super) fn all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// What replaying one segment found.
@@ -296,6 +339,40 @@ fn zero_fill(file: &mut File, from: u64, to: u64) -> std::io::Result<()> {
     file.seek(SeekFrom::Start(from)).map(|_| ())
 }
 
+/// Granularity at which a disk loses writes at power failure: a sector
+/// either has its new content or its old one (pages of the page cache are
+/// written back in any order until an fsync has returned).
+pub(super) const SECTOR: usize = 512;
+
+/// Whether the bad frame at `offset` shows a sector lost at a power cut:
+/// the frame starts in a sector that is zero from `offset` to its end (the
+/// batch's first sector kept its old content: the synced prefix, then the
+/// preallocated zeros), or a whole later sector it overlaps is zero (every
+/// sector after a batch's first held only zeros before the batch). Pages of
+/// the page cache reach the disk in any order until an fsync returns, so a
+/// later page of the same unsynced batch may be there; nothing from the hole
+/// on was acknowledged, since an fsync makes every earlier byte durable
+/// first. Damage to synced data rarely zeroes whole sectors, and a hole in
+/// any segment but the last is corruption whatever its shape.
+fn lost_sector(data: &[u8], offset: usize, err: &codec::FrameError) -> bool {
+    let zero = |from: usize, to: usize| {
+        data.get(from..to)
+            .is_some_and(|b| !b.is_empty() && all_zero(b))
+    };
+    let boundary = (offset / SECTOR + 1) * SECTOR;
+    // The length field at least (past the boundary its high bytes were
+    // kept, and are zero for any record under 16 MiB).
+    if zero(offset, boundary.max(offset + 4)) {
+        return true;
+    }
+    let frame_end = offset
+        .saturating_add(err.extent().unwrap_or(0))
+        .min(data.len());
+    (boundary..frame_end)
+        .step_by(SECTOR)
+        .any(|s| zero(s, s + SECTOR))
+}
+
 /// Decodes every record of a segment whose magic was already checked,
 /// appending them to `out`.
 ///
@@ -323,7 +400,7 @@ pub(super) fn scan(
                 offset += frame.frame_len;
             }
             Err(err) => {
-                let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+                let zero = all_zero;
                 if is_last && zero(rest) {
                     // Preallocated space (segments are zero-filled up front so
                     // fdatasync need not update the inode): the end of the log.
@@ -337,7 +414,7 @@ pub(super) fn scan(
                 // A write cut short inside preallocated space: the broken frame
                 // is followed by nothing but the zeros that were there before.
                 let zeros_after = err.extent().is_some_and(|n| rest.get(n..).is_none_or(zero));
-                if is_last && (reaches_end || zeros_after) {
+                if is_last && (reaches_end || zeros_after || lost_sector(data, offset, &err)) {
                     return Ok(Scan {
                         valid_len: offset as u64,
                         max_hint,
@@ -395,6 +472,35 @@ mod tests {
         assert_eq!(parse_name("+000000000000003.wal"), None);
         assert!(is_tmp_name("0000000000000003.wal.tmp"));
         assert!(!is_tmp_name("x.wal.tmp"));
+    }
+
+    #[test]
+    fn read_all_leaves_out_only_a_zero_tail() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let path = tmp.path().join("seg");
+        let mb = 1 << 20;
+        let mut head = vec![7u8; mb + 100];
+        head.extend(vec![0u8; 3 * mb]);
+        fs::write(&path, &head).unwrap();
+        let mut buf = vec![1, 2, 3];
+        read_all(&path, &mut buf, true).unwrap();
+        // The chunk holding the data's end keeps its zeros; the rest go.
+        assert_eq!(buf, head[..2 * mb]);
+        read_all(&path, &mut buf, false).unwrap();
+        assert_eq!(buf, head);
+        // Zeros with data after them are kept, whatever their size.
+        let mut holed = head.clone();
+        holed.extend(vec![9u8; 10]);
+        fs::write(&path, &holed).unwrap();
+        read_all(&path, &mut buf, true).unwrap();
+        assert_eq!(buf, holed);
+        fs::write(&path, vec![0u8; 2 * mb]).unwrap();
+        read_all(&path, &mut buf, true).unwrap();
+        assert!(buf.is_empty());
+        assert!(all_zero(&[]) && all_zero(&[0; 9000]));
+        let mut late = vec![0u8; 9000];
+        late[8999] = 1;
+        assert!(!all_zero(&late));
     }
 
     #[test]

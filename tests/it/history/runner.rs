@@ -128,6 +128,14 @@ pub(crate) struct Slow(pub Duration);
 /// while.
 pub(crate) struct Isolate(pub Duration);
 
+/// Everything it sends to its peers lost at the proxy (it still hears
+/// them) for a while: a one-way partition.
+pub(crate) struct Deaf(pub Duration);
+
+/// 30 % of the chunks on its links lost, both ways, for a while (each lost
+/// chunk cuts its connection at the proxy, so the peers redial).
+pub(crate) struct Lossy(pub Duration);
+
 impl Fault for Kill {
     fn name(&self) -> &'static str {
         "kill"
@@ -232,6 +240,33 @@ impl Fault for Isolate {
     }
 }
 
+impl Fault for Deaf {
+    fn name(&self) -> &'static str {
+        "one-way"
+    }
+    fn inject(&mut self, f: &mut Faulty, m: usize) {
+        for o in (0..f.cluster.members.len()).filter(|&o| o != m) {
+            f.proxy.one_way(m, o);
+        }
+        std::thread::sleep(self.0);
+        f.proxy.heal();
+    }
+}
+
+impl Fault for Lossy {
+    fn name(&self) -> &'static str {
+        "loss"
+    }
+    fn inject(&mut self, f: &mut Faulty, m: usize) {
+        for o in (0..f.cluster.members.len()).filter(|&o| o != m) {
+            f.proxy.loss(m, o, 0.3);
+            f.proxy.loss(o, m, 0.3);
+        }
+        std::thread::sleep(self.0);
+        f.proxy.heal();
+    }
+}
+
 /// Every fault kind, in a shuffled order.
 pub(crate) fn every_fault(lossy: bool) -> Vec<Box<dyn Fault>> {
     let mut v: Vec<Box<dyn Fault>> = vec![
@@ -239,6 +274,8 @@ pub(crate) fn every_fault(lossy: bool) -> Vec<Box<dyn Fault>> {
         Box::new(Pause(Duration::from_millis(1600))),
         Box::new(Isolate(Duration::from_millis(1600))),
         Box::new(Slow(Duration::from_millis(1600))),
+        Box::new(Deaf(Duration::from_millis(1600))),
+        Box::new(Lossy(Duration::from_millis(1600))),
         #[cfg(feature = "failpoints")]
         Box::new(Crash(0)),
     ];

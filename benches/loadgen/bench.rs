@@ -225,7 +225,10 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     // Watchers and kept-alive leases first (not measured), from the next
     // revision on.
     let first_rev = current_revision(target).await? + 1;
+    let rss = || sum(target.pids.iter().map(|&p| procfs::rss_kib(p)));
+    let rss_before_side = rss();
     let side = crate::side::Side::start(args, &target.endpoints, first_rev)?;
+    let side_rss = rss_before_side.zip(side.as_ref().and(rss()));
     if side.is_some() {
         say(&format!(
             "[{}] {} watchers on {} streams, {} leases (TTL {} s) kept alive, defragment every {} ms",
@@ -297,6 +300,8 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     let mut r = RunResult::new(&target.name, args.workload.name(), &outcome, &probes);
     r.timeline = crate::report::timeline(&outcome.samples, outcome.elapsed);
     r.watch = seen.watch;
+    r.idle_conns = seen.idle_conns;
+    r.side_rss_kib = side_rss;
     r.lease = seen.lease;
     r.defrag = seen.defrag;
     r.auth_storm = storm;

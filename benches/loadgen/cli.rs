@@ -155,6 +155,16 @@ pub struct Args {
     /// Watch streams (each on its own connection) the watchers are spread over.
     #[arg(long, default_value_t = 10)]
     pub watch_streams: usize,
+    /// Each watcher on one key of its own instead of the whole keyspace:
+    /// watcher j watches key j mod keyspace and must receive every put to it
+    /// exactly once, in order (--workload put, sequential keys).
+    #[arg(long, requires = "watchers")]
+    pub watch_own_key: bool,
+    /// Connections opened before the phase (each answers one Range) and
+    /// left idle through it; with the watchers' creation, the server's RSS
+    /// growth they cause is reported.
+    #[arg(long, default_value_t = 0)]
+    pub idle_conns: usize,
     /// Leases kept alive by one client during the measured phase.
     #[arg(long, default_value_t = 0)]
     pub leases: usize,
@@ -225,6 +235,9 @@ impl Args {
     pub fn validate(&self) -> Result<(), String> {
         if self.clients == 0 || self.conns == Some(0) || self.total == 0 || self.members == 0 {
             return Err("--clients, --conns, --members and --total must be at least 1".into());
+        }
+        if self.watch_own_key && (self.workload != Workload::Put || self.random_keys) {
+            return Err("--watch-own-key needs --workload put with sequential keys".into());
         }
         if (self.tls || self.auth)
             && (self.watchers > 0 || self.leases > 0 || self.defrag_every_ms > 0)

@@ -84,7 +84,9 @@
 //! (side.rs): `--watchers N` watchers on the whole keyspace over
 //! `--watch-streams` streams (each must get every write of the phase exactly
 //! once, in order; the report says how many did, what was lost or repeated,
-//! and how long the slowest lagged behind the last write), and `--leases N`
+//! and how long the slowest lagged behind the last write; with
+//! `--watch-own-key` watcher j watches only key j mod keyspace and must get
+//! every put to it), and `--leases N`
 //! leases of `--lease-ttl` seconds kept alive by one client (a keep-alive
 //! answered with TTL 0 is a lease that expired).
 //!

@@ -24,21 +24,26 @@ fn runs(reports: &[Report]) -> impl Iterator<Item = (usize, &RunResult)> {
 
 /// One row per run.
 /// With `--auth-storm`, three more columns: Authenticate calls answered,
-/// failed, and per second.
+/// failed, and per second; with side loads, the watchers' figures and the
+/// server's RSS before and after the side loads were set up.
 pub fn write_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
     if runs(reports).any(|(_, r)| r.k8s.is_some()) {
         return write_k8s_csv(path, reports);
     }
     let storm = runs(reports).any(|(_, r)| r.auth_storm.is_some());
+    let side = runs(reports).any(|(_, r)| r.side_rss_kib.is_some());
     let mut out = String::from(
         "round,server,workload,ops,errors,elapsed_s,ops_per_s,p50_us,p99_us,p999_us,max_us,\
          server_cpu_us_per_op,client_cpu_us_per_op,server_rss_kib,ops_per_fsync",
     );
-    out += if storm {
-        ",auth_ok,auth_errors,auth_per_s\n"
-    } else {
-        "\n"
-    };
+    if storm {
+        out += ",auth_ok,auth_errors,auth_per_s";
+    }
+    if side {
+        out += ",idle_conns,watchers,watchers_complete,watch_events,watch_lost,watch_repeated,\
+                watch_drain_ms,side_rss_before_kib,side_rss_after_kib";
+    }
+    out.push('\n');
     for (round, r) in runs(reports) {
         let l = &r.latency_us;
         let _ = write!(
@@ -67,6 +72,22 @@ pub fn write_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
                 opt(a.map(|a| a.ok)),
                 opt(a.map(|a| a.errors)),
                 opt(a.map(|a| format!("{:.1}", a.per_s)))
+            );
+        }
+        if side {
+            let w = r.watch.as_ref();
+            let _ = write!(
+                out,
+                ",{},{},{},{},{},{},{},{},{}",
+                r.idle_conns,
+                opt(w.map(|w| w.watchers)),
+                opt(w.map(|w| w.complete)),
+                opt(w.map(|w| w.events)),
+                opt(w.map(|w| w.lost)),
+                opt(w.map(|w| w.repeated)),
+                opt(w.map(|w| w.drain_ms)),
+                opt(r.side_rss_kib.map(|x| x.0)),
+                opt(r.side_rss_kib.map(|x| x.1)),
             );
         }
         out.push('\n');

@@ -40,6 +40,11 @@ pub struct RunResult {
     pub wal_fsyncs: Option<u64>,
     pub ops_per_fsync: Option<f64>,
     pub fsync_mean_us: Option<f64>,
+    /// `--idle-conns` held through the phase.
+    pub idle_conns: usize,
+    /// Server RSS (KiB, all members) before and after the side loads were
+    /// set up (idle connections opened, watchers created, leases granted).
+    pub side_rss_kib: Option<(u64, u64)>,
     /// What `--watchers` saw.
     pub watch: Option<crate::side::WatchStats>,
     /// What `--leases` saw.
@@ -165,6 +170,8 @@ impl RunResult {
             watch: None,
             lease: None,
             defrag: None,
+            idle_conns: 0,
+            side_rss_kib: None,
             auth_storm: None,
             timeline: Vec::new(),
             k8s: None,
@@ -217,15 +224,36 @@ impl RunResult {
             );
         }
         if let Some(w) = &self.watch {
+            let what = if w.own_key {
+                format!("events of its own key (~{} each)", w.expected_per_watcher)
+            } else {
+                format!("{} revisions", w.expected_per_watcher)
+            };
             s += &format!(
-                "  watchers    {}/{} got all {} revisions once, in order ({} streams); {} events, {} lost, {} repeated, {} canceled; last one done {} ms after the last write\n",
-                w.complete, w.watchers, w.expected_per_watcher, w.streams, w.events, w.lost, w.repeated, w.canceled, w.drain_ms
+                "  watchers    {}/{} got all {what} once, in order ({} streams); {} events, {} lost, {} repeated, {} canceled; last one done {} ms after the last write\n",
+                w.complete, w.watchers, w.streams, w.events, w.lost, w.repeated, w.canceled, w.drain_ms
             );
         }
         if let Some(l) = &self.lease {
             s += &format!(
                 "  leases      {} kept alive (TTL {} s): {} keep-alives sent, {} answered, {} expired\n",
                 l.leases, l.ttl_s, l.keepalives_sent, l.keepalives_answered, l.expired
+            );
+        }
+        if let Some((before, after)) = self.side_rss_kib {
+            let grew = after as i64 - before as i64;
+            let mut each = Vec::new();
+            if self.idle_conns > 0 {
+                each.push(format!("{} idle connections", self.idle_conns));
+            }
+            if let Some(w) = &self.watch {
+                each.push(format!("{} watchers", w.watchers));
+            }
+            let n = self.idle_conns + self.watch.as_ref().map_or(0, |w| w.watchers);
+            s += &format!(
+                "  side RSS    {before} -> {after} KiB while setting up {}: {} bytes each\n",
+                each.join(" and "),
+                if n > 0 { grew * 1024 / n as i64 } else { 0 }
             );
         }
         if let Some(d) = &self.defrag {

@@ -11,6 +11,14 @@
 //!   without decoding the events' keys and values (only each event's
 //!   `mod_revision` is read from the bytes), so the watchers' client costs
 //!   what an application's receive path must cost at least.
+//!   With `--watch-own-key` watcher j watches only key j mod keyspace (one
+//!   key each, as 10,000 controllers each watching their object would) and
+//!   must receive every put to that key exactly once, in order: the count
+//!   is known from the sequential put workload.
+//! * `--idle-conns N` connections, each on its own HTTP/2 channel, that
+//!   answer one Range before the phase and then stay idle through it (as
+//!   many application processes that connected and wait): the server's RSS
+//!   growth while the side loads were set up is reported (bench.rs).
 //! * `--leases N` leases of `--lease-ttl` seconds, granted before the phase
 //!   (not measured) and kept alive by one client on one LeaseKeepAlive
 //!   stream: each lease is renewed every third of its TTL. A keep-alive
@@ -36,7 +44,10 @@ use tonic::transport::Channel;
 pub struct WatchStats {
     pub watchers: usize,
     pub streams: usize,
-    /// Revisions each watcher should have seen (writes in the phase).
+    /// Each watcher on its own key (--watch-own-key).
+    pub own_key: bool,
+    /// Revisions each watcher should have seen (writes in the phase; with
+    /// own keys the puts to its key, on average).
     pub expected_per_watcher: u64,
     /// Events received over all watchers.
     pub events: u64,
@@ -125,6 +136,30 @@ fn mod_revision(event: &[u8]) -> Option<i64> {
     field(&event[kv], 3, true).map(|(v, _)| v as i64)
 }
 
+/// `--watch-own-key`: watcher j's key and how many puts of the phase go
+/// to it.
+#[derive(Clone)]
+pub struct OwnKeys {
+    pub keys: Vec<Vec<u8>>,
+    pub expected: Vec<u64>,
+}
+
+impl OwnKeys {
+    /// Watcher j on key j mod keyspace of the sequential put workload,
+    /// which writes key i mod keyspace at operation i of `total`.
+    pub fn for_put_workload(args: &crate::cli::Args, watchers: usize) -> OwnKeys {
+        let spec = crate::workload::Spec::new(args);
+        let (ks, total) = (spec.keyspace, args.total);
+        let (keys, expected) = (0..watchers as u64)
+            .map(|j| {
+                let k = j % ks;
+                (spec.key(k), total / ks + u64::from(k < total % ks))
+            })
+            .unzip();
+        OwnKeys { keys, expected }
+    }
+}
+
 /// Watch streams, started and created before the phase.
 pub struct Watchers {
     streams: Vec<tokio::task::JoinHandle<Result<StreamSeen, String>>>,
@@ -134,6 +169,7 @@ pub struct Watchers {
     first_rev: i64,
     watchers: usize,
     stop: Arc<AtomicBool>,
+    own: Option<OwnKeys>,
 }
 
 #[derive(Default)]
@@ -155,26 +191,34 @@ struct PerWatcher {
 
 impl Watchers {
     /// Opens `streams` streams to `endpoints` (round robin) with
-    /// `watchers` watchers in all, each watching every key from `from`.
+    /// `watchers` watchers in all, each watching every key (or its own key)
+    /// from `from`.
     pub async fn start(
         endpoints: &[String],
         watchers: usize,
         streams: usize,
         from: i64,
+        own: Option<OwnKeys>,
     ) -> Result<Watchers, String> {
         let streams = streams.clamp(1, watchers.max(1));
         let last_rev = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         let (ready_tx, mut ready_rx) = mpsc::channel(streams);
+        let mut first = 0;
         for s in 0..streams {
             let n = watchers / streams + usize::from(s < watchers % streams);
             let channel = connect(&endpoints[s % endpoints.len()]).await?;
             let last_rev = last_rev.clone();
             let stop = stop.clone();
             let ready = ready_tx.clone();
+            let mine = own.as_ref().map(|o| OwnKeys {
+                keys: o.keys[first..first + n].to_vec(),
+                expected: o.expected[first..first + n].to_vec(),
+            });
+            first += n;
             handles.push(tokio::spawn(async move {
-                run_stream(channel, n, from, last_rev, stop, ready).await
+                run_stream(channel, n, from, last_rev, stop, ready, mine).await
             }));
         }
         drop(ready_tx);
@@ -191,6 +235,7 @@ impl Watchers {
             first_rev: from,
             watchers,
             stop,
+            own,
         })
     }
 
@@ -204,14 +249,20 @@ impl Watchers {
             tokio::time::sleep(max).await;
             stop.store(true, Ordering::Release);
         });
-        let expected = (last - self.first_rev + 1).max(0) as u64;
+        let expected = match &self.own {
+            // Per watcher on average; each is checked against its own count.
+            Some(o) => o.expected.iter().sum::<u64>() / o.expected.len().max(1) as u64,
+            None => (last - self.first_rev + 1).max(0) as u64,
+        };
         let mut stats = WatchStats {
             watchers: self.watchers,
             streams: self.streams.len(),
             expected_per_watcher: expected,
+            own_key: self.own.is_some(),
             ..Default::default()
         };
         let mut drained = ended;
+        let mut own_expected = self.own.as_ref().map(|o| o.expected.iter());
         for h in self.streams {
             let seen = h.await.map_err(|e| e.to_string())??;
             stats.canceled += seen.canceled;
@@ -220,10 +271,17 @@ impl Watchers {
             }
             for w in seen.per {
                 stats.events += w.events;
-                let missing = (last - w.last).max(0) as u64;
-                stats.lost += w.lost + missing;
                 stats.repeated += w.repeated;
-                if w.lost + missing == 0 && w.repeated == 0 && w.events == expected {
+                let (missing, want) = match own_expected.as_mut() {
+                    // Its own key's puts: a count, not a run of revisions.
+                    Some(exp) => {
+                        let want = *exp.next().ok_or("more watchers than keys")?;
+                        (want.saturating_sub(w.events - w.repeated), want)
+                    }
+                    None => (w.lost + (last - w.last).max(0) as u64, expected),
+                };
+                stats.lost += missing;
+                if missing == 0 && w.repeated == 0 && w.events == want {
                     stats.complete += 1;
                 }
             }
@@ -241,13 +299,18 @@ async fn run_stream(
     last_rev: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<(), String>>,
+    own: Option<OwnKeys>,
 ) -> Result<StreamSeen, String> {
     let (tx, rx) = mpsc::channel(watchers.max(1));
-    for _ in 0..watchers {
+    for w in 0..watchers {
+        let (key, range_end) = match &own {
+            Some(o) => (o.keys[w].clone(), Vec::new()),
+            None => (vec![0], vec![0]),
+        };
         let create = WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                key: vec![0],
-                range_end: vec![0],
+                key,
+                range_end,
                 start_revision: from,
                 ..Default::default()
             })),
@@ -276,7 +339,15 @@ async fn run_stream(
             break;
         }
         let target = last_rev.load(Ordering::Acquire) as i64;
-        if target > 0 && seen.per.iter().all(|p| p.last >= target) {
+        let all_in = match &own {
+            Some(o) => seen
+                .per
+                .iter()
+                .zip(&o.expected)
+                .all(|(p, &e)| p.events - p.repeated >= e),
+            None => seen.per.iter().all(|p| p.last >= target),
+        };
+        if target > 0 && all_in {
             seen.done_at.get_or_insert_with(Instant::now);
             break;
         }
@@ -306,7 +377,13 @@ async fn run_stream(
         for e in &msg.events {
             let rev = mod_revision(e).unwrap_or(0);
             per.events += 1;
-            if per.last == 0 {
+            if own.is_some() {
+                // One key's revisions have gaps; only the order is checked.
+                if rev <= per.last {
+                    per.repeated += 1;
+                    continue;
+                }
+            } else if per.last == 0 {
                 per.lost += (rev - from).max(0) as u64;
             } else if rev <= per.last {
                 per.repeated += 1;
@@ -429,6 +506,8 @@ async fn keep(
 /// What the side loads report.
 #[derive(Default)]
 pub struct SideStats {
+    /// Idle connections held through the phase.
+    pub idle_conns: usize,
     pub watch: Option<WatchStats>,
     pub lease: Option<LeaseStats>,
     pub defrag: Option<DefragStats>,
@@ -496,6 +575,25 @@ impl Defragger {
     }
 }
 
+/// `n` connections over `endpoints` (round robin), each past one Range.
+async fn open_idle(endpoints: &[String], n: usize) -> Result<Vec<Channel>, String> {
+    use metastore::proto::etcdserverpb::kv_client::KvClient;
+    use metastore::proto::etcdserverpb::RangeRequest;
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let channel = connect(&endpoints[i % endpoints.len()]).await?;
+        KvClient::new(channel.clone())
+            .range(RangeRequest {
+                key: b"idle".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("idle connection {i}: {}", e.message()))?;
+        held.push(channel);
+    }
+    Ok(held)
+}
+
 /// The side loads' own client thread.
 pub struct Side {
     handle: std::thread::JoinHandle<Result<SideStats, String>>,
@@ -511,7 +609,11 @@ impl Side {
         endpoints: &[String],
         from: i64,
     ) -> Result<Option<Side>, String> {
-        if args.watchers == 0 && args.leases == 0 && args.defrag_every_ms == 0 {
+        if args.watchers == 0
+            && args.leases == 0
+            && args.defrag_every_ms == 0
+            && args.idle_conns == 0
+        {
             return Ok(None);
         }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -525,6 +627,10 @@ impl Side {
         );
         let max = Duration::from_secs(args.max_seconds);
         let defrag_every = Duration::from_millis(args.defrag_every_ms);
+        let own = args
+            .watch_own_key
+            .then(|| OwnKeys::for_put_workload(args, watchers));
+        let idle_conns = args.idle_conns;
         let handle = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -532,8 +638,9 @@ impl Side {
                 .map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 let started = async {
+                    let idle = open_idle(&endpoints, idle_conns).await?;
                     let w = if watchers > 0 {
-                        Some(Watchers::start(&endpoints, watchers, streams, from).await?)
+                        Some(Watchers::start(&endpoints, watchers, streams, from, own).await?)
                     } else {
                         None
                     };
@@ -547,10 +654,10 @@ impl Side {
                     } else {
                         None
                     };
-                    Ok::<_, String>((w, k, d))
+                    Ok::<_, String>((idle, w, k, d))
                 }
                 .await;
-                let (w, k, d) = match started {
+                let (idle, w, k, d) = match started {
                     Ok(x) => {
                         let _ = ready_tx.send(Ok(()));
                         x
@@ -573,7 +680,10 @@ impl Side {
                     Some(d) => Some(d.finish().await?),
                     None => None,
                 };
+                let idle_conns = idle.len();
+                drop(idle);
                 Ok(SideStats {
+                    idle_conns,
                     watch: ws,
                     lease: ls,
                     defrag: ds,

@@ -464,6 +464,64 @@ pub fn rounds_summary(reports: &[Report]) -> String {
             median(of(&|x| x.cpu_per_op)),
         );
     }
+    if reports
+        .iter()
+        .any(|r| r.results.iter().any(|x| x.scale.is_some()))
+    {
+        s += &scale_rounds(reports, &median);
+    }
+    s
+}
+
+/// --workload scale over several rounds: each figure of each server
+/// against the first server's (etcd's) in the same round, every round and
+/// the median.
+fn scale_rounds(reports: &[Report], median: &dyn Fn(Vec<f64>) -> f64) -> String {
+    let Some(first) = reports.first() else {
+        return String::new();
+    };
+    let Some(base) = first.results.first().and_then(|r| r.scale.as_ref()) else {
+        return String::new();
+    };
+    // (server, step) -> that step's figures, in one round.
+    let figures = |r: &Report, server: &str, step: &str| {
+        r.results
+            .iter()
+            .find(|x| x.server == server)
+            .and_then(|x| x.scale.as_ref())
+            .and_then(|x| x.steps.iter().find(|t| t.step == step))
+            .map(|t| t.figures())
+            .unwrap_or_default()
+    };
+    let base_name = &first.results[0].server;
+    let mut s = String::new();
+    for other in first.results.iter().skip(1) {
+        s += &format!("{}/{base_name}, each round and the median:\n", other.server);
+        for step in &base.steps {
+            for (i, (label, _)) in step.figures().into_iter().enumerate() {
+                let ratios: Vec<f64> = reports
+                    .iter()
+                    .filter_map(|r| {
+                        let a = figures(r, &other.server, &step.step).get(i)?.1?;
+                        let b = figures(r, base_name, &step.step).get(i)?.1?;
+                        (a > 0.0 && b > 0.0).then_some(a / b)
+                    })
+                    .collect();
+                let list: Vec<String> = ratios.iter().map(|x| format!("{x:.2}x")).collect();
+                let m = median(ratios);
+                let m = if m.is_finite() {
+                    format!("{m:.2}x")
+                } else {
+                    "n/a".to_owned()
+                };
+                s += &format!(
+                    "  {:<9} {label:<27} {} (median {m})\n",
+                    step.step,
+                    list.join(" ")
+                );
+            }
+        }
+    }
     s
 }
 

@@ -188,6 +188,10 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     if args.workload == crate::cli::Workload::K8s {
         return crate::k8s::run(args, target, say);
     }
+    if args.workload == crate::cli::Workload::Scale {
+        // No member to restart: step 5 is left out.
+        return crate::scale::run(args, target, &mut [], say);
+    }
     let spec = Arc::new(Spec::new(args));
     let max = Duration::from_secs(args.max_seconds);
     if args.workload.needs_preload() {

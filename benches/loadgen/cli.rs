@@ -40,6 +40,9 @@ pub enum Workload {
     /// kube-apiserver's traffic: optimistic updates, paginated lists,
     /// watchers, events on a lease, compaction; every answer checked (k8s/).
     K8s,
+    /// A million keys: fill, paginated LISTs, a 100k-key range, compaction
+    /// under load, a killed member's restart (scale.rs).
+    Scale,
 }
 
 impl Workload {
@@ -52,6 +55,7 @@ impl Workload {
             Workload::Txn => "txn",
             Workload::Mixed => "mixed",
             Workload::K8s => "k8s",
+            Workload::Scale => "scale",
         }
     }
 
@@ -202,9 +206,10 @@ pub struct Args {
     /// Also draw throughput and p99 latency over time of every run as SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
-    /// --workload k8s: objects preloaded before the measured phase.
-    #[arg(long, default_value_t = 10_000)]
-    pub keys: u64,
+    /// --workload k8s: objects preloaded before the measured phase
+    /// (default 10,000); --workload scale: keys filled (default 1,000,000).
+    #[arg(long)]
+    pub keys: Option<u64>,
     /// --workload k8s: how long the measured phase runs (e.g. 60s, 2m).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub k8s_duration: Duration,
@@ -231,6 +236,15 @@ impl Args {
         self.keyspace.unwrap_or(self.total).max(1)
     }
 
+    /// --keys, or the workload's default.
+    pub fn keys(&self) -> u64 {
+        let default = match self.workload {
+            Workload::Scale => 1_000_000,
+            _ => 10_000,
+        };
+        self.keys.unwrap_or(default)
+    }
+
     /// Checks the flags that clap cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.clients == 0 || self.conns == Some(0) || self.total == 0 || self.members == 0 {
@@ -246,15 +260,15 @@ impl Args {
                 "--tls and --auth do not support the side loads (--watchers, --leases, --defrag-every-ms) yet".into(),
             );
         }
-        if self.workload == Workload::K8s
+        if matches!(self.workload, Workload::K8s | Workload::Scale)
             && (self.watchers > 0
                 || self.leases > 0
                 || self.defrag_every_ms > 0
                 || self.auth_storm > 0)
         {
-            return Err("--workload k8s runs its own watchers and lease; no side loads".into());
+            return Err("--workload k8s and scale run no side loads".into());
         }
-        if self.workload == Workload::K8s && self.keys == 0 {
+        if self.keys() == 0 {
             return Err("--keys must be at least 1".into());
         }
         let digits = (self.keyspace() - 1).max(1).ilog10() as usize + 1;

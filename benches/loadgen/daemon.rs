@@ -1,5 +1,6 @@
 //! Starts and stops etcd and MetaStore for `--compare`.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub struct Daemon {
     /// A plain `--listen-metrics-urls` port (with TLS on the client port).
     metrics_port: Option<u16>,
     log: PathBuf,
+    /// The binary and its flags, to start the member again (`restart`).
+    bin: PathBuf,
+    flags: Vec<OsString>,
     _dir: tempfile::TempDir,
 }
 
@@ -116,39 +120,37 @@ impl Daemon {
                 secure.push(format!("http://127.0.0.1:{port}"));
             }
             let peer = format!("http://127.0.0.1:{}", p.peer_port);
-            let stderr = File::create(&log).map_err(|e| format!("log file: {e}"))?;
-            let child = Command::new(bin)
-                .arg("--name")
-                .arg(&p.name)
-                .arg("--data-dir")
-                .arg(&data)
-                .arg("--listen-client-urls")
-                .arg(&client)
-                .arg("--advertise-client-urls")
-                .arg(&client)
-                .arg("--listen-peer-urls")
-                .arg(&peer)
-                .arg("--initial-advertise-peer-urls")
-                .arg(&peer)
-                .arg("--initial-cluster")
-                .arg(&initial)
-                .arg("--initial-cluster-state")
-                .arg("new")
-                .args(&secure)
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .map_err(|e| format!("start {}: {e}", bin.display()))?;
-            members.push(Daemon {
+            let mut flags: Vec<OsString> = vec![
+                "--name".into(),
+                p.name.into(),
+                "--data-dir".into(),
+                data.into(),
+                "--listen-client-urls".into(),
+                client.clone().into(),
+                "--advertise-client-urls".into(),
+                client.into(),
+                "--listen-peer-urls".into(),
+                peer.clone().into(),
+                "--initial-advertise-peer-urls".into(),
+                peer.into(),
+                "--initial-cluster".into(),
+                initial.clone().into(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+            ];
+            flags.extend(secure.iter().chain(extra).map(OsString::from));
+            let mut d = Daemon {
                 kind,
-                child: Some(child),
+                child: None,
                 port: p.port,
                 metrics_port: p.metrics_port,
                 log,
+                bin: bin.to_path_buf(),
+                flags,
                 _dir: p.dir,
-            });
+            };
+            d.spawn(File::create(&d.log))?;
+            members.push(d);
         }
         for d in &mut members {
             d.wait_ready()?;
@@ -156,7 +158,37 @@ impl Daemon {
         Ok(members)
     }
 
-    fn wait_ready(&mut self) -> Result<(), String> {
+    /// Starts the process with the member's flags, its stderr to `log`.
+    fn spawn(&mut self, log: std::io::Result<File>) -> Result<(), String> {
+        let stderr = log.map_err(|e| format!("log file: {e}"))?;
+        let child = Command::new(&self.bin)
+            .args(&self.flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL (no clean shutdown), then starts the member again with the
+    /// same flags and data dir, its log appended to. Returns once the new
+    /// process is spawned, with the instant it was; it is not waited for
+    /// (see `wait_ready`).
+    pub fn restart(&mut self) -> Result<Instant, String> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = File::options().append(true).open(&self.log);
+        let spawned = Instant::now();
+        self.spawn(log)?;
+        Ok(spawned)
+    }
+
+    /// Waits until the member's /health says healthy.
+    pub fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_WITHIN;
         let addr = self.http_addr();
         while Instant::now() < deadline {

@@ -70,6 +70,21 @@
 //!   fails the run. Reported per kind, with the watch lag, compactions,
 //!   snapshot files and stalls (operations over 100 ms); `--csv` has one
 //!   row per kind. `--keep-logs DIR` keeps the servers' logs.
+//! * `scale` (scale.rs): issue 15's large store. `--keys` (default
+//!   1,000,000) pods `/registry/pods/ns-<k % 100>/pod-<k>` of `--value-size`
+//!   bytes put by `--clients` clients (fill time, RSS after the fill and its
+//!   peak during it); three paginated LISTs of them all as the apiserver
+//!   pages (500 a page at the first page's revision; each key checked to
+//!   come back once, in order; time and RSS peak over the RSS before);
+//!   three unpaginated Ranges of 100,000 keys (time, answer bytes, RSS peak
+//!   and RSS 5 s after); Compact(revision after the fill) 10 s into 20 s of
+//!   puts on other keys (put p50/p99/max before vs during, the call's time);
+//!   and, with `--compare`, the first member SIGKILLed and started again
+//!   (spawn to its first linearizable read, its RSS 5 s after). RSS is
+//!   VmRSS summed over the members, sampled every 100 ms (50 ms around
+//!   LISTs and ranges). `--csv` has one row per step, `--timeline-csv` every
+//!   RSS sample (round, server, step, seconds, KiB). With `--rounds`, every
+//!   second round runs MetaStore before etcd.
 //!
 //! # Output
 //!
@@ -150,6 +165,7 @@ mod bench;
 
 mod k8s;
 mod output;
+mod scale;
 mod secure;
 mod side;
 mod storm;
@@ -207,13 +223,20 @@ async fn compare(args: &Args, round: usize, say: &dyn Fn(&str)) -> Result<Report
         };
         runs.push((name, Kind::MetaStore, ms_bin.clone(), extra));
     }
+    // --workload scale: every second round runs the servers in the
+    // opposite order (MetaStore first), so neither always runs on a machine
+    // the other just left; the results are put back in the usual order.
+    let reversed = args.workload == cli::Workload::Scale && round % 2 == 1;
+    if reversed {
+        runs.reverse();
+    }
     for (name, kind, bin, extra) in runs {
         say(&format!(
             "starting {name} ({}, {} member(s))",
             bin.display(),
             args.members
         ));
-        let members =
+        let mut members =
             Daemon::start_cluster(kind, &bin, args.members, &extra, root, tls_flags.as_deref())?;
         let endpoints: Vec<String> = members.iter().map(Daemon::addr).collect();
         if args.auth {
@@ -234,7 +257,12 @@ async fn compare(args: &Args, round: usize, say: &dyn Fn(&str)) -> Result<Report
             dial: dial.clone(),
             data_dirs: members.iter().map(Daemon::data_dir).collect(),
         };
-        let r = bench::run(args, &target, say).await.map_err(|e| {
+        let r = if args.workload == cli::Workload::Scale {
+            scale::run(args, &target, &mut members, say)
+        } else {
+            bench::run(args, &target, say).await
+        };
+        let r = r.map_err(|e| {
             let logs: Vec<String> = members.iter().map(Daemon::log_tail).collect();
             format!("{e}\n{} logs:\n{}", target.name, logs.join("\n---\n"))
         })?;
@@ -254,6 +282,9 @@ async fn compare(args: &Args, round: usize, say: &dyn Fn(&str)) -> Result<Report
         }
         // Stopped before the next server starts: one at a time on the cores.
         drop(members);
+    }
+    if reversed {
+        results.reverse();
     }
     let mut ratios: Vec<(String, Ratios)> = results[1..]
         .iter()

@@ -30,6 +30,9 @@ pub fn write_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
     if runs(reports).any(|(_, r)| r.k8s.is_some()) {
         return write_k8s_csv(path, reports);
     }
+    if runs(reports).any(|(_, r)| r.scale.is_some()) {
+        return write_scale_csv(path, reports);
+    }
     let storm = runs(reports).any(|(_, r)| r.auth_storm.is_some());
     let side = runs(reports).any(|(_, r)| r.side_rss_kib.is_some());
     let mut out = String::from(
@@ -140,8 +143,60 @@ fn write_k8s_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
     std::fs::write(path, out)
 }
 
-/// One row per interval of each run.
+/// --workload scale: one row per step of each run (a step's figures that
+/// do not apply to it are empty). Rounds alternate the order: in odd rounds
+/// etcd ran first, in even ones last.
+fn write_scale_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
+    let mut out = String::from(
+        "round,server,members,keys,step,ms,keys_returned,bytes,rss_before_kib,rss_peak_kib,\
+         rss_after_kib,rss_5s_kib,before_puts,before_p50_us,before_p99_us,before_max_us,\
+         during_puts,during_p50_us,during_p99_us,during_max_us,error\n",
+    );
+    for (round, r) in runs(reports) {
+        let Some(x) = &r.scale else { continue };
+        for s in &x.steps {
+            let w = |w: Option<crate::scale::Window>| match w {
+                Some(w) => format!("{},{},{},{}", w.puts, w.p50_us, w.p99_us, w.max_us),
+                None => ",,,".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "{round},{},{},{},{},{:.1},{},{},{},{},{},{},{},{},\"{}\"",
+                r.server,
+                x.members,
+                x.keys,
+                s.step,
+                s.ms,
+                opt(s.keys),
+                opt(s.bytes),
+                opt(s.rss_before_kib),
+                opt(s.rss_peak_kib),
+                opt(s.rss_after_kib),
+                opt(s.rss_5s_kib),
+                w(s.before),
+                w(s.during),
+                s.error.as_deref().unwrap_or_default().replace('"', "\"\"")
+            );
+        }
+    }
+    std::fs::write(path, out)
+}
+
+/// One row per interval of each run (--workload scale: per RSS sample).
 pub fn write_timeline_csv(path: &Path, reports: &[Report]) -> std::io::Result<()> {
+    if runs(reports).any(|(_, r)| r.scale.is_some()) {
+        let mut out = String::from("round,server,step,t_s,rss_kib\n");
+        for (round, r) in runs(reports) {
+            for x in r.scale.iter().flat_map(|x| &x.rss) {
+                let _ = writeln!(
+                    out,
+                    "{round},{},{},{:.3},{}",
+                    r.server, x.step, x.t_s, x.rss_kib
+                );
+            }
+        }
+        return std::fs::write(path, out);
+    }
     let mut out = String::from("round,server,t_s,ops_per_s,p50_us,p99_us,max_us\n");
     for (round, r) in runs(reports) {
         for p in &r.timeline {

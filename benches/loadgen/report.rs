@@ -57,6 +57,8 @@ pub struct RunResult {
     pub timeline: Vec<TimePoint>,
     /// What --workload k8s measured per kind and found.
     pub k8s: Option<crate::k8s::K8sStats>,
+    /// What --workload scale measured per step.
+    pub scale: Option<crate::scale::ScaleStats>,
 }
 
 /// One interval of a run.
@@ -175,6 +177,7 @@ impl RunResult {
             auth_storm: None,
             timeline: Vec::new(),
             k8s: None,
+            scale: None,
         }
     }
 
@@ -280,6 +283,9 @@ impl RunResult {
         if let Some(k) = &self.k8s {
             s += &k.summary();
         }
+        if let Some(x) = &self.scale {
+            s += &x.summary();
+        }
         for (msg, n) in &self.error_samples {
             s += &format!("  error x{n}: {msg}\n");
         }
@@ -344,6 +350,8 @@ pub struct Config {
     pub auth_storm: Option<usize>,
     /// --workload k8s: (objects, phase seconds, compaction interval seconds).
     pub k8s: Option<(u64, f64, f64)>,
+    /// --workload scale: keys filled.
+    pub scale: Option<u64>,
 }
 
 impl Config {
@@ -366,14 +374,25 @@ impl Config {
             auth: a.auth,
             auth_storm: (a.auth_storm > 0).then_some(a.auth_storm),
             k8s: (a.workload == crate::cli::Workload::K8s).then_some((
-                a.keys,
+                a.keys(),
                 a.k8s_duration.as_secs_f64(),
                 a.k8s_compact_interval.as_secs_f64(),
             )),
+            scale: (a.workload == crate::cli::Workload::Scale).then(|| a.keys()),
         }
     }
 
     pub fn line(&self) -> String {
+        if let Some(k) = self.scale {
+            return format!(
+                "workload=scale clients={} members={} keys={k} value-size={}{}{}",
+                self.clients,
+                self.members,
+                self.value_size,
+                if self.tls { " tls" } else { "" },
+                if self.auth { " auth" } else { "" }
+            );
+        }
         if let Some((k, d, c)) = self.k8s {
             return format!(
                 "workload=k8s clients={} members={} keys={k} k8s-duration={d}s k8s-compact-interval={c}s{}{}",
@@ -473,6 +492,64 @@ pub fn rounds_summary(reports: &[Report]) -> String {
             median(of(&|x| x.cpu_per_op)),
         );
     }
+    if reports
+        .iter()
+        .any(|r| r.results.iter().any(|x| x.scale.is_some()))
+    {
+        s += &scale_rounds(reports, &median);
+    }
+    s
+}
+
+/// --workload scale over several rounds: each figure of each server
+/// against the first server's (etcd's) in the same round, every round and
+/// the median.
+fn scale_rounds(reports: &[Report], median: &dyn Fn(Vec<f64>) -> f64) -> String {
+    let Some(first) = reports.first() else {
+        return String::new();
+    };
+    let Some(base) = first.results.first().and_then(|r| r.scale.as_ref()) else {
+        return String::new();
+    };
+    // (server, step) -> that step's figures, in one round.
+    let figures = |r: &Report, server: &str, step: &str| {
+        r.results
+            .iter()
+            .find(|x| x.server == server)
+            .and_then(|x| x.scale.as_ref())
+            .and_then(|x| x.steps.iter().find(|t| t.step == step))
+            .map(|t| t.figures())
+            .unwrap_or_default()
+    };
+    let base_name = &first.results[0].server;
+    let mut s = String::new();
+    for other in first.results.iter().skip(1) {
+        s += &format!("{}/{base_name}, each round and the median:\n", other.server);
+        for step in &base.steps {
+            for (i, (label, _)) in step.figures().into_iter().enumerate() {
+                let ratios: Vec<f64> = reports
+                    .iter()
+                    .filter_map(|r| {
+                        let a = figures(r, &other.server, &step.step).get(i)?.1?;
+                        let b = figures(r, base_name, &step.step).get(i)?.1?;
+                        (a > 0.0 && b > 0.0).then_some(a / b)
+                    })
+                    .collect();
+                let list: Vec<String> = ratios.iter().map(|x| format!("{x:.2}x")).collect();
+                let m = median(ratios);
+                let m = if m.is_finite() {
+                    format!("{m:.2}x")
+                } else {
+                    "n/a".to_owned()
+                };
+                s += &format!(
+                    "  {:<9} {label:<27} {} (median {m})\n",
+                    step.step,
+                    list.join(" ")
+                );
+            }
+        }
+    }
     s
 }
 
@@ -514,6 +591,9 @@ impl Report {
         }
         if self.results.iter().any(|r| r.k8s.is_some()) {
             s += &self.k8s_table();
+        }
+        if self.results.iter().any(|r| r.scale.is_some()) {
+            s += &self.scale_table();
         }
         for (name, x) in &self.ratios {
             let opt2 = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}x"));
@@ -600,6 +680,67 @@ impl Report {
             })
             .collect();
         s += &format!("pauses over 100 ms: {}\n", p.join(", "));
+        s
+    }
+}
+
+impl Report {
+    /// --workload scale: every figure of every step on each server side by
+    /// side, and each server against the first (etcd in --compare).
+    fn scale_table(&self) -> String {
+        let runs: Vec<(&str, &crate::scale::ScaleStats)> = self
+            .results
+            .iter()
+            .filter_map(|r| r.scale.as_ref().map(|x| (r.server.as_str(), x)))
+            .collect();
+        let Some((base_name, base)) = runs.first() else {
+            return String::new();
+        };
+        let mut s = format!("{:<9} {:<27}", "step", "figure");
+        for (name, _) in &runs {
+            s += &format!(" {name:>11}");
+        }
+        for (name, _) in runs.iter().skip(1) {
+            s += &format!(" {:>16}", format!("{name}/{base_name}"));
+        }
+        s.push('\n');
+        let cell = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
+        for step in &base.steps {
+            let of = |x: &crate::scale::ScaleStats| {
+                x.steps
+                    .iter()
+                    .find(|t| t.step == step.step)
+                    .map(|t| t.figures())
+                    .unwrap_or_default()
+            };
+            for (i, (label, v0)) in step.figures().into_iter().enumerate() {
+                s += &format!("{:<9} {label:<27}", step.step);
+                for (_, x) in &runs {
+                    s += &format!(" {:>11}", cell(of(x).get(i).and_then(|f| f.1)));
+                }
+                for (_, x) in runs.iter().skip(1) {
+                    let r = of(x)
+                        .get(i)
+                        .and_then(|f| f.1)
+                        .zip(v0)
+                        // A difference that fell has no meaningful ratio.
+                        .filter(|(a, b)| *a > 0.0 && *b > 0.0)
+                        .map(|(a, b)| a / b);
+                    s += &format!(
+                        " {:>16}",
+                        r.map_or("n/a".to_owned(), |r| format!("{r:.2}x"))
+                    );
+                }
+                s.push('\n');
+            }
+        }
+        for (name, x) in &runs {
+            for t in &x.steps {
+                if let Some(e) = &t.error {
+                    s += &format!("{name} {}: ERROR {e}\n", t.step);
+                }
+            }
+        }
         s
     }
 }

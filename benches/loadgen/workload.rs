@@ -62,8 +62,9 @@ impl Spec {
                 key,
                 serializable: true,
             },
-            // k8s/ runs its own operations; bench::run never gets here.
-            Workload::Txn | Workload::K8s => Op::Txn(key),
+            // k8s/ and scale.rs run their own operations; bench::run
+            // never gets here.
+            Workload::Txn | Workload::K8s | Workload::Scale => Op::Txn(key),
             Workload::Mixed => {
                 if rng.gen_range(0..100u8) < self.read_percent {
                     Op::Get {

@@ -1077,7 +1077,7 @@ fn pauses(
     out
 }
 
-fn q(h: &Histogram<u64>, v: f64) -> u64 {
+pub(crate) fn q(h: &Histogram<u64>, v: f64) -> u64 {
     if h.is_empty() {
         0
     } else {
@@ -1180,7 +1180,7 @@ async fn measure(
 ) -> Result<Measured, String> {
     let mut noise = vec![0u8; 16 << 10];
     StdRng::seed_from_u64(0x5eed).fill_bytes(&mut noise);
-    let keys = args.keys;
+    let keys = args.keys();
     let shared = Arc::new(Shared {
         model: Mutex::new(Model::default()),
         cache: Mutex::new(HashMap::new()),

@@ -210,6 +210,10 @@ pub struct Args {
     /// (default 10,000); --workload scale: keys filled (default 1,000,000).
     #[arg(long)]
     pub keys: Option<u64>,
+    /// --workload scale: how many full paginated LISTs (etcd 3.4 walks the
+    /// rest of the range for every page: minutes per LIST at a million keys).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub scale_lists: u64,
     /// --workload k8s: how long the measured phase runs (e.g. 60s, 2m).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub k8s_duration: Duration,

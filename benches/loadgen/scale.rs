@@ -666,7 +666,7 @@ async fn measure(
 
     // 2. Paginated LISTs.
     let mut kv = connect(target, 0, Duration::from_secs(600)).await?;
-    for i in 1..=REPEATS {
+    for i in 1..=args.scale_lists {
         let name = format!("list-{i}");
         let mut st = Step::named(&name);
         st.rss_before_kib = rss(&run.pids);

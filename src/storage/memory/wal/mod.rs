@@ -1176,16 +1176,23 @@ mod tests {
         assert_eq!(recs, want);
     }
 
-    #[test]
-    fn a_torn_write_inside_preallocated_space_is_repaired() {
-        let tmp = TempDir::new().unwrap();
-        let dir = tmp.path();
+    /// A preallocated WAL in `dir` with five records synced; the length
+    /// they end at.
+    fn five_synced(dir: &Path) -> (Wal, usize) {
         let (mut wal, _) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
         for i in 0..5 {
             wal.append(1, &payload(i), i as u64);
         }
         wal.sync().unwrap();
-        let start = wal.active.len as usize;
+        let synced = wal.active.len as usize;
+        (wal, synced)
+    }
+
+    #[test]
+    fn a_torn_write_inside_preallocated_space_is_repaired() {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path();
+        let (mut wal, start) = five_synced(dir);
         wal.append(2, &[7u8; 500], 9);
         wal.sync().unwrap();
         drop(wal);
@@ -1219,12 +1226,7 @@ mod tests {
     fn a_lost_sector_inside_the_last_unsynced_batch_ends_the_log() {
         let tmp = TempDir::new().unwrap();
         let dir = tmp.path();
-        let (mut wal, _) = Wal::open(dir, prealloc(64 * 1024)).unwrap();
-        for i in 0..5 {
-            wal.append(1, &payload(i), i as u64);
-        }
-        wal.sync().unwrap();
-        let synced = wal.active.len as usize;
+        let (mut wal, synced) = five_synced(dir);
         // One batch of 40 records of 200 bytes: about 16 sectors.
         for i in 0..40u64 {
             wal.append(2, &[i as u8 + 1; 200], 100 + i);

@@ -229,10 +229,11 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     // Watchers and kept-alive leases first (not measured), from the next
     // revision on.
     let first_rev = current_revision(target).await? + 1;
-    let rss = || sum(target.pids.iter().map(|&p| procfs::rss_kib(p)));
-    let rss_before_side = rss();
+    let rss_before_side = procfs::rss_sum(&target.pids);
     let side = crate::side::Side::start(args, &target.endpoints, first_rev)?;
-    let side_rss = rss_before_side.zip(side.as_ref().and(rss()));
+    let side_rss = side
+        .as_ref()
+        .and_then(|_| rss_before_side.zip(procfs::rss_sum(&target.pids)));
     if side.is_some() {
         say(&format!(
             "[{}] {} watchers on {} streams, {} leases (TTL {} s) kept alive, defragment every {} ms",
@@ -292,7 +293,7 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
     let probes = Probes {
         server_cpu_us: server_cpu0.zip(server_cpu1).map(|(a, b)| b - a),
         client_cpu_us: client_cpu0.zip(client_cpu1).map(|(a, b)| b - a),
-        rss_kib: sum(target.pids.iter().map(|&p| procfs::rss_kib(p))),
+        rss_kib: procfs::rss_sum(&target.pids),
         host_cpu_us: host0
             .zip(host1)
             .map(|((b0, t0), (b1, t1))| (b1.saturating_sub(b0), t1.saturating_sub(t0))),

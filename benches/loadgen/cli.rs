@@ -257,18 +257,14 @@ impl Args {
         if self.watch_own_key && (self.workload != Workload::Put || self.random_keys) {
             return Err("--watch-own-key needs --workload put with sequential keys".into());
         }
-        if (self.tls || self.auth)
-            && (self.watchers > 0 || self.leases > 0 || self.defrag_every_ms > 0)
-        {
+        let side =
+            self.watchers > 0 || self.leases > 0 || self.defrag_every_ms > 0 || self.idle_conns > 0;
+        if (self.tls || self.auth) && side {
             return Err(
-                "--tls and --auth do not support the side loads (--watchers, --leases, --defrag-every-ms) yet".into(),
+                "--tls and --auth do not support the side loads (--watchers, --leases, --defrag-every-ms, --idle-conns) yet".into(),
             );
         }
-        if matches!(self.workload, Workload::K8s | Workload::Scale)
-            && (self.watchers > 0
-                || self.leases > 0
-                || self.defrag_every_ms > 0
-                || self.auth_storm > 0)
+        if matches!(self.workload, Workload::K8s | Workload::Scale) && (side || self.auth_storm > 0)
         {
             return Err("--workload k8s and scale run no side loads".into());
         }

@@ -34,8 +34,8 @@ pub struct Outcome {
     pub samples: Vec<(u32, u32)>,
 }
 
-fn histogram() -> Histogram<u64> {
-    // 1 µs .. 1 h at 3 significant digits.
+/// A latency histogram: 1 µs .. 1 h at 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 

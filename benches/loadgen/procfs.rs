@@ -37,6 +37,12 @@ fn clock_ticks() -> u64 {
     u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
+/// Resident memory of several processes (the members), summed; None if
+/// any cannot be read.
+pub fn rss_sum(pids: &[u32]) -> Option<u64> {
+    crate::bench::sum(pids.iter().map(|&p| rss_kib(p)))
+}
+
 /// `VmRSS` of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -7,7 +7,8 @@
 //!    peak during it (summed VmRSS of the members, sampled every 100 ms);
 //! 2. LIST of the whole prefix as the apiserver pages it (limit 500, the
 //!    first page at revision 0, every next one from the last key + "\0" at
-//!    the first page's revision), three times (the first is cold): its time
+//!    the first page's revision), `--scale-lists` times (default 3; the
+//!    first is cold): its time
 //!    and RSS peak over the RSS before it (sampled every 50 ms); the keys
 //!    must come back exactly once each, in order;
 //! 3. one Range without a limit over a key range that holds exactly 100,000
@@ -30,7 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use metastore::api::concurrency::prefix_end;
 use metastore::proto::etcdserverpb::kv_client::KvClient;
 use metastore::proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest};
@@ -42,19 +42,19 @@ use serde::Serialize;
 use crate::bench::{sum, Target};
 use crate::cli::Args;
 use crate::daemon::Daemon;
+use crate::driver::histogram;
 use crate::driver::Outcome;
-use crate::k8s::q;
+use crate::k8s::{q, status, PAGE};
 use crate::procfs;
+use crate::procfs::rss_sum as rss;
 use crate::report::{Probes, RunResult};
 use crate::secure::Authed;
 
 const PREFIX: &[u8] = b"/registry/pods/";
 const NAMESPACES: u64 = 100;
-/// The apiserver's page size.
-const PAGE: i64 = 500;
 /// Keys in the unpaginated range.
 const RANGE_KEYS: u64 = 100_000;
-/// LISTs and ranges, each.
+/// Unpaginated ranges (LISTs: `--scale-lists`).
 const REPEATS: usize = 3;
 /// The put load around the compaction: its length, and when Compact is called.
 const LOAD: Duration = Duration::from_secs(20);
@@ -267,18 +267,6 @@ impl ScaleStats {
             .map(|st| format!("  {}\n", st.line()))
             .collect()
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
-}
-
-fn status(s: &tonic::Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
-}
-
-fn rss(pids: &[u32]) -> Option<u64> {
-    sum(pids.iter().map(|&p| procfs::rss_kib(p)))
 }
 
 /// Reads the summed RSS of some processes on a thread of its own.

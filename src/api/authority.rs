@@ -123,6 +123,16 @@ impl<S> FixAuthority<S> {
         &self.inner
     }
 
+    /// Whether the first-bytes deadline still runs: no whole HTTP/2
+    /// preface, or no whole first HTTP/1.1 request head yet.
+    fn undecided(&self) -> bool {
+        match self.mode {
+            Mode::Preface | Mode::Head => true,
+            Mode::Deciding => !self.greeted,
+            Mode::Rewrite | Mode::Pass => false,
+        }
+    }
+
     /// Moves what can be decided from `input` to `output`.
     fn process(&mut self) -> io::Result<()> {
         loop {
@@ -450,12 +460,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
                 // The fast path: straight through.
                 return Pin::new(&mut me.inner).poll_read(cx, buf);
             }
-            let undecided = match me.mode {
-                Mode::Preface | Mode::Head => true,
-                Mode::Deciding => !me.greeted,
-                Mode::Rewrite | Mode::Pass => false,
-            };
-            if !undecided {
+            if !me.undecided() {
                 me.deadline = None;
             } else {
                 let deadline = me
@@ -639,11 +644,7 @@ mod tests {
     /// split). A whole preface or head disarms it.
     #[test]
     fn the_deadline_holds_until_a_preface_or_a_request_head_is_complete() {
-        let undecided = |f: &FixAuthority<()>| match f.mode {
-            Mode::Preface | Mode::Head => true,
-            Mode::Deciding => !f.greeted,
-            _ => false,
-        };
+        let undecided = FixAuthority::undecided;
         let get = b"GET /health HTTP/1.1\r\nHost: x\r\nX: \r\r\n\r\nnext".to_vec();
         let end = get.len() - 4;
         for split in 1..get.len() {

@@ -139,7 +139,6 @@ impl LossyDisk {
             .unwrap_or_else(|| panic!("lossyfs answered {answer:?}"))
     }
 
-    /// Arms EIO: `fsync`, `fsync once`, `write`, `write once`, or `off`.
     /// Makes every file fsync take `delay` before it syncs.
     pub fn fsync_delay(&mut self, delay: Duration) {
         let answer = self.command(&format!("fsync-delay {}", delay.as_micros()));
@@ -149,6 +148,7 @@ impl LossyDisk {
         );
     }
 
+    /// Arms EIO: `fsync`, `fsync once`, `write`, `write once`, or `off`.
     pub fn eio(&mut self, arg: &str) {
         let answer = self.command(&format!("eio {arg}"));
         assert!(

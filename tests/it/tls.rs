@@ -441,6 +441,16 @@ fn https_get_as(
     )
 }
 
+/// An unstarted memory member serving https on its client port with a
+/// certificate for `cn` from `ca` (files `server` under `pki`).
+fn https_member(pki: &Pki, ca: &Ca, cn: &str) -> Server {
+    let (srv, srv_key) = pki.leaf("server", &ca.issue(cn));
+    let mut ms = Server::unstarted(Kind::MetaStore(Engine::Memory), "default", &[]);
+    ms.set_https(true, false);
+    ms.add_extra(&["--cert-file", &srv, "--key-file", &srv_key]);
+    ms
+}
+
 /// Replacing the certificate files changes the certificate new
 /// connections get, without a restart; /metrics is served over https on
 /// the TLS port and plain on --listen-metrics-urls; an http:// listen URL
@@ -450,12 +460,9 @@ fn certificates_rotate_without_restart_and_metrics_are_served() {
     let pki = Pki::new();
     let ca = Ca::new("test-ca");
     let ca_file = pki.ca("ca", &ca);
-    let (srv, srv_key) = pki.leaf("server", &ca.issue("server-1"));
-    let mut ms = Server::unstarted(Kind::MetaStore(Engine::Memory), "default", &[]);
-    ms.set_https(true, false);
+    let mut ms = https_member(&pki, &ca, "server-1");
     let plain_port = crate::harness::free_port();
     ms.more_client_urls = vec![format!("http://127.0.0.1:{plain_port}")];
-    ms.add_extra(&["--cert-file", &srv, "--key-file", &srv_key]);
     ms.spawn();
 
     assert_eq!(handshake(ms.port, &ca_file, None).unwrap(), "server-1");
@@ -1008,10 +1015,7 @@ fn stalled_tls_handshakes_are_closed_and_block_no_one() {
     let pki = Pki::new();
     let ca = Ca::new("test-ca");
     let ca_file = pki.ca("ca", &ca);
-    let (srv, srv_key) = pki.leaf("server", &ca.issue("server-1"));
-    let mut ms = Server::unstarted(Kind::MetaStore(Engine::Memory), "default", &[]);
-    ms.set_https(true, false);
-    ms.add_extra(&["--cert-file", &srv, "--key-file", &srv_key]);
+    let mut ms = https_member(&pki, &ca, "server-1");
     ms.spawn();
     let opened = Instant::now();
     // A TLS record header announcing a 512-byte handshake, and 3 bytes of it.

@@ -67,6 +67,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
+
+use crate::driver::histogram;
 use metastore::api::concurrency::prefix_end;
 use metastore::proto::etcdserverpb::kv_client::KvClient;
 use metastore::proto::etcdserverpb::lease_client::LeaseClient;
@@ -93,7 +95,7 @@ const RESOURCES: [&str; 5] = ["pods", "configmaps", "secrets", "leases", "servic
 const NAMESPACES: u64 = 20;
 const EVENT_NAMES: u64 = 2000;
 /// The apiserver's page size for paginated lists.
-const PAGE: i64 = 500;
+pub(crate) const PAGE: i64 = 500;
 /// An operation slower than this is a stall.
 const STALL_MS: u64 = 100;
 /// GuaranteedUpdate gives up after this many failed compares.
@@ -294,7 +296,7 @@ fn event_key(n: u64) -> Vec<u8> {
     format!("/registry/events/ns-{:02}/ev-{n:05}", n % NAMESPACES).into_bytes()
 }
 
-fn status(s: &tonic::Status) -> String {
+pub(crate) fn status(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
@@ -305,10 +307,6 @@ fn kv_of(kv: &metastore::proto::mvccpb::KeyValue) -> Kv {
         mod_rev: kv.mod_revision,
         hash: check::hash(&kv.value),
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
 type Kvc = KvClient<Authed>;

@@ -177,18 +177,32 @@ impl Fault for PowerCut {
     }
 }
 
+/// Sets `rule(from, to)` at the proxy on member `m`'s links to every other
+/// member (and, with `both_ways`, theirs to it) for `d`, then heals.
+fn on_links(
+    f: &mut Faulty,
+    m: usize,
+    d: Duration,
+    both_ways: bool,
+    rule: impl Fn(&NetProxy, usize, usize),
+) {
+    for o in (0..f.cluster.members.len()).filter(|&o| o != m) {
+        rule(&f.proxy, m, o);
+        if both_ways {
+            rule(&f.proxy, o, m);
+        }
+    }
+    std::thread::sleep(d);
+    f.proxy.heal();
+}
+
 impl Fault for Slow {
     fn name(&self) -> &'static str {
         "slow"
     }
     fn inject(&mut self, f: &mut Faulty, m: usize) {
         let (mean, jitter) = (Duration::from_millis(50), Duration::from_millis(40));
-        for o in (0..f.cluster.members.len()).filter(|&o| o != m) {
-            f.proxy.delay(m, o, mean, jitter);
-            f.proxy.delay(o, m, mean, jitter);
-        }
-        std::thread::sleep(self.0);
-        f.proxy.heal();
+        on_links(f, m, self.0, true, |p, a, b| p.delay(a, b, mean, jitter));
     }
 }
 
@@ -245,11 +259,7 @@ impl Fault for Deaf {
         "one-way"
     }
     fn inject(&mut self, f: &mut Faulty, m: usize) {
-        for o in (0..f.cluster.members.len()).filter(|&o| o != m) {
-            f.proxy.one_way(m, o);
-        }
-        std::thread::sleep(self.0);
-        f.proxy.heal();
+        on_links(f, m, self.0, false, |p, a, b| p.one_way(a, b));
     }
 }
 
@@ -258,12 +268,7 @@ impl Fault for Lossy {
         "loss"
     }
     fn inject(&mut self, f: &mut Faulty, m: usize) {
-        for o in (0..f.cluster.members.len()).filter(|&o| o != m) {
-            f.proxy.loss(m, o, 0.3);
-            f.proxy.loss(o, m, 0.3);
-        }
-        std::thread::sleep(self.0);
-        f.proxy.heal();
+        on_links(f, m, self.0, true, |p, a, b| p.loss(a, b, 0.3));
     }
 }
 

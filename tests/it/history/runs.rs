@@ -219,8 +219,6 @@ fn in_range(spec: &Spec, key: &str) -> bool {
     }
 }
 
-/// 150 random calls over four keys, a progress notification every
-/// seventh, a final range.
 /// The index of the history's first put.
 fn first_put(s: &Sim) -> usize {
     s.calls
@@ -229,6 +227,8 @@ fn first_put(s: &Sim) -> usize {
         .expect("a put")
 }
 
+/// 150 random calls over four keys, a progress notification every
+/// seventh, a final range.
 fn clean() -> Sim {
     let mut s = Sim::new();
     let mut rng = StdRng::seed_from_u64(7);

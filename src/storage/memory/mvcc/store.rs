@@ -75,7 +75,10 @@ pub struct MemStore {
 /// exists (compaction keeps what is live at any revision it leaves
 /// readable), so the count of the next page is the count of this one minus
 /// the keys it returned. Holds the next page of the last [`PAGE_MEMOS`]
-/// paginated reads (several LISTs at once each keep theirs).
+/// paginated reads (several LISTs at once each keep theirs). The API layer
+/// asks for one more than its client's page (to learn `more`, and because
+/// etcd sorts that many by a non-key target) and drops it, so the next page
+/// may start after the last key returned or after the one before it.
 #[derive(Default)]
 pub(super) struct PageMemo(parking_lot::Mutex<std::collections::VecDeque<NextPage>>);
 
@@ -84,7 +87,6 @@ const PAGE_MEMOS: usize = 32;
 
 /// The page that would follow a limited range: its start key, range end,
 /// revision, and how many live keys it counts.
-#[derive(Clone, PartialEq, Eq)]
 pub(super) struct NextPage {
     key: Vec<u8>,
     range_end: Vec<u8>,
@@ -313,9 +315,6 @@ impl MemStore {
             result.count = count;
         }
         if paged && result.count > result.kvs.len() as i64 {
-            // The next page starts after the last key returned, or after the
-            // one before it: the API layer asks for one more than its
-            // client's limit (to learn `more`) and drops it.
             let mut memo = self.pages.0.lock();
             let n = result.kvs.len();
             for (i, kv) in result.kvs.iter().enumerate().skip(n.saturating_sub(2)) {
@@ -573,11 +572,11 @@ pub(super) mod tests {
     }
 
     /// Pages read one after another at one revision (each from the last
-    /// key + "\\0"; the first pagination as the API layer reads, one more
-    /// than the page and on from the page's last), two interleaved, writes
-    /// and a compaction
-    /// between pages: every page's keys and count equal a fresh store's
-    /// (a clone has no memo, so it walks the whole rest of the range).
+    /// key + "\0"; the first pagination as the API layer reads, one more
+    /// than it keeps), two interleaved, writes
+    /// and a compaction between pages: every page's keys and count equal a
+    /// fresh store's (a clone has no memo, so it walks the whole rest of
+    /// the range).
     #[test]
     fn paged_counts_equal_full_counts() {
         let mut s = MemStore::new();

@@ -249,30 +249,24 @@ pub(super) fn read_all(path: &Path, buf: &mut Vec<u8>, zero_tail: bool) -> Resul
         file.read_to_end(buf).map_err(io_err("read", path))?;
         return Ok(());
     }
-    let mut chunk = vec![0u8; 1 << 20];
+    const CHUNK: usize = 1 << 20;
+    let mut chunk = Vec::with_capacity(CHUNK);
     // Zero bytes read and not yet put in `buf`: added only if data follows.
     let mut zeros = 0usize;
     loop {
-        let mut n = 0;
-        while n < chunk.len() {
-            match file.read(&mut chunk[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_err("read", path)(e)),
-            }
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        if all_zero(&chunk[..n]) {
+        chunk.clear();
+        let n = (&mut file)
+            .take(CHUNK as u64)
+            .read_to_end(&mut chunk)
+            .map_err(io_err("read", path))?;
+        if all_zero(&chunk) {
             zeros += n;
         } else {
             buf.resize(buf.len() + zeros, 0);
             zeros = 0;
-            buf.extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(&chunk);
         }
-        if n < chunk.len() {
+        if n < CHUNK {
             return Ok(());
         }
     }
@@ -400,8 +394,7 @@ pub(super) fn scan(
                 offset += frame.frame_len;
             }
             Err(err) => {
-                let zero = all_zero;
-                if is_last && zero(rest) {
+                if is_last && all_zero(rest) {
                     // Preallocated space (segments are zero-filled up front so
                     // fdatasync need not update the inode): the end of the log.
                     return Ok(Scan {
@@ -413,7 +406,9 @@ pub(super) fn scan(
                 let reaches_end = err.reaches_end(rest.len());
                 // A write cut short inside preallocated space: the broken frame
                 // is followed by nothing but the zeros that were there before.
-                let zeros_after = err.extent().is_some_and(|n| rest.get(n..).is_none_or(zero));
+                let zeros_after = err
+                    .extent()
+                    .is_some_and(|n| rest.get(n..).is_none_or(all_zero));
                 if is_last && (reaches_end || zeros_after || lost_sector(data, offset, &err)) {
                     return Ok(Scan {
                         valid_len: offset as u64,

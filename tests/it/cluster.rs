@@ -494,7 +494,19 @@ fn start_added(kind: Kind, name: &str, added: &str, peer_port: u16) -> Server {
 /// [`start_added`] without waiting for the member to be healthy (one that
 /// must first receive and install a large state).
 fn launch_added(kind: Kind, name: &str, added: &str, peer_port: u16) -> Server {
+    launch_added_with(kind, name, added, peer_port, |_| {})
+}
+
+/// As [`launch_added`], the member passed to `configure` before it starts.
+fn launch_added_with(
+    kind: Kind,
+    name: &str,
+    added: &str,
+    peer_port: u16,
+    configure: impl FnOnce(&mut Server),
+) -> Server {
     let mut s = Server::unstarted(kind, name, &[]);
+    configure(&mut s);
     s.peer_port = peer_port;
     let env = |k: &str| {
         added
@@ -830,42 +842,6 @@ impl Canary {
     }
 }
 
-/// The disk's side of [`Canary`]: a thread of the test writes 4 KiB to a
-/// file in the temp dir (where the members' data dirs are) and fdatasyncs
-/// it every 10 ms, and records the slowest sync: no member can acknowledge
-/// a put faster than its disk syncs its WAL.
-struct DiskCanary {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<f64>,
-}
-
-impl DiskCanary {
-    fn start() -> DiskCanary {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            use std::io::Write;
-            let mut file = tempfile::tempfile().expect("a temp file");
-            let block = [7u8; 4096];
-            let mut worst = Duration::ZERO;
-            while !s.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                file.write_all(&block).unwrap();
-                file.sync_data().unwrap();
-                worst = worst.max(t.elapsed());
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            worst.as_secs_f64() * 1000.0
-        });
-        DiskCanary { stop, handle }
-    }
-
-    fn stop(self) -> f64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap_or(f64::MAX)
-    }
-}
-
 /// The value of an unlabelled metric in Prometheus text.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -1134,21 +1110,45 @@ struct AckLog {
 }
 
 impl AckLog {
-    /// The longest gap between acknowledgements in `[from, to]`.
-    fn worst_gap(&self, from: Instant, to: Instant) -> Duration {
+    /// The longest gap between acknowledgements in `[from, to]`, and when
+    /// it started.
+    fn worst_gap(&self, from: Instant, to: Instant) -> (Duration, Instant) {
         let acks = self.acks.lock();
-        let inside: Vec<Instant> = acks
-            .iter()
-            .copied()
-            .filter(|t| *t >= from && *t <= to)
-            .collect();
-        assert!(inside.len() > 10, "puts flowed: {} acks", inside.len());
-        let mut worst = inside[0].duration_since(from);
-        for w in inside.windows(2) {
-            worst = worst.max(w[1].duration_since(w[0]));
-        }
-        worst.max(to.duration_since(inside[inside.len() - 1]))
+        let mut inside: Vec<Instant> = vec![from];
+        inside.extend(acks.iter().copied().filter(|t| *t >= from && *t <= to));
+        assert!(inside.len() > 10, "puts flowed: {} acks", inside.len() - 1);
+        inside.push(to);
+        inside
+            .windows(2)
+            .map(|w| (w[1].duration_since(w[0]), w[0]))
+            .max()
+            .expect("two instants at least")
     }
+}
+
+/// `t` on the members' log clock (UTC, `HH:MM:SS.mmm`).
+fn log_clock(t: Instant) -> String {
+    let now = (Instant::now(), std::time::SystemTime::now());
+    let wall = now.1 - now.0.saturating_duration_since(t);
+    let since = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (s, ms) = (since.as_secs() % 86_400, since.subsec_millis());
+    format!("{:02}:{:02}:{:02}.{ms:03}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The lines of a member's log stamped within `[from, to]` (log clock).
+fn log_between(log: &str, from: &str, to: &str) -> String {
+    strip_ansi(log)
+        .lines()
+        .filter(|l| {
+            let clock = l
+                .split_once('T')
+                .map_or("", |(_, r)| r.get(..12).unwrap_or(""));
+            clock >= from && clock <= to
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Log text without terminal colour codes.
@@ -1202,12 +1202,18 @@ async fn load_keys(ep: &str, prefix: &str, n: usize, value_len: usize) {
 /// the leader and on every member it asks; Maintenance.Snapshot; a snapshot
 /// streamed to a new member, which installs it) runs off the thread that
 /// acknowledges puts: puts keep flowing (no gap between acknowledgements
-/// longer than 100 ms, unless the machine itself stalled or its disk was
-/// slow to sync: see the allowance below) and no election happens.
+/// longer than 100 ms, unless the machine itself stalled: see the allowance
+/// below) and no election happens.
 ///
 /// A timing test with four members of a million keys each: it runs alone,
 /// after the rest of the suite (`scripts/test.sh` runs the ignored tests
-/// one at a time), not beside the other tests on the same two cores.
+/// one at a time), not beside the other tests on the same two cores. The
+/// members keep their data on a tmpfs (/dev/shm): on one shared disk the new
+/// member's install (a 100 MB file and its fsync) made the leader's WAL
+/// fdatasyncs take 50-100 ms (its `etcd_disk_wal_fsync_duration_seconds`),
+/// which is the disk, not the thread this test is about (members on one
+/// disk are a test's set-up, not a deployment); the power-loss tests cover
+/// what the syncs guard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run alone by scripts/test.sh after the suite"]
 async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
@@ -1218,7 +1224,23 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
         "--snapshot-count",
         "1000000000",
     ];
-    let (mut c, leader) = with_leader(3, Engine::Memory, &flags).await;
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    let (mut c, leader) = {
+        let base = base.clone();
+        blocking(move || {
+            let kinds = [Kind::MetaStore(Engine::Memory); 3];
+            let mut c = Cluster::start_configured(&kinds, &flags, |_, m| m.keep_data_in(&base));
+            let leader = c.wait_leader(Duration::from_secs(5));
+            (c, leader)
+        })
+        .await
+        .unwrap()
+    };
     let ep = c.members[leader].endpoint();
     load_keys(&ep, "big/", 1_000_000, 64).await;
     let before = blocking({
@@ -1229,7 +1251,6 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
     .unwrap();
 
     let canary = Canary::start();
-    let disk = DiskCanary::start();
     let log = Arc::new(AckLog {
         acks: Mutex::new(Vec::new()),
     });
@@ -1310,10 +1331,17 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
     // Not waited for: it is healthy only once it installed a million keys
     // (on a busy 2-core machine, past the harness's 30 s); the test waits
     // for the install below.
-    let mut m4 =
-        blocking(move || launch_added(Kind::MetaStore(Engine::Memory), "m4", &added, peer_port))
-            .await
-            .unwrap();
+    let mut m4 = blocking(move || {
+        launch_added_with(
+            Kind::MetaStore(Engine::Memory),
+            "m4",
+            &added,
+            peer_port,
+            |m| m.keep_data_in(&base),
+        )
+    })
+    .await
+    .unwrap();
     let t3_start = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -1337,7 +1365,6 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
     stop.store(true, Ordering::Relaxed);
     putter.await.unwrap();
     let stalled = canary.stop();
-    let sync = disk.stop();
 
     let gaps = [
         ("corruption check", log.worst_gap(t0, t1)),
@@ -1345,22 +1372,36 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
         ("snapshot to a new member", log.worst_gap(t2, t3)),
     ];
     eprintln!(
-        "longest gaps between put acknowledgements: {gaps:?}; the machine stalled up to \
-         {stalled} ms, a 4 KiB fdatasync took up to {sync} ms"
+        "longest gaps between put acknowledgements: {:?}; the machine stalled up to \
+         {stalled} ms",
+        gaps.map(|(what, (gap, _))| (what, gap))
     );
     // A put's acknowledgement crosses several threads (the test's client,
-    // the member's gRPC, Raft, WAL and apply threads) and waits for an
-    // fdatasync: on a machine that stalls, two stalls and the slowest sync
-    // can add up in one gap. Whole-state work on the thread that
-    // acknowledges puts would stop them for seconds at a million keys.
-    let allowed = 100f64.max(2.0 * stalled + sync + 50.0);
-    for (what, gap) in gaps {
+    // the member's gRPC, Raft, WAL and apply threads): on a machine that
+    // stalls, two stalls can add up in one gap. Whole-state work on the
+    // thread that acknowledges puts would stop them for seconds at a
+    // million keys.
+    let allowed = 100f64.max(2.0 * stalled + 50.0);
+    for (what, (gap, at)) in gaps {
         let ms = gap.as_secs_f64() * 1000.0;
-        assert!(
-            ms < allowed,
-            "puts stalled {ms} ms during the {what} (allowed {allowed} ms: the machine \
-             stalled {stalled} ms, a sync took {sync} ms)"
-        );
+        if ms >= allowed {
+            let (from, to) = (
+                log_clock(at - Duration::from_millis(200)),
+                log_clock(at + gap),
+            );
+            let logs = c
+                .members
+                .iter()
+                .map(|m| log_between(&m.log(), &from, &to))
+                .chain([log_between(&m4.log(), &from, &to)])
+                .collect::<Vec<_>>()
+                .join("\n---\n");
+            panic!(
+                "puts stalled {ms} ms during the {what}, from {} (allowed {allowed} ms: the \
+                 machine stalled {stalled} ms); the members' logs from {from} to {to}:\n{logs}",
+                log_clock(at)
+            );
+        }
     }
     let after = blocking(move || {
         let eps = c.endpoints();

@@ -179,6 +179,15 @@ impl Server {
         s
     }
 
+    /// Moves the data dir of a daemon not started yet to a new temp dir
+    /// under `base` (e.g. a tmpfs).
+    pub fn keep_data_in(&mut self, base: &Path) {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        let tmp = tempfile::tempdir_in(base).expect("temp dir");
+        self.dir = tmp.path().join("data");
+        self._tmp = Some(tmp);
+    }
+
     /// A daemon not started yet (a cluster member), with its own temp dir.
     pub fn unstarted(kind: Kind, name: &str, extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");

@@ -106,17 +106,26 @@ pub fn open_with(
                 .map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
         }
     }
+    let memory = Memory::new();
     let raft = open_one(
         data_dir,
         &root.join("raft"),
         &[CF_RAFT, CF_META],
         create,
         wal_size,
+        &memory,
     )?;
     if let Some(size) = wal_size {
         prime_wal(&raft, size)?;
     }
-    let kv = open_one(data_dir, &root.join("kv"), &[CF_KV, CF_META], create, None)?;
+    let kv = open_one(
+        data_dir,
+        &root.join("kv"),
+        &[CF_KV, CF_META],
+        create,
+        None,
+        &memory,
+    )?;
     Ok(Dbs {
         raft,
         kv,
@@ -160,12 +169,36 @@ fn prime_wal(db: &DB, size: u64) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Block cache shared by every column family of both databases. Left to
+/// RocksDB, each family got its own 32 MiB cache (six of them).
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+
+/// Memtables of both databases together: past it, RocksDB flushes the
+/// largest. Left to RocksDB, each family could hold two 64 MiB memtables.
+const MEMTABLE_BYTES: usize = 64 << 20;
+
+/// What both databases of a member share: one memory budget.
+struct Memory {
+    cache: rocksdb::Cache,
+    memtables: rocksdb::WriteBufferManager,
+}
+
+impl Memory {
+    fn new() -> Memory {
+        Memory {
+            cache: rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES),
+            memtables: rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLE_BYTES, false),
+        }
+    }
+}
+
 fn open_one(
     data_dir: &Path,
     path: &Path,
     families: &[&str],
     create: bool,
     raft_wal: Option<u64>,
+    memory: &Memory,
 ) -> Result<Arc<DB>, StorageError> {
     if !create && !path.join("CURRENT").exists() {
         return Err(StorageError::DataDir {
@@ -186,6 +219,7 @@ fn open_one(
     // is tiny, so cap the total to make RocksDB flush it now and then.
     opts.set_max_total_wal_size(256 << 20);
     opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_write_buffer_manager(&memory.memtables);
     // The kv database is written without its WAL: its families must reach
     // the disk together, so the applied index never runs ahead of the data.
     opts.set_atomic_flush(families.contains(&CF_KV));
@@ -198,6 +232,9 @@ fn open_one(
     let cfs = families.iter().map(|name| {
         let mut cf = Options::default();
         cf.set_compression_type(DBCompressionType::Lz4);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&memory.cache);
+        cf.set_block_based_table_factory(&table);
         ColumnFamilyDescriptor::new(*name, cf)
     });
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| StorageError::DataDir {
@@ -438,4 +475,47 @@ pub fn read_entries(db: &DB, after: u64) -> Result<Vec<Entry>, StorageError> {
         out.push(e);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache_usage(db: &DB, family: &str) -> u64 {
+        db.property_int_value_cf(cf(db, family), "rocksdb.block-cache-usage")
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Both databases and all their families use one block cache: a block
+    /// read from the kv family shows in the Raft family's cache usage.
+    #[test]
+    fn both_databases_share_one_block_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let dbs = open(dir.path(), true).unwrap();
+        let kv = cf(&dbs.kv, CF_KV);
+        for i in 0..2000u32 {
+            dbs.kv.put_cf(kv, i.to_be_bytes(), [7u8; 200]).unwrap();
+        }
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(true);
+        dbs.kv
+            .flush_cfs_opt(&[kv, cf(&dbs.kv, CF_META)], &opts)
+            .unwrap();
+        let before = cache_usage(&dbs.raft, CF_RAFT);
+        for i in (0..2000u32).step_by(50) {
+            assert!(dbs.kv.get_cf(kv, i.to_be_bytes()).unwrap().is_some());
+        }
+        let after = cache_usage(&dbs.raft, CF_RAFT);
+        assert!(
+            after > before,
+            "the Raft family's cache did not see the kv reads: {before} -> {after}"
+        );
+        assert_eq!(
+            dbs.raft
+                .property_int_value_cf(cf(&dbs.raft, CF_RAFT), "rocksdb.block-cache-capacity")
+                .unwrap(),
+            Some(BLOCK_CACHE_BYTES as u64)
+        );
+    }
 }

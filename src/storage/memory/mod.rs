@@ -243,7 +243,8 @@ impl StateEngine for MemoryEngine {
                     .map_err(|_| StorageError::Image("the image thread panicked".into()))??;
                 let file = written
                     .into_inner()
-                    .map_err(|e| StorageError::io("write the snapshot", e.into_error()))?;
+                    .map_err(|e| StorageError::io("write the snapshot", e.into_error()))?
+                    .into_file();
                 let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
                 let path = snapshots::commit_tmp(&dir, index, file, &tmp)?;
                 Ok::<_, StorageError>((path, bytes))

@@ -31,6 +31,8 @@
 //! The key index (key → versions, without values) lives in memory as a
 //! [`MemStore`](crate::storage::memory::mvcc::MemStore) built with `index_only`, rebuilt from
 //! the `kv` family at start-up; values are read from RocksDB by revision.
+//! Beside it, RocksDB's memory is one budget for both databases: a shared
+//! block cache and a cap on their memtables together (`Budget`).
 
 mod kv;
 mod log;
@@ -106,14 +108,14 @@ pub fn open_with(
                 .map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
         }
     }
-    let memory = Memory::new();
+    let budget = Budget::new();
     let raft = open_one(
         data_dir,
         &root.join("raft"),
         &[CF_RAFT, CF_META],
         create,
         wal_size,
-        &memory,
+        &budget,
     )?;
     if let Some(size) = wal_size {
         prime_wal(&raft, size)?;
@@ -124,7 +126,7 @@ pub fn open_with(
         &[CF_KV, CF_META],
         create,
         None,
-        &memory,
+        &budget,
     )?;
     Ok(Dbs {
         raft,
@@ -177,15 +179,16 @@ const BLOCK_CACHE_BYTES: usize = 32 << 20;
 /// largest. Left to RocksDB, each family could hold two 64 MiB memtables.
 const MEMTABLE_BYTES: usize = 64 << 20;
 
-/// What both databases of a member share: one memory budget.
-struct Memory {
+/// What both databases of a member share: one memory budget. Writers never
+/// stall on it (RocksDB flushes instead).
+struct Budget {
     cache: rocksdb::Cache,
     memtables: rocksdb::WriteBufferManager,
 }
 
-impl Memory {
-    fn new() -> Memory {
-        Memory {
+impl Budget {
+    fn new() -> Budget {
+        Budget {
             cache: rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES),
             memtables: rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLE_BYTES, false),
         }
@@ -198,7 +201,7 @@ fn open_one(
     families: &[&str],
     create: bool,
     raft_wal: Option<u64>,
-    memory: &Memory,
+    budget: &Budget,
 ) -> Result<Arc<DB>, StorageError> {
     if !create && !path.join("CURRENT").exists() {
         return Err(StorageError::DataDir {
@@ -219,7 +222,7 @@ fn open_one(
     // is tiny, so cap the total to make RocksDB flush it now and then.
     opts.set_max_total_wal_size(256 << 20);
     opts.set_compression_type(DBCompressionType::Lz4);
-    opts.set_write_buffer_manager(&memory.memtables);
+    opts.set_write_buffer_manager(&budget.memtables);
     // The kv database is written without its WAL: its families must reach
     // the disk together, so the applied index never runs ahead of the data.
     opts.set_atomic_flush(families.contains(&CF_KV));
@@ -233,7 +236,7 @@ fn open_one(
         let mut cf = Options::default();
         cf.set_compression_type(DBCompressionType::Lz4);
         let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&memory.cache);
+        table.set_block_cache(&budget.cache);
         cf.set_block_based_table_factory(&table);
         ColumnFamilyDescriptor::new(*name, cf)
     });

@@ -10,8 +10,9 @@
 //! `snapshot::send`, `snapshot::receive`, `snapshot::before_install`,
 //! `snapshot::after_install`; `engine::compact`, `engine::compact_files` (rocksdb), `engine::defrag`;
 //! `lease::revoke`; `membership::apply`. Delays that must not block a
-//! thread others share read a value instead: `apply::delay` and
-//! `watch::send_delay` (`return(ms)`).
+//! thread others share read a value instead: `apply::delay`,
+//! `watch::send_delay` and `engine::removal_delay` (between the slices of
+//! the memory engine's compaction removal) (`return(ms)`).
 
 /// Sets the failpoints named in `FAILPOINTS`; kept for the process's life.
 #[cfg(feature = "failpoints")]

@@ -78,8 +78,10 @@ pub struct ApplyActor {
     installing: bool,
     /// Work that arrived during an install, in arrival order.
     deferred: VecDeque<Deferred>,
-    /// An [`ImageStep`] is in the mailbox.
-    image_step_queued: bool,
+    /// A turn of [`ApplyActor::step_idle_work`] is queued.
+    idle_step_queued: bool,
+    /// Compacts with `physical`, answered once the removal is through.
+    physical: Vec<(oneshot::Sender<WriteResult>, WriteResult)>,
     /// The auth store as last published to the API.
     auth: AuthCell,
 }
@@ -168,7 +170,8 @@ impl ApplyActor {
             faults,
             installing: false,
             deferred: VecDeque::new(),
-            image_step_queued: false,
+            idle_step_queued: false,
+            physical: Vec::new(),
             auth,
         };
         a.publish();
@@ -276,7 +279,7 @@ impl ApplyActor {
             }
             Checkpoint::Write(job) => {
                 self.saving = true;
-                self.step_images(ctx);
+                self.step_idle_work(ctx);
                 let me = ctx.address();
                 let spawned =
                     std::thread::Builder::new()
@@ -308,22 +311,47 @@ impl ApplyActor {
         }
     }
 
-    /// Moves the images being taken on by one slice, then yields the
-    /// thread before the next one, so everything else on it (the gRPC
-    /// handlers that bring new requests, the mailbox) runs in between.
-    /// (`ctx.notify` would not do: actix runs the items it adds within the
-    /// same poll of the actor, so the whole image would be one long turn,
-    /// measured as a 1.2 s stall of puts at a million keys.)
-    fn step_images(&mut self, ctx: &mut Context<Self>) {
-        if self.image_step_queued {
+    /// Moves whole-state work (images being taken, a compaction's removal)
+    /// on by one slice per turn, yielding the thread before each, so
+    /// everything else on it (the gRPC handlers that bring new requests,
+    /// the mailbox) runs in between. (`ctx.notify` would not do: actix runs
+    /// the items it adds within the same poll of the actor, so the whole
+    /// image would be one long turn, measured as a 1.2 s stall of puts at a
+    /// million keys.) Nothing runs while an install has the state.
+    fn step_idle_work(&mut self, ctx: &mut Context<Self>) {
+        if self.idle_step_queued || self.installing || !self.sm.has_idle_work() {
             return;
         }
-        if self.sm.image_step() {
-            self.image_step_queued = true;
-            ctx.spawn(tokio::task::yield_now().into_actor(self).map(|(), a, ctx| {
-                a.image_step_queued = false;
-                a.step_images(ctx);
-            }));
+        self.idle_step_queued = true;
+        // Test-only: a slow removal (turns apart), to tell a `physical`
+        // Compact waits for it.
+        let pause = self
+            .sm
+            .compaction_pending()
+            .then(|| crate::failpoints::delay("engine::removal_delay"))
+            .flatten();
+        let turn = async move {
+            match pause {
+                Some(d) => actix::clock::sleep(d).await,
+                None => tokio::task::yield_now().await,
+            }
+        };
+        ctx.spawn(turn.into_actor(self).map(|(), a, ctx| {
+            a.idle_step_queued = false;
+            if !a.installing {
+                a.sm.idle_step();
+            }
+            a.answer_physical();
+            a.step_idle_work(ctx);
+        }));
+    }
+
+    /// Answers the Compacts with `physical` once no removal is under way.
+    fn answer_physical(&mut self) {
+        if !self.physical.is_empty() && !self.sm.compaction_pending() {
+            for (reply, result) in self.physical.drain(..) {
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -361,6 +389,8 @@ impl Actor for ApplyActor {
         // Lagging watchers whose clients made room since the last batch.
         ctx.run_interval(CATCH_UP, |a, ctx| a.catch_up(ctx));
         ctx.run_interval(self.progress_notify, |a, _| a.hub.progress_tick());
+        // A compaction replayed from the WAL left its removal to do.
+        self.step_idle_work(ctx);
     }
 }
 
@@ -449,7 +479,11 @@ impl ApplyActor {
                 self.metrics
                     .propose_duration_ms
                     .observe(w.since.elapsed().as_secs_f64() * 1000.0);
-                let _ = w.reply.send(applied.result);
+                if applied.physical && self.sm.compaction_pending() {
+                    self.physical.push((w.reply, applied.result));
+                } else {
+                    let _ = w.reply.send(applied.result);
+                }
             }
         }
         fail::fail_point!("apply::before_commit");
@@ -494,6 +528,7 @@ impl ApplyActor {
         self.publish();
         self.serve_ready_reads();
         self.maybe_snapshot(ctx);
+        self.step_idle_work(ctx);
     }
 }
 
@@ -584,6 +619,9 @@ impl Handler<SnapshotLoaded> for ApplyActor {
         self.raft.do_send(SnapshotInstalled { index: h.index });
         self.publish();
         self.serve_ready_reads();
+        // The new state has no removal under way.
+        self.answer_physical();
+        self.step_idle_work(ctx);
         // What waited, in the order it came.
         while let Some(d) = self.deferred.pop_front() {
             match d {
@@ -670,7 +708,7 @@ impl Handler<TakeImage> for ApplyActor {
             .sm
             .take_image(&self.data_dir)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        self.step_images(ctx);
+        self.step_idle_work(ctx);
         Ok(job)
     }
 }

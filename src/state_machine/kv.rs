@@ -269,7 +269,9 @@ fn delete_in<E: KvEngine>(w: &mut Writer<'_, E>, d: &DeleteRangeRequest) -> Dele
     }
 }
 
-/// Compact (always physical: the store drops old revisions before answering).
+/// Compact: reads below the revision fail from now on; the store may go on
+/// removing the versions it lets go (a `physical` Compact is answered once
+/// they are gone, see the apply actor).
 pub fn compact<E: KvEngine>(
     store: &mut E,
     c: &CompactionRequest,

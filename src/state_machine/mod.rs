@@ -95,6 +95,8 @@ pub struct Applied {
     pub conf_change: Option<ConfChangeV2>,
     /// The member registry changed.
     pub members_changed: bool,
+    /// A Compact with `physical`: answered once its removal is through.
+    pub physical: bool,
 }
 
 fn keep_events(watched: bool, into: &mut Vec<Event>, events: Vec<Event>) {
@@ -223,15 +225,26 @@ impl StateMachine {
     }
 
     /// Starts an image of the applied state (see [`ImageJob`]); the memory
-    /// engine's needs [`StateMachine::image_step`] until it returns false.
+    /// engine's needs [`StateMachine::idle_step`] until it returns false.
     pub fn take_image(&mut self, tmp_dir: &Path) -> Result<ImageJob, StorageError> {
         on_store!(&mut self.store, s => s.image(&self.point, tmp_dir))
     }
 
-    /// Moves the images being taken on by one slice (see
-    /// [`StateEngine::image_step`]); false once none is left.
-    pub fn image_step(&mut self) -> bool {
-        on_store!(&mut self.store, s => s.image_step())
+    /// Whether whole-state work waits for [`StateMachine::idle_step`].
+    pub fn has_idle_work(&self) -> bool {
+        on_store!(&self.store, s => s.has_idle_work())
+    }
+
+    /// Whether a compaction's removal is under way (see
+    /// [`StateEngine::compaction_pending`]).
+    pub fn compaction_pending(&self) -> bool {
+        on_store!(&self.store, s => s.compaction_pending())
+    }
+
+    /// Moves whole-state work on by one slice (see
+    /// [`StateEngine::idle_step`]); false once none is left.
+    pub fn idle_step(&mut self) -> bool {
+        on_store!(&mut self.store, s => s.idle_step())
     }
 
     /// What a periodic snapshot at the applied point takes.
@@ -371,6 +384,7 @@ impl StateMachine {
                 result: Err(refused),
                 conf_change: None,
                 members_changed,
+                physical: false,
             });
         }
         if let Some(r) = req.request.as_ref() {
@@ -380,9 +394,14 @@ impl StateMachine {
                     result: changed,
                     conf_change: None,
                     members_changed,
+                    physical: false,
                 });
             }
         }
+        let physical = matches!(
+            &req.request,
+            Some(internal_request::Request::Compaction(c)) if c.physical
+        );
         let result = match req.request {
             Some(internal_request::Request::Alarm(a)) => Ok(WriteResponse::Alarm(self.alarm(&a))),
             Some(internal_request::Request::Publish(p)) => {
@@ -470,6 +489,7 @@ impl StateMachine {
         };
         Some(Applied {
             id: req.id,
+            physical: physical && result.is_ok(),
             result,
             conf_change: None,
             members_changed,
@@ -646,6 +666,7 @@ impl StateMachine {
                     result: Err(ApiError::Internal(why.to_string())),
                     conf_change: None,
                     members_changed: false,
+                    physical: false,
                 });
             }
         };
@@ -661,6 +682,7 @@ impl StateMachine {
                     result: Ok(WriteResponse::Members(self.members.members())),
                     conf_change: Some(cc),
                     members_changed: true,
+                    physical: false,
                 })
             }
             Err(e) => {
@@ -670,6 +692,7 @@ impl StateMachine {
                     result: Err(e),
                     conf_change: None,
                     members_changed: false,
+                    physical: false,
                 })
             }
         }

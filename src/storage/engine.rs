@@ -121,7 +121,7 @@ pub type InstallJob<E> = Box<dyn FnOnce() -> Result<(ImageHeader, E), StorageErr
 /// Whole-state work never runs on the apply thread: images are written by
 /// threads of their own (from a consistent view: a RocksDB snapshot, or
 /// slices of the memory engine's store at one revision, see
-/// [`StateEngine::image_step`]), and an install runs on a worker while the
+/// [`StateEngine::idle_step`]), and an install runs on a worker while the
 /// apply thread holds the work that needs the state.
 pub trait StateEngine: KvEngine + Sized {
     /// Ends a batch of applied entries at `point` (rocksdb: one unsynced
@@ -130,10 +130,20 @@ pub trait StateEngine: KvEngine + Sized {
     /// Starts a consistent image of the applied state at `point`; `tmp_dir`
     /// holds any temporary file.
     fn image(&mut self, point: &AppliedPoint, tmp_dir: &Path) -> Result<ImageJob, StorageError>;
-    /// Moves the images being taken on by one bounded slice of work (about a
-    /// millisecond); returns whether any is still unfinished. The apply
-    /// thread calls it between its other messages until it returns false.
-    fn image_step(&mut self) -> bool {
+    /// Whether work is left for [`StateEngine::idle_step`].
+    fn has_idle_work(&self) -> bool {
+        false
+    }
+    /// Whether a compaction's removal is still under way (a Compact with
+    /// `physical` is answered once it is not).
+    fn compaction_pending(&self) -> bool {
+        false
+    }
+    /// Moves whole-state work on by one bounded slice (about a
+    /// millisecond): the images being taken, then a compaction's removal.
+    /// Returns whether any is left. The apply thread calls it between its
+    /// other messages until it returns false.
+    fn idle_step(&mut self) -> bool {
         false
     }
     /// Every `snapshot-count` entries: what makes the state at `point`

@@ -434,7 +434,13 @@ pub fn encode_record(kv: &KeyValue, value: &[u8]) -> Vec<u8> {
 /// Writes the image of an in-memory store (values included) at `h`.
 pub fn write_memory_image<W: Write>(store: &MemStore, h: &ImageHeader, out: W) -> io::Result<W> {
     let mut all = RecordSlice::default();
-    store.export_slice(None, i64::MAX, usize::MAX, &mut |v| all.push(v));
+    store.export_slice(
+        None,
+        i64::MAX,
+        store.compact_main_revision(),
+        usize::MAX,
+        &mut |v| all.push(v),
+    );
     write_sorted(h, &[all], out)
 }
 

@@ -236,7 +236,13 @@ mod tests {
         let mut cursor: Option<Box<[u8]>> = None;
         loop {
             let mut slice = RecordSlice::default();
-            let next = s.export_slice(cursor.as_deref(), i64::MAX, per, &mut |v| slice.push(v));
+            let next = s.export_slice(
+                cursor.as_deref(),
+                i64::MAX,
+                s.compact_main_revision(),
+                per,
+                &mut |v| slice.push(v),
+            );
             out.push(slice);
             match next {
                 Some(k) => cursor = Some(k),

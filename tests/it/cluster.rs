@@ -1200,8 +1200,9 @@ async fn load_keys(ep: &str, prefix: &str, n: usize, value_len: usize) {
 /// Issue 13: with a million keys on the memory engine, the whole-state work
 /// a member does (the periodic corruption check, which images the state on
 /// the leader and on every member it asks; Maintenance.Snapshot; a snapshot
-/// streamed to a new member, which installs it) runs off the thread that
-/// acknowledges puts: puts keep flowing (no gap between acknowledgements
+/// streamed to a new member, which installs it; a compaction, which goes
+/// over every key) runs off the thread that acknowledges puts, or in
+/// slices on it: puts keep flowing (no gap between acknowledgements
 /// longer than 100 ms, unless the machine itself stalled: see the allowance
 /// below) and no election happens.
 ///
@@ -1354,7 +1355,6 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
             m4.log_tail_pub()
         );
     }
-    let t3 = Instant::now();
     // Installed, it serves.
     let mut m4 = blocking(move || {
         m4.wait_started();
@@ -1362,6 +1362,25 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
     })
     .await
     .unwrap();
+    let t3 = Instant::now();
+
+    // 4. A Compact at the head goes over every key (of every member,
+    // the new one included); `physical`: answered once that is through.
+    let mut client = etcd_client::Client::connect([ep.clone()], None)
+        .await
+        .unwrap();
+    let head = client.get("big/", None).await.unwrap();
+    let head = head.header().unwrap().revision();
+    client
+        .compact(
+            head,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    // The followers' removals may still be going on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t4 = Instant::now();
     stop.store(true, Ordering::Relaxed);
     putter.await.unwrap();
     let stalled = canary.stop();
@@ -1370,6 +1389,7 @@ async fn whole_state_work_at_a_million_keys_leaves_puts_flowing() {
         ("corruption check", log.worst_gap(t0, t1)),
         ("Maintenance.Snapshot", log.worst_gap(t1, t2)),
         ("snapshot to a new member", log.worst_gap(t2, t3)),
+        ("compaction", log.worst_gap(t3, t4)),
     ];
     eprintln!(
         "longest gaps between put acknowledgements: {:?}; the machine stalled up to \

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions, PutOptions, WatchOptions};
 use parking_lot::Mutex;
 
-use crate::harness::{status_of, Cluster, Engine, Kind};
+use crate::harness::{status_of, Cluster, Engine, Kind, Server};
 use crate::power::{client_loop, verify_at, Acked};
 
 /// Small snapshots, WAL segments and catch-up window, so snapshots, segment
@@ -424,3 +424,84 @@ async fn slow_apply_and_watch_send_lose_nothing(engine: Engine) {
 }
 
 engine_tests!(async: slow_apply_and_watch_send_lose_nothing);
+
+/// The memory engine removes a compaction's versions in slices between its
+/// other work (here 150 ms apart): a Compact is answered at once, reads
+/// and writes go on meanwhile and see the compacted store, and a Compact
+/// with `physical` is answered only once the removal is through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_physical_compact_waits_for_the_sliced_removal_others_do_not() {
+    use etcd_client::{CompactionOptions, Txn, TxnOp};
+    let s = tokio::task::block_in_place(|| {
+        let mut s = Server::start_on(Engine::Memory);
+        s.failpoints = Some("engine::removal_delay=return(150)".into());
+        s.restart();
+        s
+    });
+    let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+    // 20,000 keys written three times: a compaction drops 20,000 versions
+    // (five slices of the removal).
+    let value = vec![b'v'; 100];
+    let mut revs = Vec::new();
+    for _ in 0..3 {
+        for chunk in 0..200 {
+            let ops: Vec<TxnOp> = (0..100)
+                .map(|i| TxnOp::put(format!("k{:05}", chunk * 100 + i), value.clone(), None))
+                .collect();
+            c.txn(Txn::new().and_then(ops)).await.unwrap();
+        }
+        revs.push(c.get("k", None).await.unwrap().header().unwrap().revision());
+    }
+    let before = c.status().await.unwrap().db_size();
+    let t = Instant::now();
+    c.compact(revs[1], None).await.unwrap();
+    let plain = t.elapsed();
+    let at = |rev: i64| Some(GetOptions::new().with_prefix().with_revision(rev));
+    let gone = c.get("k", at(revs[1] - 1)).await.expect_err("compacted");
+    assert!(
+        gone.to_string()
+            .contains("required revision has been compacted"),
+        "{gone}"
+    );
+    let kept = c.get("k", at(revs[1])).await.unwrap();
+    assert_eq!(kept.count(), 20_000);
+    assert!(kept.kvs().iter().all(|kv| kv.mod_revision() > revs[0]));
+    let t = Instant::now();
+    c.put("during", "the removal", None).await.unwrap();
+    let put = t.elapsed();
+    let head = c
+        .get("during", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let t = Instant::now();
+    c.compact(head, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    let physical = t.elapsed();
+    let after = c.status().await.unwrap().db_size();
+    eprintln!(
+        "compact {plain:?}, put during the removal {put:?}, physical compact {physical:?}; \
+         size {before} -> {after} bytes"
+    );
+    assert!(
+        plain < Duration::from_millis(600),
+        "Compact waited: {plain:?}"
+    );
+    assert!(put < Duration::from_millis(600), "a put waited: {put:?}");
+    assert!(
+        physical >= Duration::from_millis(450),
+        "a physical Compact answered before its removal (five slices 150 ms apart): {physical:?}"
+    );
+    assert!(
+        after * 2 < before,
+        "size {before} -> {after}: versions left"
+    );
+    assert!(
+        s.log().contains("failpoint engine::removal_delay fired"),
+        "{}",
+        s.log()
+    );
+}

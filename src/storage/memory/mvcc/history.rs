@@ -115,25 +115,38 @@ impl KeyHistory {
         (!v.is_tombstone()).then_some(v)
     }
 
-    /// Drops versions no read at a revision `>= rev` can see, as etcd's
-    /// `keyIndex.compact`: keeps the newest version at or below `rev` unless
-    /// it is a tombstone, plus everything newer. Returns the bytes freed;
-    /// `removed` (if given) collects the dropped revisions.
-    pub(super) fn compact(&mut self, rev: i64, removed: Option<&mut Vec<Revision>>) -> u64 {
+    /// Where the versions a compaction at `rev` keeps begin, as etcd's
+    /// `keyIndex.compact`: the newest version at or below `rev` stays unless
+    /// it is a tombstone older than `rev`, plus everything newer (all of
+    /// them gone: the key goes).
+    pub(super) fn kept_from(&self, rev: i64) -> usize {
         let idx = self.versions.partition_point(|v| v.rev.main <= rev);
         if idx == 0 {
             return 0;
         }
-        // The newest version at or below `rev` stays unless it is a
-        // tombstone older than `rev`: a deletion at exactly the compaction
-        // revision stays until the next compaction, so a watch from `rev`
-        // (still allowed) is sent it (etcd#18089).
+        // A deletion at exactly the compaction revision stays until the
+        // next compaction, so a watch from `rev` (still allowed) is sent it
+        // (etcd#18089).
         let last = &self.versions[idx - 1];
-        let keep_from = if last.is_tombstone() && last.rev.main < rev {
+        if last.is_tombstone() && last.rev.main < rev {
             idx
         } else {
             idx - 1
-        };
+        }
+    }
+
+    /// The versions a compaction at `rev` keeps (see
+    /// [`KeyHistory::kept_from`]), oldest first: what reads see while the
+    /// removal of an earlier compaction has not reached this key.
+    pub(super) fn kept(&self, rev: i64) -> &[Version] {
+        &self.versions[self.kept_from(rev)..]
+    }
+
+    /// Drops versions no read at a revision `>= rev` can see (see
+    /// [`KeyHistory::kept_from`]). Returns the bytes freed; `removed` (if
+    /// given) collects the dropped revisions.
+    pub(super) fn compact(&mut self, rev: i64, removed: Option<&mut Vec<Revision>>) -> u64 {
+        let keep_from = self.kept_from(rev);
         if keep_from == 0 {
             return 0;
         }

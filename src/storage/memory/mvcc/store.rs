@@ -58,8 +58,9 @@ pub struct MemStore {
     /// Images being taken in slices (see [`MemStore::export_slice`]): while
     /// any is, compaction moves the compacted revision but removes nothing.
     pub(super) compaction_holds: u32,
-    /// The newest compaction whose removals wait for the holds to end.
-    pub(super) deferred_compact: Option<i64>,
+    /// The newest compaction whose removals are still to be carried out
+    /// (see [`MemStore::removal_step`]).
+    pub(super) removal: Option<Removal>,
     /// Where the last limited range stopped, to count the next page.
     pub(super) pages: PageMemo,
 }
@@ -84,6 +85,42 @@ pub(super) struct PageMemo(parking_lot::Mutex<std::collections::VecDeque<NextPag
 
 /// Paginated reads remembered at once.
 const PAGE_MEMOS: usize = 32;
+
+/// A compaction whose versions are removed key by key, a slice per
+/// [`MemStore::removal_step`], like etcd's scheduled compaction (batches of
+/// keys between which writes go on). Reads, history and images leave out
+/// what it would remove from the keys it has not reached yet, so a store
+/// whose removal is under way answers as one that is through.
+///
+/// A pass goes once round the key map from where it began: a compaction
+/// while one is under way takes it over where it is (compacting at `a`
+/// then at `b > a` keeps what `b` alone keeps), so frequent compactions
+/// still move it on rather than start it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Removal {
+    /// The compaction revision.
+    rev: i64,
+    /// The last key gone over (`None`: the start of the map).
+    cursor: Option<Box<[u8]>>,
+    /// Where the pass began (`None`: the start of the map): it goes on to
+    /// the end of the map, then from the start up to this key.
+    began_after: Option<Box<[u8]>>,
+    /// Whether the pass went past the end of the map.
+    wrapped: bool,
+}
+
+impl Removal {
+    /// A pass at `rev` that begins where `under_way` (if any) is.
+    fn new(rev: i64, under_way: Option<Removal>) -> Removal {
+        let at = under_way.and_then(|r| r.cursor);
+        Removal {
+            rev,
+            cursor: at.clone(),
+            began_after: at,
+            wrapped: false,
+        }
+    }
+}
 
 /// The page that would follow a limited range: its start key, range end,
 /// revision, and how many live keys it counts.
@@ -152,7 +189,7 @@ impl MemStore {
             keep_values: true,
             event_prevs: false,
             compaction_holds: 0,
-            deferred_compact: None,
+            removal: None,
             pages: PageMemo::default(),
         }
     }
@@ -358,7 +395,7 @@ impl MemStore {
         // Positions first (cheap), values only for what the chunk keeps.
         let mut found: Vec<(Revision, &[u8], &[super::history::Version], usize)> = Vec::new();
         for (k, h) in self.keys.range::<[u8], _>(bounds) {
-            let vs = h.versions();
+            let vs = h.kept(self.compact_rev);
             let start = vs.partition_point(|v| v.rev.main < from);
             found.extend((start..vs.len()).map(|i| (vs[i].rev, &k[..], vs, i)));
         }
@@ -404,40 +441,55 @@ impl MemStore {
     }
 
     /// Discards history no read at a revision `>= rev` can see and makes
-    /// reads below `rev` fail with [`MvccError::Compacted`].
+    /// reads below `rev` fail with [`MvccError::Compacted`]. The removal is
+    /// done at once unless an image holds compaction (then it is left to
+    /// [`MemStore::removal_step`]).
     pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
-        self.compact_inner(rev, None)
+        self.check_compaction(rev)?;
+        self.compact_rev = rev;
+        if self.compaction_holds > 0 {
+            // Reads below `rev` fail from now on; the versions stay until
+            // the images that read them are through.
+            self.removal = Some(Removal::new(rev, self.removal.take()));
+        } else {
+            self.removal = None;
+            self.remove_compacted(rev, None);
+        }
+        Ok(())
     }
 
-    /// [`MemStore::compact`], appending the revisions it dropped to `removed`
-    /// (an engine that stores versions elsewhere deletes them there).
+    /// [`MemStore::compact`] whose removal is left to
+    /// [`MemStore::removal_step`]: at once, reads below `rev` fail and what
+    /// it lets go is no longer seen; the memory comes back slice by slice.
+    pub fn compact_in_slices(&mut self, rev: i64) -> Result<(), MvccError> {
+        self.check_compaction(rev)?;
+        self.compact_rev = rev;
+        self.removal = Some(Removal::new(rev, self.removal.take()));
+        Ok(())
+    }
+
+    /// [`MemStore::compact`] at once, appending the revisions it dropped to
+    /// `removed` (an engine that stores versions elsewhere deletes them
+    /// there; it takes no images of this store, so nothing holds it).
     pub fn compact_collect(
         &mut self,
         rev: i64,
         removed: &mut Vec<Revision>,
     ) -> Result<(), MvccError> {
-        self.compact_inner(rev, Some(removed))
+        self.check_compaction(rev)?;
+        self.compact_rev = rev;
+        self.removal = None;
+        self.remove_compacted(rev, Some(removed));
+        Ok(())
     }
 
-    fn compact_inner(
-        &mut self,
-        rev: i64,
-        removed: Option<&mut Vec<Revision>>,
-    ) -> Result<(), MvccError> {
+    fn check_compaction(&self, rev: i64) -> Result<(), MvccError> {
         if rev <= self.compact_rev {
             return Err(MvccError::Compacted);
         }
         if rev > self.current_rev {
             return Err(MvccError::FutureRevision);
         }
-        self.compact_rev = rev;
-        if self.compaction_holds > 0 && removed.is_none() {
-            // Reads below `rev` fail from now on; the versions stay until
-            // the images that read them are through.
-            self.deferred_compact = Some(rev);
-            return Ok(());
-        }
-        self.remove_compacted(rev, removed);
         Ok(())
     }
 
@@ -456,6 +508,70 @@ impl MemStore {
         self.size_bytes -= freed;
     }
 
+    /// Whether a compaction's removal is still to be carried out.
+    pub fn removal_pending(&self) -> bool {
+        self.removal.is_some()
+    }
+
+    /// Carries the pending compaction's removal on over the next keys,
+    /// about `budget` keys and versions; returns whether any is left. Does
+    /// nothing while an image holds compaction.
+    pub fn removal_step(&mut self, budget: usize) -> bool {
+        let Some(removal) = self.removal.as_mut() else {
+            return false;
+        };
+        if self.compaction_holds > 0 {
+            return true;
+        }
+        let lower = match removal.cursor.as_deref() {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let upper = match (removal.wrapped, removal.began_after.as_deref()) {
+            (true, Some(k)) => Bound::Included(k),
+            _ => Bound::Unbounded,
+        };
+        if let (Bound::Excluded(from), Bound::Included(to)) = (lower, upper) {
+            if from >= to {
+                // Round to where it began (a range would be empty, or
+                // backwards and panic).
+                self.removal = None;
+                return false;
+            }
+        }
+        let mut freed = 0u64;
+        let mut emptied = Vec::new();
+        let mut done = 0usize;
+        let mut stopped_at = None;
+        for (k, h) in self.keys.range_mut::<[u8], _>((lower, upper)) {
+            let before = h.versions().len();
+            freed += h.compact(removal.rev, None);
+            done += 1 + before - h.versions().len();
+            if h.is_empty() {
+                freed += key_size(k);
+                emptied.push(k.clone());
+            }
+            if done >= budget {
+                stopped_at = Some(k.clone());
+                break;
+            }
+        }
+        for k in &emptied {
+            self.keys.remove(k);
+        }
+        self.size_bytes -= freed;
+        if stopped_at.is_some() {
+            removal.cursor = stopped_at;
+        } else if !removal.wrapped && removal.began_after.is_some() {
+            // On from the start of the map to where the pass began.
+            removal.wrapped = true;
+            removal.cursor = None;
+        } else {
+            self.removal = None;
+        }
+        self.removal.is_some()
+    }
+
     /// Keeps every version where it is until [`MemStore::release_compaction`]:
     /// a compaction meanwhile only moves the compacted revision. An image
     /// taken in slices holds this, so the versions at or below its revision
@@ -464,29 +580,27 @@ impl MemStore {
         self.compaction_holds += 1;
     }
 
-    /// Ends one [`MemStore::hold_compaction`]; the last one carries out the
-    /// removals of a compaction that happened meanwhile.
+    /// Ends one [`MemStore::hold_compaction`]; a compaction that happened
+    /// meanwhile goes on with [`MemStore::removal_step`].
     pub fn release_compaction(&mut self) {
         self.compaction_holds = self.compaction_holds.saturating_sub(1);
-        if self.compaction_holds == 0 {
-            if let Some(rev) = self.deferred_compact.take() {
-                self.remove_compacted(rev, None);
-            }
-        }
     }
 
     /// Hands `sink` the versions at or below main revision `upto` of the
     /// keys after `after` (from the first key when `None`), key by key,
-    /// until about `budget` versions were handed over. Returns the last key
-    /// looked at when keys remain, `None` once the store is through: the
-    /// next slice starts after it. Between slices the store may change;
-    /// versions at or below `upto` do not while compaction is held, and
-    /// keys are only ever removed by compaction, so the slices together
-    /// are the store as it was at `upto`.
+    /// until about `budget` versions were handed over, leaving out what a
+    /// compaction at `compacted` removes (a removal may be under way).
+    /// Returns the last key looked at when keys remain, `None` once the
+    /// store is through: the next slice starts after it. Between slices the
+    /// store may change; versions at or below `upto` do not while
+    /// compaction is held, and keys are only ever removed by compaction, so
+    /// the slices together are the store as it was at `upto`, compacted at
+    /// `compacted`.
     pub fn export_slice(
         &self,
         after: Option<&[u8]>,
         upto: i64,
+        compacted: i64,
         budget: usize,
         sink: &mut dyn FnMut(VersionView<'_>),
     ) -> Option<Box<[u8]>> {
@@ -496,7 +610,7 @@ impl MemStore {
         };
         let mut handed = 0usize;
         for (k, h) in self.keys.range::<[u8], _>((lower, Bound::Unbounded)) {
-            for v in h.versions().iter().take_while(|v| v.rev.main <= upto) {
+            for v in h.kept(compacted).iter().take_while(|v| v.rev.main <= upto) {
                 sink(VersionView {
                     rev: v.rev,
                     key: k,
@@ -1010,6 +1124,13 @@ pub(super) mod tests {
         }
     }
 
+    /// `s` with its pending removal carried out.
+    fn through(s: &MemStore) -> MemStore {
+        let mut t = s.clone();
+        while t.removal_step(usize::MAX) {}
+        t
+    }
+
     #[test]
     fn randomized_against_model() {
         let mut rng = StdRng::seed_from_u64(0x5eed);
@@ -1107,7 +1228,18 @@ pub(super) mod tests {
                         compactions += 1;
                         Ok(())
                     };
-                    assert_eq!(s.compact(rev), want, "step {step}");
+                    // Half of them leave the removal to slices, taken now
+                    // and then below: a store whose removal is under way
+                    // answers as one through with it.
+                    if rng.gen_bool(0.5) {
+                        assert_eq!(s.compact(rev), want, "step {step}");
+                        assert!(!s.removal_pending() || want.is_err());
+                    } else {
+                        assert_eq!(s.compact_in_slices(rev), want, "step {step}");
+                    }
+                }
+                9 if rng.gen_bool(0.5) => {
+                    s.removal_step(rng.gen_range(1..6));
                 }
                 _ => {
                     let h = crate::storage::engine::AppliedPoint::default()
@@ -1116,14 +1248,23 @@ pub(super) mod tests {
                         crate::storage::image::write_memory_image(&s, &h, Vec::new()).unwrap();
                     let (_, d) =
                         crate::storage::image::read_into_store(img.as_slice(), true).unwrap();
-                    assert_eq!(d, s);
+                    assert_eq!(d, through(&s));
                 }
             }
             assert_eq!(s.current_revision(), m.cur);
             assert_eq!(s.key_count(), m.state_at(m.cur).len());
             assert_eq!(s.recount(), (s.live_keys, s.size_bytes));
-            // Every readable revision must agree, not just the sampled ones.
+            // Every readable revision must agree, not just the sampled ones,
+            // and history from every one as with the removal through.
             if step % 100 == 0 {
+                let t = through(&s);
+                for from in s.compact_rev.max(1)..=m.cur + 1 {
+                    assert_eq!(
+                        s.history(b"", &[0], from, usize::MAX),
+                        t.history(b"", &[0], from, usize::MAX),
+                        "step {step}, history from {from}"
+                    );
+                }
                 for rev in m.compacted.max(1)..=m.cur {
                     let o = RangeOptions {
                         rev,

@@ -82,6 +82,8 @@ pub struct ApplyActor {
     idle_step_queued: bool,
     /// Compacts with `physical`, answered once the removal is through.
     physical: Vec<(oneshot::Sender<WriteResult>, WriteResult)>,
+    /// Images asked for while a removal they wait for was under way.
+    image_waiters: Vec<oneshot::Sender<ImageResult>>,
     /// The auth store as last published to the API.
     auth: AuthCell,
 }
@@ -172,6 +174,7 @@ impl ApplyActor {
             deferred: VecDeque::new(),
             idle_step_queued: false,
             physical: Vec::new(),
+            image_waiters: Vec::new(),
             auth,
         };
         a.publish();
@@ -342,6 +345,7 @@ impl ApplyActor {
                 a.sm.idle_step();
             }
             a.answer_physical();
+            a.serve_image_waiters(ctx);
             a.step_idle_work(ctx);
         }));
     }
@@ -621,6 +625,7 @@ impl Handler<SnapshotLoaded> for ApplyActor {
         self.serve_ready_reads();
         // The new state has no removal under way.
         self.answer_physical();
+        self.serve_image_waiters(ctx);
         self.step_idle_work(ctx);
         // What waited, in the order it came.
         while let Some(d) = self.deferred.pop_front() {
@@ -696,8 +701,25 @@ impl Handler<QueryMembers> for ApplyActor {
 }
 
 impl Handler<TakeImage> for ApplyActor {
-    type Result = Result<crate::storage::image::ImageJob, ApiError>;
+    type Result = ResponseFuture<ImageResult>;
     fn handle(&mut self, _: TakeImage, ctx: &mut Context<Self>) -> Self::Result {
+        if self.sm.image_waits() && !self.installing {
+            // After the compaction's removal (the idle turns answer it).
+            let (tx, rx) = oneshot::channel();
+            self.image_waiters.push(tx);
+            self.step_idle_work(ctx);
+            return Box::pin(async move { rx.await.unwrap_or(Err(ApiError::Stopped)) });
+        }
+        let job = self.take_image(ctx);
+        Box::pin(async move { job })
+    }
+}
+
+/// What [`TakeImage`] answers.
+type ImageResult = Result<crate::storage::image::ImageJob, ApiError>;
+
+impl ApplyActor {
+    fn take_image(&mut self, ctx: &mut Context<Self>) -> ImageResult {
         if self.installing {
             // The state is being replaced: an image now would be of neither.
             return Err(ApiError::Internal(
@@ -710,6 +732,17 @@ impl Handler<TakeImage> for ApplyActor {
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         self.step_idle_work(ctx);
         Ok(job)
+    }
+
+    /// Takes the images that waited for a compaction's removal, once it is
+    /// through.
+    fn serve_image_waiters(&mut self, ctx: &mut Context<Self>) {
+        if self.image_waiters.is_empty() || self.sm.image_waits() {
+            return;
+        }
+        for w in std::mem::take(&mut self.image_waiters) {
+            let _ = w.send(self.take_image(ctx));
+        }
     }
 }
 

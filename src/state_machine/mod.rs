@@ -241,6 +241,12 @@ impl StateMachine {
         on_store!(&self.store, s => s.compaction_pending())
     }
 
+    /// Whether an image must wait for a compaction's removal (see
+    /// [`StateEngine::image_waits`]).
+    pub fn image_waits(&self) -> bool {
+        on_store!(&self.store, s => s.image_waits())
+    }
+
     /// Moves whole-state work on by one slice (see
     /// [`StateEngine::idle_step`]); false once none is left.
     pub fn idle_step(&mut self) -> bool {

@@ -139,6 +139,12 @@ pub trait StateEngine: KvEngine + Sized {
     fn compaction_pending(&self) -> bool {
         false
     }
+    /// Whether an image must wait for [`StateEngine::idle_step`] to finish
+    /// a compaction's removal first (one taken midway would differ from
+    /// another member's at the same revision).
+    fn image_waits(&self) -> bool {
+        false
+    }
     /// Moves whole-state work on by one bounded slice (about a
     /// millisecond): the images being taken, then a compaction's removal.
     /// Returns whether any is left. The apply thread calls it between its

@@ -16,7 +16,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::{
     cf, db_error, encode, pair, Dbs, CF_KV, CF_META, META_APPLIED, META_AUTH, META_CONF_STATE,
-    META_INSTALLING, META_LEASES, META_MEMBERSHIP, META_REVISION,
+    META_INSTALLING, META_LEASES, META_MEMBERSHIP, META_REMOVING, META_REVISION,
 };
 use crate::proto::{metastorepb, mvccpb};
 use crate::storage::engine::{AppliedPoint, Checkpoint, InstallJob, KvEngine, KvTxn, StateEngine};
@@ -35,6 +35,10 @@ fn corrupt(what: String) -> MvccError {
 /// How often the on-disk size estimate is refreshed (a RocksDB property read).
 const SIZE_REFRESH: Duration = Duration::from_secs(1);
 
+/// Keys and versions of the index one slice of a compaction's removal goes
+/// over (the memory engine's budget; the deletes join one write).
+const REMOVAL_BUDGET: usize = 8192;
+
 /// The MVCC store of the `rocksdb` engine.
 ///
 /// Writes go to an in-memory index at once and to a pending write batch;
@@ -49,10 +53,12 @@ pub struct RocksKv {
     index: MemStore,
     batch: WriteBatch,
     pending: HashMap<Revision, Vec<u8>>,
-    /// A compaction happened in the pending batch: compact the files after
-    /// it is written (up to this revision).
-    compacted_to: Option<i64>,
     compacting: Arc<AtomicBool>,
+    /// `META_REMOVING` is in the database (as of the last write).
+    removing_written: bool,
+    /// A write of removals failed: versions the index dropped may be left
+    /// in the kv family, so `META_REMOVING` stays for the next start.
+    removals_lost: bool,
     size: Cell<(u64, Option<Instant>)>,
     /// Bytes and entries of the versions written so far (revision key and
     /// stored value): the average prices the entries still in memtables.
@@ -108,9 +114,17 @@ impl RocksKv {
                 .map_err(|e| bad(e.to_string()))?;
             n += 1;
         }
-        let index = rebuild
-            .finish(revision.0, revision.1)
-            .map_err(|e| StorageError::Rocks(format!("kv family: {e}")))?;
+        let removing = db
+            .get_cf(cf(&db, CF_META), META_REMOVING)
+            .map_err(|e| db_error("read the meta family", e))?
+            .is_some();
+        let index = if removing {
+            // Stopped midway: the removal goes on (RocksKv::idle_step).
+            rebuild.finish_mid_removal(revision.0, revision.1)
+        } else {
+            rebuild.finish(revision.0, revision.1)
+        }
+        .map_err(|e| StorageError::Rocks(format!("kv family: {e}")))?;
         tracing::info!(
             versions = n,
             keys = index.key_count(),
@@ -118,7 +132,10 @@ impl RocksKv {
             ms = started.elapsed().as_millis() as u64,
             "key index rebuilt from rocksdb"
         );
-        Ok(RocksKv::with_index(dbs, index))
+        Ok(RocksKv {
+            removing_written: removing,
+            ..RocksKv::with_index(dbs, index)
+        })
     }
 
     /// Number of keys live at the current revision.
@@ -188,9 +205,15 @@ impl RocksKv {
                 self.index.compact_main_revision() as u64,
             ),
         );
+        let removing = self.index.removal_pending() && !self.removing_written;
+        if removing {
+            let rev = self.index.compact_main_revision().to_be_bytes();
+            batch.put_cf(meta, META_REMOVING, rev);
+        }
         self.db
             .write_opt(batch, &self.no_wal)
             .map_err(|e| db_error("write applied changes", e))?;
+        self.removing_written |= removing;
         self.kv_written.0 += self
             .pending
             .values()
@@ -198,9 +221,6 @@ impl RocksKv {
             .sum::<u64>();
         self.kv_written.1 += self.pending.len() as u64;
         self.pending.clear();
-        if let Some(rev) = self.compacted_to.take() {
-            self.compact_files(rev);
-        }
         Ok(())
     }
 
@@ -339,6 +359,8 @@ impl RocksKv {
             pair(h.current_rev as u64, h.compact_rev as u64),
         );
         batch.delete_cf(meta, META_INSTALLING);
+        // The image holds only what its compaction keeps.
+        batch.delete_cf(meta, META_REMOVING);
         db.write_opt(batch, &sync)
             .map_err(|e| db_error("finish the image install", e))?;
         let kv = RocksKv {
@@ -355,8 +377,9 @@ impl RocksKv {
             index,
             batch: WriteBatch::default(),
             pending: HashMap::new(),
-            compacted_to: None,
             compacting: Arc::new(AtomicBool::new(false)),
+            removing_written: false,
+            removals_lost: false,
             size: Cell::new((0, None)),
             kv_written: (0, 0),
             no_wal: {
@@ -384,6 +407,53 @@ impl StateEngine for RocksKv {
         Ok(ImageJob::Writing(
             self.spawn_image(std::io::BufWriter::new(file))?,
         ))
+    }
+
+    fn has_idle_work(&self) -> bool {
+        self.index.removal_pending()
+    }
+
+    fn compaction_pending(&self) -> bool {
+        self.index.removal_pending()
+    }
+
+    fn image_waits(&self) -> bool {
+        // An image reads the kv family as it is: midway through a removal
+        // some keys still hold what others dropped, and members would hash
+        // differently.
+        self.index.removal_pending()
+    }
+
+    fn idle_step(&mut self) -> bool {
+        let mut removed = Vec::new();
+        let more = self
+            .index
+            .removal_step_collect(REMOVAL_BUDGET, Some(&mut removed));
+        let kv_cf = cf(&self.db, CF_KV);
+        let mut batch = WriteBatch::default();
+        for r in &removed {
+            batch.delete_cf(kv_cf, revision_key(*r));
+        }
+        if !more && !self.removals_lost {
+            batch.delete_cf(cf(&self.db, CF_META), META_REMOVING);
+        }
+        // Like the applied batches: durable with the next (atomic) flush;
+        // a member stopped before it finds META_REMOVING and goes on.
+        if let Err(e) = self.db.write_opt(batch, &self.no_wal) {
+            // Left in the kv family; the next start removes them again.
+            tracing::error!(error = %e, "cannot write a compaction's removals");
+            self.removals_lost = true;
+            return more;
+        }
+        if !more && !self.removals_lost {
+            self.removing_written = false;
+        }
+        if !more {
+            let rev = self.index.compact_main_revision();
+            tracing::debug!(rev, "compaction's removal done");
+            self.compact_files(rev);
+        }
+        more
     }
 
     fn checkpoint(&mut self, _: &AppliedPoint, _: &Path) -> Checkpoint {
@@ -557,16 +627,10 @@ impl KvEngine for RocksKv {
         }
     }
     fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
-        let mut removed = Vec::new();
-        self.index.compact_collect(rev, &mut removed)?;
-        let kv_cf = cf(&self.db, CF_KV);
-        for r in &removed {
-            self.batch.delete_cf(kv_cf, revision_key(*r));
-            self.pending.remove(r);
-        }
-        tracing::debug!(rev, versions = removed.len(), "compaction removed versions");
-        self.compacted_to = Some(rev);
-        Ok(())
+        // The removal goes in slices (StateEngine::idle_step): going over
+        // the index of a million keys at once held the apply thread
+        // 64-170 ms.
+        self.index.compact_in_slices(rev)
     }
     fn key_count(&self) -> usize {
         RocksKv::key_count(self)
@@ -746,6 +810,66 @@ mod tests {
         )
     }
 
+    /// A compaction's removal goes in slices of deletes; a member stopped
+    /// midway (its mark written with the compaction) finds the versions it
+    /// had not removed yet, starts, and goes on; images wait for the end,
+    /// then equal the memory store's compacted at once.
+    #[test]
+    fn a_removal_stopped_midway_goes_on_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rocks = empty_for_test(dir.path());
+        let mut mem = MemStore::new();
+        for round in 0..3 {
+            for i in 0..REMOVAL_BUDGET {
+                let key = format!("k{i:05}").into_bytes();
+                for e in [&mut mem as &mut dyn TwoPuts, &mut rocks] {
+                    e.two_puts(&key, b"z", round);
+                }
+            }
+        }
+        rocks.commit(&at(10, 2)).unwrap();
+        let versions = |kv: &RocksKv| {
+            kv.db
+                .iterator_cf(cf(&kv.db, CF_KV), rocksdb::IteratorMode::Start)
+                .count()
+        };
+        let all = versions(&rocks);
+        let rev = mem.current_revision() - 100;
+        mem.compact(rev).unwrap();
+        KvEngine::compact(&mut rocks, rev).unwrap();
+        rocks.commit(&at(11, 2)).unwrap();
+        assert!(rocks.image_waits() && rocks.compaction_pending());
+        assert!(rocks.idle_step(), "more than one slice");
+        let partly = versions(&rocks);
+        assert!(partly < all, "a slice removed versions ({partly} of {all})");
+        let mut rocks = reopen(rocks);
+        same_at_every_revision(&mem, &rocks);
+        assert!(rocks.image_waits(), "the removal goes on after the reopen");
+        let mut turns = 0;
+        while rocks.idle_step() {
+            turns += 1;
+        }
+        assert!(turns >= 1);
+        assert!(!rocks.image_waits());
+        let mut in_mem = 0;
+        mem.export_slice(None, i64::MAX, rev, usize::MAX, &mut |_| in_mem += 1);
+        assert_eq!(versions(&rocks), in_mem, "every dropped version deleted");
+        let header = at(11, 2).header(mem.current_revision(), mem.compact_main_revision());
+        let from_mem =
+            crate::storage::image::write_memory_image(&mem, &header, Vec::new()).unwrap();
+        let from_rocks = rocks
+            .spawn_image(Vec::new())
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(from_rocks == from_mem, "the same image");
+        // Through: the mark is gone and a reopen checks history strictly.
+        let rocks = reopen(rocks);
+        assert!(!rocks.compaction_pending());
+        same_at_every_revision(&mem, &rocks);
+    }
+
     fn reopen(kv: RocksKv) -> RocksKv {
         let dbs = kv.dbs().clone();
         drop(kv);
@@ -888,6 +1012,8 @@ mod tests {
             }
         }
         rocks.commit(&at(300, 2)).unwrap();
+        // As the apply thread does before an image.
+        while rocks.idle_step() {}
     }
 
     fn same_at_every_revision(a: &impl KvEngine, b: &impl KvEngine) {

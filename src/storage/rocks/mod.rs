@@ -66,6 +66,9 @@ const META_LEASES: &[u8] = b"leases";
 const META_AUTH: &[u8] = b"auth";
 /// Present while an image is being installed.
 const META_INSTALLING: &[u8] = b"installing";
+/// Present while a compaction's removal is under way (the compaction
+/// revision): versions it drops may still be in the kv family.
+const META_REMOVING: &[u8] = b"removing";
 
 /// Name of the directory inside the data dir that holds both databases.
 pub const DIR: &str = "rocksdb";

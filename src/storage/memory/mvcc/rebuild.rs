@@ -85,6 +85,30 @@ impl Rebuild {
 
     /// The store at `current_rev`, compacted at `compact_rev` (-1: never).
     pub fn finish(self, current_rev: i64, compact_rev: i64) -> Result<MemStore, MvccError> {
+        self.finish_with(current_rev, compact_rev, false)
+    }
+
+    /// [`Rebuild::finish`] for versions read back while the removal of the
+    /// compaction at `compact_rev` (or of several, each taking the last
+    /// one's pass over) was under way: keys may hold history it (or an
+    /// older compaction) still had to remove, so that is not checked; the
+    /// store goes on with the removal ([`MemStore::removal_step`]).
+    pub fn finish_mid_removal(
+        self,
+        current_rev: i64,
+        compact_rev: i64,
+    ) -> Result<MemStore, MvccError> {
+        let mut store = self.finish_with(current_rev, compact_rev, true)?;
+        store.removal = Some(super::store::Removal::new(compact_rev, None));
+        Ok(store)
+    }
+
+    fn finish_with(
+        self,
+        current_rev: i64,
+        compact_rev: i64,
+        mid_removal: bool,
+    ) -> Result<MemStore, MvccError> {
         let mut store = self.store;
         if current_rev < 1
             || compact_rev < -1
@@ -93,7 +117,7 @@ impl Rebuild {
         {
             return Err(corrupt("revisions out of range"));
         }
-        for h in store.keys.values() {
+        for h in store.keys.values().filter(|_| !mid_removal) {
             let vs = h.versions();
             if vs.get(1).is_some_and(|v| v.rev.main <= compact_rev)
                 || (vs[0].is_tombstone() && vs[0].rev.main != compact_rev)

@@ -111,7 +111,7 @@ pub(super) struct Removal {
 
 impl Removal {
     /// A pass at `rev` that begins where `under_way` (if any) is.
-    fn new(rev: i64, under_way: Option<Removal>) -> Removal {
+    pub(super) fn new(rev: i64, under_way: Option<Removal>) -> Removal {
         let at = under_way.and_then(|r| r.cursor);
         Removal {
             rev,
@@ -517,6 +517,16 @@ impl MemStore {
     /// about `budget` keys and versions; returns whether any is left. Does
     /// nothing while an image holds compaction.
     pub fn removal_step(&mut self, budget: usize) -> bool {
+        self.removal_step_collect(budget, None)
+    }
+
+    /// [`MemStore::removal_step`], appending the revisions it dropped to
+    /// `removed` (if given), as [`MemStore::compact_collect`].
+    pub fn removal_step_collect(
+        &mut self,
+        budget: usize,
+        mut removed: Option<&mut Vec<Revision>>,
+    ) -> bool {
         let Some(removal) = self.removal.as_mut() else {
             return false;
         };
@@ -545,7 +555,7 @@ impl MemStore {
         let mut stopped_at = None;
         for (k, h) in self.keys.range_mut::<[u8], _>((lower, upper)) {
             let before = h.versions().len();
-            freed += h.compact(removal.rev, None);
+            freed += h.compact(removal.rev, removed.as_deref_mut());
             done += 1 + before - h.versions().len();
             if h.is_empty() {
                 freed += key_size(k);

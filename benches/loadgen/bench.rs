@@ -189,8 +189,8 @@ pub async fn run(args: &Args, target: &Target, say: &dyn Fn(&str)) -> Result<Run
         return crate::k8s::run(args, target, say);
     }
     if args.workload == crate::cli::Workload::Scale {
-        // No member to restart: step 5 is left out.
-        return crate::scale::run(args, target, &mut [], say);
+        // No member to restart or add: steps 5 and 6 are left out.
+        return crate::scale::run(args, target, &mut Vec::new(), say);
     }
     let spec = Arc::new(Spec::new(args));
     let max = Duration::from_secs(args.max_seconds);

@@ -34,14 +34,33 @@ impl Kind {
 pub struct Daemon {
     pub kind: Kind,
     child: Option<Child>,
+    /// `--name`.
+    name: String,
     pub port: u16,
+    /// Its `--initial-advertise-peer-urls` port.
+    peer_port: u16,
     /// A plain `--listen-metrics-urls` port (with TLS on the client port).
     metrics_port: Option<u16>,
     log: PathBuf,
-    /// The binary and its flags, to start the member again (`restart`).
-    bin: PathBuf,
+    /// Its flags, to start the member again (`restart`) with `recipe.bin`.
     flags: Vec<OsString>,
+    /// How the cluster's members were started, to start one more (`plan_join`).
+    recipe: Recipe,
     _dir: tempfile::TempDir,
+}
+
+/// What every member of a cluster is started with besides its own name,
+/// ports and data dir.
+#[derive(Clone)]
+struct Recipe {
+    kind: Kind,
+    bin: PathBuf,
+    /// `--engine`, `--metastore-arg`, `--etcd-arg`.
+    extra: Vec<String>,
+    /// Where the data dirs go (`--data-root`; the system temp dir if none).
+    root: Option<PathBuf>,
+    /// The certificate flags (`--tls`).
+    tls: Option<Vec<String>>,
 }
 
 /// A free loopback port below Linux's ephemeral range, so that no outgoing
@@ -68,6 +87,115 @@ struct Planned {
     dir: tempfile::TempDir,
 }
 
+/// `name=http://127.0.0.1:peer_port`: a member's entry in `--initial-cluster`.
+fn initial_entry(name: &str, peer_port: u16) -> String {
+    format!("{name}=http://127.0.0.1:{peer_port}")
+}
+
+impl Recipe {
+    /// Fresh ports and a fresh data dir for member `name`.
+    fn plan(&self, name: &str) -> Result<Planned, String> {
+        let prefix = format!("loadgen-{}-{name}-", self.kind.name());
+        let mut tmp = tempfile::Builder::new();
+        tmp.prefix(&prefix);
+        let dir = match &self.root {
+            Some(r) => tmp.tempdir_in(r),
+            None => tmp.tempdir(),
+        }
+        .map_err(|e| format!("temp dir: {e}"))?;
+        Ok(Planned {
+            name: name.to_owned(),
+            port: free_port()?,
+            peer_port: free_port()?,
+            metrics_port: match self.tls {
+                Some(_) => Some(free_port()?),
+                None => None,
+            },
+            dir,
+        })
+    }
+
+    /// The member `p` with its command line (not started): `initial` is
+    /// `--initial-cluster`, `state` `--initial-cluster-state` (`new` or
+    /// `existing`).
+    fn daemon(&self, p: Planned, initial: &str, state: &str) -> Daemon {
+        let data = p.dir.path().join("data");
+        let log = p.dir.path().join("server.log");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", p.port);
+        let mut secure = Vec::new();
+        if let (Some(flags), Some(port)) = (&self.tls, p.metrics_port) {
+            secure.extend(flags.iter().cloned());
+            secure.push("--listen-metrics-urls".to_owned());
+            secure.push(format!("http://127.0.0.1:{port}"));
+        }
+        let peer = format!("http://127.0.0.1:{}", p.peer_port);
+        let mut flags: Vec<OsString> = vec![
+            "--name".into(),
+            p.name.clone().into(),
+            "--data-dir".into(),
+            data.into(),
+            "--listen-client-urls".into(),
+            client.clone().into(),
+            "--advertise-client-urls".into(),
+            client.into(),
+            "--listen-peer-urls".into(),
+            peer.clone().into(),
+            "--initial-advertise-peer-urls".into(),
+            peer.into(),
+            "--initial-cluster".into(),
+            initial.into(),
+            "--initial-cluster-state".into(),
+            state.into(),
+        ];
+        flags.extend(secure.iter().chain(&self.extra).map(OsString::from));
+        Daemon {
+            kind: self.kind,
+            child: None,
+            name: p.name,
+            port: p.port,
+            peer_port: p.peer_port,
+            metrics_port: p.metrics_port,
+            log,
+            flags,
+            recipe: self.clone(),
+            _dir: p.dir,
+        }
+    }
+}
+
+/// A member planned to join a running cluster (`Daemon::plan_join`): its
+/// ports and data dir, not started yet.
+pub struct Joining {
+    recipe: Recipe,
+    planned: Planned,
+}
+
+impl Joining {
+    /// Its peer URL, for MemberAdd.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.planned.peer_port)
+    }
+
+    /// `name=peer URL`, its entry in `--initial-cluster`.
+    pub fn initial_entry(&self) -> String {
+        initial_entry(&self.planned.name, self.planned.peer_port)
+    }
+
+    /// Spawns the member with `--initial-cluster-state existing` and
+    /// `initial` as `--initial-cluster` (the cluster's members and this
+    /// one, as `etcdctl member add` prints it), its stderr to its log.
+    /// Returns once the process is spawned, with the instant it was; it is
+    /// not waited for (the caller polls it).
+    pub fn start(self, initial: &str) -> Result<(Daemon, Instant), String> {
+        let mut d = self.recipe.daemon(self.planned, initial, "existing");
+        let log = File::create(&d.log);
+        let spawned = Instant::now();
+        d.spawn(log)?;
+        Ok((d, spawned))
+    }
+}
+
 impl Daemon {
     /// Starts a cluster of `n` members of `kind`, each with its own data
     /// dir and ports, and waits until every member is healthy. With `tls`
@@ -81,74 +209,24 @@ impl Daemon {
         root: Option<&Path>,
         tls: Option<&[String]>,
     ) -> Result<Vec<Daemon>, String> {
-        let mut planned = Vec::with_capacity(n);
-        for i in 0..n {
-            let prefix = format!("loadgen-{}-{i}-", kind.name());
-            let mut tmp = tempfile::Builder::new();
-            tmp.prefix(&prefix);
-            let dir = match root {
-                Some(r) => tmp.tempdir_in(r),
-                None => tmp.tempdir(),
-            }
-            .map_err(|e| format!("temp dir: {e}"))?;
-            planned.push(Planned {
-                name: format!("m{i}"),
-                port: free_port()?,
-                peer_port: free_port()?,
-                metrics_port: match tls {
-                    Some(_) => Some(free_port()?),
-                    None => None,
-                },
-                dir,
-            });
-        }
+        let recipe = Recipe {
+            kind,
+            bin: bin.to_path_buf(),
+            extra: extra.to_vec(),
+            root: root.map(Path::to_path_buf),
+            tls: tls.map(<[String]>::to_vec),
+        };
+        let planned = (0..n)
+            .map(|i| recipe.plan(&format!("m{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let initial = planned
             .iter()
-            .map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.peer_port))
+            .map(|p| initial_entry(&p.name, p.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut members = Vec::with_capacity(n);
         for p in planned {
-            let data = p.dir.path().join("data");
-            let log = p.dir.path().join("server.log");
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let client = format!("{scheme}://127.0.0.1:{}", p.port);
-            let mut secure = Vec::new();
-            if let (Some(flags), Some(port)) = (tls, p.metrics_port) {
-                secure.extend(flags.iter().cloned());
-                secure.push("--listen-metrics-urls".to_owned());
-                secure.push(format!("http://127.0.0.1:{port}"));
-            }
-            let peer = format!("http://127.0.0.1:{}", p.peer_port);
-            let mut flags: Vec<OsString> = vec![
-                "--name".into(),
-                p.name.into(),
-                "--data-dir".into(),
-                data.into(),
-                "--listen-client-urls".into(),
-                client.clone().into(),
-                "--advertise-client-urls".into(),
-                client.into(),
-                "--listen-peer-urls".into(),
-                peer.clone().into(),
-                "--initial-advertise-peer-urls".into(),
-                peer.into(),
-                "--initial-cluster".into(),
-                initial.clone().into(),
-                "--initial-cluster-state".into(),
-                "new".into(),
-            ];
-            flags.extend(secure.iter().chain(extra).map(OsString::from));
-            let mut d = Daemon {
-                kind,
-                child: None,
-                port: p.port,
-                metrics_port: p.metrics_port,
-                log,
-                bin: bin.to_path_buf(),
-                flags,
-                _dir: p.dir,
-            };
+            let mut d = recipe.daemon(p, &initial, "new");
             d.spawn(File::create(&d.log))?;
             members.push(d);
         }
@@ -158,16 +236,32 @@ impl Daemon {
         Ok(members)
     }
 
+    /// Plans one more member of this one's cluster, named `name`: the same
+    /// kind, binary and flags, fresh ports and a fresh data dir. Add its
+    /// peer URL with MemberAdd, then `Joining::start` it.
+    pub fn plan_join(&self, name: &str) -> Result<Joining, String> {
+        Ok(Joining {
+            recipe: self.recipe.clone(),
+            planned: self.recipe.plan(name)?,
+        })
+    }
+
+    /// `name=peer URL`, the member's entry in `--initial-cluster`.
+    pub fn initial_entry(&self) -> String {
+        initial_entry(&self.name, self.peer_port)
+    }
+
     /// Starts the process with the member's flags, its stderr to `log`.
     fn spawn(&mut self, log: std::io::Result<File>) -> Result<(), String> {
         let stderr = log.map_err(|e| format!("log file: {e}"))?;
-        let child = Command::new(&self.bin)
+        let bin = &self.recipe.bin;
+        let child = Command::new(bin)
             .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| format!("start {}: {e}", self.bin.display()))?;
+            .map_err(|e| format!("start {}: {e}", bin.display()))?;
         self.child = Some(child);
         Ok(())
     }

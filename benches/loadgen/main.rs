@@ -80,10 +80,16 @@
 //!   and RSS 5 s after); Compact(revision after the fill) 10 s into 20 s of
 //!   puts on other keys (put p50/p99/max before vs during, the call's time);
 //!   and, with `--compare`, the first member SIGKILLed and started again
-//!   (spawn to its first linearizable read, its RSS 5 s after). RSS is
-//!   VmRSS summed over the members, sampled every 100 ms (50 ms around
-//!   LISTs and ranges). `--csv` has one row per step, `--timeline-csv` every
-//!   RSS sample (round, server, step, seconds, KiB). With `--rounds`, every
+//!   (spawn to its first linearizable read, its RSS 5 s after); with
+//!   `--compare` and `--members` 3 or more (not with `--auth`), a new
+//!   member added as a learner (MemberAdd) and started empty with
+//!   `--initial-cluster-state existing` (spawn to a serializable Range on
+//!   it at the revision the cluster had, polled every 15 ms, at most
+//!   120 s; its RSS then, 5 s after and its peak; the step fails if the
+//!   leader's term moved, i.e. an election happened). RSS is VmRSS summed
+//!   over the members, sampled every 100 ms (50 ms around LISTs and
+//!   ranges). `--csv` has one row per step, `--timeline-csv` every RSS
+//!   sample (round, server, step, seconds, KiB). With `--rounds`, every
 //!   second round runs MetaStore before etcd.
 //!
 //! # Output

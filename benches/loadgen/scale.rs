@@ -22,7 +22,18 @@
 //! 5. (with `--compare` only) SIGKILL the first member, start it again with
 //!    the same flags and data dir: the time from the spawn to its first
 //!    successful linearizable Range of one key, its RSS before the kill
-//!    and 5 s after that read.
+//!    and 5 s after that read;
+//! 6. (with `--compare` and `--members` 3 or more) a new member catching
+//!    up: the leader's term and the revision are noted, MemberAdd adds a
+//!    learner with a fresh peer URL, and a new member of the same server
+//!    starts empty with `--initial-cluster-state existing`; the time from
+//!    its spawn until a serializable Range on it (learners serve no
+//!    linearizable reads in etcd 3.4), asked every 15 ms, answers at that
+//!    revision or later (at most 120 s), its RSS then, 5 s after and its
+//!    peak. The leader's term must not have moved (no election) 5 s after
+//!    it caught up. Left out with `--auth` (MemberAdd needs root, and an
+//!    etcd learner cannot authenticate). The new member runs until the
+//!    cluster is stopped.
 //!
 //! A step that fails (an RPC error, a wrong LIST) is reported with its error
 //! and counts as an error of the run; the next steps still run.
@@ -32,8 +43,12 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use metastore::api::concurrency::prefix_end;
+use metastore::proto::etcdserverpb::cluster_client::ClusterClient;
 use metastore::proto::etcdserverpb::kv_client::KvClient;
-use metastore::proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest};
+use metastore::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use metastore::proto::etcdserverpb::{
+    CompactionRequest, MemberAddRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -65,6 +80,14 @@ const AFTER_COMPACT: Duration = Duration::from_secs(2);
 const SETTLE: Duration = Duration::from_secs(5);
 /// A restarted member must answer within this.
 const RESTART_WITHIN: Duration = Duration::from_secs(300);
+/// A new member must catch up within this.
+const JOIN_WITHIN: Duration = Duration::from_secs(120);
+/// How often the new member is asked for its revision.
+const JOIN_POLL: Duration = Duration::from_millis(15);
+/// MemberAdd is retried this long while the cluster answers that it is
+/// unhealthy (a voter connected for less than etcd's 5 s health interval,
+/// as the member restarted in step 5 may be).
+const ADD_WITHIN: Duration = Duration::from_secs(20);
 
 type Kvc = KvClient<Authed>;
 
@@ -108,16 +131,18 @@ impl Window {
 /// One step (one repeat of a LIST or range is a step of its own).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Step {
-    /// fill, list-1..3, range-1..3, compact, restart.
+    /// fill, list-1..3, range-1..3, compact, restart, join.
     pub step: String,
     /// The timed action: the whole fill, one LIST, one range, the Compact
-    /// call, or spawn to the first read.
+    /// call, spawn to the first read (restart), or spawn to a read at the
+    /// cluster's revision (join).
     pub ms: f64,
     /// Keys put (fill) or returned (LIST, range).
     pub keys: Option<u64>,
     /// Encoded size of the answers (LIST: all pages; range: the one answer).
     pub bytes: Option<u64>,
-    /// Summed over the members (restart: the restarted member only).
+    /// Summed over the members (restart, join: the restarted or new
+    /// member only).
     pub rss_before_kib: Option<u64>,
     pub rss_peak_kib: Option<u64>,
     /// Right when the action ended.
@@ -239,6 +264,12 @@ impl Step {
                 ("member RSS before kill MiB", mib(self.rss_before_kib)),
                 ("member RSS 5 s after MiB", mib(self.rss_5s_kib)),
             ],
+            "join" => vec![
+                ("spawn to caught up ms", Some(self.ms)),
+                ("new member RSS then MiB", mib(self.rss_after_kib)),
+                ("new member RSS 5 s MiB", mib(self.rss_5s_kib)),
+                ("new member RSS peak MiB", mib(self.rss_peak_kib)),
+            ],
             _ => Vec::new(),
         }
     }
@@ -337,8 +368,19 @@ impl Run<'_> {
     }
 }
 
+/// A KV client on endpoint `k` (mod the endpoints) whose calls time out
+/// after `timeout`.
 async fn connect(target: &Target, k: usize, timeout: Duration) -> Result<Kvc, String> {
-    let ep = &target.endpoints[k % target.endpoints.len()];
+    connect_to(
+        target,
+        &target.endpoints[k % target.endpoints.len()],
+        timeout,
+    )
+    .await
+}
+
+/// A KV client on `ep` whose calls time out after `timeout`.
+async fn connect_to(target: &Target, ep: &str, timeout: Duration) -> Result<Kvc, String> {
     let ch = target
         .dial
         .client_channel(ep, |e| {
@@ -532,11 +574,12 @@ fn middle_range(n: u64, m: u64) -> (Vec<u8>, Vec<u8>) {
 
 /// Runs the scale workload against `target` on a runtime of its own
 /// (`--threads` worker threads). With `members` (--compare) the first one
-/// is killed and started again in step 5.
+/// is killed and started again in step 5, and with 3 or more a new one is
+/// added in step 6 (pushed to `members`, stopped with them).
 pub fn run(
     args: &Args,
     target: &Target,
-    members: &mut [Daemon],
+    members: &mut Vec<Daemon>,
     say: &dyn Fn(&str),
 ) -> Result<RunResult, String> {
     std::thread::scope(|s| {
@@ -561,7 +604,7 @@ pub fn run(
 async fn measure(
     args: &Args,
     target: &Target,
-    members: &mut [Daemon],
+    members: &mut Vec<Daemon>,
     say: mpsc::Sender<String>,
 ) -> Result<RunResult, String> {
     let n = args.keys();
@@ -729,6 +772,17 @@ async fn measure(
         run.done(st);
     }
 
+    // 6. A new member catching up.
+    if members.len() >= 3 && target.dial.auth {
+        run.say("join: left out with --auth (MemberAdd needs root)".into());
+    } else if members.len() >= 3 {
+        let mut st = Step::named("join");
+        if let Some(new) = join(&mut run, &mut st, members).await {
+            members.push(new);
+        }
+        run.done(st);
+    }
+
     let steps = std::mem::take(&mut run.steps);
     let errors: Vec<String> = steps
         .iter()
@@ -870,4 +924,198 @@ async fn restart(run: &mut Run<'_>, st: &mut Step, member: &mut Daemon) {
         )),
     }
     st.rss_peak_kib = run.samples("restart", sampler.stop());
+}
+
+/// The leader as noted before the join: where it is and its term.
+struct Leader {
+    /// Its client address.
+    addr: String,
+    id: u64,
+    term: u64,
+}
+
+/// Maintenance.Status of the member at `ep`.
+async fn status_of(target: &Target, ep: &str) -> Result<StatusResponse, String> {
+    let ch = target
+        .dial
+        .client_channel(ep, |e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
+        })
+        .await?;
+    MaintenanceClient::new(ch)
+        .status(StatusRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| format!("Status of {ep}: {}", status(&s)))
+}
+
+/// The member of `members` that says it is the leader, with its term.
+async fn leader(target: &Target, members: &[Daemon]) -> Result<Leader, String> {
+    for m in members {
+        let addr = m.addr();
+        let s = status_of(target, &addr).await?;
+        if s.leader != 0 && s.header.is_some_and(|h| h.member_id == s.leader) {
+            return Ok(Leader {
+                addr,
+                id: s.leader,
+                term: s.raft_term,
+            });
+        }
+    }
+    Err("no member says it is the leader".into())
+}
+
+/// MemberAdd of a learner at `peer_url` through `ep`, retried while the
+/// cluster answers that it is unhealthy: the new member's ID.
+async fn add_learner(target: &Target, ep: &str, peer_url: &str) -> Result<u64, String> {
+    let ch = target
+        .dial
+        .client_channel(ep, |e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
+        })
+        .await?;
+    let mut cluster = ClusterClient::new(ch);
+    let t = Instant::now();
+    loop {
+        let r = cluster
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec![peer_url.to_owned()],
+                is_learner: true,
+            })
+            .await;
+        match r {
+            Ok(r) => return Ok(r.into_inner().member.map_or(0, |m| m.id)),
+            Err(s) if s.message().contains("unhealthy") && t.elapsed() < ADD_WITHIN => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) => return Err(format!("MemberAdd({peer_url}, learner): {}", status(&s))),
+        }
+    }
+}
+
+/// Asks the member at `ep` every `JOIN_POLL` with a serializable Range
+/// until its header revision is `rev` or later: the time since `spawned`.
+async fn caught_up(
+    target: &Target,
+    ep: &str,
+    rev: i64,
+    spawned: Instant,
+) -> Result<Duration, String> {
+    let mut kv: Option<Kvc> = None;
+    let mut last = "no answer".to_owned();
+    while spawned.elapsed() < JOIN_WITHIN {
+        if kv.is_none() {
+            match target
+                .dial
+                .client_channel(ep, |e| {
+                    e.connect_timeout(Duration::from_secs(1))
+                        .timeout(Duration::from_secs(5))
+                })
+                .await
+            {
+                Ok(ch) => kv = Some(KvClient::new(ch)),
+                Err(e) => last = e,
+            }
+        }
+        if let Some(c) = kv.as_mut() {
+            let r = c
+                .range(RangeRequest {
+                    key: key(0),
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    let at = r.into_inner().header.map_or(0, |h| h.revision);
+                    if at >= rev {
+                        return Ok(spawned.elapsed());
+                    }
+                    last = format!("at revision {at}");
+                }
+                Err(s) => last = status(&s),
+            }
+        }
+        tokio::time::sleep(JOIN_POLL).await;
+    }
+    Err(format!(
+        "not at revision {rev} within {JOIN_WITHIN:?}; last answer: {last}"
+    ))
+}
+
+/// Step 6: a learner added with MemberAdd and started empty; the time from
+/// its spawn until it serves the cluster's revision, and its RSS. The new
+/// member, once spawned.
+async fn join(run: &mut Run<'_>, st: &mut Step, members: &[Daemon]) -> Option<Daemon> {
+    let target = run.target;
+    let before = match leader(target, members).await {
+        Ok(l) => l,
+        Err(e) => {
+            st.fail(format!("the leader before: {e}"));
+            return None;
+        }
+    };
+    let rev = match connect_to(target, &before.addr, Duration::from_secs(30)).await {
+        Ok(mut kv) => revision(&mut kv).await,
+        Err(e) => Err(e),
+    };
+    let rev = match rev {
+        Ok(r) => r,
+        Err(e) => {
+            st.fail(format!("the revision before: {e}"));
+            return None;
+        }
+    };
+    let joining = match members[0].plan_join(&format!("m{}", members.len())) {
+        Ok(j) => j,
+        Err(e) => {
+            st.fail(e);
+            return None;
+        }
+    };
+    run.say(format!(
+        "join: add a learner at {} (revision {rev}, term {}) and start it",
+        joining.peer_url(),
+        before.term
+    ));
+    if let Err(e) = add_learner(target, &before.addr, &joining.peer_url()).await {
+        st.fail(e);
+        return None;
+    }
+    let initial = members
+        .iter()
+        .map(Daemon::initial_entry)
+        .chain([joining.initial_entry()])
+        .collect::<Vec<_>>()
+        .join(",");
+    let (new, spawned) = match joining.start(&initial) {
+        Ok(d) => d,
+        Err(e) => {
+            st.fail(e);
+            return None;
+        }
+    };
+    let pids: Vec<u32> = new.pid().into_iter().collect();
+    let sampler = Sampler::start(&pids, Duration::from_millis(100));
+    match caught_up(target, &new.addr(), rev, spawned).await {
+        Ok(d) => {
+            st.ms = d.as_secs_f64() * 1000.0;
+            st.rss_after_kib = rss(&pids);
+            tokio::time::sleep(SETTLE).await;
+            st.rss_5s_kib = rss(&pids);
+        }
+        Err(e) => st.fail(format!("{e}; log:\n{}", new.log_tail())),
+    }
+    st.rss_peak_kib = run.samples("join", sampler.stop());
+    match status_of(target, &before.addr).await {
+        Ok(s) if s.raft_term != before.term || s.leader != before.id => st.fail(format!(
+            "an election happened while the member joined: term {} -> {}, leader {:x} -> {:x}",
+            before.term, s.raft_term, before.id, s.leader
+        )),
+        Ok(_) => {}
+        Err(e) => st.fail(format!("the leader after: {e}")),
+    }
+    Some(new)
 }

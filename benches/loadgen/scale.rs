@@ -381,16 +381,27 @@ async fn connect(target: &Target, k: usize, timeout: Duration) -> Result<Kvc, St
 
 /// A KV client on `ep` whose calls time out after `timeout`.
 async fn connect_to(target: &Target, ep: &str, timeout: Duration) -> Result<Kvc, String> {
-    let ch = target
+    let ch = channel_to(target, ep, Duration::from_secs(5), timeout).await?;
+    // A 100,000-key answer is tens of MB.
+    Ok(KvClient::new(ch).max_decoding_message_size(usize::MAX))
+}
+
+/// A channel to `ep` that connects within `connect` and whose calls time
+/// out after `timeout`.
+async fn channel_to(
+    target: &Target,
+    ep: &str,
+    connect: Duration,
+    timeout: Duration,
+) -> Result<crate::secure::Authed, String> {
+    target
         .dial
         .client_channel(ep, |e| {
-            e.connect_timeout(Duration::from_secs(5))
+            e.connect_timeout(connect)
                 .timeout(timeout)
                 .tcp_nodelay(true)
         })
-        .await?;
-    // A 100,000-key answer is tens of MB.
-    Ok(KvClient::new(ch).max_decoding_message_size(usize::MAX))
+        .await
 }
 
 /// The current revision, from a linearizable read through `kv`.
@@ -895,15 +906,14 @@ async fn restart(run: &mut Run<'_>, st: &mut Step, member: &mut Daemon) {
             break None;
         }
         let attempt = async {
-            let mut kv = KvClient::new(
-                run.target
-                    .dial
-                    .client_channel(&ep, |e| {
-                        e.connect_timeout(Duration::from_secs(1))
-                            .timeout(Duration::from_secs(5))
-                    })
-                    .await?,
-            );
+            let ch = channel_to(
+                run.target,
+                &ep,
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+            )
+            .await?;
+            let mut kv = KvClient::new(ch);
             revision(&mut kv).await
         };
         match attempt.await {
@@ -936,13 +946,7 @@ struct Leader {
 
 /// Maintenance.Status of the member at `ep`.
 async fn status_of(target: &Target, ep: &str) -> Result<StatusResponse, String> {
-    let ch = target
-        .dial
-        .client_channel(ep, |e| {
-            e.connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(10))
-        })
-        .await?;
+    let ch = channel_to(target, ep, Duration::from_secs(5), Duration::from_secs(10)).await?;
     MaintenanceClient::new(ch)
         .status(StatusRequest {})
         .await
@@ -969,13 +973,7 @@ async fn leader(target: &Target, members: &[Daemon]) -> Result<Leader, String> {
 /// MemberAdd of a learner at `peer_url` through `ep`, retried while the
 /// cluster answers that it is unhealthy: the new member's ID.
 async fn add_learner(target: &Target, ep: &str, peer_url: &str) -> Result<u64, String> {
-    let ch = target
-        .dial
-        .client_channel(ep, |e| {
-            e.connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(30))
-        })
-        .await?;
+    let ch = channel_to(target, ep, Duration::from_secs(5), Duration::from_secs(30)).await?;
     let mut cluster = ClusterClient::new(ch);
     let t = Instant::now();
     loop {
@@ -1007,14 +1005,7 @@ async fn caught_up(
     let mut last = "no answer".to_owned();
     while spawned.elapsed() < JOIN_WITHIN {
         if kv.is_none() {
-            match target
-                .dial
-                .client_channel(ep, |e| {
-                    e.connect_timeout(Duration::from_secs(1))
-                        .timeout(Duration::from_secs(5))
-                })
-                .await
-            {
+            match channel_to(target, ep, Duration::from_secs(1), Duration::from_secs(5)).await {
                 Ok(ch) => kv = Some(KvClient::new(ch)),
                 Err(e) => last = e,
             }

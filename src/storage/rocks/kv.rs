@@ -54,8 +54,6 @@ pub struct RocksKv {
     batch: WriteBatch,
     pending: HashMap<Revision, Vec<u8>>,
     compacting: Arc<AtomicBool>,
-    /// `META_REMOVING` is in the database (as of the last write).
-    removing_written: bool,
     /// A write of removals failed: versions the index dropped may be left
     /// in the kv family, so `META_REMOVING` stays for the next start.
     removals_lost: bool,
@@ -132,10 +130,7 @@ impl RocksKv {
             ms = started.elapsed().as_millis() as u64,
             "key index rebuilt from rocksdb"
         );
-        Ok(RocksKv {
-            removing_written: removing,
-            ..RocksKv::with_index(dbs, index)
-        })
+        Ok(RocksKv::with_index(dbs, index))
     }
 
     /// Number of keys live at the current revision.
@@ -205,15 +200,9 @@ impl RocksKv {
                 self.index.compact_main_revision() as u64,
             ),
         );
-        let removing = self.index.removal_pending() && !self.removing_written;
-        if removing {
-            let rev = self.index.compact_main_revision().to_be_bytes();
-            batch.put_cf(meta, META_REMOVING, rev);
-        }
         self.db
             .write_opt(batch, &self.no_wal)
             .map_err(|e| db_error("write applied changes", e))?;
-        self.removing_written |= removing;
         self.kv_written.0 += self
             .pending
             .values()
@@ -378,7 +367,6 @@ impl RocksKv {
             batch: WriteBatch::default(),
             pending: HashMap::new(),
             compacting: Arc::new(AtomicBool::new(false)),
-            removing_written: false,
             removals_lost: false,
             size: Cell::new((0, None)),
             kv_written: (0, 0),
@@ -444,9 +432,6 @@ impl StateEngine for RocksKv {
             tracing::error!(error = %e, "cannot write a compaction's removals");
             self.removals_lost = true;
             return more;
-        }
-        if !more && !self.removals_lost {
-            self.removing_written = false;
         }
         if !more {
             let rev = self.index.compact_main_revision();
@@ -629,8 +614,11 @@ impl KvEngine for RocksKv {
     fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
         // The removal goes in slices (StateEngine::idle_step): going over
         // the index of a million keys at once held the apply thread
-        // 64-170 ms.
-        self.index.compact_in_slices(rev)
+        // 64-170 ms. The mark goes with the compaction's applied batch.
+        self.index.compact_in_slices(rev)?;
+        self.batch
+            .put_cf(cf(&self.db, CF_META), META_REMOVING, rev.to_be_bytes());
+        Ok(())
     }
     fn key_count(&self) -> usize {
         RocksKv::key_count(self)

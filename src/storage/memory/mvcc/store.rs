@@ -453,7 +453,7 @@ impl MemStore {
             self.removal = Some(Removal::new(rev, self.removal.take()));
         } else {
             self.removal = None;
-            self.remove_compacted(rev, None);
+            self.remove_compacted(rev);
         }
         Ok(())
     }
@@ -468,21 +468,6 @@ impl MemStore {
         Ok(())
     }
 
-    /// [`MemStore::compact`] at once, appending the revisions it dropped to
-    /// `removed` (an engine that stores versions elsewhere deletes them
-    /// there; it takes no images of this store, so nothing holds it).
-    pub fn compact_collect(
-        &mut self,
-        rev: i64,
-        removed: &mut Vec<Revision>,
-    ) -> Result<(), MvccError> {
-        self.check_compaction(rev)?;
-        self.compact_rev = rev;
-        self.removal = None;
-        self.remove_compacted(rev, Some(removed));
-        Ok(())
-    }
-
     fn check_compaction(&self, rev: i64) -> Result<(), MvccError> {
         if rev <= self.compact_rev {
             return Err(MvccError::Compacted);
@@ -494,10 +479,10 @@ impl MemStore {
     }
 
     /// Removes what a compaction at `rev` lets go.
-    fn remove_compacted(&mut self, rev: i64, mut removed: Option<&mut Vec<Revision>>) {
+    fn remove_compacted(&mut self, rev: i64) {
         let mut freed = 0u64;
         self.keys.retain(|k, h| {
-            freed += h.compact(rev, removed.as_deref_mut());
+            freed += h.compact(rev, None);
             if h.is_empty() {
                 freed += key_size(k);
                 false
@@ -521,7 +506,8 @@ impl MemStore {
     }
 
     /// [`MemStore::removal_step`], appending the revisions it dropped to
-    /// `removed` (if given), as [`MemStore::compact_collect`].
+    /// `removed` (if given: an engine that stores versions elsewhere deletes
+    /// them there).
     pub fn removal_step_collect(
         &mut self,
         budget: usize,

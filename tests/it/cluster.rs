@@ -678,9 +678,9 @@ pub(crate) static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(
 
 async fn heavy_work_on_the_leader_causes_no_election(engine: Engine) {
     let _turn = HEAVY.lock().await;
-    // A thread of this process wakes every 10 ms and records how late it
-    // was: when the whole machine stalls (the other tests of the suite
-    // share its two cores), it sees the stall too.
+    // A thread per CPU wakes every 10 ms and records how late it was:
+    // when the machine stalls (the other tests of the suite share its two
+    // cores, or the host freezes a virtual CPU), it sees the stall too.
     let canary = Canary::start();
     let flags = [
         "--snapshot-count",
@@ -814,31 +814,75 @@ fn assert_no_election(before: &[Option<(u64, u64, u64)>], after: &[Option<(u64, 
     }
 }
 
-/// Measures how late a sleeping thread wakes up (machine-wide stalls).
+/// Measures how late sleeping threads wake up: the machine's own stalls.
+/// One thread per CPU the test may run on, each pinned to its CPU. On a
+/// virtual machine the host can freeze one virtual CPU for 100 ms while
+/// the other runs on (seen with `perf sched timehist`: no event at all on
+/// one CPU for 100 ms, the thread on it "running" throughout); whatever
+/// member thread sits on that CPU stops, and one unpinned canary, which
+/// the kernel keeps on the CPU that runs, does not see it.
 struct Canary {
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<f64>,
+    handles: Vec<std::thread::JoinHandle<f64>>,
 }
 
 impl Canary {
     fn start() -> Canary {
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut worst = Duration::ZERO;
-            while !s.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                std::thread::sleep(Duration::from_millis(10));
-                worst = worst.max(t.elapsed().saturating_sub(Duration::from_millis(10)));
-            }
-            worst.as_secs_f64() * 1000.0
-        });
-        Canary { stop, handle }
+        let handles = allowed_cpus()
+            .into_iter()
+            .map(|cpu| {
+                let s = stop.clone();
+                std::thread::spawn(move || {
+                    pin_to(cpu);
+                    let mut worst = Duration::ZERO;
+                    while !s.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        std::thread::sleep(Duration::from_millis(10));
+                        worst = worst.max(t.elapsed().saturating_sub(Duration::from_millis(10)));
+                    }
+                    worst.as_secs_f64() * 1000.0
+                })
+            })
+            .collect();
+        Canary { stop, handles }
     }
 
+    /// The longest stall any CPU's canary saw, in ms.
     fn stop(self) -> f64 {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap_or(f64::MAX)
+        self.handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(f64::MAX))
+            .fold(0.0, f64::max)
+    }
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set the call fills in.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: `set` is a plain bit set; 0 names the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
 }
 

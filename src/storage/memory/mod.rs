@@ -22,6 +22,7 @@ pub mod mvcc;
 pub mod snapshots;
 pub mod wal;
 pub mod wal_log;
+pub mod writeback;
 
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};

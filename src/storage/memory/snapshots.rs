@@ -77,37 +77,10 @@ impl Paced {
     }
 
     fn write_back(&mut self) {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
-        let range = |from: u64, to: u64| {
-            (
-                libc::off64_t::try_from(from).unwrap_or(libc::off64_t::MAX),
-                libc::off64_t::try_from(to - from).unwrap_or(0),
-            )
-        };
-        let (wait_at, wait_len) = range(self.previous, self.started);
-        let (start_at, start_len) = range(self.started, self.written);
-        // A length of 0 would mean "to the end of the file".
-        if wait_len > 0 {
-            // SAFETY: sync_file_range only reads its integer arguments;
-            // `fd` is this open file's descriptor.
-            unsafe {
-                libc::sync_file_range(
-                    fd,
-                    wait_at,
-                    wait_len,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                );
-            }
-        }
-        if start_len > 0 {
-            // SAFETY: as above.
-            unsafe {
-                libc::sync_file_range(fd, start_at, start_len, libc::SYNC_FILE_RANGE_WRITE);
-            }
-        }
+        use super::writeback;
+        // Errors are left to the final fsync (see above).
+        let _ = writeback::wait(&self.file, self.previous, self.started - self.previous);
+        let _ = writeback::start(&self.file, self.started, self.written - self.started);
         self.previous = self.started;
         self.started = self.written;
     }

@@ -1,5 +1,5 @@
 //! The k8s workload's consistency checker (benches/loadgen/k8s/check.rs,
-//! std-only so that it can be included here) against planted bugs: a
+//! plain data and std, so that it can be included here) against planted bugs: a
 //! dropped, a repeated and a late event, a wrong `prev_kv`, a page gap or
 //! overlap, stale and future list entries.
 //!

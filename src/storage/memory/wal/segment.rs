@@ -144,12 +144,8 @@ impl Dir {
         preallocate: u64,
     ) -> Result<Prepared, WalError> {
         let tmp = tmp_path(&self.path, seq);
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
+        let made = (|| {
+            let mut file = create_tmp(&tmp)?;
             let mut first = Vec::with_capacity(MAGIC_LEN + records.len());
             first.extend_from_slice(&MAGIC);
             first.extend_from_slice(records);
@@ -158,21 +154,15 @@ impl Dir {
                 .map_err(io_err("preallocate", &tmp))?;
             // sync_all, not sync_data: the new inode and its size must land too.
             file.sync_all().map_err(io_err("fsync", &tmp))?;
-            Ok::<_, WalError>((file, first.len() as u64))
+            Ok((file, first.len() as u64))
         })();
-        match result {
-            Ok((file, len)) => Ok(Prepared {
-                seq,
-                tmp,
-                file,
-                len,
-            }),
-            Err(e) => {
-                // Best effort; a leftover is also removed by the next open.
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        let (file, len) = removed_on_error(&tmp, made)?;
+        Ok(Prepared {
+            seq,
+            tmp,
+            file,
+            len,
+        })
     }
 
     /// Second half: renames the prepared file into place and fsyncs the
@@ -245,24 +235,33 @@ pub(super) fn prepare_spare(
     hurry: &AtomicBool,
 ) -> Result<Spare, WalError> {
     let tmp = tmp_path(dir, seq);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
+    let made = (|| {
+        let mut file = create_tmp(&tmp)?;
         zero_fill(&mut file, 0, len, Some(Pace { step, hurry }))
             .map_err(io_err("preallocate", &tmp))?;
         file.sync_all().map_err(io_err("fsync", &tmp))?;
-        Ok::<_, WalError>(file)
+        Ok(file)
     })();
-    match result {
-        Ok(file) => Ok(Spare { seq, tmp, file }),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
+    let file = removed_on_error(&tmp, made)?;
+    Ok(Spare { seq, tmp, file })
+}
+
+/// Creates the temporary file `tmp` (which must not exist yet).
+fn create_tmp(tmp: &Path) -> Result<File, WalError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(io_err("create", tmp))
+}
+
+/// `made`, after removing the temporary file `tmp` if it failed (best
+/// effort: a leftover is also removed by the next open).
+fn removed_on_error<T>(tmp: &Path, made: Result<T, WalError>) -> Result<T, WalError> {
+    if made.is_err() {
+        let _ = fs::remove_file(tmp);
     }
+    made
 }
 
 /// Writes the magic and `records` at the start of `spare` and makes them
@@ -272,26 +271,21 @@ pub(super) fn prepare_spare(
 pub(super) fn fill_spare(spare: Spare, records: &[u8]) -> Result<Prepared, WalError> {
     use std::io::{Seek, SeekFrom};
     let Spare { seq, tmp, mut file } = spare;
-    let result = (|| {
+    let made = (|| {
         file.seek(SeekFrom::Start(0))
             .map_err(io_err("seek", &tmp))?;
         file.write_all(&MAGIC).map_err(io_err("write", &tmp))?;
         file.write_all(records).map_err(io_err("write", &tmp))?;
         file.sync_data().map_err(io_err("fsync", &tmp))?;
-        Ok::<_, WalError>((MAGIC_LEN + records.len()) as u64)
+        Ok((MAGIC_LEN + records.len()) as u64)
     })();
-    match result {
-        Ok(len) => Ok(Prepared {
-            seq,
-            tmp,
-            file,
-            len,
-        }),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    let len = removed_on_error(&tmp, made)?;
+    Ok(Prepared {
+        seq,
+        tmp,
+        file,
+        len,
+    })
 }
 
 /// A fully written and fsynced segment not yet visible under its real name.

@@ -226,6 +226,14 @@ pub struct Args {
     /// planted bug the check must catch).
     #[arg(long, hide = true)]
     pub k8s_plant_drop: bool,
+    /// With --compare: run every server process on these CPUs only (e.g.
+    /// 0), as if the servers had a machine of their own.
+    #[arg(long, value_delimiter = ',', requires = "compare")]
+    pub server_cpus: Vec<usize>,
+    /// Run the load generator on these CPUs only (e.g. 1); with
+    /// --server-cpus on the others, the two do not share cores.
+    #[arg(long, value_delimiter = ',')]
+    pub client_cpus: Vec<usize>,
     /// With --compare: copy each member's log (stderr) here as
     /// `<round>-<server>-m<i>.log` before its data dir is removed.
     #[arg(long)]

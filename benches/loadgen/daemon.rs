@@ -63,6 +63,15 @@ struct Recipe {
     tls: Option<Vec<String>>,
 }
 
+/// The CPUs every server process is started on (`--server-cpus`); all the
+/// machine's if unset.
+static SERVER_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+/// Starts every server from now on restricted to `cpus`.
+pub fn pin_servers_to(cpus: Vec<usize>) {
+    let _ = SERVER_CPUS.set(cpus);
+}
+
 /// A free loopback port below Linux's ephemeral range, so that no outgoing
 /// connection takes it before the daemon binds it.
 fn free_port() -> Result<u16, String> {
@@ -255,11 +264,22 @@ impl Daemon {
     fn spawn(&mut self, log: std::io::Result<File>) -> Result<(), String> {
         let stderr = log.map_err(|e| format!("log file: {e}"))?;
         let bin = &self.recipe.bin;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
+            .stderr(stderr);
+        if let Some(cpus) = SERVER_CPUS.get() {
+            use std::os::unix::process::CommandExt;
+            let cpus = cpus.clone();
+            // SAFETY: the hook only calls sched_setaffinity, which is
+            // async-signal-safe, on a set built before the fork.
+            unsafe {
+                command.pre_exec(move || crate::procfs::pin_to(&cpus));
+            }
+        }
+        let child = command
             .spawn()
             .map_err(|e| format!("start {}: {e}", bin.display()))?;
         self.child = Some(child);

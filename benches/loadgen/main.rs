@@ -350,6 +350,16 @@ fn main() -> ExitCode {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
     }
+    if !args.server_cpus.is_empty() {
+        daemon::pin_servers_to(args.server_cpus.clone());
+    }
+    // Before any thread is started: they all inherit it.
+    if !args.client_cpus.is_empty() {
+        if let Err(e) = procfs::pin_to(&args.client_cpus) {
+            eprintln!("loadgen: --client-cpus: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let json = args.json;
     // Progress goes to stderr when stdout carries JSON.
     let say = move |s: &str| {

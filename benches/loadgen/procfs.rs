@@ -77,3 +77,20 @@ fn listening_inode(line: &str, port: u16) -> Option<String> {
     let listening = *f.get(3)? == "0A";
     (listening && local_port == port).then(|| f.get(9).map(|s| s.to_string()))?
 }
+
+/// Restricts the calling thread (and the threads and processes it starts
+/// from then on) to `cpus`. Async-signal-safe: also usable between fork
+/// and exec.
+pub fn pin_to(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: `set` is a plain bit set filled here; 0 names the caller.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -352,6 +352,9 @@ pub struct Config {
     pub k8s: Option<(u64, f64, f64)>,
     /// --workload scale: keys filled.
     pub scale: Option<u64>,
+    /// `--server-cpus` and `--client-cpus` as given (empty: not pinned).
+    pub server_cpus: Vec<usize>,
+    pub client_cpus: Vec<usize>,
 }
 
 impl Config {
@@ -379,10 +382,26 @@ impl Config {
                 a.k8s_compact_interval.as_secs_f64(),
             )),
             scale: (a.workload == crate::cli::Workload::Scale).then(|| a.keys()),
+            server_cpus: a.server_cpus.clone(),
+            client_cpus: a.client_cpus.clone(),
         }
     }
 
+    /// The settings in one line, as flags.
     pub fn line(&self) -> String {
+        let cpus = |flag: &str, cpus: &[usize]| {
+            if cpus.is_empty() {
+                return String::new();
+            }
+            let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+            format!(" {flag}={}", list.join(","))
+        };
+        self.workload_line()
+            + &cpus("server-cpus", &self.server_cpus)
+            + &cpus("client-cpus", &self.client_cpus)
+    }
+
+    fn workload_line(&self) -> String {
         if let Some(k) = self.scale {
             return format!(
                 "workload=scale clients={} members={} keys={k} value-size={}{}{}",

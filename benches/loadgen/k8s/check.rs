@@ -1,8 +1,8 @@
 //! The consistency checker of the k8s workload: a model of what the clients
 //! really know about the writes they made, and the checks of every LIST and
 //! every watcher against it. Plain data in, violations out (no I/O; std and
-//! the `crc32c` crate only), so it is unit-tested on planted bugs (`tests/loadgen_k8s.rs`
-//! includes this file).
+//! the `crc32c` crate only), so it is unit-tested on planted bugs
+//! (`tests/loadgen_k8s.rs` includes this file).
 //!
 //! # What a client can know
 //!

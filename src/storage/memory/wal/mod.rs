@@ -18,16 +18,18 @@
 //!   (so an fdatasync after an append flushes data blocks only, never the
 //!   inode), fsynced, renamed into place and the directory fsynced: it either
 //!   exists with all its header records or not at all. The zeros of the next
-//!   segment are written and fsynced ahead, on a thread of their own (the
-//!   "spare", made as soon as a segment becomes the active one): a rotation
-//!   then writes only the magic and header records over the spare's first
-//!   bytes, fdatasyncs them, renames and fsyncs the directory. (Writing and
-//!   syncing 64 MiB of zeros at the rotation itself held every append behind
-//!   it for 50-60 ms on our disks, on all members at once since they rotate
-//!   at the same log size.) Leftover `.tmp` files are deleted on open; a
-//!   spare not used is deleted when the WAL is dropped. At rotation the old segment is cut back to its last
-//!   record, so only the last segment ever ends in zeros; there, zeros after
-//!   the last record are simply the end of the log.
+//!   segment are written and fsynced ahead, paced, on a thread of their own
+//!   (the "spare", started as soon as a segment becomes the active one): a
+//!   rotation then writes only the magic and header records over the
+//!   spare's first bytes, fdatasyncs them, renames and fsyncs the
+//!   directory. (Writing and syncing 64 MiB of zeros at the rotation itself
+//!   stalled every append 119-142 ms on three members under load, all
+//!   members at once since they rotate at the same log size.) Leftover
+//!   `.tmp` files are deleted on open; a spare still being made when the
+//!   WAL is dropped is abandoned and deleted. At rotation the old segment is
+//!   cut back to its last record, so only the last segment ever ends in
+//!   zeros; there, zeros after the last record are simply the end of the
+//!   log.
 //!
 //! # Recovery: torn tail versus corruption
 //! Only the last segment can have been mid-write at a crash. There, a record
@@ -70,11 +72,10 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use self::segment::{io_err, Dir, Spare};
+use self::segment::{io_err, Dir, Spare, SpareWish};
 
 /// Default [`WalOptions::segment_size`]: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
@@ -239,21 +240,30 @@ pub struct Wal {
     spare: Option<SpareJob>,
 }
 
-/// A spare being made on its thread; `hurry` (then an unpark) makes it
-/// write the rest without pauses.
+/// A spare being made on its thread, and what the WAL asks of it.
 #[derive(Debug)]
 struct SpareJob {
     handle: JoinHandle<Result<Spare, WalError>>,
-    hurry: Arc<AtomicBool>,
+    wish: Arc<SpareWish>,
 }
 
 impl SpareJob {
-    /// Waits for the spare, cutting its pacing short: a rotation (or a
-    /// close) waits for at most the writes left, never for the pauses.
+    /// Waits for the spare, cutting its pacing short: a rotation waits for
+    /// at most the writes left, never for the pauses.
     fn finish(self) -> std::thread::Result<Result<Spare, WalError>> {
-        self.hurry.store(true, Ordering::SeqCst);
+        self.wish.hurry();
         self.handle.thread().unpark();
         self.handle.join()
+    }
+
+    /// Stops the spare and waits until its file is gone: one finished
+    /// meanwhile is deleted here, one still being written deletes itself.
+    fn abandon(self) {
+        self.wish.abandon();
+        self.handle.thread().unpark();
+        if let Ok(Ok(spare)) = self.handle.join() {
+            let _ = fs::remove_file(&spare.tmp);
+        }
     }
 }
 
@@ -351,13 +361,13 @@ impl Wal {
             return;
         }
         let dir = self.dir.path().to_path_buf();
-        let hurry = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&hurry);
+        let wish = Arc::new(SpareWish::default());
+        let theirs = Arc::clone(&wish);
         let spawned = std::thread::Builder::new()
             .name("wal-spare".into())
-            .spawn(move || segment::prepare_spare(&dir, seq, len, segment::SPARE_STEP, &flag));
+            .spawn(move || segment::prepare_spare(&dir, seq, len, segment::SPARE_STEP, &theirs));
         match spawned {
-            Ok(handle) => self.spare = Some(SpareJob { handle, hurry }),
+            Ok(handle) => self.spare = Some(SpareJob { handle, wish }),
             // The rotation makes the segment itself, as without a spare.
             Err(e) => tracing::warn!(error = %e, "wal: cannot start the spare's thread"),
         }
@@ -371,6 +381,8 @@ impl Wal {
         let made = self.spare.take()?.finish();
         match made {
             Ok(Ok(spare)) if spare.seq == seq => Some(spare),
+            // Only rotations move the active segment, so a spare is always
+            // for the next one; a wrong one is never installed regardless.
             Ok(Ok(spare)) => {
                 let _ = fs::remove_file(&spare.tmp);
                 None
@@ -581,11 +593,12 @@ impl Wal {
 }
 
 impl Drop for Wal {
-    /// Waits for a spare being made and deletes it: the directory is then
-    /// only segments when the lock is released.
+    /// Abandons a spare being made (no use writing the rest of it) and
+    /// waits until its file is gone: the directory is then only segments
+    /// when the lock is released.
     fn drop(&mut self) {
-        if let Some(Ok(Ok(spare))) = self.spare.take().map(SpareJob::finish) {
-            let _ = fs::remove_file(&spare.tmp);
+        if let Some(job) = self.spare.take() {
+            job.abandon();
         }
     }
 }
@@ -1283,41 +1296,69 @@ mod tests {
     fn made(f: impl FnOnce() -> Result<Spare, WalError> + Send + 'static) -> SpareJob {
         SpareJob {
             handle: std::thread::spawn(f),
-            hurry: Arc::new(AtomicBool::new(false)),
+            wish: Arc::default(),
         }
     }
 
-    #[test]
-    fn a_rotation_needing_the_spare_cuts_its_pauses_short() {
-        let tmp = TempDir::new().unwrap();
-        let dir = tmp.path().to_path_buf();
-        // Paced at 1 MiB per hour: only `finish` can make 2 MiB end in time.
+    /// A spare of 2 MiB for segment 2 in `dir`, paced at 1 MiB per hour,
+    /// once it has written its first MiB and fallen into the pause after
+    /// it: only what the WAL asks of it can make it end in time.
+    fn paused_spare(dir: &Path) -> SpareJob {
         let step = segment::Trickle {
             bytes: 1 << 20,
             pause: std::time::Duration::from_secs(3600),
         };
-        let hurry = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&hurry);
+        let wish = Arc::new(SpareWish::default());
+        let theirs = Arc::clone(&wish);
+        let at = dir.to_path_buf();
         let job = SpareJob {
             handle: std::thread::spawn(move || {
-                segment::prepare_spare(&dir, 2, 2 << 20, step, &flag)
+                segment::prepare_spare(&at, 2, 2 << 20, step, &theirs)
             }),
-            hurry,
+            wish,
         };
-        // Let it write its first step and fall into the pause after it.
-        let spare_path = segment::tmp_path(tmp.path(), 2);
+        let spare_path = segment::tmp_path(dir, 2);
         while fs::metadata(&spare_path).map_or(0, |m| m.len()) < 1 << 20 {
             std::thread::yield_now();
         }
         #[allow(clippy::disallowed_methods)] // a test thread: nothing else runs on it
         std::thread::sleep(std::time::Duration::from_millis(200));
+        job
+    }
+
+    /// What `f` returns, if it returns within a minute.
+    fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(job.finish().unwrap().unwrap()));
-        let spare = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the spare ended its pause when asked");
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the spare ended its pause when asked")
+    }
+
+    #[test]
+    fn a_rotation_needing_the_spare_cuts_its_pauses_short() {
+        let tmp = TempDir::new().unwrap();
+        let job = paused_spare(tmp.path());
+        let spare = within_a_minute(move || job.finish().unwrap().unwrap());
         assert_eq!(spare.file.metadata().unwrap().len(), 2 << 20);
         assert_eq!(spare.seq, 2);
+    }
+
+    #[test]
+    fn an_abandoned_spare_stops_midway_and_removes_itself() {
+        let tmp = TempDir::new().unwrap();
+        let job = paused_spare(tmp.path());
+        // As `SpareJob::abandon` asks, but keeping what the thread ended with.
+        let ended = within_a_minute(move || {
+            job.wish.abandon();
+            job.handle.thread().unpark();
+            job.handle.join().unwrap()
+        });
+        assert!(ended.is_err(), "the spare was written to its end");
+        assert!(
+            tmp_files(tmp.path()).is_empty(),
+            "{:?}",
+            tmp_files(tmp.path())
+        );
     }
 
     /// Waits for the spare being made and puts it back; its inode.

@@ -7,7 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::codec::{self, MagicCheck, MAGIC, MAGIC_LEN};
 use super::{Record, WalError};
@@ -214,30 +214,53 @@ pub(super) struct Trickle {
     pub(super) pause: std::time::Duration,
 }
 
-/// A [`Trickle`] that stops pausing once `hurry` is set (the rest is then
-/// written at once and left to the final fsync).
+/// What the WAL asks of a spare being made, shared with its thread: keep the
+/// pace, hurry (a rotation needs it: write the rest without pauses), or
+/// abandon it (the WAL is closing: stop writing; the spare removes itself).
+/// After changing it, unpark the spare's thread to cut a pause short.
+#[derive(Debug, Default)]
+pub(super) struct SpareWish(AtomicU8);
+
+impl SpareWish {
+    const PACED: u8 = 0;
+    const HURRY: u8 = 1;
+    const ABANDON: u8 = 2;
+
+    pub(super) fn hurry(&self) {
+        self.0.store(Self::HURRY, Ordering::SeqCst);
+    }
+
+    pub(super) fn abandon(&self) {
+        self.0.store(Self::ABANDON, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A [`Trickle`] governed by a [`SpareWish`].
 #[derive(Debug, Clone, Copy)]
 struct Pace<'a> {
     step: Trickle,
-    hurry: &'a AtomicBool,
+    wish: &'a SpareWish,
 }
 
 /// Makes the spare for segment `seq` in `dir`, `len` zero bytes long, at
-/// the pace of `step` until `hurry` is set (unpark the thread after setting
-/// it, to cut a pause short). Blocking and slow (it writes and syncs a
-/// whole segment): run it on a thread of its own. A failed spare leaves no
-/// file behind.
+/// the pace of `step` as long as `wish` says so. Blocking and slow (it
+/// writes and syncs a whole segment): run it on a thread of its own. A
+/// failed or abandoned spare leaves no file behind.
 pub(super) fn prepare_spare(
     dir: &Path,
     seq: u64,
     len: u64,
     step: Trickle,
-    hurry: &AtomicBool,
+    wish: &SpareWish,
 ) -> Result<Spare, WalError> {
     let tmp = tmp_path(dir, seq);
     let made = (|| {
         let mut file = create_tmp(&tmp)?;
-        zero_fill(&mut file, 0, len, Some(Pace { step, hurry }))
+        zero_fill(&mut file, 0, len, Some(Pace { step, wish }))
             .map_err(io_err("preallocate", &tmp))?;
         file.sync_all().map_err(io_err("fsync", &tmp))?;
         Ok(file)
@@ -428,12 +451,14 @@ fn zero_fill(file: &mut File, from: u64, to: u64, pace: Option<Pace<'_>>) -> io:
         file.write_all(&chunk[..n])?;
         at += n as u64;
         unflushed += n as u64;
-        match pace {
-            Some(p) if unflushed >= p.step.bytes && !p.hurry.load(Ordering::SeqCst) => {
+        let Some(p) = pace else { continue };
+        match p.wish.get() {
+            SpareWish::ABANDON => return Err(io::Error::other("spare abandoned")),
+            SpareWish::PACED if unflushed >= p.step.bytes => {
                 writeback::wait(file, at - unflushed, unflushed)?;
                 unflushed = 0;
-                // Woken early by the rotation that needs the spare (after
-                // it set `hurry`); a spurious wake-up only shortens a pause.
+                // Woken early when the wish changes; a spurious wake-up
+                // only shortens a pause.
                 std::thread::park_timeout(p.step.pause);
             }
             _ => {}

@@ -32,6 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Shared, not copied, by every watcher a batch of events matches.
         .bytes(".metastorepb.WatchResponseWire.events")
+        // A value read goes out shared with the store (a reference count,
+        // not a copy of its bytes), and a client decodes it as a slice of
+        // the message it came in.
+        .bytes(".mvccpb.KeyValue.value")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -13,7 +13,7 @@ fn filled(keys: usize) -> MemStore {
     let mut s = MemStore::new();
     for i in 0..keys {
         let mut w = s.write();
-        w.put(format!("key/{i:08}").as_bytes(), vec![b'v'; 256], 0);
+        w.put(format!("key/{i:08}").as_bytes(), vec![b'v'; 256].into(), 0);
         w.end();
     }
     s
@@ -28,7 +28,7 @@ fn mvcc(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let mut w = s.write();
-            w.put(format!("key/{i:012}").as_bytes(), vec![b'v'; 256], 0);
+            w.put(format!("key/{i:012}").as_bytes(), vec![b'v'; 256].into(), 0);
             w.end()
         });
     });
@@ -36,7 +36,7 @@ fn mvcc(c: &mut Criterion) {
         let mut s = MemStore::new();
         b.iter(|| {
             let mut w = s.write();
-            w.put(b"hot", vec![b'v'; 256], 0);
+            w.put(b"hot", vec![b'v'; 256].into(), 0);
             w.end()
         });
     });

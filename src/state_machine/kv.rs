@@ -3,6 +3,8 @@
 
 mod gosort;
 
+use bytes::Bytes;
+
 use crate::error::ApiError;
 use crate::proto::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
@@ -57,7 +59,7 @@ impl<'a, E: KvEngine + 'a> Writer<'a, E> {
         }
     }
 
-    fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
+    fn put(&mut self, key: &[u8], value: Bytes, lease: i64) -> i64 {
         self.txn.put_blind(key, value, lease);
         self.changed = true;
         self.begin + 1
@@ -182,7 +184,7 @@ fn range_in(view: &impl View, r: &RangeRequest) -> Result<RangeResponse, ApiErro
         .into_iter()
         .map(|mut kv| {
             if r.keys_only {
-                kv.value = Vec::new();
+                kv.value = Bytes::new();
             }
             to_pb(kv)
         })
@@ -217,7 +219,7 @@ fn check_lease(lease: i64, leases: &LeaseTable) -> Result<(), ApiError> {
 }
 
 fn put_in<E: KvEngine>(w: &mut Writer<'_, E>, p: &PutRequest) -> Result<PutResponse, ApiError> {
-    let mut value = p.value.clone();
+    let mut value = Bytes::from(p.value.clone());
     let mut lease = p.lease;
     let mut prev_kv = None;
     if p.ignore_value || p.ignore_lease || p.prev_kv {
@@ -432,7 +434,7 @@ fn compare_kv(c: &Compare, target: Option<compare::CompareTarget>, kv: &KeyValue
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
-            kv.value.as_slice().cmp(want)
+            kv.value[..].cmp(want)
         }
         CompareTarget::Create => kv.create_revision.cmp(&match c.target_union {
             Some(TargetUnion::CreateRevision(r)) => r,
@@ -598,7 +600,7 @@ mod tests {
         assert_eq!(r.header.unwrap().revision, 3);
         let prev = r.prev_kv.unwrap();
         assert_eq!(
-            (prev.value.as_slice(), prev.version, prev.mod_revision),
+            (&prev.value[..], prev.version, prev.mod_revision),
             (&b"bar"[..], 1, 2)
         );
         let got = get(&s, "foo");
@@ -618,7 +620,7 @@ mod tests {
         assert_eq!(s.current_revision(), 1);
         put(&mut s, &put_req("k", "v1"), &LeaseTable::default()).unwrap();
         put(&mut s, &p, &LeaseTable::default()).unwrap();
-        assert_eq!(get(&s, "k").kvs[0].value, b"v1");
+        assert_eq!(get(&s, "k").kvs[0].value, &b"v1"[..]);
     }
 
     #[test]
@@ -663,7 +665,7 @@ mod tests {
         let Some(response_op::Response::ResponseRange(rr)) = &r.responses[2].response else {
             panic!("range response expected");
         };
-        assert_eq!(rr.kvs[0].value, b"1");
+        assert_eq!(rr.kvs[0].value, &b"1"[..]);
         assert_eq!(rr.header.as_ref().unwrap().revision, 2);
         // Second time the compare fails: the failure branch only reads.
         let (r, events) = txn(&mut s, &t, &LeaseTable::default()).unwrap();
@@ -711,7 +713,7 @@ mod tests {
             panic!("nested txn response expected");
         };
         assert!(!inner_resp.succeeded);
-        assert_eq!(get(&s, "x").kvs[0].value, b"else");
+        assert_eq!(get(&s, "x").kvs[0].value, &b"else"[..]);
     }
 
     #[test]

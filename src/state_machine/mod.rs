@@ -308,7 +308,7 @@ impl StateMachine {
     pub fn fault_put(&mut self, key: &[u8], value: Vec<u8>) {
         on_store!(&mut self.store, s => {
             let mut t = s.write();
-            t.put_blind(key, value, 0);
+            t.put_blind(key, value.into(), 0);
             let _ = t.end();
         });
     }

@@ -15,7 +15,7 @@ fn get<E: KvEngine>(e: &E, key: &[u8], rev: i64) -> Result<Option<KeyValue>, Mvc
 
 fn put<E: KvEngine>(e: &mut E, key: &[u8], value: &[u8]) -> i64 {
     let mut t = e.write();
-    t.put_blind(key, value.to_vec(), 0);
+    t.put_blind(key, value.to_vec().into(), 0);
     t.end().0
 }
 
@@ -37,8 +37,8 @@ pub fn revisions<E: KvEngine>(mut e: E) {
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     // One txn, two puts: one main revision.
     let mut t = e.write();
-    t.put_blind(b"b", b"x".to_vec(), 0);
-    t.put_blind(b"c", b"y".to_vec(), 0);
+    t.put_blind(b"b", b"x".to_vec().into(), 0);
+    t.put_blind(b"c", b"y".to_vec().into(), 0);
     assert_eq!(t.end().0, 4);
     // Deleting nothing keeps the revision; deleting something bumps it.
     let mut t = e.write();
@@ -53,7 +53,7 @@ pub fn revisions<E: KvEngine>(mut e: E) {
     let kv = get(&e, b"a", 0).unwrap().unwrap();
     assert_eq!((kv.create_revision, kv.version), (6, 1));
     // History.
-    assert_eq!(get(&e, b"a", 2).unwrap().unwrap().value, b"1");
+    assert_eq!(get(&e, b"a", 2).unwrap().unwrap().value, &b"1"[..]);
     assert_eq!(get(&e, b"a", 5).unwrap(), None);
     assert_eq!(get(&e, b"a", 7), Err(MvccError::FutureRevision));
 }
@@ -95,9 +95,9 @@ pub fn ranges<E: KvEngine>(mut e: E) {
 pub fn txn_reads_its_writes<E: KvEngine>(mut e: E) {
     put(&mut e, b"k", b"old");
     let mut t = e.write();
-    t.put_blind(b"k", b"new".to_vec(), 0);
+    t.put_blind(b"k", b"new".to_vec().into(), 0);
     let seen = t.range(b"k", &[], &RangeOptions::default()).unwrap();
-    assert_eq!(seen.kvs[0].value, b"new");
+    assert_eq!(seen.kvs[0].value, &b"new"[..]);
     assert_eq!(t.end().0, 3);
 }
 
@@ -122,9 +122,9 @@ pub fn compaction<E: KvEngine>(mut e: E) {
         (EventKind::Delete, 5)
     );
     assert_eq!(get(&e, b"a", 4), Err(MvccError::Compacted));
-    assert_eq!(get(&e, b"a", 5).unwrap().unwrap().value, b"2");
+    assert_eq!(get(&e, b"a", 5).unwrap().unwrap().value, &b"2"[..]);
     assert_eq!(get(&e, b"b", 5).unwrap(), None);
-    assert_eq!(get(&e, b"a", 0).unwrap().unwrap().value, b"3");
+    assert_eq!(get(&e, b"a", 0).unwrap().unwrap().value, &b"3"[..]);
     assert_eq!(e.current_revision(), 6, "compaction takes no revision");
     e.compact(6).unwrap();
     assert!(e.history(b"b", b"c", 6, 100).unwrap().is_empty());
@@ -150,8 +150,8 @@ pub fn history<E: KvEngine>(mut e: E) {
                 ev.kind,
                 ev.kv.key.as_slice(),
                 ev.kv.mod_revision,
-                ev.kv.value.as_slice(),
-                ev.prev_kv.as_ref().map(|p| p.value.as_slice()),
+                &ev.kv.value[..],
+                ev.prev_kv.as_ref().map(|p| &p.value[..]),
             )
         })
         .collect();
@@ -176,7 +176,7 @@ pub fn history<E: KvEngine>(mut e: E) {
     let kept = e.history(b"a", b"c", 4, 100).unwrap();
     assert_eq!(kept.len(), 3);
     assert_eq!(
-        kept[1].prev_kv.as_ref().map(|p| p.value.as_slice()),
+        kept[1].prev_kv.as_ref().map(|p| &p.value[..]),
         Some(&b"2"[..])
     );
 }
@@ -187,8 +187,8 @@ pub fn watched_events<E: StateEngine>(mut e: E) {
     e.set_watched(true);
     put(&mut e, b"a", b"1"); // 2
     let mut t = e.write();
-    t.put_blind(b"a", b"2".to_vec(), 0);
-    t.put_blind(b"b", b"x".to_vec(), 7);
+    t.put_blind(b"a", b"2".to_vec().into(), 0);
+    t.put_blind(b"b", b"x".to_vec().into(), 7);
     let (rev, events) = t.end();
     assert_eq!(rev, 3);
     let seen: Vec<_> = events
@@ -197,11 +197,11 @@ pub fn watched_events<E: StateEngine>(mut e: E) {
             (
                 ev.kind,
                 ev.kv.key.clone(),
-                ev.kv.value.clone(),
+                ev.kv.value.to_vec(),
                 ev.kv.lease,
                 ev.prev_kv
                     .as_ref()
-                    .map(|p| (p.value.clone(), p.mod_revision)),
+                    .map(|p| (p.value.to_vec(), p.mod_revision)),
             )
         })
         .collect();
@@ -227,7 +227,7 @@ pub fn watched_events<E: StateEngine>(mut e: E) {
             (
                 ev.kind,
                 ev.kv.mod_revision,
-                ev.prev_kv.clone().map(|p| p.value),
+                ev.prev_kv.clone().map(|p| p.value.to_vec()),
             )
         })
         .collect();
@@ -240,7 +240,7 @@ pub fn watched_events<E: StateEngine>(mut e: E) {
     );
     e.set_watched(false);
     let mut t = e.write();
-    t.put_blind(b"c", b"y".to_vec(), 0);
+    t.put_blind(b"c", b"y".to_vec().into(), 0);
     let (_, events) = t.end();
     assert!(
         events.iter().all(|ev| ev.kv.value.is_empty()),

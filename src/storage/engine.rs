@@ -16,6 +16,8 @@ use std::path::Path;
 
 use raft::eraftpb::{ConfState, Entry, HardState};
 
+use bytes::Bytes;
+
 use super::image::{ImageHeader, ImageJob};
 use super::leases::LeaseTable;
 use crate::proto::metastorepb;
@@ -60,7 +62,7 @@ pub trait KvTxn {
     /// Range read including this transaction's writes.
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError>;
     /// Writes `key = value` without returning the previous state.
-    fn put_blind(&mut self, key: &[u8], value: Vec<u8>, lease: i64);
+    fn put_blind(&mut self, key: &[u8], value: Bytes, lease: i64);
     /// Deletes the live keys in range; returns their previous states.
     fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Vec<KeyValue>;
     /// Commits: the revision afterwards and the events.

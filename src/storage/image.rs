@@ -32,6 +32,7 @@
 use std::io::{self, Read, Seek, Write};
 use std::path::Path;
 
+use bytes::Bytes;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
@@ -425,7 +426,7 @@ pub fn encode_record(kv: &KeyValue, value: &[u8]) -> Vec<u8> {
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
-        value: value.to_vec(),
+        value: Bytes::copy_from_slice(value),
         lease: kv.lease,
     }
     .encode_to_vec()
@@ -576,15 +577,15 @@ mod tests {
         let mut s = MemStore::new();
         for (k, v) in [(&b"a"[..], &b"1"[..]), (b"b", b""), (b"a", b"22")] {
             let mut t = s.write();
-            t.put(k, v.to_vec(), 0);
+            t.put(k, v.to_vec().into(), 0);
             t.end();
         }
         let mut t = s.write();
-        t.put(b"\x00\xff", vec![7; 200], -3);
+        t.put(b"\x00\xff", vec![7; 200].into(), -3);
         t.delete_range(b"b", b"");
         t.end();
         let mut t = s.write();
-        t.put(b"b", b"again".to_vec(), 0);
+        t.put(b"b", b"again".to_vec().into(), 0);
         t.end();
         s
     }
@@ -639,7 +640,7 @@ mod tests {
         assert!(KvEngine::range(&d, b"a", b"", &at3).is_err(), "compacted");
         // The rebuilt store keeps working.
         let mut t = d.write();
-        t.put(b"c", b"1".to_vec(), 0);
+        t.put(b"c", b"1".to_vec().into(), 0);
         assert_eq!(t.end().0, s.current_revision() + 1);
     }
 

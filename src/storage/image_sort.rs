@@ -224,7 +224,11 @@ mod tests {
             if i % 17 == 0 {
                 t.delete_range(k.as_bytes(), b"");
             } else {
-                t.put(k.as_bytes(), vec![(i % 251) as u8; (i % 300) as usize], 0);
+                t.put(
+                    k.as_bytes(),
+                    vec![(i % 251) as u8; (i % 300) as usize].into(),
+                    0,
+                );
             }
             t.end();
         }

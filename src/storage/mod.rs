@@ -59,8 +59,9 @@ pub struct KeyValue {
     pub mod_revision: i64,
     /// Number of puts in the current generation (1 for a fresh key).
     pub version: i64,
-    /// The value bytes (empty for tombstones and keys-only reads).
-    pub value: Vec<u8>,
+    /// The value bytes (empty for tombstones and keys-only reads), shared
+    /// with the engine's copy where it holds one in memory.
+    pub value: bytes::Bytes,
     /// Lease id attached to the key, 0 for none.
     pub lease: i64,
 }

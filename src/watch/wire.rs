@@ -125,7 +125,7 @@ mod tests {
                     mod_revision: rev,
                     create_revision: rev,
                     version: 1,
-                    value: vec![b'v'; value_len],
+                    value: vec![b'v'; value_len].into(),
                     lease: 0,
                 }),
                 prev_kv: None,

@@ -125,7 +125,7 @@ fn ev(e: &mvccpb::Event) -> Ev {
         prev: e
             .prev_kv
             .as_ref()
-            .map(|p| (p.value.clone(), p.mod_revision, p.version, p.value.len())),
+            .map(|p| (p.value.to_vec(), p.mod_revision, p.version, p.value.len())),
     }
 }
 

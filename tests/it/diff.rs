@@ -264,7 +264,7 @@ fn pb_kv(kv: &metastore::proto::mvccpb::KeyValue) -> Kv {
         create: kv.create_revision,
         modr: kv.mod_revision,
         ver: kv.version,
-        value: B(kv.value.clone()),
+        value: B(kv.value.to_vec()),
         lease: kv.lease,
     }
 }

@@ -94,7 +94,7 @@ async fn etcdctl_snapshot_save_stores_a_consistent_image(engine: Engine) {
         .map(|kv| {
             (
                 kv.key,
-                kv.value,
+                kv.value.to_vec(),
                 kv.create_revision,
                 kv.mod_revision,
                 kv.version,

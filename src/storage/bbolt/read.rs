@@ -376,7 +376,7 @@ mod tests {
         let mut s = MemStore::new();
         for i in 0..40u32 {
             let mut t = s.write();
-            t.put(format!("k{i:03}").as_bytes(), vec![b'v'; 50], 0);
+            t.put(format!("k{i:03}").as_bytes(), vec![b'v'; 50].into(), 0);
             t.end();
         }
         let h = AppliedPoint::default().header(s.current_revision(), s.compact_main_revision());

@@ -643,7 +643,7 @@ mod tests {
                 101 => vec![b'y'; 1_500_000],
                 _ => format!("value {i}").into_bytes(),
             };
-            t.put(key.as_bytes(), value, if i % 7 == 0 { 7 } else { 0 });
+            t.put(key.as_bytes(), value.into(), if i % 7 == 0 { 7 } else { 0 });
             t.end();
         }
         let mut t = s.write();
@@ -652,7 +652,7 @@ mod tests {
         s.compact(3000).unwrap();
         for i in 0..300u32 {
             let mut t = s.write();
-            t.put(format!("late/{i}").as_bytes(), vec![], 0);
+            t.put(format!("late/{i}").as_bytes(), vec![].into(), 0);
             if i % 3 == 0 {
                 t.delete_range(format!("key/{:05}", 100 + i).as_bytes(), b"");
             }

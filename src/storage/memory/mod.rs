@@ -327,7 +327,7 @@ mod tests {
 
     fn put(e: &mut MemoryEngine, k: &str, v: &str) {
         let mut t = e.write();
-        t.put_blind(k.as_bytes(), v.as_bytes().to_vec(), 0);
+        t.put_blind(k.as_bytes(), v.as_bytes().to_vec().into(), 0);
         t.end();
     }
 
@@ -385,7 +385,7 @@ mod tests {
                 .unwrap()
                 .kvs[0]
                 .value
-                == b"v3"
+                == b"v3"[..]
         );
         assert_eq!(
             e.store().recount_for_tests(),
@@ -467,8 +467,8 @@ mod tests {
     fn records_are_encoded_as_prost_encodes_them() {
         let mut s = MemStore::new();
         let mut t = s.write();
-        t.put(b"a", b"x".to_vec(), 5);
-        t.put(b"", Vec::new(), 0);
+        t.put(b"a", b"x".to_vec().into(), 5);
+        t.put(b"", Vec::new().into(), 0);
         t.end();
         let mut t = s.write();
         t.delete_range(b"a", b"");
@@ -482,7 +482,7 @@ mod tests {
                 create_revision: v.create_revision,
                 mod_revision: v.rev.main,
                 version: v.version,
-                value: Vec::new(),
+                value: Vec::new().into(),
                 lease: v.lease,
             };
             let theirs = encode_record(&kv, v.value);

@@ -209,8 +209,8 @@ mod tests {
     fn sample() -> MemStore {
         let mut s = MemStore::new();
         let mut w = s.write();
-        w.put(b"a", b"1".to_vec(), 0);
-        w.put(b"b", b"2".to_vec(), 0);
+        w.put(b"a", b"1".to_vec().into(), 0);
+        w.put(b"b", b"2".to_vec().into(), 0);
         w.end();
         s
     }

@@ -14,6 +14,8 @@ use prost::Message as _;
 use raft::eraftpb::ConfState;
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+use bytes::Bytes;
+
 use super::{
     cf, db_error, encode, pair, Dbs, CF_KV, CF_META, META_APPLIED, META_AUTH, META_CONF_STATE,
     META_INSTALLING, META_LEASES, META_MEMBERSHIP, META_REMOVING, META_REVISION,
@@ -52,7 +54,7 @@ pub struct RocksKv {
     dbs: Dbs,
     index: MemStore,
     batch: WriteBatch,
-    pending: HashMap<Revision, Vec<u8>>,
+    pending: HashMap<Revision, Bytes>,
     compacting: Arc<AtomicBool>,
     /// A write of removals failed: versions the index dropped may be left
     /// in the kv family, so `META_REMOVING` stays for the next start.
@@ -507,7 +509,7 @@ const READ_CHUNK: usize = 8192;
 
 fn fill_values(
     db: &DB,
-    pending: &HashMap<Revision, Vec<u8>>,
+    pending: &HashMap<Revision, Bytes>,
     kvs: &mut [KeyValue],
     revs: &[Revision],
 ) -> Result<(), MvccError> {
@@ -634,7 +636,7 @@ pub struct RocksTxn<'a> {
     txn: Option<WriteTxn<'a>>,
     db: &'a DB,
     batch: &'a mut WriteBatch,
-    pending: &'a mut HashMap<Revision, Vec<u8>>,
+    pending: &'a mut HashMap<Revision, Bytes>,
     /// Fill the events' values and previous states.
     fill: bool,
 }
@@ -664,7 +666,7 @@ impl<'a> RocksTxn<'a> {
             let at = Revision::new(ev.kv.mod_revision, sub as i64);
             let record = match ev.kind {
                 EventKind::Put => {
-                    let value = self.pending.get(&at).map(Vec::as_slice).unwrap_or(&[]);
+                    let value = self.pending.get(&at).map(|v| &v[..]).unwrap_or(&[]);
                     encode_record(&ev.kv, value)
                 }
                 EventKind::Delete => encode_record(
@@ -724,10 +726,10 @@ impl KvTxn for RocksTxn<'_> {
         }
         Ok(r)
     }
-    fn put_blind(&mut self, key: &[u8], value: Vec<u8>, lease: i64) {
+    fn put_blind(&mut self, key: &[u8], value: Bytes, lease: i64) {
         let at = self.txn().next_revision();
         self.pending.insert(at, value);
-        self.txn_mut().put_blind(key, Vec::new(), lease);
+        self.txn_mut().put_blind(key, Bytes::new(), lease);
     }
     fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Vec<KeyValue> {
         let (mut deleted, revs) = self.txn_mut().delete_range_with_revisions(key, end);
@@ -886,7 +888,7 @@ mod tests {
         let value = |k: &[u8]| [k, b"=value"].concat();
         for i in 0..n {
             let mut t = rocks.write();
-            t.put_blind(&key(i), value(&key(i)), 0);
+            t.put_blind(&key(i), value(&key(i)).into(), 0);
             t.end();
             if i == n - 50 {
                 rocks.commit(&at(i as u64 + 1, 1)).unwrap();
@@ -923,10 +925,10 @@ mod tests {
                 0..=5 => {
                     let value = format!("v{step}").into_bytes();
                     let mut t = mem.write();
-                    t.put_blind(&key, value.clone(), 0);
+                    t.put_blind(&key, value.clone().into(), 0);
                     t.end();
                     let mut t = rocks.write();
-                    t.put_blind(&key, value, 0);
+                    t.put_blind(&key, value.into(), 0);
                     t.end();
                 }
                 6 | 7 => {
@@ -1038,7 +1040,7 @@ mod tests {
         let job = rocks.spawn_image(Vec::new()).unwrap();
         // Writes after the snapshot was taken are not in the image.
         let mut t = rocks.write();
-        t.put_blind(b"late", b"x".to_vec(), 0);
+        t.put_blind(b"late", b"x".to_vec().into(), 0);
         t.end();
         rocks.commit(&at(301, 2)).unwrap();
         let bytes = job.join().unwrap().unwrap();
@@ -1085,8 +1087,8 @@ mod tests {
     impl<E: KvEngine> TwoPuts for E {
         fn two_puts(&mut self, a: &[u8], b: &[u8], step: usize) {
             let mut t = self.write();
-            t.put_blind(a, format!("x{step}").into_bytes(), 0);
-            t.put_blind(b, format!("y{step}").into_bytes(), 0);
+            t.put_blind(a, format!("x{step}").into_bytes().into(), 0);
+            t.put_blind(b, format!("y{step}").into_bytes().into(), 0);
             let seen = t.range(a, &[], &RangeOptions::default()).unwrap();
             assert_eq!(seen.kvs[0].value, format!("x{step}").into_bytes());
             t.end();

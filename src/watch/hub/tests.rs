@@ -45,7 +45,7 @@ impl Fixture {
 
     fn put(&mut self, key: &str, value: &str) -> i64 {
         let mut t = self.store.0.write();
-        t.put_blind(key.as_bytes(), value.as_bytes().to_vec(), 0);
+        t.put_blind(key.as_bytes(), value.as_bytes().to_vec().into(), 0);
         let (rev, events) = t.end();
         self.hub.publish(&events, rev);
         rev
@@ -415,10 +415,10 @@ fn no_progress_below_a_future_start_revision() {
     f.hub.progress(s2);
     assert_eq!(received(&mut rx2).control, vec![]);
     let mut t = f.store.0.write();
-    t.put_blind(b"other", b"z".to_vec(), 0);
+    t.put_blind(b"other", b"z".to_vec().into(), 0);
     let (_, mut events) = t.end(); // 7
     let mut t = f.store.0.write();
-    t.put_blind(b"k", b"d".to_vec(), 0);
+    t.put_blind(b"k", b"d".to_vec().into(), 0);
     let (rev, more) = t.end(); // 8
     events.extend(more);
     f.hub.publish(&events, rev);
@@ -440,7 +440,7 @@ fn large_revisions_are_fragmented_for_watchers_that_ask() {
     received(&mut rx);
     let mut t = f.store.0.write();
     for i in 0..10 {
-        t.put_blind(format!("k{i}").as_bytes(), vec![b'x'; 300], 0);
+        t.put_blind(format!("k{i}").as_bytes(), vec![b'x'; 300].into(), 0);
     }
     let (rev, events) = t.end();
     f.hub.publish(&events, rev);
@@ -479,7 +479,7 @@ fn a_replaced_state_makes_watchers_catch_up_or_cancel() {
                      // snapshot kept history from 3 on.
     for v in ["2", "3", "4"] {
         let mut t = f.store.0.write();
-        t.put_blind(b"k", v.as_bytes().to_vec(), 0);
+        t.put_blind(b"k", v.as_bytes().to_vec().into(), 0);
         t.end();
     }
     f.hub.state_replaced(f.store.0.current_revision(), -1);
@@ -519,7 +519,7 @@ fn publish_batch(f: &mut Fixture, key: &str, sizes: &[usize]) {
     let mut rev = 0;
     for &n in sizes {
         let mut t = f.store.0.write();
-        t.put_blind(key.as_bytes(), vec![b'v'; n], 0);
+        t.put_blind(key.as_bytes(), vec![b'v'; n].into(), 0);
         let (r, events) = t.end();
         all.extend(events);
         rev = r;

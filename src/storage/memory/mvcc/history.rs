@@ -1,5 +1,7 @@
 //! One key's version history: lookups by revision and per-key compaction.
 
+use bytes::Bytes;
+
 use super::KeyValue;
 use crate::storage::Revision;
 
@@ -22,8 +24,10 @@ pub(super) struct Version {
     pub(super) version: i64,
     /// Lease id (0 for none or tombstones).
     pub(super) lease: i64,
-    /// Value bytes; boxed rather than a `Vec` to save the capacity word.
-    pub(super) value: Box<[u8]>,
+    /// Value bytes, shared (by reference count) with every response and
+    /// watch event that carries them: a read copies them once, into the
+    /// encoded message, rather than first into a response of its own.
+    pub(super) value: Bytes,
 }
 
 impl Version {
@@ -34,7 +38,7 @@ impl Version {
             create_revision: 0,
             version: 0,
             lease: 0,
-            value: Box::default(),
+            value: Bytes::new(),
         }
     }
 
@@ -51,9 +55,9 @@ impl Version {
             mod_revision: self.rev.main,
             version: self.version,
             value: if with_value {
-                self.value.to_vec()
+                self.value.clone()
             } else {
-                Vec::new()
+                Bytes::new()
             },
             lease: self.lease,
         }
@@ -181,7 +185,7 @@ mod tests {
             create_revision: create,
             version,
             lease: 0,
-            value: value.into(),
+            value: Bytes::copy_from_slice(value),
         }
     }
 

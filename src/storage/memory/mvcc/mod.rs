@@ -42,6 +42,8 @@ pub use rebuild::Rebuild;
 pub use store::{MemStore, VersionView};
 pub use txn::WriteTxn;
 
+use bytes::Bytes;
+
 use crate::storage::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult, Revision};
 
 /// A change from the store's history (see `MemStore::history`), with where
@@ -98,7 +100,7 @@ impl crate::storage::engine::KvTxn for WriteTxn<'_> {
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError> {
         WriteTxn::range(self, key, end, opts)
     }
-    fn put_blind(&mut self, key: &[u8], value: Vec<u8>, lease: i64) {
+    fn put_blind(&mut self, key: &[u8], value: Bytes, lease: i64) {
         WriteTxn::put_blind(self, key, value, lease)
     }
     fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Vec<KeyValue> {

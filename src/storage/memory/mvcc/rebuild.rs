@@ -51,9 +51,9 @@ impl Rebuild {
                 version: kv.version,
                 lease: kv.lease,
                 value: if self.store.keep_values {
-                    kv.value.into_boxed_slice()
+                    kv.value
                 } else {
-                    Box::default()
+                    bytes::Bytes::new()
                 },
             }
         };
@@ -177,7 +177,7 @@ mod tests {
             create_revision: create,
             mod_revision: main,
             version,
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             lease: 0,
         }
     }

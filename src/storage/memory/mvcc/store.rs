@@ -656,7 +656,7 @@ pub(super) mod tests {
 
     pub(in super::super) fn put1(s: &mut MemStore, k: &[u8], v: &[u8]) -> i64 {
         let mut t = s.write();
-        t.put(k, v.to_vec(), 0);
+        t.put(k, v.to_vec().into(), 0);
         t.end().0
     }
 
@@ -772,7 +772,7 @@ pub(super) mod tests {
                 .map(|kv| {
                     (
                         kv.key.clone(),
-                        kv.value.clone(),
+                        kv.value.to_vec(),
                         kv.version,
                         kv.create_revision,
                     )
@@ -1039,7 +1039,7 @@ pub(super) mod tests {
                                 create_revision: create,
                                 mod_revision: r.main,
                                 version: ver,
-                                value: v.clone(),
+                                value: v.clone().into(),
                                 lease: *lease,
                             },
                         );
@@ -1154,7 +1154,7 @@ pub(super) mod tests {
                                 let v = vec![rng.gen::<u8>(); rng.gen_range(0..4)];
                                 let lease = rng.gen_range(0..3);
                                 let prev = m.state_at(i64::MAX).remove(&k);
-                                assert_eq!(t.put(&k, v.clone(), lease), prev);
+                                assert_eq!(t.put(&k, v.clone().into(), lease), prev);
                                 m.log
                                     .push((k.clone(), Revision::new(main, sub), Some((v, lease))));
                                 let kv = m.state_at(i64::MAX).remove(&k).unwrap();

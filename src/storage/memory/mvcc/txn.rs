@@ -1,5 +1,7 @@
 //! Write transactions (etcd `storeTxnWrite`).
 
+use bytes::Bytes;
+
 use super::history::{KeyHistory, Version};
 use super::store::{key_bounds, key_size, MemStore};
 use super::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult};
@@ -90,20 +92,20 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// Writes `key = value`; returns the key's previous live state, if any.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Option<KeyValue> {
+    pub fn put(&mut self, key: &[u8], value: Bytes, lease: i64) -> Option<KeyValue> {
         self.put_inner(key, value, lease, true)
     }
 
     /// Writes `key = value` without materialising the previous state: the hot
     /// path when the caller asked for no prev_kv (saves a copy of the old value).
-    pub fn put_blind(&mut self, key: &[u8], value: Vec<u8>, lease: i64) {
+    pub fn put_blind(&mut self, key: &[u8], value: Bytes, lease: i64) {
         self.put_inner(key, value, lease, false);
     }
 
     fn put_inner(
         &mut self,
         key: &[u8],
-        value: Vec<u8>,
+        value: Bytes,
         lease: i64,
         want_prev: bool,
     ) -> Option<KeyValue> {
@@ -111,20 +113,20 @@ impl<'a> WriteTxn<'a> {
         self.changes += 1;
         let store = &mut *self.store;
         let record = store.record_events;
-        // The event needs its own copy; take it before the store owns `value`.
-        // An index-only store keeps no value, so the event takes it whole.
+        // The event shares the stored bytes (a reference, not a copy); an
+        // index-only store keeps no value, so the event takes it whole.
         let (event_value, kept) = match (record, store.keep_values) {
             (true, true) => (value.clone(), value),
-            (true, false) => (value, Vec::new()),
-            (false, true) => (Vec::new(), value),
-            (false, false) => (Vec::new(), Vec::new()),
+            (true, false) => (value, Bytes::new()),
+            (false, true) => (Bytes::new(), value),
+            (false, false) => (Bytes::new(), Bytes::new()),
         };
         let mut version = Version {
             rev,
             create_revision: rev.main,
             version: 1,
             lease,
-            value: kept.into_boxed_slice(),
+            value: kept,
         };
         store.size_bytes += version.size();
         let mut prev_rev = None;
@@ -291,14 +293,14 @@ mod tests {
             let mut s = MemStore::new();
             s.set_record_events(record);
             let mut t = s.write();
-            t.put_blind(b"a", b"1".to_vec(), 0);
-            t.put(b"b", b"2".to_vec(), 0);
+            t.put_blind(b"a", b"1".to_vec().into(), 0);
+            t.put(b"b", b"2".to_vec().into(), 0);
             let (rev, events) = t.end();
             assert_eq!(rev, 2);
             assert_eq!(events.len(), if record { 2 } else { 0 });
             let mut t = s.write();
             assert_eq!(t.delete_range(b"a", b"c").len(), 2);
-            t.put_blind(b"a", b"3".to_vec(), 0);
+            t.put_blind(b"a", b"3".to_vec().into(), 0);
             assert_eq!(t.end().0, 3);
             assert_eq!(get(&s, b"a").unwrap().mod_revision, 3);
             assert!(get(&s, b"b").is_none());
@@ -320,7 +322,7 @@ mod tests {
                 create_revision: 2,
                 mod_revision: 2,
                 version: 1,
-                value: b"bar".to_vec(),
+                value: b"bar".to_vec().into(),
                 lease: 0
             }
         );
@@ -330,8 +332,8 @@ mod tests {
 
         // Two puts in one txn share the main revision, subs 0 and 1.
         let mut t = s.write();
-        assert_eq!(t.put(b"x", b"1".to_vec(), 7), None);
-        t.put(b"y", b"2".to_vec(), 0);
+        assert_eq!(t.put(b"x", b"1".to_vec().into(), 7), None);
+        t.put(b"y", b"2".to_vec().into(), 0);
         assert_eq!(t.end().0, 4);
         let revs: Vec<Revision> = [&b"x"[..], b"y"]
             .iter()
@@ -344,7 +346,7 @@ mod tests {
         let mut t = s.write();
         let del = t.delete_range(b"foo", b"");
         assert_eq!(del.len(), 1);
-        assert_eq!(del[0].value, b"baz");
+        assert_eq!(del[0].value, &b"baz"[..]);
         assert_eq!(t.end().0, 5);
         assert!(get(&s, b"foo").is_none());
         assert!(s.keys[&b"foo"[..]].versions()[2].is_tombstone());
@@ -369,8 +371,8 @@ mod tests {
     fn same_key_twice_in_one_txn() {
         let mut s = MemStore::new();
         let mut t = s.write();
-        t.put(b"k", b"1".to_vec(), 0);
-        let prev = t.put(b"k", b"2".to_vec(), 0).unwrap();
+        t.put(b"k", b"1".to_vec().into(), 0);
+        let prev = t.put(b"k", b"2".to_vec().into(), 0).unwrap();
         assert_eq!((prev.version, prev.mod_revision), (1, 2));
         let now = t.get(b"k").unwrap();
         assert_eq!(
@@ -393,17 +395,17 @@ mod tests {
         // Before any change, the txn's revision is the store's.
         let future = RangeOptions { rev: 3, ..o };
         assert_eq!(t.range(b"a", b"", &future), Err(MvccError::FutureRevision));
-        t.put(b"a", b"new".to_vec(), 0);
-        t.put(b"b", b"1".to_vec(), 0);
+        t.put(b"a", b"new".to_vec().into(), 0);
+        t.put(b"b", b"1".to_vec().into(), 0);
         let r = t.range(b"", &[0], &o).unwrap();
         assert_eq!(r.rev, 3);
         assert_eq!(r.count, 2);
-        assert_eq!(r.kvs[0].value, b"new");
+        assert_eq!(r.kvs[0].value, &b"new"[..]);
         // Its own revision is now readable; the previous one shows old data.
         assert_eq!(t.range(b"", &[0], &future).unwrap(), r);
         let old = t.range(b"", &[0], &RangeOptions { rev: 2, ..o }).unwrap();
         assert_eq!(
-            (old.count, old.kvs[0].value.as_slice(), old.rev),
+            (old.count, &old.kvs[0].value[..], old.rev),
             (1, &b"old"[..], 3)
         );
         t.delete_range(b"a", b"");
@@ -419,7 +421,7 @@ mod tests {
         put1(&mut s, b"a", b"1"); // 2
         put1(&mut s, b"b", b"1"); // 3
         let mut t = s.write();
-        t.put(b"a", b"2".to_vec(), 5);
+        t.put(b"a", b"2".to_vec().into(), 5);
         let deleted = t.delete_range(b"a", b"c");
         assert_eq!(
             deleted
@@ -428,8 +430,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![&b"a"[..], b"b"]
         );
-        assert_eq!(deleted[0].value, b"2");
-        t.put(b"c", b"3".to_vec(), 0);
+        assert_eq!(deleted[0].value, &b"2"[..]);
+        t.put(b"c", b"3".to_vec().into(), 0);
         let (rev, ev) = t.end();
         assert_eq!(rev, 4);
         let a2 = KeyValue {
@@ -437,13 +439,13 @@ mod tests {
             create_revision: 2,
             mod_revision: 4,
             version: 2,
-            value: b"2".to_vec(),
+            value: b"2".to_vec().into(),
             lease: 5,
         };
         let a1 = KeyValue {
             mod_revision: 2,
             version: 1,
-            value: b"1".to_vec(),
+            value: b"1".to_vec().into(),
             lease: 0,
             ..a2.clone()
         };
@@ -452,7 +454,7 @@ mod tests {
             create_revision: 3,
             mod_revision: 3,
             version: 1,
-            value: b"1".to_vec(),
+            value: b"1".to_vec().into(),
             lease: 0,
         };
         let tomb = |k: &[u8]| KeyValue {
@@ -465,7 +467,7 @@ mod tests {
             create_revision: 4,
             mod_revision: 4,
             version: 1,
-            value: b"3".to_vec(),
+            value: b"3".to_vec().into(),
             lease: 0,
         };
         assert_eq!(
@@ -507,7 +509,7 @@ mod tests {
         let mut s = MemStore::new();
         {
             let mut t = s.write();
-            t.put(b"a", b"1".to_vec(), 0);
+            t.put(b"a", b"1".to_vec().into(), 0);
         }
         assert_eq!(s.current_revision(), 2);
         assert_eq!(put1(&mut s, b"b", b"1"), 3);

@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Every message is encoded into a buffer reserved for all of it.
+        .codec_path("crate::api::codec::PresizedCodec")
         // Shared, not copied, by every watcher a batch of events matches.
         .bytes(".metastorepb.WatchResponseWire.events")
         // A value read goes out shared with the store (a reference count,

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod authority;
 pub mod cluster;
+pub mod codec;
 pub mod concurrency;
 pub mod corruption;
 pub mod disk;

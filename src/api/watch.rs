@@ -65,7 +65,7 @@ where
         }
         Box::pin(async move {
             let max = backend.max_request_bytes + 512 * 1024;
-            let codec = tonic_prost::ProstCodec::<WatchOut, WatchRequest>::default();
+            let codec = super::codec::PresizedCodec::<WatchOut, WatchRequest>::default();
             let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(max), None);
             Ok(grpc.streaming(Session(backend), req).await)
         })

@@ -57,10 +57,6 @@ impl<T: Message> Encoder for PresizedEncoder<T> {
         encode_presized(&item, buf);
         Ok(())
     }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
-    }
 }
 
 /// A buffer that can make room ahead of the writes.

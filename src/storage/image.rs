@@ -419,14 +419,15 @@ impl From<KeyValue> for mvccpb::KeyValue {
     }
 }
 
-/// Encodes a stored version as its record value.
-pub fn encode_record(kv: &KeyValue, value: &[u8]) -> Vec<u8> {
+/// Encodes a stored version as its record value (`value` is shared, not
+/// copied, until the encoding writes it).
+pub fn encode_record(kv: &KeyValue, value: Bytes) -> Vec<u8> {
     mvccpb::KeyValue {
         key: kv.key.clone(),
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
-        value: Bytes::copy_from_slice(value),
+        value,
         lease: kv.lease,
     }
     .encode_to_vec()

@@ -485,7 +485,7 @@ mod tests {
                 value: Vec::new().into(),
                 lease: v.lease,
             };
-            let theirs = encode_record(&kv, v.value);
+            let theirs = encode_record(&kv, bytes::Bytes::copy_from_slice(v.value));
             assert_eq!(mine.bytes_for_tests(), &theirs[..]);
             n += 1;
         });

@@ -666,7 +666,7 @@ impl<'a> RocksTxn<'a> {
             let at = Revision::new(ev.kv.mod_revision, sub as i64);
             let record = match ev.kind {
                 EventKind::Put => {
-                    let value = self.pending.get(&at).map(|v| &v[..]).unwrap_or(&[]);
+                    let value = self.pending.get(&at).cloned().unwrap_or_default();
                     encode_record(&ev.kv, value)
                 }
                 EventKind::Delete => encode_record(
@@ -675,7 +675,7 @@ impl<'a> RocksTxn<'a> {
                         mod_revision: ev.kv.mod_revision,
                         ..KeyValue::default()
                     },
-                    &[],
+                    Bytes::new(),
                 ),
             };
             self.batch.put_cf(kv_cf, revision_key(at), record);

@@ -501,12 +501,17 @@ fn write_image<W: Write>(db: &DB, snap: &rocksdb::Snapshot<'_>, out: W) -> Resul
     w.finish().map_err(io)
 }
 
+/// Versions one multi-get reads: each pins its block until the chunk is
+/// decoded (2048 blocks of about 1 KiB at most).
+const READ_CHUNK: usize = 2048;
+
+/// Reads of more values than this leave the block cache as it was: a large
+/// range touches blocks once, and inserting each (evicting another) cost a
+/// fifth of its time while pushing out the blocks small reads come back to.
+const CACHED_READ_MAX: usize = 256;
+
 /// Fills `kvs[i].value` with the value stored at `revs[i]`: from the pending
 /// batch if written there, else from RocksDB.
-/// Versions one multi-get reads: each pins its block in the cache until
-/// the chunk is decoded (8192 blocks of 4 KiB at most).
-const READ_CHUNK: usize = 8192;
-
 fn fill_values(
     db: &DB,
     pending: &HashMap<Revision, Bytes>,
@@ -524,13 +529,14 @@ fn fill_values(
         return Ok(());
     }
     let kv_cf = cf(db, CF_KV);
-    // In chunks, read in place (pinned in the block cache): a range of
-    // 100,000 keys read in one multi-get had RocksDB copy every value into
-    // buffers of its own allocator first, which kept 150 MiB after the
-    // answer was gone.
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.fill_cache(missing.len() <= CACHED_READ_MAX);
+    // In chunks, read in place (pinned): a range of 100,000 keys read in
+    // one multi-get had RocksDB copy every value into buffers of its own
+    // allocator first, which kept 150 MiB after the answer was gone.
     for chunk in missing.chunks(READ_CHUNK) {
         let keys: Vec<[u8; 16]> = chunk.iter().map(|&i| revision_key(revs[i])).collect();
-        let got = db.batched_multi_get_cf(kv_cf, &keys, false);
+        let got = db.batched_multi_get_cf_opt(kv_cf, &keys, false, &opts);
         for (&i, result) in chunk.iter().zip(got) {
             let rev = revs[i];
             let bytes = result
@@ -907,6 +913,58 @@ mod tests {
                 String::from_utf8_lossy(&kv.key)
             );
         }
+    }
+
+    /// A large range reads its blocks past the block cache (it would evict
+    /// what small reads come back to, for blocks it touches once); a small
+    /// read fills the cache. The kv family's blocks are about 1 KiB, so a
+    /// value read from a scattered range costs a small block, not 4 KiB.
+    #[test]
+    fn large_ranges_leave_the_block_cache_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rocks = empty_for_test(dir.path());
+        let n = 4 * CACHED_READ_MAX;
+        for i in 0..n {
+            let mut t = rocks.write();
+            t.put_blind(format!("k{i:06}").as_bytes(), vec![b'v'; 200].into(), 0);
+            t.end();
+        }
+        rocks.commit(&at(2, 1)).unwrap();
+        super::super::flush_kv(&rocks.db).unwrap();
+        let usage = |kv: &RocksKv| {
+            kv.db
+                .property_int_value_cf(cf(&kv.db, CF_KV), "rocksdb.block-cache-usage")
+                .unwrap()
+                .unwrap()
+        };
+        let blocks = rocks
+            .db
+            .property_value_cf(cf(&rocks.db, CF_KV), "rocksdb.sstables")
+            .unwrap()
+            .unwrap_or_default();
+        let before = usage(&rocks);
+        let all = all_at(&rocks, 0).unwrap();
+        assert_eq!(all.kvs.len(), n);
+        assert!(all.kvs.iter().all(|kv| kv.value.len() == 200));
+        assert_eq!(
+            usage(&rocks),
+            before,
+            "a range of {n} values went through the block cache"
+        );
+        let few = rocks
+            .range(b"k000000", b"k000010", &RangeOptions::default())
+            .unwrap();
+        assert_eq!(few.kvs.len(), 10);
+        let after = usage(&rocks);
+        assert!(after > before, "a small read did not fill the cache");
+        // Ten values of 200 bytes in consecutive revisions: about two
+        // blocks of KV_BLOCK_BYTES, where RocksDB's default 4 KiB block
+        // would cache one block of 4 KiB.
+        assert!(
+            after - before < 3 * super::super::KV_BLOCK_BYTES as u64 + 1024,
+            "ten values cached {} bytes of blocks ({blocks})",
+            after - before
+        );
     }
 
     /// Random puts, deletes, txns and compactions on the memory store and on

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::value::Value;
 use super::KeyValue;
 use crate::storage::Revision;
 
@@ -27,7 +28,7 @@ pub(super) struct Version {
     /// Value bytes, shared (by reference count) with every response and
     /// watch event that carries them: a read copies them once, into the
     /// encoded message, rather than first into a response of its own.
-    pub(super) value: Bytes,
+    pub(super) value: Value,
 }
 
 impl Version {
@@ -38,7 +39,7 @@ impl Version {
             create_revision: 0,
             version: 0,
             lease: 0,
-            value: Bytes::new(),
+            value: Value::default(),
         }
     }
 
@@ -55,7 +56,7 @@ impl Version {
             mod_revision: self.rev.main,
             version: self.version,
             value: if with_value {
-                self.value.clone()
+                self.value.to_bytes()
             } else {
                 Bytes::new()
             },
@@ -185,7 +186,7 @@ mod tests {
             create_revision: create,
             version,
             lease: 0,
-            value: Bytes::copy_from_slice(value),
+            value: Value::new(Bytes::copy_from_slice(value)),
         }
     }
 
@@ -203,6 +204,13 @@ mod tests {
         h.push(Version::tombstone(Revision::new(6, 0)));
         h.push(put(8, 1, 8, 1, b"c"));
         h
+    }
+
+    /// A million keys are a million versions at least: each word here is
+    /// 8 MB there (the value is one word, see `value.rs`).
+    #[test]
+    fn a_version_is_six_words() {
+        assert_eq!(std::mem::size_of::<Version>(), 48);
     }
 
     #[test]

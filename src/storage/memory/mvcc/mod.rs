@@ -37,6 +37,7 @@ mod history;
 mod rebuild;
 mod store;
 mod txn;
+mod value;
 
 pub use rebuild::Rebuild;
 pub use store::{MemStore, VersionView};

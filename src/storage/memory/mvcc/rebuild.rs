@@ -6,6 +6,7 @@
 
 use super::history::{KeyHistory, Version};
 use super::store::{key_size, MemStore};
+use super::value::Value;
 use super::{KeyValue, MvccError};
 use crate::storage::Revision;
 
@@ -51,9 +52,9 @@ impl Rebuild {
                 version: kv.version,
                 lease: kv.lease,
                 value: if self.store.keep_values {
-                    kv.value
+                    Value::new(kv.value)
                 } else {
-                    bytes::Bytes::new()
+                    Value::default()
                 },
             }
         };

@@ -613,7 +613,7 @@ impl MemStore {
                     create_revision: v.create_revision,
                     version: v.version,
                     lease: v.lease,
-                    value: &v.value,
+                    value: &v.value[..],
                 });
                 handed += 1;
             }

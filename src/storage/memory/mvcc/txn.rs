@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use super::history::{KeyHistory, Version};
 use super::store::{key_bounds, key_size, MemStore};
+use super::value::Value;
 use super::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult};
 use crate::storage::Revision;
 
@@ -116,10 +117,13 @@ impl<'a> WriteTxn<'a> {
         // The event shares the stored bytes (a reference, not a copy); an
         // index-only store keeps no value, so the event takes it whole.
         let (event_value, kept) = match (record, store.keep_values) {
-            (true, true) => (value.clone(), value),
-            (true, false) => (value, Bytes::new()),
-            (false, true) => (Bytes::new(), value),
-            (false, false) => (Bytes::new(), Bytes::new()),
+            (true, true) => {
+                let kept = Value::new(value);
+                (kept.to_bytes(), kept)
+            }
+            (true, false) => (value, Value::default()),
+            (false, true) => (Bytes::new(), Value::new(value)),
+            (false, false) => (Bytes::new(), Value::default()),
         };
         let mut version = Version {
             rev,

@@ -190,6 +190,13 @@ impl Network {
         self.slow_disk.insert(id);
     }
 
+    /// `id`'s disk is fast again: what is pending becomes durable, and so
+    /// does every later write at once.
+    pub fn fast_disk(&mut self, id: u64) {
+        self.slow_disk.remove(&id);
+        self.persist(id);
+    }
+
     /// Holds back messages matching `f` (until [`Network::deliver_held`]).
     pub fn hold(&mut self, f: impl Fn(&Message) -> bool + 'static) {
         self.hold = Some(Box::new(f));
@@ -535,6 +542,51 @@ mod tests {
         net.ticks(3);
         assert_eq!(net.members[&lag].installs, 1);
         assert_eq!(same_everywhere(&net).len(), 51);
+    }
+
+    /// A member installing the leader's snapshot (seconds at a million
+    /// keys; here its write stays pending) loses its leader meanwhile: its
+    /// election timer must not run out into a campaign that reads the
+    /// entries the snapshot replaced (raft-rs panics on them). Once the
+    /// snapshot is in place it campaigns as any member, and the cluster
+    /// goes on with it.
+    #[test]
+    fn a_member_installing_a_snapshot_does_not_campaign_until_it_is_in_place() {
+        let mut net = Network::new(3);
+        let l = net.elect(50);
+        let lag = (1..=3).find(|&i| i != l).unwrap();
+        let other = (1..=3).find(|&i| i != l && i != lag).unwrap();
+        net.stop(lag);
+        for i in 0..50 {
+            net.propose(l, format!("e{i}").as_bytes());
+        }
+        let upto = net.members[&l].applied_index;
+        for id in [l, other] {
+            net.m(id).node.compact_log(upto);
+        }
+        net.slow_disk(lag);
+        net.start(lag);
+        net.ticks(3);
+        assert_eq!(net.members[&lag].installs, 1);
+        assert!(
+            !net.members[&lag].unpersisted.is_empty(),
+            "the install is still under way"
+        );
+        // The leader goes; the installing member hears from no one for
+        // many election timeouts, and neither campaigns nor crashes.
+        net.stop(l);
+        let term = net.members[&lag].node.term();
+        net.ticks(40);
+        assert_eq!(net.members[&lag].node.role(), StateRole::Follower);
+        assert_eq!(net.members[&lag].node.term(), term);
+        // Installed: it and the other survivor elect one of them and go on.
+        net.fast_disk(lag);
+        net.ticks(40);
+        let new = net.leader_among(&[lag, other]);
+        net.propose(new, b"after");
+        assert_eq!(applied(&net, lag), applied(&net, other));
+        assert_eq!(applied(&net, lag).last().map(String::as_str), Some("after"));
+        assert_eq!(applied(&net, lag).len(), 51);
     }
 
     /// A leader sends its appends before its own write is durable (Raft

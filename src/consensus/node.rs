@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use raft::eraftpb::{
-    ConfChangeV2, ConfState, Entry, HardState, Message, Snapshot, SnapshotMetadata,
+    ConfChangeV2, ConfState, Entry, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
 };
 use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage as _};
 
@@ -241,8 +241,25 @@ impl<R> Node<R> {
 
     /// Starts an election at once (a lone member need not wait a timeout).
     pub fn campaign(&mut self) -> raft::Result<()> {
+        if self.installing_snapshot() {
+            return Ok(());
+        }
         self.campaign_started = self.role == StateRole::Follower;
         self.raw.campaign()
+    }
+
+    /// Whether a snapshot from the leader replaced the log and the state
+    /// machine has not applied it yet (it is being installed: seconds at a
+    /// million keys). raft-rs's election reads the entries between the
+    /// applied and the committed index to look for a configuration change,
+    /// and panics when the snapshot replaced them ("unexpected error
+    /// getting unapplied entries ... Compacted"): a member whose election
+    /// timer ran out during an install (its leader gone) would crash.
+    /// Until the install is done the member cannot lead anyway, so it
+    /// neither campaigns nor counts down to a campaign.
+    fn installing_snapshot(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        log.applied + 1 < log.first_index()
     }
 
     /// Proposes an encoded request. A follower forwards it to the leader.
@@ -307,12 +324,21 @@ impl<R> Node<R> {
 
     /// Feeds a message from a peer.
     pub fn step(&mut self, m: Message) -> raft::Result<()> {
+        if m.get_msg_type() == MessageType::MsgTimeoutNow && self.installing_snapshot() {
+            // A leadership transfer to a member still installing: it cannot
+            // campaign yet (see `installing_snapshot`); the transfer times out.
+            return Ok(());
+        }
         self.raw.step(m)
     }
 
     /// Advances the logical clock; returns reads that waited too long.
     pub fn tick(&mut self) -> Vec<R> {
-        self.raw.tick();
+        // Only a follower installs a snapshot, and a follower's tick only
+        // counts down to a campaign (see `installing_snapshot`).
+        if !self.installing_snapshot() {
+            self.raw.tick();
+        }
         self.ticks += 1;
         let now = self.ticks;
         let mut expired = Vec::new();

@@ -329,15 +329,9 @@ impl RocksKv {
         dbs.raft
             .write_opt(batch, &sync)
             .map_err(|e| db_error("drop the raft log", e))?;
-        let (_, mut reader) = ImageReader::new(open()?)?;
+        let (_, reader) = ImageReader::new(open()?)?;
+        ingest_records(&db, reader)?;
         let mut batch = WriteBatch::default();
-        while let Some((key, value)) = reader.next_raw()? {
-            batch.put_cf(kv_cf, key, value);
-            if batch.len() >= 1024 {
-                db.write(std::mem::take(&mut batch))
-                    .map_err(|e| db_error("install image records", e))?;
-            }
-        }
         batch.put_cf(meta, META_APPLIED, pair(h.index, h.term));
         let (cs, membership) = members.unwrap_or((&h.conf_state, &h.membership));
         batch.put_cf(meta, META_CONF_STATE, encode(cs));
@@ -473,6 +467,62 @@ impl StateEngine for RocksKv {
         self.fill_events = on;
         self.index.set_event_prevs(on);
     }
+}
+
+/// Table files an install writes its records into, each closed past this
+/// size (the family's compactions then work on files of a usual size).
+const INGEST_FILE_BYTES: u64 = 64 << 20;
+
+/// Loads an image's records into the kv family as table files written
+/// beside the database and then moved into it. Written through memtables
+/// in batches, a million-key image (415 MB) took 5.3 s to install: every
+/// record went through a memtable, a flush and the compaction of the
+/// files those flushes made; the image's records come in revision order,
+/// the family's key order, so they can be written as finished files.
+fn ingest_records<R: std::io::Read>(
+    db: &DB,
+    mut reader: ImageReader<R>,
+) -> Result<(), StorageError> {
+    let dir = db
+        .path()
+        .parent()
+        .unwrap_or_else(|| db.path())
+        .join("kv-ingest");
+    let io = |what: &str, e| StorageError::io(format!("{what} {}", dir.display()), e);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io("clear", e))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
+    let opts = super::kv_file_options();
+    let mut writer = rocksdb::SstFileWriter::create(&opts);
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    let mut open = false;
+    let write_error = |e| db_error("write image records into a table file", e);
+    while let Some((key, value)) = reader.next_raw()? {
+        if !open {
+            let file = dir.join(format!("{:06}.sst", files.len()));
+            writer.open(&file).map_err(write_error)?;
+            files.push(file);
+            open = true;
+        }
+        // Out of order keys fail here (an image's records ascend by
+        // revision; reading it into the index checked that already).
+        writer.put(key, value).map_err(write_error)?;
+        if writer.file_size() >= INGEST_FILE_BYTES {
+            writer.finish().map_err(write_error)?;
+            open = false;
+        }
+    }
+    if open {
+        writer.finish().map_err(write_error)?;
+    }
+    if !files.is_empty() {
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        db.ingest_external_file_cf_opts(cf(db, CF_KV), &ingest, files)
+            .map_err(|e| db_error("ingest the image's table files", e))?;
+    }
+    std::fs::remove_dir_all(&dir).map_err(|e| io("remove", e))
 }
 
 /// Streams the image of the state in `snap`.
@@ -1118,6 +1168,22 @@ mod tests {
         let (h, installed) = RocksKv::install_image(&dbs, &path, None).unwrap();
         assert_eq!(h.index, 300);
         same_at_every_revision(&before, &installed);
+        // The records came in as table files, not through a memtable, and
+        // the files' staging folder is gone.
+        let in_memtable = installed
+            .db
+            .property_int_value_cf(
+                cf(&installed.db, CF_KV),
+                "rocksdb.num-entries-active-mem-table",
+            )
+            .unwrap();
+        assert_eq!(in_memtable, Some(0));
+        assert!(!dir
+            .path()
+            .join("b")
+            .join("rocksdb")
+            .join("kv-ingest")
+            .exists());
         let reopened = reopen(installed);
         same_at_every_revision(&before, &reopened);
         assert_eq!(

@@ -238,26 +238,40 @@ fn open_one(
         opts.set_write_buffer_size(size as usize);
         opts.set_max_total_wal_size(2 * size);
     }
-    let cfs = families.iter().map(|name| {
-        let mut cf = Options::default();
-        cf.set_compression_type(DBCompressionType::Lz4);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&budget.cache);
-        if *name == CF_KV {
-            // Versions are keyed by revision, so the keys of one range lie
-            // all over the family: a read pulls a whole block for each
-            // value. At RocksDB's 4 KiB a 100,000-key range of 256-byte
-            // values read (copied, checksummed) about 400 MB of blocks.
-            table.set_block_size(KV_BLOCK_BYTES);
-        }
-        cf.set_block_based_table_factory(&table);
-        ColumnFamilyDescriptor::new(*name, cf)
-    });
+    let cfs = families
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, Some(&budget.cache))));
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| StorageError::DataDir {
         path: path.to_owned(),
         why: format!("cannot open the RocksDB database: {e}"),
     })?;
     Ok(Arc::new(db))
+}
+
+/// A family's options: its table format, and the shared block cache (none
+/// for files written outside the database to be ingested).
+fn family_options(name: &str, cache: Option<&rocksdb::Cache>) -> Options {
+    let mut cf = Options::default();
+    cf.set_compression_type(DBCompressionType::Lz4);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    if let Some(cache) = cache {
+        table.set_block_cache(cache);
+    }
+    if name == CF_KV {
+        // Versions are keyed by revision, so the keys of one range lie
+        // all over the family: a read pulls a whole block for each value.
+        // At RocksDB's 4 KiB a 100,000-key range of 256-byte values read
+        // (copied, checksummed) about 400 MB of blocks.
+        table.set_block_size(KV_BLOCK_BYTES);
+    }
+    cf.set_block_based_table_factory(&table);
+    cf
+}
+
+/// Options for table files of the kv family written outside the database
+/// (an installed image) and then ingested: the same format as its own.
+pub(super) fn kv_file_options() -> Options {
+    family_options(CF_KV, None)
 }
 
 /// Counts one piece of our work on a member's databases while it lives, so

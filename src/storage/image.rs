@@ -378,17 +378,22 @@ impl<R: Read> ImageReader<R> {
         let Some((key, value)) = self.next_raw()? else {
             return Ok(None);
         };
-        let rev = parse_revision_key(&key).ok_or_else(|| bad("bad revision key"))?;
-        let kv = mvccpb::KeyValue::decode(value.as_slice())
-            .map_err(|e| bad(format!("record at {rev:?}: {e}")))?;
-        if kv.mod_revision != rev.main {
-            return Err(bad(format!(
-                "record at {rev:?} holds mod_revision {}",
-                kv.mod_revision
-            )));
-        }
-        Ok(Some((kv.into(), rev.sub)))
+        decode_record(&key, &value).map(Some)
     }
+}
+
+/// A raw record (see [`ImageReader::next_raw`]) as a stored version and its
+/// sub revision.
+fn decode_record(key: &[u8; 16], value: &[u8]) -> Result<(KeyValue, i64), StorageError> {
+    let rev = parse_revision_key(key).ok_or_else(|| bad("bad revision key"))?;
+    let kv = mvccpb::KeyValue::decode(value).map_err(|e| bad(format!("record at {rev:?}: {e}")))?;
+    if kv.mod_revision != rev.main {
+        return Err(bad(format!(
+            "record at {rev:?} holds mod_revision {}",
+            kv.mod_revision
+        )));
+    }
+    Ok((kv.into(), rev.sub))
 }
 
 /// A stored version as the store sees it.
@@ -555,10 +560,22 @@ pub fn read_into_store<R: Read>(
     input: R,
     keep_values: bool,
 ) -> Result<(ImageHeader, MemStore), StorageError> {
+    read_into_store_and(input, keep_values, |_, _| Ok(()))
+}
+
+/// [`read_into_store`], handing each raw record to `also` as it goes (the
+/// rocksdb engine writes them into table files in the same pass).
+pub fn read_into_store_and<R: Read>(
+    input: R,
+    keep_values: bool,
+    mut also: impl FnMut(&[u8; 16], &[u8]) -> Result<(), StorageError>,
+) -> Result<(ImageHeader, MemStore), StorageError> {
     let (h, mut r) = ImageReader::new(input)?;
     let mut rebuild = Rebuild::new(keep_values);
-    while let Some((kv, sub)) = r.next_record()? {
+    while let Some((key, value)) = r.next_raw()? {
+        let (kv, sub) = decode_record(&key, &value)?;
         rebuild.push(kv, sub).map_err(|e| bad(e.to_string()))?;
+        also(&key, &value)?;
     }
     let store = rebuild
         .finish(h.current_rev, h.compact_rev)

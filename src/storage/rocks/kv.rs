@@ -23,8 +23,8 @@ use super::{
 use crate::proto::{metastorepb, mvccpb};
 use crate::storage::engine::{AppliedPoint, Checkpoint, InstallJob, KvEngine, KvTxn, StateEngine};
 use crate::storage::image::{
-    encode_record, parse_revision_key, read_into_store, revision_key, ImageHeader, ImageJob,
-    ImageReader, ImageWriter,
+    encode_record, parse_revision_key, read_into_store_and, revision_key, ImageHeader, ImageJob,
+    ImageWriter,
 };
 use crate::storage::memory::mvcc::{MemStore, Rebuild, WriteTxn};
 use crate::storage::StorageError;
@@ -314,7 +314,18 @@ impl RocksKv {
                 .map(std::io::BufReader::new)
                 .map_err(|e| StorageError::io(format!("open image {}", path.display()), e))
         };
-        let (h, index) = read_into_store(open()?, false)?;
+        // One pass: the key index, and the records into table files beside
+        // the database (removed again if the image turns out damaged).
+        let table_format = super::kv_file_options();
+        let mut files = TableFiles::new(&db, &table_format)?;
+        let read = read_into_store_and(open()?, false, |key, value| files.put(key, value));
+        let (h, index) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                files.discard();
+                return Err(e);
+            }
+        };
         let meta = cf(&db, CF_META);
         let kv_cf = cf(&db, CF_KV);
         let mut sync = WriteOptions::default();
@@ -329,8 +340,7 @@ impl RocksKv {
         dbs.raft
             .write_opt(batch, &sync)
             .map_err(|e| db_error("drop the raft log", e))?;
-        let (_, reader) = ImageReader::new(open()?)?;
-        ingest_records(&db, reader)?;
+        files.ingest(&db)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(meta, META_APPLIED, pair(h.index, h.term));
         let (cs, membership) = members.unwrap_or((&h.conf_state, &h.membership));
@@ -473,56 +483,87 @@ impl StateEngine for RocksKv {
 /// size (the family's compactions then work on files of a usual size).
 const INGEST_FILE_BYTES: u64 = 64 << 20;
 
-/// Loads an image's records into the kv family as table files written
-/// beside the database and then moved into it. Written through memtables
-/// in batches, a million-key image (415 MB) took 5.3 s to install: every
-/// record went through a memtable, a flush and the compaction of the
-/// files those flushes made; the image's records come in revision order,
-/// the family's key order, so they can be written as finished files.
-fn ingest_records<R: std::io::Read>(
-    db: &DB,
-    mut reader: ImageReader<R>,
-) -> Result<(), StorageError> {
-    let dir = db
-        .path()
-        .parent()
-        .unwrap_or_else(|| db.path())
-        .join("kv-ingest");
-    let io = |what: &str, e| StorageError::io(format!("{what} {}", dir.display()), e);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| io("clear", e))?;
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
-    let opts = super::kv_file_options();
-    let mut writer = rocksdb::SstFileWriter::create(&opts);
-    let mut files: Vec<std::path::PathBuf> = Vec::new();
-    let mut open = false;
-    let write_error = |e| db_error("write image records into a table file", e);
-    while let Some((key, value)) = reader.next_raw()? {
-        if !open {
-            let file = dir.join(format!("{:06}.sst", files.len()));
-            writer.open(&file).map_err(write_error)?;
-            files.push(file);
-            open = true;
+/// An image's records written as table files of the kv family beside the
+/// database, then moved into it (RocksDB's external file ingestion).
+/// Written through memtables in batches, a million-key image (415 MB) took
+/// 5.3 s to install: every record went through a memtable, a flush and the
+/// compaction of the files those flushes made. The image's records come in
+/// revision order, the family's key order, so they can be written as
+/// finished files.
+struct TableFiles<'a> {
+    dir: std::path::PathBuf,
+    writer: rocksdb::SstFileWriter<'a>,
+    files: Vec<std::path::PathBuf>,
+    open: bool,
+}
+
+impl<'a> TableFiles<'a> {
+    /// An empty staging folder next to `db`'s; `opts` gives the table
+    /// format (the family's own: `super::kv_file_options`).
+    fn new(db: &DB, opts: &'a rocksdb::Options) -> Result<TableFiles<'a>, StorageError> {
+        let dir = db
+            .path()
+            .parent()
+            .unwrap_or_else(|| db.path())
+            .join("kv-ingest");
+        let io = |what: &str, e| StorageError::io(format!("{what} {}", dir.display()), e);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| io("clear", e))?;
         }
-        // Out of order keys fail here (an image's records ascend by
-        // revision; reading it into the index checked that already).
-        writer.put(key, value).map_err(write_error)?;
-        if writer.file_size() >= INGEST_FILE_BYTES {
-            writer.finish().map_err(write_error)?;
-            open = false;
+        std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
+        Ok(TableFiles {
+            writer: rocksdb::SstFileWriter::create(opts),
+            dir,
+            files: Vec::new(),
+            open: false,
+        })
+    }
+
+    /// Adds a record; keys must ascend (an image's do: reading it into the
+    /// index checks that).
+    fn put(&mut self, key: &[u8; 16], value: &[u8]) -> Result<(), StorageError> {
+        let write_error = |e| db_error("write image records into a table file", e);
+        if !self.open {
+            let file = self.dir.join(format!("{:06}.sst", self.files.len()));
+            self.writer.open(&file).map_err(write_error)?;
+            self.files.push(file);
+            self.open = true;
         }
+        self.writer.put(key, value).map_err(write_error)?;
+        if self.writer.file_size() >= INGEST_FILE_BYTES {
+            self.writer.finish().map_err(write_error)?;
+            self.open = false;
+        }
+        Ok(())
     }
-    if open {
-        writer.finish().map_err(write_error)?;
-    }
-    if !files.is_empty() {
-        let mut ingest = rocksdb::IngestExternalFileOptions::default();
-        ingest.set_move_files(true);
-        db.ingest_external_file_cf_opts(cf(db, CF_KV), &ingest, files)
+
+    /// Moves the files into the kv family, and removes the staging folder.
+    fn ingest(mut self, db: &DB) -> Result<(), StorageError> {
+        if self.open {
+            self.writer
+                .finish()
+                .map_err(|e| db_error("write image records into a table file", e))?;
+        }
+        if !self.files.is_empty() {
+            let mut ingest = rocksdb::IngestExternalFileOptions::default();
+            ingest.set_move_files(true);
+            db.ingest_external_file_cf_opts(
+                cf(db, CF_KV),
+                &ingest,
+                std::mem::take(&mut self.files),
+            )
             .map_err(|e| db_error("ingest the image's table files", e))?;
+        }
+        std::fs::remove_dir_all(&self.dir)
+            .map_err(|e| StorageError::io(format!("remove {}", self.dir.display()), e))
     }
-    std::fs::remove_dir_all(&dir).map_err(|e| io("remove", e))
+
+    /// Drops what was written (a damaged image).
+    fn discard(self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove the staged table files");
+        }
+    }
 }
 
 /// Streams the image of the state in `snap`.
@@ -830,6 +871,7 @@ pub(crate) fn empty_for_test(dir: &Path) -> RocksKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::image::read_into_store;
     use crate::storage::memory::mvcc::MemStore;
     use crate::storage::RangeOptions;
     use rand::rngs::StdRng;
@@ -1178,12 +1220,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(in_memtable, Some(0));
-        assert!(!dir
-            .path()
-            .join("b")
-            .join("rocksdb")
-            .join("kv-ingest")
-            .exists());
+        let staging = dir.path().join("b").join("rocksdb").join("kv-ingest");
+        assert!(!staging.exists());
         let reopened = reopen(installed);
         same_at_every_revision(&before, &reopened);
         assert_eq!(
@@ -1198,6 +1236,7 @@ mod tests {
         std::fs::write(&path, &broken).unwrap();
         drop(reopened);
         assert!(RocksKv::install_image(&dbs, &path, None).is_err());
+        assert!(!staging.exists(), "a damaged image left its staged files");
         let meta = super::super::read_kv_meta(&dbs.kv).unwrap();
         let still = RocksKv::open(&dbs, meta.revision).unwrap();
         same_at_every_revision(&before, &still);

@@ -372,14 +372,6 @@ impl<R: Read> ImageReader<R> {
         self.count += 1;
         Ok(Some((key, value)))
     }
-
-    /// The next record decoded, with its sub revision.
-    pub fn next_record(&mut self) -> Result<Option<(KeyValue, i64)>, StorageError> {
-        let Some((key, value)) = self.next_raw()? else {
-            return Ok(None);
-        };
-        decode_record(&key, &value).map(Some)
-    }
 }
 
 /// A raw record (see [`ImageReader::next_raw`]) as a stored version and its

@@ -315,17 +315,10 @@ impl RocksKv {
                 .map_err(|e| StorageError::io(format!("open image {}", path.display()), e))
         };
         // One pass: the key index, and the records into table files beside
-        // the database (removed again if the image turns out damaged).
+        // the database (their folder goes when `files` does, whatever fails).
         let table_format = super::kv_file_options();
         let mut files = TableFiles::new(&db, &table_format)?;
-        let read = read_into_store_and(open()?, false, |key, value| files.put(key, value));
-        let (h, index) = match read {
-            Ok(read) => read,
-            Err(e) => {
-                files.discard();
-                return Err(e);
-            }
-        };
+        let (h, index) = read_into_store_and(open()?, false, |key, value| files.put(key, value))?;
         let meta = cf(&db, CF_META);
         let kv_cf = cf(&db, CF_KV);
         let mut sync = WriteOptions::default();
@@ -537,29 +530,27 @@ impl<'a> TableFiles<'a> {
         Ok(())
     }
 
-    /// Moves the files into the kv family, and removes the staging folder.
+    /// Moves the files into the kv family (the staging folder goes on drop).
     fn ingest(mut self, db: &DB) -> Result<(), StorageError> {
         if self.open {
             self.writer
                 .finish()
                 .map_err(|e| db_error("write image records into a table file", e))?;
         }
-        if !self.files.is_empty() {
-            let mut ingest = rocksdb::IngestExternalFileOptions::default();
-            ingest.set_move_files(true);
-            db.ingest_external_file_cf_opts(
-                cf(db, CF_KV),
-                &ingest,
-                std::mem::take(&mut self.files),
-            )
-            .map_err(|e| db_error("ingest the image's table files", e))?;
+        if self.files.is_empty() {
+            return Ok(());
         }
-        std::fs::remove_dir_all(&self.dir)
-            .map_err(|e| StorageError::io(format!("remove {}", self.dir.display()), e))
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        db.ingest_external_file_cf_opts(cf(db, CF_KV), &ingest, std::mem::take(&mut self.files))
+            .map_err(|e| db_error("ingest the image's table files", e))
     }
+}
 
-    /// Drops what was written (a damaged image).
-    fn discard(self) {
+impl Drop for TableFiles<'_> {
+    /// Whatever is left staged (all of it, if the image was damaged or the
+    /// install failed) goes; the next install would clear it otherwise.
+    fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove the staged table files");
         }

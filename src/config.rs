@@ -165,6 +165,9 @@ pub struct Config {
     /// Entries a leader keeps behind a snapshot so a slightly lagging
     /// follower catches up from the log instead of a snapshot.
     pub snapshot_catchup_entries: u64,
+    /// rocksdb: Raft log entries kept in memory (the newest; older ones are
+    /// read back from the database for a follower behind).
+    pub raft_log_memory_entries: usize,
     /// WAL segment size in bytes; whole segments are purged after a snapshot
     /// (rocksdb: the Raft log database's WAL file and memtable size).
     pub wal_segment_size: u64,
@@ -264,6 +267,7 @@ impl Default for Config {
             bcrypt_cost: 10,
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5000,
+            raft_log_memory_entries: 8192,
             wal_segment_size: 64 * 1024 * 1024,
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -365,6 +369,9 @@ pub struct Flags {
     /// Entries kept behind a snapshot for lagging followers.
     #[arg(long, alias = "experimental-snapshot-catchup-entries")]
     pub snapshot_catchup_entries: Option<u64>,
+    /// rocksdb: Raft log entries kept in memory.
+    #[arg(long)]
+    pub raft_log_memory_entries: Option<usize>,
     /// WAL segment size in bytes (rocksdb: Raft log WAL file size).
     #[arg(long)]
     pub wal_segment_size: Option<u64>,
@@ -517,6 +524,7 @@ impl Config {
             bcrypt_cost,
             snapshot_count,
             snapshot_catchup_entries,
+            raft_log_memory_entries,
             wal_segment_size,
             log_level,
             log_format,

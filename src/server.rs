@@ -27,6 +27,7 @@ pub fn storage_options(cfg: &Config) -> StorageOptions {
         engine: cfg.engine,
         data_dir: cfg.data_dir.clone(),
         wal_segment_size: cfg.wal_segment_size,
+        raft_log_memory_entries: cfg.raft_log_memory_entries,
     }
 }
 

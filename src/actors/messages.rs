@@ -184,14 +184,21 @@ pub struct Persisted {
     pub number: u64,
 }
 
-/// RaftActor → WalWriter: a snapshot at `index` is durable; drop WAL segments
-/// wholly at or below it.
+/// RaftActor → WalWriter: a snapshot covers the log up to `upto` (its
+/// index less the entries kept for followers catching up): drop entries
+/// (and WAL segments) wholly at or below it.
 pub struct Purge {
-    /// Snapshot index.
+    /// Last entry the log no longer needs.
     pub upto: u64,
     /// Snapshot term.
     pub term: u64,
 }
+
+/// Log reader worker → RaftActor: old Raft log entries read back from disk
+/// for a follower far behind.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EntriesFetched(pub crate::storage::raft_log::Fetched);
 
 /// RaftActor → ApplyActor: committed entries, in log order.
 #[derive(Message)]

@@ -4,10 +4,13 @@
 //! and applies what they commit. No threads, no sockets, no clock.
 //!
 //! Each member's state machine is the list of entry payloads it applied;
-//! a snapshot carries that list. Tests are named after the Raft behaviour
-//! (and the etcd/raft-rs case) they check.
+//! a snapshot carries that list. Each member's log keeps only a short tail
+//! in memory (as on the rocksdb engine): older entries are read back from
+//! what it persisted, by reads the test may hold back. Tests are named after
+//! the Raft behaviour (and the etcd/raft-rs case) they check.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -17,7 +20,56 @@ use raft::eraftpb::{
 use raft::StateRole;
 
 use super::node::{Node, Persist};
-use crate::storage::raft_log::RaftLog;
+use crate::storage::engine::LogReader;
+use crate::storage::raft_log::{LogFetch, RaftLog, Tail};
+use crate::storage::StorageError;
+
+/// Entries a member's log keeps in memory in these tests.
+const TAIL: Tail = Tail {
+    entries: 8,
+    bytes: 1 << 20,
+};
+
+/// A member's durable log, by index: what its log reader reads back.
+#[derive(Default)]
+pub struct Disk(Mutex<BTreeMap<u64, Entry>>);
+
+impl Disk {
+    fn write(&self, p: &Persist) {
+        let mut log = self.0.lock().expect("no test panics holding it");
+        if p.snapshot.is_some() {
+            log.clear();
+        }
+        if let Some(first) = p.entries.first() {
+            log.split_off(&first.index);
+        }
+        for e in &p.entries {
+            log.insert(e.index, e.clone());
+        }
+    }
+
+    /// Drops every entry at or below `upto` (a purge after a snapshot).
+    pub fn purge(&self, upto: u64) {
+        let mut log = self.0.lock().expect("no test panics holding it");
+        *log = log.split_off(&(upto + 1));
+    }
+}
+
+impl LogReader for Disk {
+    fn read(&self, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let log = self.0.lock().expect("no test panics holding it");
+        let mut out: Vec<Entry> = Vec::new();
+        let mut size = 0;
+        for (&i, e) in log.range(low..high) {
+            size += u64::from(e.compute_size());
+            if i != low + out.len() as u64 || (!out.is_empty() && size > max_bytes) {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+}
 
 /// Which messages to hold back.
 type Filter = Box<dyn Fn(&Message) -> bool>;
@@ -42,6 +94,12 @@ pub struct Member {
     pub leader_changes: Vec<u64>,
     /// Reads answered: (read id, read index).
     pub reads: Vec<(u64, u64)>,
+    /// What it persisted (its log reads old entries back from here).
+    pub disk: Arc<Disk>,
+    /// Reads of old entries started.
+    pub fetches: usize,
+    /// Reads held back (see [`Network::slow_reads`]).
+    held_reads: Vec<LogFetch>,
 }
 
 /// The network.
@@ -55,6 +113,8 @@ pub struct Network {
     down: BTreeSet<u64>,
     /// Members whose writes stay unpersisted until `persist` is called.
     slow_disk: BTreeSet<u64>,
+    /// Members whose reads of old entries wait for `finish_reads`.
+    slow_reads: BTreeSet<u64>,
     /// Messages held back (delivered by `deliver_held`).
     held: Vec<Message>,
     hold: Option<Filter>,
@@ -90,7 +150,8 @@ impl Member {
             commit: index,
             ..Default::default()
         };
-        let log = RaftLog::from_snapshot(meta, hs);
+        let disk = Arc::new(Disk::default());
+        let log = RaftLog::from_snapshot(meta, hs).with_reader(disk.clone(), TAIL);
         let cfg = raft::Config {
             applied: index,
             ..config(id)
@@ -105,6 +166,9 @@ impl Member {
             installs: 0,
             leader_changes: Vec::new(),
             reads: Vec::new(),
+            disk,
+            fetches: 0,
+            held_reads: Vec::new(),
         }
     }
 
@@ -144,6 +208,7 @@ impl Network {
             cut: BTreeSet::new(),
             down: BTreeSet::new(),
             slow_disk: BTreeSet::new(),
+            slow_reads: BTreeSet::new(),
             held: Vec::new(),
             hold: None,
         }
@@ -197,6 +262,23 @@ impl Network {
         self.persist(id);
     }
 
+    /// `id`'s reads of old entries wait until [`Network::finish_reads`].
+    pub fn slow_reads(&mut self, id: u64) {
+        self.slow_reads.insert(id);
+    }
+
+    /// Runs `id`'s held reads (reading its disk as it is now) and hands
+    /// their results to it; later reads run at once.
+    pub fn finish_reads(&mut self, id: u64) {
+        self.slow_reads.remove(&id);
+        let m = self.m(id);
+        for f in std::mem::take(&mut m.held_reads) {
+            let done = f.run();
+            m.node.on_fetched(done);
+        }
+        self.settle();
+    }
+
     /// Holds back messages matching `f` (until [`Network::deliver_held`]).
     pub fn hold(&mut self, f: impl Fn(&Message) -> bool + 'static) {
         self.hold = Some(Box::new(f));
@@ -212,6 +294,7 @@ impl Network {
     pub fn persist(&mut self, id: u64) {
         let m = self.members.get_mut(&id).expect("member");
         while let Some(p) = m.unpersisted.pop_front() {
+            m.disk.write(&p);
             let out = m.node.on_persisted(p.number);
             self.queue.extend(out);
         }
@@ -292,6 +375,19 @@ impl Network {
             }
             if !slow {
                 self.persist(id);
+            }
+        }
+        let hold = self.slow_reads.contains(&id);
+        let m = self.members.get_mut(&id).expect("member");
+        let fetches = m.node.take_fetches();
+        m.fetches += fetches.len();
+        for f in fetches {
+            if hold {
+                m.held_reads.push(f);
+            } else {
+                let done = f.run();
+                m.node.on_fetched(done);
+                moved = true;
             }
         }
         moved
@@ -542,6 +638,56 @@ mod tests {
         net.ticks(3);
         assert_eq!(net.members[&lag].installs, 1);
         assert_eq!(same_everywhere(&net).len(), 51);
+    }
+
+    /// A member that was down while the others went on is sent the entries
+    /// it missed, read back from the leader's disk (its log keeps only a
+    /// short tail in memory), not a snapshot; the leader's memory holds no
+    /// more than the tail meanwhile.
+    #[test]
+    fn a_follower_far_behind_is_sent_old_entries_read_back_from_disk() {
+        let mut net = Network::new(3);
+        let l = net.elect(50);
+        let lag = (1..=3).find(|&i| i != l).unwrap();
+        net.stop(lag);
+        for i in 0..200 {
+            net.propose(l, format!("e{i}").as_bytes());
+        }
+        let in_memory = net.members[&l].node.log_in_memory();
+        assert!(in_memory <= TAIL.entries, "{in_memory} entries in memory");
+        net.start(lag);
+        net.ticks(5);
+        assert!(net.members[&l].fetches > 0, "old entries were read back");
+        assert_eq!(net.members[&lag].installs, 0, "no snapshot was needed");
+        assert_eq!(same_everywhere(&net).len(), 200);
+        assert!(net.members[&lag].node.log_in_memory() <= TAIL.entries);
+    }
+
+    /// A read of old entries that finds them gone (the log was compacted
+    /// and purged while it ran) ends in a snapshot, and the cluster goes on;
+    /// the leader keeps serving while the read is out.
+    #[test]
+    fn old_entries_purged_while_being_read_are_replaced_by_a_snapshot() {
+        let mut net = Network::new(3);
+        let l = net.elect(50);
+        let lag = (1..=3).find(|&i| i != l).unwrap();
+        net.stop(lag);
+        for i in 0..100 {
+            net.propose(l, format!("e{i}").as_bytes());
+        }
+        net.slow_reads(l);
+        net.start(lag);
+        net.ticks(3);
+        assert!(net.members[&l].fetches > 0, "a read was asked for");
+        assert!(net.members[&lag].applied.len() < 100);
+        net.propose(l, b"while reading");
+        let applied = net.members[&l].applied_index;
+        net.m(l).node.compact_log(applied);
+        net.members[&l].disk.purge(applied);
+        net.finish_reads(l);
+        net.ticks(3);
+        assert_eq!(net.members[&lag].installs, 1);
+        assert_eq!(same_everywhere(&net).len(), 101);
     }
 
     /// A member installing the leader's snapshot (seconds at a million

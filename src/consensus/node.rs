@@ -8,7 +8,7 @@ use raft::eraftpb::{
 use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use crate::error::ApiError;
-use crate::storage::raft_log::RaftLog;
+use crate::storage::raft_log::{Fetched, LogFetch, RaftLog};
 
 /// Reads wait this many ticks for their ReadState before `read_index` is retried.
 const READ_RETRY_TICKS: u64 = 5;
@@ -192,6 +192,11 @@ impl<R> Node<R> {
         self.raw
             .store()
             .entries(low, high, max_bytes, raft::GetEntriesContext::empty(false))
+    }
+
+    /// Log entries held in memory.
+    pub fn log_in_memory(&self) -> usize {
+        self.raw.store().in_memory()
     }
 
     /// Index of the last log entry.
@@ -420,7 +425,26 @@ impl<R> Node<R> {
         let index = index.min(log.committed).min(log.persisted);
         if index > log.applied {
             self.raw.advance_apply_to(index);
+            // Applied and durable: may leave memory (with a log reader).
+            self.raw.mut_store().trim(index);
         }
+    }
+
+    /// Reads of old entries raft is waiting for (to send a follower far
+    /// behind): run each on a worker and hand its result to
+    /// [`Node::on_fetched`].
+    pub fn take_fetches(&mut self) -> Vec<LogFetch> {
+        self.raw.mut_store().take_fetches()
+    }
+
+    /// A read of old entries finished: raft sends what waited on it (the
+    /// messages come out of the next turn).
+    pub fn on_fetched(&mut self, done: Fetched) {
+        let waiting = self.raw.mut_store().fetched(done);
+        for context in waiting {
+            self.raw.on_entries_fetched(context);
+        }
+        self.raw.mut_store().fetch_served();
     }
 
     /// Drops log entries up to `index` (a snapshot covers them).

@@ -173,6 +173,14 @@ pub trait StateEngine: KvEngine + Sized {
     fn set_watched(&mut self, on: bool);
 }
 
+/// Reads back entries of the Raft log by index, from a worker thread: what
+/// lets the log keep only its tail in memory (see `raft_log`).
+pub trait LogReader: Send + Sync {
+    /// Entries `[low, high)` in order, about `max_bytes` at most but at
+    /// least one; fewer (or none) when the log no longer holds them.
+    fn read(&self, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
+}
+
 /// Durable home of the Raft log: what the WalWriter writes through.
 pub trait LogStore: Send {
     /// Buffers entries and/or a hard state (no I/O promised yet).

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use raft::eraftpb::{HardState, SnapshotMetadata};
 use serde::Deserialize;
@@ -18,7 +19,7 @@ use super::memory::snapshots;
 use super::memory::wal::{Wal, WalOptions};
 use super::memory::wal_log::WalLog;
 use super::memory::MemoryEngine;
-use super::raft_log::{encode_message, record, RaftLog};
+use super::raft_log::{encode_message, record, RaftLog, Tail};
 use super::rocks::{self, RocksKv, RocksLog};
 use super::StorageError;
 
@@ -51,6 +52,8 @@ pub struct StorageOptions {
     pub data_dir: PathBuf,
     /// Size of a log segment (the memory engine's WAL; rocksdb's own WAL).
     pub wal_segment_size: u64,
+    /// rocksdb: Raft log entries kept in memory (see [`Tail`]).
+    pub raft_log_memory_entries: usize,
 }
 
 /// Where snapshots from the leader are received, under the data dir.
@@ -219,7 +222,7 @@ pub fn open(opts: &StorageOptions) -> Result<Opened, StorageError> {
         .map_err(|e| StorageError::io(format!("create {}", incoming.display()), e))?;
     match opts.engine {
         Engine::Memory => open_memory(&opts.data_dir, wal_options(opts)),
-        Engine::Rocksdb => open_rocks(&opts.data_dir, opts.wal_segment_size),
+        Engine::Rocksdb => open_rocks(opts),
     }
 }
 
@@ -276,8 +279,9 @@ fn start_wal(wal: &mut Wal, meta: &SnapshotMetadata, hs: &HardState) -> Result<(
 
 /// The `rocksdb` engine: state machine and Raft log from the database; the
 /// log is replayed from the persisted applied index.
-fn open_rocks(data_dir: &Path, wal_size: u64) -> Result<Opened, StorageError> {
-    let dbs = rocks::open_with(data_dir, false, Some(wal_size))?;
+fn open_rocks(opts: &StorageOptions) -> Result<Opened, StorageError> {
+    let data_dir = &opts.data_dir;
+    let dbs = rocks::open_with(data_dir, false, Some(opts.wal_segment_size))?;
     let meta = rocks::read_meta(&dbs)?;
     let Some((applied, applied_term)) = meta.applied else {
         return Err(StorageError::DataDir {
@@ -297,7 +301,16 @@ fn open_rocks(data_dir: &Path, wal_size: u64) -> Result<Opened, StorageError> {
     };
     let (base, _) = start_point(&point);
     let entries = rocks::read_entries(&dbs.raft, applied)?;
-    let mut log = RaftLog::from_snapshot(base, meta.hard_state);
+    // Older entries are read back from the raft family when a follower
+    // far behind needs them: only the tail stays in memory.
+    let reader = Arc::new(rocks::RocksLogReader::new(&dbs));
+    let mut log = RaftLog::from_snapshot(base, meta.hard_state).with_reader(
+        reader,
+        Tail {
+            entries: opts.raft_log_memory_entries,
+            ..Tail::default()
+        },
+    );
     log.append(&entries)?;
     tracing::info!(
         applied,

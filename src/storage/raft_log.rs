@@ -1,18 +1,39 @@
 //! The Raft log as raft-rs reads it: hard state, conf state, the snapshot
-//! marker and every entry after it, held in memory.
+//! marker and every entry after it.
 //!
 //! Owned by the RaftActor alone (inside `RawNode`), so no lock guards it.
 //! Durability is the WAL's job: the RaftActor appends entries here (so raft can
 //! read them at once, as `advance_append_async` requires) and hands the same
 //! entries to the WalWriter. On start-up the log is rebuilt from the WAL records
 //! and the latest snapshot file with [`RaftLog::recover`].
+//!
+//! With a [`LogReader`] (the rocksdb engine, whose log store can read entries
+//! back by index) only a tail of the log stays in memory: entries that are
+//! applied and durable beyond the newest [`Tail`] go, and only their terms
+//! (as runs) stay. They are still in the log: raft reads them back to send
+//! a follower far behind. That read happens off the Raft thread: `entries`
+//! answers `LogTemporarilyUnavailable` and records the request,
+//! [`RaftLog::take_fetches`] hands it to a worker, and once its result is in
+//! ([`RaftLog::fetched`]) raft is told to send again (`on_entries_fetched`)
+//! and is served from it. What the worker could not read, or no longer
+//! matches the log, is answered `Compacted`: the follower gets a snapshot,
+//! as when the entries are gone. Without a reader every entry stays in
+//! memory, as before (the memory engine).
+//!
+//! Invariants: the on-disk part is `(snapshot.index, mem_first)`, all of it
+//! applied and durable, so never truncated by a new leader; a fetched entry
+//! is served only while its index is in that part and its term is the one
+//! recorded for it.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
+use crate::storage::engine::LogReader;
 use crate::storage::StorageError;
 
 /// WAL record kinds written by the Raft layer.
@@ -28,14 +49,130 @@ pub mod record {
     pub const SNAPSHOT: u8 = 3;
 }
 
+/// How much of the log stays in memory when a [`LogReader`] holds the rest:
+/// the newest `entries`, at most about `bytes` of them (applied entries
+/// beyond either limit go to disk only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// Entries kept at most.
+    pub entries: usize,
+    /// Bytes kept at most (payload plus a fixed per-entry overhead).
+    pub bytes: u64,
+}
+
+impl Default for Tail {
+    /// Enough for followers a few seconds behind under load to be served
+    /// from memory; about 4 MiB of small puts.
+    fn default() -> Tail {
+        Tail {
+            entries: 8192,
+            bytes: 16 << 20,
+        }
+    }
+}
+
+/// What an in-memory entry is counted as besides its payload (the struct,
+/// the deque slot, the buffers' headers).
+const ENTRY_OVERHEAD: u64 = 128;
+
+/// Requests waiting on one read at most; more callers for the same index
+/// ask again at their next heartbeat response.
+const MAX_WAITING: usize = 16;
+
+fn entry_bytes(e: &Entry) -> u64 {
+    (e.data.len() + e.context.len()) as u64 + ENTRY_OVERHEAD
+}
+
+/// A read of on-disk entries raft asked for, to run on a worker.
+pub struct LogFetch {
+    low: u64,
+    high: u64,
+    max_size: u64,
+    reader: Arc<dyn LogReader>,
+}
+
+impl LogFetch {
+    /// Reads the entries (blocking I/O: never on the Raft thread).
+    pub fn run(self) -> Fetched {
+        let entries = self.reader.read(self.low, self.high, self.max_size);
+        if let Err(e) = &entries {
+            tracing::warn!(error = %e, low = self.low, "reading old Raft log entries failed");
+        }
+        Fetched {
+            low: self.low,
+            entries: entries.unwrap_or_default(),
+        }
+    }
+
+    /// First index asked for.
+    pub fn low(&self) -> u64 {
+        self.low
+    }
+
+    /// The result of a read that could not run: nothing read.
+    pub fn nothing(&self) -> Fetched {
+        Fetched {
+            low: self.low,
+            entries: Vec::new(),
+        }
+    }
+}
+
+/// The result of a [`LogFetch`]: entries from `low` on (none when they
+/// could not be read).
+pub struct Fetched {
+    low: u64,
+    entries: Vec<Entry>,
+}
+
+/// Callers waiting for one read.
+struct Request {
+    high: u64,
+    max_size: u64,
+    waiting: Vec<GetEntriesContext>,
+    issued: bool,
+}
+
+/// The part of the log held on disk only, and reads of it.
+#[derive(Default)]
+struct Cold {
+    reader: Option<Arc<dyn LogReader>>,
+    tail: Tail,
+    /// Entries after the snapshot point held on disk only.
+    len: u64,
+    /// Their terms as runs (first index, term), ascending; the first run
+    /// may start at or before the first on-disk index.
+    terms: VecDeque<(u64, u64)>,
+    /// Reads raft asked for, by first index (interior mutability: raft
+    /// asks through `&self`).
+    requests: RefCell<BTreeMap<u64, Request>>,
+    /// The read whose callers are being told (served to them, then dropped).
+    fetched: Option<Fetched>,
+}
+
 /// In-memory Raft log backing `raft::Storage`.
-#[derive(Debug, Default, Clone)]
+#[derive(Default)]
 pub struct RaftLog {
     hard_state: HardState,
     /// Index, term and membership of the last snapshot (or the bootstrap point).
     snapshot: SnapshotMetadata,
-    /// entries[i] has index snapshot.index + 1 + i.
+    /// The oldest entries after the snapshot, when a reader holds them.
+    cold: Cold,
+    /// entries[i] has index `mem_first() + i`.
     entries: VecDeque<Entry>,
+    /// Payload bytes of `entries` (as [`entry_bytes`] counts them).
+    mem_bytes: u64,
+}
+
+impl std::fmt::Debug for RaftLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftLog")
+            .field("hard_state", &self.hard_state)
+            .field("snapshot", &(self.snapshot.index, self.snapshot.term))
+            .field("on_disk_only", &self.cold.len)
+            .field("in_memory", &self.entries.len())
+            .finish()
+    }
 }
 
 impl RaftLog {
@@ -44,10 +181,18 @@ impl RaftLog {
         let mut log = RaftLog {
             hard_state,
             snapshot: meta,
-            entries: VecDeque::new(),
+            ..RaftLog::default()
         };
         log.fix_commit();
         log
+    }
+
+    /// Keeps only a tail of the log in memory from now on: `reader` reads
+    /// back what [`RaftLog::trim`] drops.
+    pub fn with_reader(mut self, reader: Arc<dyn LogReader>, tail: Tail) -> RaftLog {
+        self.cold.reader = Some(reader);
+        self.cold.tail = tail;
+        self
     }
 
     /// Rebuilds the log from WAL records, on top of the snapshot the state
@@ -87,7 +232,7 @@ impl RaftLog {
                             meta.index, log.snapshot.index
                         )));
                     }
-                    log.entries.clear();
+                    log.clear_entries();
                 }
                 other => {
                     return Err(StorageError::Decode(format!("unknown record kind {other}")));
@@ -121,7 +266,25 @@ impl RaftLog {
 
     /// Index of the last entry (or of the snapshot when there is none).
     pub fn last(&self) -> u64 {
-        self.snapshot.index + self.entries.len() as u64
+        self.mem_first() - 1 + self.entries.len() as u64
+    }
+
+    /// Index of the first entry held in memory.
+    fn mem_first(&self) -> u64 {
+        self.snapshot.index + 1 + self.cold.len
+    }
+
+    /// Entries held in memory (the rest is on disk only).
+    pub fn in_memory(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn clear_entries(&mut self) {
+        self.entries.clear();
+        self.mem_bytes = 0;
+        self.cold.len = 0;
+        self.cold.terms.clear();
+        self.cold.fetched = None;
     }
 
     /// Appends entries, replacing any conflicting suffix (a new leader's log wins).
@@ -142,16 +305,34 @@ impl RaftLog {
                 self.last()
             )));
         }
-        let keep = (first.index - self.snapshot.index - 1) as usize;
-        self.entries.truncate(keep);
-        self.entries.extend(ents.iter().cloned());
+        if first.index < self.mem_first() {
+            // Only applied entries are on disk only, and raft never
+            // replaces those; should it, the on-disk part ends before them.
+            self.cold.len = first.index - self.snapshot.index - 1;
+            while self.cold.terms.back().is_some_and(|r| r.0 >= first.index) {
+                self.cold.terms.pop_back();
+            }
+            if self.cold.len == 0 {
+                self.cold.terms.clear();
+            }
+            self.entries.clear();
+            self.mem_bytes = 0;
+        }
+        let keep = (first.index - self.mem_first()) as usize;
+        for e in self.entries.drain(keep..) {
+            self.mem_bytes -= entry_bytes(&e);
+        }
+        for e in ents {
+            self.mem_bytes += entry_bytes(e);
+            self.entries.push_back(e.clone());
+        }
         Ok(())
     }
 
     /// Restarts the log at a snapshot from the leader: every entry goes, the
     /// commit index reaches the snapshot.
     pub fn apply_snapshot(&mut self, meta: SnapshotMetadata) {
-        self.entries.clear();
+        self.clear_entries();
         self.snapshot = meta;
         self.fix_commit();
     }
@@ -162,10 +343,47 @@ impl RaftLog {
             return;
         }
         let term = self.term_of(index).unwrap_or(self.snapshot.term);
-        let drop = (index - self.snapshot.index) as usize;
-        self.entries.drain(..drop);
+        let drop = index - self.snapshot.index;
+        if drop <= self.cold.len {
+            self.cold.len -= drop;
+            while self.cold.terms.len() > 1 && self.cold.terms[1].0 <= index + 1 {
+                self.cold.terms.pop_front();
+            }
+        } else {
+            let from_memory = (drop - self.cold.len) as usize;
+            self.cold.len = 0;
+            for e in self.entries.drain(..from_memory) {
+                self.mem_bytes -= entry_bytes(&e);
+            }
+        }
+        if self.cold.len == 0 {
+            self.cold.terms.clear();
+        }
         self.snapshot.index = index;
         self.snapshot.term = term;
+    }
+
+    /// With a reader: leaves on disk only the entries up to `upto` (applied
+    /// and durable) that are beyond the in-memory tail.
+    pub fn trim(&mut self, upto: u64) {
+        if self.cold.reader.is_none() {
+            return;
+        }
+        let tail = self.cold.tail;
+        while self.entries.len() > tail.entries || self.mem_bytes > tail.bytes {
+            let Some(front) = self.entries.front() else {
+                break;
+            };
+            if front.index > upto {
+                break;
+            }
+            let e = self.entries.pop_front().expect("front exists");
+            self.mem_bytes -= entry_bytes(&e);
+            if self.cold.terms.back().map(|r| r.1) != Some(e.term) {
+                self.cold.terms.push_back((e.index, e.term));
+            }
+            self.cold.len += 1;
+        }
     }
 
     fn term_of(&self, idx: u64) -> Option<u64> {
@@ -175,7 +393,136 @@ impl RaftLog {
         if idx < self.snapshot.index || idx > self.last() {
             return None;
         }
-        Some(self.entries[(idx - self.snapshot.index - 1) as usize].term)
+        let mem_first = self.mem_first();
+        if idx < mem_first {
+            let run = self.cold.terms.partition_point(|r| r.0 <= idx);
+            return run.checked_sub(1).map(|i| self.cold.terms[i].1);
+        }
+        Some(self.entries[(idx - mem_first) as usize].term)
+    }
+
+    /// The reads raft asked for that no worker runs yet.
+    pub fn take_fetches(&mut self) -> Vec<LogFetch> {
+        let Some(reader) = &self.cold.reader else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (&low, req) in self.cold.requests.get_mut().iter_mut() {
+            if !req.issued {
+                req.issued = true;
+                out.push(LogFetch {
+                    low,
+                    high: req.high,
+                    max_size: req.max_size,
+                    reader: reader.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// A read is done: holds its entries for the callers that waited on
+    /// it, and returns those callers (hand each to raft's
+    /// `on_entries_fetched`, then call [`RaftLog::fetch_served`]).
+    pub fn fetched(&mut self, done: Fetched) -> Vec<GetEntriesContext> {
+        let waiting = self
+            .cold
+            .requests
+            .get_mut()
+            .remove(&done.low)
+            .map(|r| r.waiting)
+            .unwrap_or_default();
+        self.cold.fetched = Some(done);
+        waiting
+    }
+
+    /// The callers of the last read were served: its entries go.
+    pub fn fetch_served(&mut self) {
+        self.cold.fetched = None;
+    }
+
+    /// On-disk entries from `low` on, from a read that finished, as far as
+    /// they are still the log's: `None` when no read covers `low`.
+    fn served_from_read(&self, low: u64, high: u64, max_size: Option<u64>) -> Option<Vec<Entry>> {
+        let f = self.cold.fetched.as_ref()?;
+        let end = high.min(self.mem_first());
+        if low < f.low || low >= f.low + (f.entries.len() as u64).max(1) {
+            return None;
+        }
+        let mut out: Vec<Entry> = f
+            .entries
+            .iter()
+            .skip((low - f.low) as usize)
+            .enumerate()
+            .take_while(|(i, e)| {
+                e.index == low + *i as u64 && e.index < end && self.term_of(e.index) == Some(e.term)
+            })
+            .map(|(_, e)| e.clone())
+            .collect();
+        raft::util::limit_size(&mut out, max_size);
+        Some(out)
+    }
+
+    /// Entries `[low, high)` of the on-disk part (`high <= mem_first`).
+    fn cold_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let compacted = || raft::Error::Store(RaftStorageError::Compacted);
+        if let Some(got) = self.served_from_read(low, high, max_size) {
+            // Nothing usable read back: the follower gets a snapshot.
+            return if got.is_empty() {
+                Err(compacted())
+            } else {
+                Ok(got)
+            };
+        }
+        let Some(reader) = &self.cold.reader else {
+            return Err(compacted());
+        };
+        let max = max_size.unwrap_or(u64::MAX);
+        if context.can_async() {
+            let mut requests = self.cold.requests.borrow_mut();
+            let req = requests.entry(low).or_insert_with(|| Request {
+                high,
+                max_size: max,
+                waiting: Vec::new(),
+                issued: false,
+            });
+            if req.waiting.len() < MAX_WAITING {
+                req.waiting.push(context);
+            }
+            return Err(raft::Error::Store(
+                RaftStorageError::LogTemporarilyUnavailable,
+            ));
+        }
+        // Callers that cannot wait only read recent entries; should one
+        // reach this far back, it reads here rather than fail.
+        tracing::debug!(low, high, "old Raft log entries read on the Raft thread");
+        let read = LogFetch {
+            low,
+            high,
+            max_size: max,
+            reader: reader.clone(),
+        }
+        .run();
+        let mut got: Vec<Entry> = read
+            .entries
+            .into_iter()
+            .enumerate()
+            .take_while(|(i, e)| {
+                e.index == low + *i as u64 && self.term_of(e.index) == Some(e.term)
+            })
+            .map(|(_, e)| e)
+            .collect();
+        raft::util::limit_size(&mut got, max_size);
+        if got.is_empty() {
+            return Err(compacted());
+        }
+        Ok(got)
     }
 }
 
@@ -192,18 +539,24 @@ impl raft::Storage for RaftLog {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
         if low <= self.snapshot.index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
         if high > self.last() + 1 {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
-        let lo = (low - self.snapshot.index - 1) as usize;
-        let hi = (high - self.snapshot.index - 1) as usize;
+        let mem_first = self.mem_first();
+        if low < mem_first {
+            // Fewer entries than asked for is fine: raft sends what it got.
+            return self.cold_entries(low, high.min(mem_first), max_size, context);
+        }
+        let lo = (low - mem_first) as usize;
+        let hi = (high - mem_first) as usize;
         let mut out: Vec<Entry> = self.entries.range(lo..hi).cloned().collect();
-        raft::util::limit_size(&mut out, max_size.into());
+        raft::util::limit_size(&mut out, max_size);
         Ok(out)
     }
 
@@ -374,6 +727,127 @@ mod tests {
         assert_eq!(log.last_index().unwrap(), 4);
         assert_eq!(log.term(4).unwrap(), 2);
         assert_eq!(log.hard_state().commit, 3);
+    }
+
+    /// A reader over a copy of what was appended (the durable log).
+    struct Copy(std::sync::Mutex<Vec<Entry>>);
+
+    impl LogReader for Copy {
+        fn read(&self, low: u64, high: u64, _max: u64) -> Result<Vec<Entry>, StorageError> {
+            let all = self.0.lock().unwrap();
+            Ok(all
+                .iter()
+                .filter(|e| e.index >= low && e.index < high)
+                .cloned()
+                .collect())
+        }
+    }
+
+    /// Entries 2..=41, the term moving up every 10.
+    fn trimmed_log(tail: usize) -> (RaftLog, Arc<Copy>) {
+        let ents: Vec<Entry> = (2..=41).map(|i| ent(i, 1 + i / 10)).collect();
+        let disk = Arc::new(Copy(std::sync::Mutex::new(ents.clone())));
+        let tail = Tail {
+            entries: tail,
+            bytes: 1 << 20,
+        };
+        let mut log = base().with_reader(disk.clone(), tail);
+        log.append(&ents).unwrap();
+        log.trim(35);
+        (log, disk)
+    }
+
+    fn later() -> GetEntriesContext {
+        GetEntriesContext::empty(true)
+    }
+
+    #[test]
+    fn trimmed_entries_keep_their_terms_and_are_read_back_off_the_thread() {
+        let (mut log, _) = trimmed_log(4);
+        // Only entries past 35 (not applied) or among the newest 4 stay.
+        assert_eq!(log.in_memory(), 6);
+        assert_eq!(
+            (log.first_index().unwrap(), log.last_index().unwrap()),
+            (2, 41)
+        );
+        for i in 1..=41 {
+            let want = if i == 1 { 1 } else { 1 + i / 10 };
+            assert_eq!(log.term(i).unwrap(), want, "term of {i}");
+        }
+        let unavailable = raft::Error::Store(RaftStorageError::LogTemporarilyUnavailable);
+        assert_eq!(log.entries(5, 42, None, later()).unwrap_err(), unavailable);
+        assert_eq!(log.entries(5, 42, None, later()).unwrap_err(), unavailable);
+        let fetches = log.take_fetches();
+        assert_eq!(fetches.len(), 1, "one read for both callers");
+        assert!(log.take_fetches().is_empty(), "handed out once");
+        let waiting = log.fetched(fetches.into_iter().next().unwrap().run());
+        assert_eq!(waiting.len(), 2);
+        // Served up to the in-memory part (raft sends the rest next).
+        let got = log.entries(5, 42, None, later()).unwrap();
+        let want: Vec<Entry> = (5..36).map(|i| ent(i, 1 + i / 10)).collect();
+        assert_eq!(got, want);
+        log.fetch_served();
+        assert_eq!(log.entries(5, 42, None, later()).unwrap_err(), unavailable);
+        // Callers that cannot wait read at once.
+        let got = log
+            .entries(30, 38, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got.len(), 6, "30..36 from disk; the rest next call");
+        let got = log.entries(36, 42, None, later()).unwrap();
+        assert_eq!(got.first().map(|e| e.index), Some(36));
+    }
+
+    #[test]
+    fn entries_read_back_that_the_log_no_longer_has_are_not_served() {
+        let (mut log, disk) = trimmed_log(4);
+        // The disk holds a different history from 20 on (never so for
+        // applied entries; a read racing a purge and a new log is the case).
+        for e in disk.0.lock().unwrap().iter_mut().filter(|e| e.index >= 20) {
+            e.term = 9;
+        }
+        let _ = log.entries(10, 42, None, later());
+        let f = log.take_fetches().pop().unwrap();
+        log.fetched(f.run());
+        let got = log.entries(10, 42, None, later()).unwrap();
+        assert_eq!(
+            got.last().map(|e| e.index),
+            Some(19),
+            "stops at the mismatch"
+        );
+        let compacted = raft::Error::Store(RaftStorageError::Compacted);
+        assert_eq!(log.entries(20, 42, None, later()).unwrap_err(), compacted);
+        log.fetch_served();
+        // Nothing read at all: the caller sends a snapshot.
+        disk.0.lock().unwrap().clear();
+        let _ = log.entries(10, 42, None, later());
+        let f = log.take_fetches().pop().unwrap();
+        log.fetched(f.run());
+        assert_eq!(log.entries(10, 42, None, later()).unwrap_err(), compacted);
+    }
+
+    #[test]
+    fn compaction_and_appends_reach_into_the_on_disk_part() {
+        let (mut log, _) = trimmed_log(4);
+        log.compact(25);
+        assert_eq!(log.first_index().unwrap(), 26);
+        assert_eq!(log.term(25).unwrap(), 3);
+        assert_eq!(log.term(33).unwrap(), 4);
+        assert_eq!(log.in_memory(), 6);
+        log.compact(37);
+        assert_eq!((log.first_index().unwrap(), log.in_memory()), (38, 4));
+        assert_eq!(log.term(37).unwrap(), 4);
+        let (mut log, _) = trimmed_log(4);
+        log.append(&[ent(30, 7), ent(31, 7)]).unwrap();
+        assert_eq!((log.last_index().unwrap(), log.in_memory()), (31, 2));
+        assert_eq!(log.term(29).unwrap(), 3);
+        assert_eq!(log.term(30).unwrap(), 7);
+        // Without a reader nothing leaves memory.
+        let mut plain = base();
+        plain
+            .append(&(2..=41).map(|i| ent(i, 1)).collect::<Vec<_>>())
+            .unwrap();
+        plain.trim(41);
+        assert_eq!(plain.in_memory(), 40);
     }
 
     #[test]

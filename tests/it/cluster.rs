@@ -392,6 +392,48 @@ async fn a_follower_down_past_compaction_catches_up_through_a_snapshot(engine: E
     );
 }
 
+/// On rocksdb the Raft log keeps only its newest entries in memory (here
+/// 64): a follower down for 1,500 entries (none compacted) is sent them
+/// read back from the leader's database, and catches up without a
+/// snapshot. Were the old entries not read back, raft could only send a
+/// snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_in_memory_log_catches_up_from_the_leaders_disk() {
+    let flags = ["--raft-log-memory-entries", "64"];
+    let (mut c, leader) = with_leader(3, Engine::Rocksdb, &flags).await;
+    let follower = (leader + 1) % 3;
+    c.members[follower].kill9();
+    let ep = c.members[leader].endpoint();
+    let client = etcd_client::Client::connect([ep], None).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..188 {
+                let key = format!("tail/t{t}/k{i:04}");
+                client.put(key, vec![b'v'; 200], None).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (state, c) = blocking(move || {
+        c.members[follower].restart();
+        let s = assert_converged(&mut c, Duration::from_secs(30));
+        (s, c)
+    })
+    .await
+    .unwrap();
+    assert_eq!(state.0.len(), 8 * 188);
+    let log = c.members[follower].log();
+    assert!(
+        !log.contains("installing a snapshot from the leader"),
+        "the follower needed a snapshot:\n{}",
+        c.members[follower].log_tail_pub()
+    );
+}
+
 async fn five_members_serve_with_two_down(engine: Engine) {
     let (mut c, leader) = with_leader(5, engine, &[]).await;
     // The leader and one follower go down.

@@ -754,12 +754,14 @@ impl Handler<Snapshotted> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Snapshotted, _: &mut Context<Self>) {
         moving::forward_if_moved!(self, msg);
-        self.node.compact_log(
-            msg.index
-                .saturating_sub(self.settings.snapshot_catchup_entries),
-        );
+        // Entries kept for followers catching up stay on disk as well: the
+        // rocksdb engine's log reads them back from there.
+        let upto = msg
+            .index
+            .saturating_sub(self.settings.snapshot_catchup_entries);
+        self.node.compact_log(upto);
         self.wal.send(WalCommand::Purge(Purge {
-            upto: msg.index,
+            upto,
             term: msg.term,
         }));
     }
@@ -767,7 +769,7 @@ impl Handler<Snapshotted> for RaftActor {
 
 impl Handler<RunTurn> for RaftActor {
     type Result = ();
-    fn handle(&mut self, _: RunTurn, _: &mut Context<Self>) {
+    fn handle(&mut self, _: RunTurn, ctx: &mut Context<Self>) {
         if self.moved_to.is_some() {
             return; // the husk: the moved actor has its own
         }
@@ -793,6 +795,48 @@ impl Handler<RunTurn> for RaftActor {
         }
         // Proposals made in this turn (to a leader just found).
         self.register();
+        self.start_fetches(ctx);
+    }
+}
+
+impl Handler<EntriesFetched> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: EntriesFetched, ctx: &mut Context<Self>) {
+        moving::forward_if_moved!(self, msg);
+        self.node.on_fetched(msg.0);
+        self.schedule(ctx);
+    }
+}
+
+impl RaftActor {
+    /// Reads of old log entries raft waits for, each on a thread of its own
+    /// (disk reads never run on the Raft thread; they are rare: a follower
+    /// far behind, one read per message of up to `max-request-bytes`).
+    fn start_fetches(&mut self, ctx: &mut Context<Self>) {
+        for fetch in self.node.take_fetches() {
+            let me = ctx.address();
+            let low = fetch.low();
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let spawned = std::thread::Builder::new()
+                .name("raft-log-read".into())
+                .spawn(move || {
+                    if let Ok(fetch) = rx.recv() {
+                        let done = crate::storage::raft_log::LogFetch::run(fetch);
+                        me.do_send(EntriesFetched(done));
+                    }
+                });
+            match spawned {
+                Ok(_) => {
+                    let _ = tx.send(fetch);
+                }
+                Err(e) => {
+                    // Nothing read: raft sends that follower a snapshot.
+                    tracing::warn!(error = %e, low, "cannot start a Raft log read");
+                    self.node.on_fetched(fetch.nothing());
+                    self.schedule(ctx);
+                }
+            }
+        }
     }
 }
 

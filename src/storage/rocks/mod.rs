@@ -46,7 +46,7 @@ use raft::eraftpb::{ConfState, Entry, HardState};
 use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Options, DB};
 
 pub use kv::RocksKv;
-pub use log::RocksLog;
+pub use log::{RocksLog, RocksLogReader};
 
 use crate::storage::StorageError;
 

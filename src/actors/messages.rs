@@ -184,12 +184,14 @@ pub struct Persisted {
     pub number: u64,
 }
 
-/// RaftActor → WalWriter: a snapshot covers the log up to `upto` (its
-/// index less the entries kept for followers catching up): drop entries
-/// (and WAL segments) wholly at or below it.
+/// RaftActor → WalWriter: a snapshot at `upto` is durable; drop entries (and
+/// WAL segments) wholly at or below it, but those after `keep_after` where
+/// the Raft log reads them back (see `LogStore::purge`).
 pub struct Purge {
-    /// Last entry the log no longer needs.
+    /// Snapshot index.
     pub upto: u64,
+    /// The first entry the Raft log keeps, less one.
+    pub keep_after: u64,
     /// Snapshot term.
     pub term: u64,
 }

@@ -151,7 +151,7 @@ impl WalWriter {
             }
             for p in purges {
                 fail::fail_point!("wal::purge");
-                if let Err(e) = self.log.purge(p.upto) {
+                if let Err(e) = self.log.purge(p.upto, p.keep_after) {
                     tracing::warn!(error = %e, upto = p.upto, "log purge failed");
                 }
             }

@@ -187,8 +187,11 @@ pub trait LogStore: Send {
     fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>);
     /// Makes everything buffered durable (one fsync for all of it).
     fn sync(&mut self) -> Result<(), StorageError>;
-    /// Forgets entries at or below `upto`, which a durable snapshot covers.
-    fn purge(&mut self, upto: u64) -> Result<(), StorageError>;
+    /// A durable snapshot covers the log up to `snapshot`: forgets entries
+    /// at or below it, except those after `keep_after` (at or below
+    /// `snapshot`) where the log reads entries back from this store (the
+    /// entries kept for followers catching up).
+    fn purge(&mut self, snapshot: u64, keep_after: u64) -> Result<(), StorageError>;
     /// The state machine installed a snapshot at `meta`'s index: the log
     /// starts over after it (everything buffered before is written first).
     /// Made durable by the next `sync`.

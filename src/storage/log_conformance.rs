@@ -246,7 +246,7 @@ pub fn purge<H: LogHarness>(mut h: H) {
         log.append(&[big_entry(i, 1)], Some(&hs(1, 1, i)));
         log.sync().expect("sync");
     }
-    log.purge(5).expect("purge");
+    log.purge(5, 5).expect("purge");
     let at5 = meta(5, 1);
     let r = h.reopen(log, &at5);
     assert_eq!(

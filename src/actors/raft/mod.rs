@@ -754,14 +754,15 @@ impl Handler<Snapshotted> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Snapshotted, _: &mut Context<Self>) {
         moving::forward_if_moved!(self, msg);
-        // Entries kept for followers catching up stay on disk as well: the
-        // rocksdb engine's log reads them back from there.
-        let upto = msg
+        // Entries kept for followers catching up stay on disk as well where
+        // the log reads them back from there (rocksdb).
+        let keep_after = msg
             .index
             .saturating_sub(self.settings.snapshot_catchup_entries);
-        self.node.compact_log(upto);
+        self.node.compact_log(keep_after);
         self.wal.send(WalCommand::Purge(Purge {
-            upto,
+            upto: msg.index,
+            keep_after,
             term: msg.term,
         }));
     }

@@ -59,7 +59,8 @@ impl LogStore for WalLog {
         Ok(())
     }
 
-    fn purge(&mut self, upto: u64) -> Result<(), StorageError> {
+    fn purge(&mut self, upto: u64, _keep_after: u64) -> Result<(), StorageError> {
+        // The in-memory log keeps the catch-up entries itself.
         let n = self.wal.purge(upto)?;
         if n > 0 {
             tracing::info!(segments = n, upto, "WAL segments purged");

@@ -73,10 +73,108 @@ pub fn etcd_data_file(job: ImageJob, tmp_dir: &Path) -> Result<(std::fs::File, u
     Ok((file, len))
 }
 
-/// Reads a received image file whole (checksum and every record): blocking.
-pub fn check_received(path: &Path) -> Result<(), String> {
-    let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
-    let (_, mut r) = image::ImageReader::new(reader).map_err(|e| e.to_string())?;
+/// Writes the chunks of an image received from the leader to `file` as
+/// they come, and checks them at the same time (checksum and every
+/// record); then fsyncs the file: blocking. The check is
+/// done when the last chunk is in, rather than a second read of the whole
+/// file afterwards. Stops at the first error (the caller then stops
+/// receiving and removes the file).
+pub fn write_and_check(
+    chunks: impl Iterator<Item = Vec<u8>>,
+    file: std::fs::File,
+) -> Result<(), String> {
+    let mut tee = Tee {
+        chunks,
+        chunk: Vec::new(),
+        at: 0,
+        out: std::io::BufWriter::with_capacity(1 << 20, file),
+    };
+    let (_, mut r) = image::ImageReader::new(&mut tee).map_err(|e| e.to_string())?;
     while r.next_raw().map_err(|e| e.to_string())?.is_some() {}
-    Ok(())
+    // Whatever follows the image's end is kept as received (a reader of
+    // the file stops at the end as this one did).
+    use std::io::Write as _;
+    tee.out
+        .write_all(&tee.chunk[tee.at..])
+        .map_err(|e| e.to_string())?;
+    for chunk in tee.chunks.by_ref() {
+        tee.out.write_all(&chunk).map_err(|e| e.to_string())?;
+    }
+    let file = tee.out.into_inner().map_err(|e| e.error().to_string())?;
+    file.sync_all().map_err(|e| e.to_string())
+}
+
+/// Reads chunks in turn, each written to `out` as it is taken.
+struct Tee<I> {
+    chunks: I,
+    chunk: Vec<u8>,
+    at: usize,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl<I: Iterator<Item = Vec<u8>>> std::io::Read for Tee<I> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Write as _;
+        while self.at == self.chunk.len() {
+            match self.chunks.next() {
+                Some(next) => {
+                    self.out.write_all(&next)?;
+                    self.chunk = next;
+                    self.at = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::engine::AppliedPoint;
+    use crate::storage::memory::mvcc::MemStore;
+
+    fn an_image() -> Vec<u8> {
+        let mut s = MemStore::new();
+        for i in 0..300u32 {
+            let mut t = s.write();
+            t.put_blind(format!("k{i}").as_bytes(), vec![i as u8; 100].into(), 0);
+            t.end();
+        }
+        let h = AppliedPoint::default().header(s.current_revision(), s.compact_main_revision());
+        image::write_memory_image(&s, &h, Vec::new()).unwrap()
+    }
+
+    fn received(image: &[u8], chunk: usize) -> (Result<(), String>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.image");
+        let file = std::fs::File::create(&path).unwrap();
+        let chunks: Vec<Vec<u8>> = image.chunks(chunk).map(<[u8]>::to_vec).collect();
+        let result = write_and_check(chunks.into_iter(), file);
+        (result, std::fs::read(&path).unwrap())
+    }
+
+    /// Whatever the chunking, a whole image is written as received and
+    /// passes; a changed byte or a cut one fails the check.
+    #[test]
+    fn received_images_are_written_and_checked_as_they_come() {
+        let image = an_image();
+        for chunk in [1, 7, 4096, image.len()] {
+            let (result, written) = received(&image, chunk);
+            assert_eq!(result, Ok(()), "chunks of {chunk}");
+            assert_eq!(written, image, "chunks of {chunk}");
+        }
+        let mut flipped = image.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x40;
+        assert!(received(&flipped, 4096).0.is_err(), "a changed byte");
+        assert!(
+            received(&image[..image.len() - 3], 4096).0.is_err(),
+            "a cut image"
+        );
+    }
 }

@@ -4,7 +4,6 @@
 //! stepped into Raft (with the file's path as the snapshot's data); joining
 //! members ask for the membership; followers forward MemberPromote here.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -392,32 +391,49 @@ impl Peer for PeerService {
     }
 }
 
-/// Writes the image chunks to `path`, fsyncs it and checks it whole
-/// (checksum and every record); returns its size.
+/// Chunks received and not yet written and checked: a bound on what a
+/// fast sender queues in memory (64 KiB-4 MiB each).
+const RECEIVE_QUEUE: usize = 8;
+
+/// Writes the image chunks to `path` and checks them (checksum and every
+/// record) as they arrive, on a blocking thread; fsyncs the file; returns
+/// its size.
 async fn receive(
     chunks: &mut Streaming<SnapshotChunk>,
     path: &std::path::Path,
     first_data: Vec<u8>,
 ) -> Result<u64, String> {
     let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(RECEIVE_QUEUE);
+    let checker = tokio::task::spawn_blocking(move || {
+        crate::actors::images::write_and_check(std::iter::from_fn(|| rx.blocking_recv()), file)
+    });
     let mut size = first_data.len() as u64;
-    out.write_all(&first_data).map_err(|e| e.to_string())?;
-    while let Some(chunk) = chunks.message().await.map_err(|s| s.message().to_owned())? {
-        size += chunk.data.len() as u64;
-        // Page-cache writes of one chunk: short; the fsync and the check
-        // below run on a blocking thread.
-        out.write_all(&chunk.data).map_err(|e| e.to_string())?;
-        fail::fail_point!("snapshot::receive");
+    let mut received = Ok(());
+    if tx.send(first_data).await.is_ok() {
+        loop {
+            match chunks.message().await {
+                Ok(Some(chunk)) => {
+                    size += chunk.data.len() as u64;
+                    if tx.send(chunk.data).await.is_err() {
+                        break; // the check failed: its error says why
+                    }
+                    fail::fail_point!("snapshot::receive");
+                }
+                Ok(None) => break,
+                Err(s) => {
+                    received = Err(s.message().to_owned());
+                    break;
+                }
+            }
+        }
     }
-    let file = out.into_inner().map_err(|e| e.error().to_string())?;
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        file.sync_all().map_err(|e| e.to_string())?;
-        crate::actors::images::check_received(&path)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    // The end of the stream (or of the checker): the checker sees the end
+    // of its input; a broken stream's error comes first.
+    drop(tx);
+    let checked = checker.await.map_err(|e| e.to_string())?;
+    received?;
+    checked?;
     Ok(size)
 }
 

@@ -112,6 +112,7 @@ pub fn recover(cfg: &Config) -> Result<(Recovered, AtShutdown), StorageError> {
         state_machine: StateMachine::new(opened.store, opened.point),
         log: opened.log,
         log_store: opened.log_store,
+        intake: opened.intake,
     };
     Ok((rec, opened.at_shutdown))
 }

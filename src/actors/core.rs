@@ -24,7 +24,7 @@ use crate::consensus::{raft_config, Node};
 use crate::error::ApiError;
 use crate::state_machine::StateMachine;
 use crate::status::{Faults, NodeStatus};
-use crate::storage::engine::LogStore;
+use crate::storage::engine::{ImageIntake, LogStore};
 use crate::storage::raft_log::RaftLog;
 use crate::storage::StorageError;
 
@@ -36,6 +36,8 @@ pub struct Recovered {
     pub log: RaftLog,
     /// Where the WalWriter makes new entries durable.
     pub log_store: Box<dyn LogStore>,
+    /// What takes in images from the leader as they arrive.
+    pub intake: Arc<dyn ImageIntake>,
 }
 
 /// Handles to the running core, for the API layer.
@@ -63,6 +65,9 @@ pub struct Core {
     pub dialer: crate::tls::Dialer,
     /// The auth store as of the last applied batch.
     pub auth: crate::actors::apply::AuthCell,
+    /// What takes in images from the leader as they arrive (the peer
+    /// service hands it each one it receives).
+    pub intake: Arc<dyn ImageIntake>,
 }
 
 impl Core {
@@ -151,6 +156,7 @@ pub fn start_core(
     let raft_thread = Arbiter::new();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let log_store = rec.log_store;
+    let intake = rec.intake;
     let max_batch_bytes = usize::try_from(cfg.raft.max_size_per_msg).unwrap_or(usize::MAX);
     let peers = {
         let status = status.clone();
@@ -283,6 +289,7 @@ pub fn start_core(
             client_thread: Arbiter::current(),
             dialer,
             auth,
+            intake,
         },
         CoreThreads {
             raft: raft_thread,

@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::error::ApiError;
 use crate::storage::image;
 
+pub use crate::storage::engine::ImageIntake;
 pub use crate::storage::image::ImageJob;
 
 /// The hashes of the applied state at one revision, with where the state
@@ -73,15 +74,17 @@ pub fn etcd_data_file(job: ImageJob, tmp_dir: &Path) -> Result<(std::fs::File, u
     Ok((file, len))
 }
 
-/// Writes the chunks of an image received from the leader to `file` as
-/// they come, and checks them at the same time (checksum and every
-/// record); then fsyncs the file: blocking. The check is
-/// done when the last chunk is in, rather than a second read of the whole
-/// file afterwards. Stops at the first error (the caller then stops
-/// receiving and removes the file).
+/// Writes the chunks of an image received from the leader to the file at
+/// `path` as they come, and hands them to `intake` at the same time (which
+/// checks the checksum and every record, and may prepare the install);
+/// then fsyncs the file: blocking. The check is done when the last chunk
+/// is in, rather than a second read of the whole file afterwards. Stops at
+/// the first error (the caller then stops receiving and removes the file).
 pub fn write_and_check(
     chunks: impl Iterator<Item = Vec<u8>>,
+    path: &Path,
     file: std::fs::File,
+    intake: &dyn ImageIntake,
 ) -> Result<(), String> {
     let mut tee = Tee {
         chunks,
@@ -89,8 +92,7 @@ pub fn write_and_check(
         at: 0,
         out: std::io::BufWriter::with_capacity(1 << 20, file),
     };
-    let (_, mut r) = image::ImageReader::new(&mut tee).map_err(|e| e.to_string())?;
-    while r.next_raw().map_err(|e| e.to_string())?.is_some() {}
+    intake.take_in(path, &mut tee).map_err(|e| e.to_string())?;
     // Whatever follows the image's end is kept as received (a reader of
     // the file stops at the end as this one did).
     use std::io::Write as _;
@@ -137,6 +139,16 @@ mod tests {
     use super::*;
     use crate::storage::engine::AppliedPoint;
     use crate::storage::memory::mvcc::MemStore;
+    use crate::storage::StorageError;
+
+    /// What the memory engine's intake does: the check alone.
+    struct Check;
+
+    impl ImageIntake for Check {
+        fn take_in(&self, _: &Path, input: &mut dyn std::io::Read) -> Result<(), StorageError> {
+            image::check(input)
+        }
+    }
 
     fn an_image() -> Vec<u8> {
         let mut s = MemStore::new();
@@ -154,7 +166,7 @@ mod tests {
         let path = dir.path().join("in.image");
         let file = std::fs::File::create(&path).unwrap();
         let chunks: Vec<Vec<u8>> = image.chunks(chunk).map(<[u8]>::to_vec).collect();
-        let result = write_and_check(chunks.into_iter(), file);
+        let result = write_and_check(chunks.into_iter(), &path, file, &Check);
         (result, std::fs::read(&path).unwrap())
     }
 

@@ -94,6 +94,11 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// What takes in images from the leader as they arrive.
+    pub fn image_intake(&self) -> Arc<dyn crate::actors::images::ImageIntake> {
+        self.core.intake.clone()
+    }
+
     /// The backend of a running core.
     pub fn new(cfg: &Config, core: Core, tokens: auth::TokenIssuer) -> Backend {
         Backend {

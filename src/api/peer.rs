@@ -286,7 +286,7 @@ impl Peer for PeerService {
         let path = self
             .incoming
             .join(format!("{index:016x}-{:x}-{n}.image", first.from));
-        let result = receive(&mut chunks, &path, first.data).await;
+        let result = receive(&mut chunks, &path, first.data, self.backend.image_intake()).await;
         let size = match result {
             Ok(size) => size,
             Err(e) => {
@@ -402,11 +402,14 @@ async fn receive(
     chunks: &mut Streaming<SnapshotChunk>,
     path: &std::path::Path,
     first_data: Vec<u8>,
+    intake: Arc<dyn crate::actors::images::ImageIntake>,
 ) -> Result<u64, String> {
     let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(RECEIVE_QUEUE);
+    let path = path.to_owned();
     let checker = tokio::task::spawn_blocking(move || {
-        crate::actors::images::write_and_check(std::iter::from_fn(|| rx.blocking_recv()), file)
+        let chunks = std::iter::from_fn(|| rx.blocking_recv());
+        crate::actors::images::write_and_check(chunks, &path, file, intake.as_ref())
     });
     let mut size = first_data.len() as u64;
     let mut received = Ok(());

@@ -181,6 +181,15 @@ pub trait LogReader: Send + Sync {
     fn read(&self, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
 }
 
+/// What a member does with an image from the leader as it arrives: checks
+/// it whole and, where the engine can, builds what installing it takes, so
+/// that the install that follows has less left to do. Changes no state.
+pub trait ImageIntake: Send + Sync {
+    /// Reads the image from `input` to its end; `path` is the file it is
+    /// written to meanwhile (what an install is asked for later).
+    fn take_in(&self, path: &Path, input: &mut dyn std::io::Read) -> Result<(), StorageError>;
+}
+
 /// Durable home of the Raft log: what the WalWriter writes through.
 pub trait LogStore: Send {
     /// Buffers entries and/or a hard state (no I/O promised yet).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use raft::eraftpb::{HardState, SnapshotMetadata};
 use serde::Deserialize;
 
-use super::engine::{AppliedPoint, InstallJob, LogStore, StateEngine};
+use super::engine::{AppliedPoint, ImageIntake, InstallJob, LogStore, StateEngine};
 use super::image::{self, ImageHeader};
 use super::memory::mvcc::MemStore;
 use super::memory::snapshots;
@@ -110,8 +110,29 @@ pub struct Opened {
     pub log: RaftLog,
     /// Where the WalWriter makes new entries durable.
     pub log_store: Box<dyn LogStore>,
+    /// What takes in images from the leader as they arrive.
+    pub intake: Arc<dyn ImageIntake>,
     /// What to run once the actors are gone.
     pub at_shutdown: AtShutdown,
+}
+
+/// The memory engine's intake: a check (the install reads the file).
+struct CheckImages;
+
+impl ImageIntake for CheckImages {
+    fn take_in(&self, _: &Path, input: &mut dyn std::io::Read) -> Result<(), StorageError> {
+        super::image::check(input)
+    }
+}
+
+/// The rocksdb engine's intake: the install's reading and table files,
+/// done while the image arrives (see `RocksKv::prepare_install`).
+struct PrepareInstalls(rocks::Dbs);
+
+impl ImageIntake for PrepareInstalls {
+    fn take_in(&self, path: &Path, input: &mut dyn std::io::Read) -> Result<(), StorageError> {
+        RocksKv::prepare_install(&self.0, path, input)
+    }
 }
 
 /// What a clean stop runs after the actors are gone (rocksdb flushes its
@@ -325,6 +346,7 @@ fn open_rocks(opts: &StorageOptions) -> Result<Opened, StorageError> {
         point,
         log,
         log_store: Box::new(RocksLog::new(&dbs, last)),
+        intake: Arc::new(PrepareInstalls(dbs.clone())),
         at_shutdown: AtShutdown(Some(dbs)),
     })
 }
@@ -380,6 +402,7 @@ fn open_memory(data_dir: &Path, wal_options: WalOptions) -> Result<Opened, Stora
         point,
         log,
         log_store: Box::new(WalLog::new(wal, hard_state)),
+        intake: Arc::new(CheckImages),
         at_shutdown: AtShutdown(None),
     })
 }

@@ -207,6 +207,13 @@ pub struct StateHashes {
     pub all: u32,
 }
 
+/// Reads a whole image, checking its checksum and every record's frame.
+pub fn check<R: Read>(input: R) -> Result<(), StorageError> {
+    let (_, mut reader) = ImageReader::new(input)?;
+    while reader.next_raw()?.is_some() {}
+    Ok(())
+}
+
 /// Reads a whole image and hashes its versions up to `rev` (0: all).
 pub fn hash_image<R: Read>(input: R, rev: i64) -> Result<(ImageHeader, StateHashes), StorageError> {
     let (header, mut reader) = ImageReader::new(input)?;

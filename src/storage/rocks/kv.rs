@@ -309,16 +309,17 @@ impl RocksKv {
         members: Option<(&ConfState, &metastorepb::Membership)>,
     ) -> Result<(ImageHeader, RocksKv), StorageError> {
         let db = dbs.kv.clone();
-        let open = || {
-            std::fs::File::open(path)
-                .map(std::io::BufReader::new)
-                .map_err(|e| StorageError::io(format!("open image {}", path.display()), e))
+        let prepared = dbs.prepared.lock().take_if(|p| p.path == path);
+        let (h, index, files) = match prepared {
+            // Read and made ready while it arrived: only moved in here.
+            Some(p) => (p.header, p.index, p.files),
+            None => {
+                let input = std::fs::File::open(path)
+                    .map(std::io::BufReader::new)
+                    .map_err(|e| StorageError::io(format!("open image {}", path.display()), e))?;
+                Self::build(&db, input, STAGING)?
+            }
         };
-        // One pass: the key index, and the records into table files beside
-        // the database (their folder goes when `files` does, whatever fails).
-        let table_format = super::kv_file_options();
-        let mut files = TableFiles::new(&db, &table_format)?;
-        let (h, index) = read_into_store_and(open()?, false, |key, value| files.put(key, value))?;
         let meta = cf(&db, CF_META);
         let kv_cf = cf(&db, CF_KV);
         let mut sync = WriteOptions::default();
@@ -356,6 +357,44 @@ impl RocksKv {
             ..RocksKv::with_index(dbs, MemStore::index_only())
         };
         Ok((h, kv))
+    }
+
+    /// One pass over an image: its key index, and its records into table
+    /// files staged in the folder `staging` beside the database (the
+    /// folder goes when the files do, whatever fails).
+    fn build(
+        db: &DB,
+        input: impl std::io::Read,
+        staging: &str,
+    ) -> Result<(ImageHeader, MemStore, StagedFiles), StorageError> {
+        let table_format = super::kv_file_options();
+        let mut files = TableFiles::new(db, &table_format, staging)?;
+        let (h, index) = read_into_store_and(input, false, |key, value| files.put(key, value))?;
+        Ok((h, index, files.finish()?))
+    }
+
+    /// Reads an image from the leader as it arrives (`input`; `path` is
+    /// the file it is written to): checks it whole and builds its key index
+    /// and table files, so that installing it (`install_image` of `path`)
+    /// only moves them in. Nothing of the database changes. Holds one
+    /// image at a time: a newer one replaces it.
+    pub fn prepare_install(
+        dbs: &Dbs,
+        path: &Path,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), StorageError> {
+        let name = path
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let (header, index, files) = Self::build(&dbs.kv, input, &format!("{STAGING}-{name}"))?;
+        let old = dbs.prepared.lock().replace(Prepared {
+            path: path.to_owned(),
+            header,
+            index,
+            files,
+        });
+        drop(old); // its files go, outside the lock
+        Ok(())
     }
 
     fn with_index(dbs: &Dbs, index: MemStore) -> RocksKv {
@@ -476,6 +515,20 @@ impl StateEngine for RocksKv {
 /// size (the family's compactions then work on files of a usual size).
 const INGEST_FILE_BYTES: u64 = 64 << 20;
 
+/// Name (or name prefix) of the folders table files are staged in, beside
+/// the databases; any left at start-up are removed.
+pub(super) const STAGING: &str = "kv-ingest";
+
+/// An image received from the leader, checked and made ready to install
+/// while it arrived: its header, its key index and its records as staged
+/// table files.
+pub struct Prepared {
+    path: std::path::PathBuf,
+    header: ImageHeader,
+    index: MemStore,
+    files: StagedFiles,
+}
+
 /// An image's records written as table files of the kv family beside the
 /// database, then moved into it (RocksDB's external file ingestion).
 /// Written through memtables in batches, a million-key image (415 MB) took
@@ -484,21 +537,27 @@ const INGEST_FILE_BYTES: u64 = 64 << 20;
 /// revision order, the family's key order, so they can be written as
 /// finished files.
 struct TableFiles<'a> {
-    dir: std::path::PathBuf,
     writer: rocksdb::SstFileWriter<'a>,
-    files: Vec<std::path::PathBuf>,
+    staged: StagedFiles,
     open: bool,
 }
 
+/// Finished table files in their staging folder, which goes when they do
+/// (moved into the database by then, or not wanted).
+struct StagedFiles {
+    dir: std::path::PathBuf,
+    files: Vec<std::path::PathBuf>,
+}
+
 impl<'a> TableFiles<'a> {
-    /// An empty staging folder next to `db`'s; `opts` gives the table
-    /// format (the family's own: `super::kv_file_options`).
-    fn new(db: &DB, opts: &'a rocksdb::Options) -> Result<TableFiles<'a>, StorageError> {
-        let dir = db
-            .path()
-            .parent()
-            .unwrap_or_else(|| db.path())
-            .join("kv-ingest");
+    /// An empty staging folder `name` next to `db`'s; `opts` gives the
+    /// table format (the family's own: `super::kv_file_options`).
+    fn new(
+        db: &DB,
+        opts: &'a rocksdb::Options,
+        name: &str,
+    ) -> Result<TableFiles<'a>, StorageError> {
+        let dir = db.path().parent().unwrap_or_else(|| db.path()).join(name);
         let io = |what: &str, e| StorageError::io(format!("{what} {}", dir.display()), e);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| io("clear", e))?;
@@ -506,8 +565,10 @@ impl<'a> TableFiles<'a> {
         std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
         Ok(TableFiles {
             writer: rocksdb::SstFileWriter::create(opts),
-            dir,
-            files: Vec::new(),
+            staged: StagedFiles {
+                dir,
+                files: Vec::new(),
+            },
             open: false,
         })
     }
@@ -517,9 +578,12 @@ impl<'a> TableFiles<'a> {
     fn put(&mut self, key: &[u8; 16], value: &[u8]) -> Result<(), StorageError> {
         let write_error = |e| db_error("write image records into a table file", e);
         if !self.open {
-            let file = self.dir.join(format!("{:06}.sst", self.files.len()));
+            let file = self
+                .staged
+                .dir
+                .join(format!("{:06}.sst", self.staged.files.len()));
             self.writer.open(&file).map_err(write_error)?;
-            self.files.push(file);
+            self.staged.files.push(file);
             self.open = true;
         }
         self.writer.put(key, value).map_err(write_error)?;
@@ -530,13 +594,20 @@ impl<'a> TableFiles<'a> {
         Ok(())
     }
 
-    /// Moves the files into the kv family (the staging folder goes on drop).
-    fn ingest(mut self, db: &DB) -> Result<(), StorageError> {
+    /// Closes the last file.
+    fn finish(mut self) -> Result<StagedFiles, StorageError> {
         if self.open {
             self.writer
                 .finish()
                 .map_err(|e| db_error("write image records into a table file", e))?;
         }
+        Ok(self.staged)
+    }
+}
+
+impl StagedFiles {
+    /// Moves the files into the kv family (the staging folder goes on drop).
+    fn ingest(mut self, db: &DB) -> Result<(), StorageError> {
         if self.files.is_empty() {
             return Ok(());
         }
@@ -547,7 +618,7 @@ impl<'a> TableFiles<'a> {
     }
 }
 
-impl Drop for TableFiles<'_> {
+impl Drop for StagedFiles {
     /// Whatever is left staged (all of it, if the image was damaged or the
     /// install failed) goes; the next install would clear it otherwise.
     fn drop(&mut self) {
@@ -1231,6 +1302,67 @@ mod tests {
         let meta = super::super::read_kv_meta(&dbs.kv).unwrap();
         let still = RocksKv::open(&dbs, meta.revision).unwrap();
         same_at_every_revision(&before, &still);
+    }
+
+    /// An image prepared while it arrived installs without being read
+    /// again (its file is gone here by then) into the same state as one
+    /// read from its file; one prepared under another name is not used,
+    /// and staged files go when a newer image replaces them, or when the
+    /// databases are opened after a crash left them.
+    #[test]
+    fn an_image_prepared_as_it_arrived_installs_without_being_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rocks = empty_for_test(&dir.path().join("a"));
+        let mut mem = MemStore::new();
+        history(&mut mem, &mut rocks);
+        let bytes = rocks
+            .spawn_image(Vec::new())
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        let dbs = fresh_for_test(&dir.path().join("b"));
+        let staged = |name: &str| {
+            dir.path()
+                .join("b")
+                .join("rocksdb")
+                .join(format!("kv-ingest-{name}"))
+        };
+        let first = dir.path().join("first.image");
+        RocksKv::prepare_install(&dbs, &first, &mut bytes.as_slice()).unwrap();
+        assert!(staged("first").exists());
+        let path = dir.path().join("second.image");
+        RocksKv::prepare_install(&dbs, &path, &mut bytes.as_slice()).unwrap();
+        assert!(!staged("first").exists(), "replaced, its files went");
+        assert!(staged("second").exists());
+        // Another name: read from its file (missing here), so refused.
+        assert!(RocksKv::install_image(&dbs, &first, None).is_err());
+        let (h, installed) = RocksKv::install_image(&dbs, &path, None).unwrap();
+        assert_eq!(h.index, 300);
+        same_at_every_revision(&mem, &installed);
+        assert!(!staged("second").exists(), "moved in");
+        let reopened = reopen(installed);
+        same_at_every_revision(&mem, &reopened);
+        // A damaged image is refused while it arrives and leaves nothing.
+        let mut broken = bytes.clone();
+        let mid = broken.len() / 2;
+        broken[mid] ^= 0x40;
+        let third = dir.path().join("third.image");
+        assert!(RocksKv::prepare_install(&dbs, &third, &mut broken.as_slice()).is_err());
+        assert!(!staged("third").exists());
+        assert!(RocksKv::install_image(&dbs, &third, None).is_err());
+        // Files a crash left staged are gone once the databases reopen.
+        RocksKv::prepare_install(&dbs, &third, &mut bytes.as_slice()).unwrap();
+        let left = staged("third");
+        assert!(left.exists());
+        std::fs::create_dir_all(left.with_file_name("kv-ingest")).unwrap();
+        drop(reopened);
+        let prepared = dbs.prepared.lock().take();
+        std::mem::forget(prepared); // as a crash: nothing removes them
+        drop(dbs);
+        let _dbs = super::super::open(&dir.path().join("b"), false).unwrap();
+        assert!(!left.exists());
+        assert!(!left.with_file_name("kv-ingest").exists());
     }
 
     /// Both engines, as the test drives them.

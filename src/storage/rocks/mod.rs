@@ -87,6 +87,9 @@ pub struct Dbs {
     /// Threads of ours working on them (log purges, file compactions,
     /// images): a shutdown waits for them.
     background: Arc<std::sync::atomic::AtomicUsize>,
+    /// The last image from the leader made ready to install as it arrived
+    /// (see [`kv::Prepared`]).
+    prepared: Arc<parking_lot::Mutex<Option<kv::Prepared>>>,
 }
 
 /// Opens both databases; `create` only for a brand-new data dir, so that a
@@ -131,10 +134,22 @@ pub fn open_with(
         None,
         &budget,
     )?;
+    // Table files staged by an install or a prepared image that a crash
+    // cut short: never part of the database.
+    if let Ok(dir) = std::fs::read_dir(&root) {
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(kv::STAGING) {
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove staged table files");
+                }
+            }
+        }
+    }
     Ok(Dbs {
         raft,
         kv,
         background: Arc::default(),
+        prepared: Arc::default(),
     })
 }
 

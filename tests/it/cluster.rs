@@ -346,6 +346,18 @@ async fn kill9_the_leader_under_load_loses_no_acknowledged_write(engine: Engine)
     assert_gap_free(&state);
 }
 
+/// Restarts a stopped member and waits (30 s at most) until every member
+/// holds the same state.
+async fn restart_and_converge(mut c: Cluster, member: usize) -> (State, Cluster) {
+    blocking(move || {
+        c.members[member].restart();
+        let s = assert_converged(&mut c, Duration::from_secs(30));
+        (s, c)
+    })
+    .await
+    .unwrap()
+}
+
 async fn a_follower_down_past_compaction_catches_up_through_a_snapshot(engine: Engine) {
     let flags = [
         "--snapshot-count",
@@ -366,13 +378,7 @@ async fn a_follower_down_past_compaction_catches_up_through_a_snapshot(engine: E
     }
     client.delete("snap/k00000", None).await.unwrap();
     client.compact(1000, None).await.unwrap();
-    let (state, c) = blocking(move || {
-        c.members[follower].restart();
-        let s = assert_converged(&mut c, Duration::from_secs(30));
-        (s, c)
-    })
-    .await
-    .unwrap();
+    let (state, c) = restart_and_converge(c, follower).await;
     assert_eq!(state.0.len(), 1199);
     let log = c.members[follower].log();
     assert!(
@@ -418,13 +424,7 @@ async fn a_follower_behind_the_in_memory_log_catches_up_from_the_leaders_disk() 
     for t in tasks {
         t.await.unwrap();
     }
-    let (state, c) = blocking(move || {
-        c.members[follower].restart();
-        let s = assert_converged(&mut c, Duration::from_secs(30));
-        (s, c)
-    })
-    .await
-    .unwrap();
+    let (state, c) = restart_and_converge(c, follower).await;
     assert_eq!(state.0.len(), 8 * 188);
     let log = c.members[follower].log();
     assert!(

@@ -309,7 +309,9 @@ impl RocksKv {
         members: Option<(&ConfState, &metastorepb::Membership)>,
     ) -> Result<(ImageHeader, RocksKv), StorageError> {
         let db = dbs.kv.clone();
-        let prepared = dbs.prepared.lock().take_if(|p| p.path == path);
+        // Any install ends the wait of a prepared image: one for another
+        // file was not wanted (raft ignored it) and goes now.
+        let prepared = dbs.prepared.lock().take().filter(|p| p.path == path);
         let (h, index, files) = match prepared {
             // Read and made ready while it arrived: only moved in here.
             Some(p) => (p.header, p.index, p.files),
@@ -1335,8 +1337,14 @@ mod tests {
         RocksKv::prepare_install(&dbs, &path, &mut bytes.as_slice()).unwrap();
         assert!(!staged("first").exists(), "replaced, its files went");
         assert!(staged("second").exists());
-        // Another name: read from its file (missing here), so refused.
+        // Another name: read from its file (missing here), so refused; the
+        // prepared image was not wanted, and goes.
         assert!(RocksKv::install_image(&dbs, &first, None).is_err());
+        assert!(
+            !staged("second").exists(),
+            "an install drops what it does not use"
+        );
+        RocksKv::prepare_install(&dbs, &path, &mut bytes.as_slice()).unwrap();
         let (h, installed) = RocksKv::install_image(&dbs, &path, None).unwrap();
         assert_eq!(h.index, 300);
         same_at_every_revision(&mem, &installed);

@@ -135,6 +135,9 @@ pub struct Metrics {
     /// Raft messages from peers dropped because they were addressed to
     /// another member.
     pub peer_misaddressed_messages: Counter,
+    /// Reads of old Raft log entries from disk, to send a follower behind
+    /// the in-memory tail (rocksdb engine).
+    pub raft_log_disk_reads: Counter,
     /// Time between two ticks handled by the RaftActor.
     pub tick_interval_seconds: Histogram,
     /// The longest a tick was late (beyond its interval) since start, in ms.
@@ -206,6 +209,7 @@ impl Metrics {
             raft_inflight_messages: Gauge::default(),
             peer_dropped_messages: Counter::default(),
             peer_misaddressed_messages: Counter::default(),
+            raft_log_disk_reads: Counter::default(),
             tick_interval_seconds: Histogram::new(exponential_buckets(0.05, 1.5, 12)),
             tick_delay_max_ms: Gauge::default(),
             db_total_size: Gauge::default(),
@@ -333,6 +337,11 @@ impl Metrics {
             "metastore_peer_misaddressed_messages",
             "Raft messages from peers dropped because they were addressed to another member",
             m.peer_misaddressed_messages.clone(),
+        );
+        registry.register(
+            "metastore_raft_log_disk_reads",
+            "Reads of old Raft log entries from disk to send a follower behind the in-memory tail (rocksdb engine)",
+            m.raft_log_disk_reads.clone(),
         );
         registry.register(
             "metastore_raft_tick_interval_seconds",

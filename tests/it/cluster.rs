@@ -432,6 +432,9 @@ async fn a_follower_behind_the_in_memory_log_catches_up_from_the_leaders_disk() 
         "the follower needed a snapshot:\n{}",
         c.members[follower].log_tail_pub()
     );
+    let (_, text) = http_get(c.members[leader].port, "/metrics").unwrap();
+    let reads = metric(&text, "metastore_raft_log_disk_reads_total");
+    assert!(reads > 0.0, "no entries were read back from disk");
 }
 
 async fn five_members_serve_with_two_down(engine: Engine) {

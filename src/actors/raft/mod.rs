@@ -815,6 +815,7 @@ impl RaftActor {
     /// far behind, one read per message of up to `max-request-bytes`).
     fn start_fetches(&mut self, ctx: &mut Context<Self>) {
         for fetch in self.node.take_fetches() {
+            self.metrics().raft_log_disk_reads.inc();
             let me = ctx.address();
             let low = fetch.low();
             let (tx, rx) = std::sync::mpsc::sync_channel(1);

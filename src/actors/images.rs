@@ -94,11 +94,9 @@ pub fn write_and_check(
     };
     intake.take_in(path, &mut tee).map_err(|e| e.to_string())?;
     // Whatever follows the image's end is kept as received (a reader of
-    // the file stops at the end as this one did).
+    // the file stops at the end as this one did); the current chunk was
+    // written whole when it was taken.
     use std::io::Write as _;
-    tee.out
-        .write_all(&tee.chunk[tee.at..])
-        .map_err(|e| e.to_string())?;
     for chunk in tee.chunks.by_ref() {
         tee.out.write_all(&chunk).map_err(|e| e.to_string())?;
     }
@@ -180,6 +178,12 @@ mod tests {
             assert_eq!(result, Ok(()), "chunks of {chunk}");
             assert_eq!(written, image, "chunks of {chunk}");
         }
+        // Bytes after the image's end are kept once, as received.
+        let mut trailing = image.clone();
+        trailing.extend_from_slice(b"tail");
+        let (result, written) = received(&trailing, 7);
+        assert_eq!(result, Ok(()));
+        assert_eq!(written, trailing);
         let mut flipped = image.clone();
         let middle = flipped.len() / 2;
         flipped[middle] ^= 0x40;

@@ -108,14 +108,6 @@ impl LogFetch {
     pub fn low(&self) -> u64 {
         self.low
     }
-
-    /// The result of a read that could not run: nothing read.
-    pub fn nothing(&self) -> Fetched {
-        Fetched {
-            low: self.low,
-            entries: Vec::new(),
-        }
-    }
 }
 
 /// The result of a [`LogFetch`]: entries from `low` on (none when they
@@ -123,6 +115,16 @@ impl LogFetch {
 pub struct Fetched {
     low: u64,
     entries: Vec<Entry>,
+}
+
+impl Fetched {
+    /// The result of a read from `low` that could not run: nothing read.
+    pub fn nothing(low: u64) -> Fetched {
+        Fetched {
+            low,
+            entries: Vec::new(),
+        }
+    }
 }
 
 /// Callers waiting for one read.
@@ -445,14 +447,20 @@ impl RaftLog {
     /// they are still the log's: `None` when no read covers `low`.
     fn served_from_read(&self, low: u64, high: u64, max_size: Option<u64>) -> Option<Vec<Entry>> {
         let f = self.cold.fetched.as_ref()?;
-        let end = high.min(self.mem_first());
         if low < f.low || low >= f.low + (f.entries.len() as u64).max(1) {
             return None;
         }
-        let mut out: Vec<Entry> = f
-            .entries
+        let from = (low - f.low) as usize;
+        Some(self.still_ours(low, high, &f.entries[from..], max_size))
+    }
+
+    /// The entries read back from `low` on that are still the log's (in
+    /// order, before `high` and the in-memory part, with the terms
+    /// recorded for them), about `max_size` of them.
+    fn still_ours(&self, low: u64, high: u64, read: &[Entry], max_size: Option<u64>) -> Vec<Entry> {
+        let end = high.min(self.mem_first());
+        let mut out: Vec<Entry> = read
             .iter()
-            .skip((low - f.low) as usize)
             .enumerate()
             .take_while(|(i, e)| {
                 e.index == low + *i as u64 && e.index < end && self.term_of(e.index) == Some(e.term)
@@ -460,7 +468,7 @@ impl RaftLog {
             .map(|(_, e)| e.clone())
             .collect();
         raft::util::limit_size(&mut out, max_size);
-        Some(out)
+        out
     }
 
     /// Entries `[low, high)` of the on-disk part (`high <= mem_first`).
@@ -509,16 +517,7 @@ impl RaftLog {
             reader: reader.clone(),
         }
         .run();
-        let mut got: Vec<Entry> = read
-            .entries
-            .into_iter()
-            .enumerate()
-            .take_while(|(i, e)| {
-                e.index == low + *i as u64 && self.term_of(e.index) == Some(e.term)
-            })
-            .map(|(_, e)| e)
-            .collect();
-        raft::util::limit_size(&mut got, max_size);
+        let got = self.still_ours(low, high, &read.entries, max_size);
         if got.is_empty() {
             return Err(compacted());
         }

@@ -44,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::proto::etcdserverpb::Member;
 use crate::proto::metastorepb::ConfChangeContext;
 use crate::status::NodeStatus;
+use crate::storage::raft_log::Fetched;
 pub use moving::RaftAddr;
 
 pub mod leadership;
@@ -818,25 +819,14 @@ impl RaftActor {
             self.metrics().raft_log_disk_reads.inc();
             let me = ctx.address();
             let low = fetch.low();
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let spawned = std::thread::Builder::new()
                 .name("raft-log-read".into())
-                .spawn(move || {
-                    if let Ok(fetch) = rx.recv() {
-                        let done = crate::storage::raft_log::LogFetch::run(fetch);
-                        me.do_send(EntriesFetched(done));
-                    }
-                });
-            match spawned {
-                Ok(_) => {
-                    let _ = tx.send(fetch);
-                }
-                Err(e) => {
-                    // Nothing read: raft sends that follower a snapshot.
-                    tracing::warn!(error = %e, low, "cannot start a Raft log read");
-                    self.node.on_fetched(fetch.nothing());
-                    self.schedule(ctx);
-                }
+                .spawn(move || me.do_send(EntriesFetched(fetch.run())));
+            if let Err(e) = spawned {
+                // Nothing read: raft sends that follower a snapshot.
+                tracing::warn!(error = %e, low, "cannot start a Raft log read");
+                self.node.on_fetched(Fetched::nothing(low));
+                self.schedule(ctx);
             }
         }
     }

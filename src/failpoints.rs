@@ -11,8 +11,9 @@
 //! `snapshot::after_install`; `engine::compact`, `engine::compact_files` (rocksdb), `engine::defrag`;
 //! `lease::revoke`; `membership::apply`. Delays that must not block a
 //! thread others share read a value instead: `apply::delay`,
-//! `watch::send_delay` and `engine::removal_delay` (between the slices of
-//! the memory engine's compaction removal) (`return(ms)`).
+//! `watch::send_delay`, `engine::removal_delay` (between the slices of
+//! the memory engine's compaction removal) and `apply::range_slice_delay`
+//! (between the slices of a gRPC Range) (`return(ms)`).
 
 /// Sets the failpoints named in `FAILPOINTS`; kept for the process's life.
 #[cfg(feature = "failpoints")]

@@ -150,7 +150,8 @@ pub struct Step {
     /// 5 s after the action ended.
     pub rss_5s_kib: Option<u64>,
     /// compact: the puts in the 10 s before the call, and from the call
-    /// until 2 s after its answer.
+    /// until 2 s after its answer; range: one client's puts while the
+    /// range ran (`during`).
     pub before: Option<Window>,
     pub during: Option<Window>,
     pub error: Option<String>,
@@ -237,6 +238,11 @@ impl Step {
                 (
                     "5 s after - before MiB",
                     minus(self.rss_5s_kib, self.rss_before_kib),
+                ),
+                ("puts meanwhile", self.during.map(|w| w.puts as f64)),
+                (
+                    "put max meanwhile ms",
+                    self.during.map(|w| w.max_us as f64 / 1000.0),
                 ),
             ],
             "compact" => {
@@ -728,7 +734,8 @@ async fn measure(
         run.done(st);
     }
 
-    // 3. One range of 100,000 keys, no limit.
+    // 3. One range of 100,000 keys, no limit, while one client puts (other
+    // keys) one after the other: what the range costs the writes.
     let m = RANGE_KEYS.min(n);
     let (start, end) = middle_range(n, m);
     for i in 1..=REPEATS {
@@ -736,7 +743,12 @@ async fn measure(
         let mut st = Step::named(&name);
         st.rss_before_kib = rss(&run.pids);
         let sampler = Sampler::start(&run.pids, Duration::from_millis(50));
+        let stop = Arc::new(AtomicBool::new(false));
         let t = Instant::now();
+        let load = {
+            let (conns, stop, size) = (conns[..1].to_vec(), stop.clone(), args.value_size);
+            tokio::spawn(async move { put_load(&conns, None, size, stop, t).await })
+        };
         let r = kv
             .range(RangeRequest {
                 key: start.clone(),
@@ -746,6 +758,16 @@ async fn measure(
             .await;
         st.ms = t.elapsed().as_secs_f64() * 1000.0;
         st.rss_after_kib = rss(&run.pids);
+        stop.store(true, Ordering::Release);
+        match load.await {
+            Ok(puts) => {
+                st.during = Some(Window::of(puts.lat.iter().map(|&(_, us)| u64::from(us))));
+                if let Some(e) = puts.error {
+                    st.fail(format!("{} puts failed, e.g. {e}", puts.errors));
+                }
+            }
+            Err(e) => st.fail(format!("put load: {e}")),
+        }
         match r {
             Ok(resp) => {
                 let resp = resp.into_inner();

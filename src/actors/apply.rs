@@ -25,6 +25,7 @@ use super::lessor::Lessor;
 use super::messages::*;
 use super::messages::{LeasesChanged, LeasesReplaced};
 use super::raft::RaftAddr;
+use super::ranges::OpenRanges;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state_machine::{Installed, StateMachine};
@@ -57,6 +58,8 @@ pub struct ApplyActor {
     waiters: HashMap<u64, Waiter>,
     /// Reads waiting for the applied index to reach their key.
     reads: BTreeMap<u64, Vec<PendingRead>>,
+    /// Ranges being read a slice per turn.
+    ranges: OpenRanges,
     data_dir: PathBuf,
     snapshot_count: u64,
     last_snapshot: u64,
@@ -159,6 +162,7 @@ impl ApplyActor {
             status,
             waiters: HashMap::new(),
             reads: BTreeMap::new(),
+            ranges: OpenRanges::default(),
             data_dir,
             snapshot_count: snapshot_count.max(1),
             last_snapshot,
@@ -251,13 +255,21 @@ impl ApplyActor {
             .set(self.waiters.len() as i64);
     }
 
-    fn serve_ready_reads(&mut self) {
+    fn serve_ready_reads(&mut self, ctx: &mut Context<Self>) {
         let applied = self.sm.applied_index();
         let later = self.reads.split_off(&(applied + 1));
         let ready = std::mem::replace(&mut self.reads, later);
         for read in ready.into_values().flatten() {
-            let _ = read.reply.send(self.sm.read(&read.caller, &read.request));
+            self.ranges.serve(&mut self.sm, read);
         }
+        self.step_idle_work(ctx);
+    }
+
+    /// Serves one read now (a Range with more than a slice to read: its
+    /// first slice now, the rest on the next turns).
+    fn serve_read(&mut self, read: PendingRead, ctx: &mut Context<Self>) {
+        self.ranges.serve(&mut self.sm, read);
+        self.step_idle_work(ctx);
     }
 
     /// Every `snapshot_count` entries: what the engine needs to make the
@@ -322,17 +334,26 @@ impl ApplyActor {
     /// image would be one long turn, measured as a 1.2 s stall of puts at a
     /// million keys.) Nothing runs while an install has the state.
     fn step_idle_work(&mut self, ctx: &mut Context<Self>) {
-        if self.idle_step_queued || self.installing || !self.sm.has_idle_work() {
+        if self.idle_step_queued
+            || self.installing
+            || (!self.sm.has_idle_work() && self.ranges.is_empty())
+        {
             return;
         }
         self.idle_step_queued = true;
         // Test-only: a slow removal (turns apart), to tell a `physical`
-        // Compact waits for it.
+        // Compact waits for it; slow slices of a Range, to tell the rest
+        // goes on between them.
         let pause = self
             .sm
             .compaction_pending()
             .then(|| crate::failpoints::delay("engine::removal_delay"))
-            .flatten();
+            .flatten()
+            .or_else(|| {
+                (!self.ranges.is_empty())
+                    .then(|| crate::failpoints::delay("apply::range_slice_delay"))
+                    .flatten()
+            });
         let turn = async move {
             match pause {
                 Some(d) => actix::clock::sleep(d).await,
@@ -343,6 +364,7 @@ impl ApplyActor {
             a.idle_step_queued = false;
             if !a.installing {
                 a.sm.idle_step();
+                a.ranges.step(&a.sm);
             }
             a.answer_physical();
             a.serve_image_waiters(ctx);
@@ -469,6 +491,11 @@ impl ApplyActor {
         for entry in &msg.entries {
             fail::fail_point!("apply::before_entry");
             last = Some(entry.index);
+            if !self.ranges.is_empty() {
+                if let Some(rev) = StateMachine::compaction_in(entry) {
+                    self.ranges.finish_below(&self.sm, rev);
+                }
+            }
             let Some(applied) = self.sm.apply(entry) else {
                 continue;
             };
@@ -530,7 +557,7 @@ impl ApplyActor {
             self.raft.do_send(Applied { index });
         }
         self.publish();
-        self.serve_ready_reads();
+        self.serve_ready_reads(ctx);
         self.maybe_snapshot(ctx);
         self.step_idle_work(ctx);
     }
@@ -549,6 +576,8 @@ impl Handler<InstallSnapshot> for ApplyActor {
         // Decoding (memory) or writing (rocksdb) a whole state takes
         // seconds at a million keys: a worker does it, the apply thread
         // goes on serving what does not need the state, and holds the rest.
+        // The open Ranges read the state being replaced: they end first.
+        self.ranges.finish_below(&self.sm, i64::MAX);
         self.installing = true;
         let job = self.sm.install_job(&path, &self.data_dir);
         let me = ctx.address();
@@ -622,7 +651,7 @@ impl Handler<SnapshotLoaded> for ApplyActor {
         // Raft counts it applied once its ready is durable.
         self.raft.do_send(SnapshotInstalled { index: h.index });
         self.publish();
-        self.serve_ready_reads();
+        self.serve_ready_reads(ctx);
         // The new state has no removal under way.
         self.answer_physical();
         self.serve_image_waiters(ctx);
@@ -631,10 +660,8 @@ impl Handler<SnapshotLoaded> for ApplyActor {
         while let Some(d) = self.deferred.pop_front() {
             match d {
                 Deferred::Apply(m) => self.apply(m, ctx),
-                Deferred::Reads(m) => self.queue_reads(m),
-                Deferred::Local(m) => {
-                    let _ = m.0.reply.send(self.sm.read(&m.0.caller, &m.0.request));
-                }
+                Deferred::Reads(m) => self.queue_reads(m, ctx),
+                Deferred::Local(m) => self.serve_read(m.0, ctx),
                 Deferred::Fault(m) => self.fault_put(m),
             }
         }
@@ -644,19 +671,19 @@ impl Handler<SnapshotLoaded> for ApplyActor {
 
 impl Handler<ServeReads> for ApplyActor {
     type Result = ();
-    fn handle(&mut self, msg: ServeReads, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ServeReads, ctx: &mut Context<Self>) {
         if self.installing {
             self.deferred.push_back(Deferred::Reads(msg));
         } else {
-            self.queue_reads(msg);
+            self.queue_reads(msg, ctx);
         }
     }
 }
 
 impl ApplyActor {
-    fn queue_reads(&mut self, msg: ServeReads) {
+    fn queue_reads(&mut self, msg: ServeReads, ctx: &mut Context<Self>) {
         self.reads.entry(msg.index).or_default().extend(msg.reads);
-        self.serve_ready_reads();
+        self.serve_ready_reads(ctx);
     }
 
     fn fault_put(&mut self, msg: FaultPut) {
@@ -670,14 +697,11 @@ impl ApplyActor {
 
 impl Handler<LocalRead> for ApplyActor {
     type Result = ();
-    fn handle(&mut self, msg: LocalRead, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: LocalRead, ctx: &mut Context<Self>) {
         if self.installing {
             self.deferred.push_back(Deferred::Local(msg));
         } else {
-            let _ = msg
-                .0
-                .reply
-                .send(self.sm.read(&msg.0.caller, &msg.0.request));
+            self.serve_read(msg.0, ctx);
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod messages;
 pub mod peer;
 pub mod propose;
 pub mod raft;
+pub mod ranges;
 pub mod ticker;
 pub mod wal;
 pub mod watch;

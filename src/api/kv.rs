@@ -127,6 +127,8 @@ macro_rules! rpc {
 
 #[tonic::async_trait]
 impl Kv for KvService {
+    /// The JSON gateway's Range (`/v3/kv/range`). Over gRPC the route in
+    /// [`super::wire_range`] answers `KV.Range` before tonic sees it.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         rpc!(async {

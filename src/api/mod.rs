@@ -20,6 +20,7 @@ pub mod peer;
 pub mod tls;
 pub mod validate;
 pub mod watch;
+pub mod wire_range;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -610,6 +611,11 @@ pub async fn serve(
     ))
     .prepare()
     .into_axum_router()
+    // Range's answer goes out as the slices were encoded (see wire_range).
+    .route(
+        wire_range::PATH,
+        wire_range::route(backend.clone(), max_msg),
+    )
     .layer(axum::middleware::map_response(etcd_size_status))
     .layer(axum::middleware::from_fn_with_state(
         backend.core.metrics.clone(),

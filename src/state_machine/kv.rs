@@ -2,6 +2,7 @@
 //! on the MVCC store: the same checks, the same order, the same revisions.
 
 mod gosort;
+pub mod sliced;
 
 use bytes::Bytes;
 
@@ -137,6 +138,7 @@ fn range_in(view: &impl View, r: &RangeRequest) -> Result<RangeResponse, ApiErro
         rev: r.revision,
         count_only: r.count_only,
         keys_only: false,
+        uncounted: false,
     };
     let rr = view.range(&r.key, &r.range_end, &opts)?;
     let mut kvs = rr.kvs;

@@ -34,6 +34,7 @@ use crate::storage::leases::{LeaseEntry, LeaseTable};
 use crate::storage::{on_store, StorageError, Store};
 use crate::storage::{Event, MvccError};
 use auth::{Access, AuthListing, AuthRead, AuthStore, Caller};
+use kv::sliced::SlicedRange;
 use lease::{LeaseChange, LeaseIndex};
 use membership::Membership;
 
@@ -67,6 +68,9 @@ pub enum WriteResponse {
 pub enum ReadRequest {
     /// Range.
     Range(RangeRequest),
+    /// Range answered as the wire's bytes (a gRPC Range; see
+    /// [`kv::sliced`]).
+    RangeWire(RangeRequest),
     /// A read-only Txn.
     Txn(TxnRequest),
     /// A read of the auth store.
@@ -78,6 +82,8 @@ pub enum ReadRequest {
 pub enum ReadResponse {
     /// Range.
     Range(RangeResponse),
+    /// Range as the wire's bytes.
+    RangeWire(kv::sliced::WireRange),
     /// Txn.
     Txn(TxnResponse),
     /// An auth read, at this (key-value) revision.
@@ -704,6 +710,37 @@ impl StateMachine {
         }
     }
 
+    /// Starts a Range answered as the wire's bytes, as `caller` may: its
+    /// first slice is read now, the next ones by
+    /// [`StateMachine::continue_range`] (at most `slice` keys each).
+    pub fn start_range(
+        &self,
+        caller: &Caller,
+        r: &RangeRequest,
+        slice: usize,
+    ) -> Result<SlicedRange, ApiError> {
+        self.auth
+            .check(caller, &r.key, &r.range_end, Access::Read)?;
+        on_store!(&self.store, store => SlicedRange::start(store, r, slice))
+    }
+
+    /// Reads the next slice of `range`.
+    pub fn continue_range(&self, range: &mut SlicedRange) -> Result<(), ApiError> {
+        on_store!(&self.store, store => range.step(store))
+    }
+
+    /// The revision `entry` compacts the store to, if it is a Compaction
+    /// (looked at before it is applied).
+    pub fn compaction_in(entry: &Entry) -> Option<i64> {
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            return None;
+        }
+        match InternalRequest::decode(&entry.data[..]).ok()?.request {
+            Some(internal_request::Request::Compaction(c)) => Some(c.revision),
+            _ => None,
+        }
+    }
+
     /// Serves a read against the applied state, as `caller` may.
     pub fn read(&mut self, caller: &Caller, req: &ReadRequest) -> Result<ReadResponse, ApiError> {
         let (auth, leases) = (&self.auth, &self.point.leases);
@@ -711,6 +748,14 @@ impl StateMachine {
             ReadRequest::Range(r) => {
                 auth.check(caller, &r.key, &r.range_end, Access::Read)?;
                 kv::range(store, r).map(ReadResponse::Range)
+            }
+            ReadRequest::RangeWire(r) => {
+                auth.check(caller, &r.key, &r.range_end, Access::Read)?;
+                let mut range = SlicedRange::start(store, r, kv::sliced::SLICE_KEYS)?;
+                while !range.is_done() {
+                    range.step(store)?;
+                }
+                Ok(ReadResponse::RangeWire(range.finish()))
             }
             ReadRequest::Txn(t) => {
                 auth.check_txn(caller, t)?;

@@ -129,4 +129,8 @@ pub struct RangeOptions {
     pub count_only: bool,
     /// Return kvs with empty values.
     pub keys_only: bool,
+    /// Stop at `limit` instead of counting the whole range: `count` is then
+    /// the number of kvs returned (a range read a slice at a time counts
+    /// once, not once per slice).
+    pub uncounted: bool,
 }

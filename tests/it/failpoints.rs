@@ -520,3 +520,94 @@ async fn a_physical_compact_waits_for_the_sliced_removal_others_do_not(engine: E
 }
 
 engine_tests!(async: a_physical_compact_waits_for_the_sliced_removal_others_do_not);
+
+/// A gRPC Range of more than a slice (1,024 keys) is read a slice per turn
+/// of the apply thread (here 1 s apart): puts and a get are answered while
+/// it is open, it sees nothing written meanwhile (every slice reads at the
+/// first one's revision), and a compaction above that revision, applied
+/// while one is open, first lets it read to its end.
+async fn a_large_range_is_read_in_slices_between_other_work(engine: Engine) {
+    use etcd_client::{Txn, TxnOp};
+    let s = tokio::task::block_in_place(|| {
+        let mut s = Server::start_on(engine);
+        s.failpoints = Some("apply::range_slice_delay=return(1000)".into());
+        s.restart();
+        s
+    });
+    let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+    // 3,000 keys: three slices.
+    let mut rev = 0;
+    for chunk in 0..30 {
+        let ops: Vec<TxnOp> = (0..100)
+            .map(|i| TxnOp::put(format!("r/{:05}", chunk * 100 + i), "v0", None))
+            .collect();
+        let resp = c.txn(Txn::new().and_then(ops)).await.unwrap();
+        rev = resp.header().unwrap().revision();
+    }
+    let all = || Some(GetOptions::new().with_prefix());
+    // (The header has the store's revision, whatever the one read at.)
+    let check = |r: &etcd_client::GetResponse, header: i64, what: &str| {
+        assert_eq!(r.header().unwrap().revision(), header, "{what}");
+        assert_eq!((r.kvs().len(), r.count()), (3000, 3000), "{what}");
+        for (i, kv) in r.kvs().iter().enumerate() {
+            assert_eq!(kv.key(), format!("r/{i:05}").as_bytes(), "{what}");
+            assert_eq!(kv.value(), b"v0", "{what}");
+        }
+    };
+
+    let mut c2 = c.clone();
+    let range = tokio::spawn(async move {
+        let t = Instant::now();
+        let r = c2.get("r/", all()).await;
+        (r, t.elapsed())
+    });
+    let t = Instant::now();
+    while !s.log().contains("failpoint apply::range_slice_delay fired") {
+        assert!(t.elapsed() < Duration::from_secs(10), "no slice waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    c.put("r/00000", "changed", None).await.unwrap();
+    let head = c.put("r/99999", "new", None).await.unwrap();
+    let head = head.header().unwrap().revision();
+    let one = c.get("r/00000", None).await.unwrap();
+    let meanwhile = t.elapsed();
+    assert_eq!(one.kvs()[0].value(), b"changed");
+    assert!(
+        !range.is_finished(),
+        "the Range was answered before the writes made while it was open"
+    );
+    let (r, took) = range.await.unwrap();
+    check(&r.unwrap(), rev, "a Range with writes between its slices");
+    eprintln!("Range in slices {took:?}; two puts and a get meanwhile {meanwhile:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "two slices 1 s apart: {took:?}"
+    );
+    assert!(meanwhile < Duration::from_millis(900), "{meanwhile:?}");
+
+    // A compaction past the revision of an open Range.
+    let mut c2 = c.clone();
+    let range = tokio::spawn(async move {
+        let t = Instant::now();
+        let r = c2.get("r/", all().map(|o| o.with_revision(rev))).await;
+        (r, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!range.is_finished());
+    c.compact(head, None).await.unwrap();
+    let (r, took) = range.await.unwrap();
+    check(
+        &r.unwrap(),
+        head,
+        "a Range open when a compaction past it came",
+    );
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    let gone = c.get("r/", all().map(|o| o.with_revision(rev))).await;
+    assert!(gone
+        .unwrap_err()
+        .to_string()
+        .contains("required revision has been compacted"));
+}
+
+engine_tests!(async: a_large_range_is_read_in_slices_between_other_work);

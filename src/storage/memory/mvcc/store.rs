@@ -325,7 +325,8 @@ impl MemStore {
         };
         // Pages of a read at an existing revision (not a write txn's own,
         // whose keys may still change) go through the memo.
-        let paged = opts.limit > 0 && !opts.count_only && cur_rev == self.current_rev;
+        let paged =
+            opts.limit > 0 && !opts.count_only && !opts.uncounted && cur_rev == self.current_rev;
         let known = if paged {
             let mut memo = self.pages.0.lock();
             memo.iter()
@@ -342,7 +343,7 @@ impl MemStore {
                     if let Some(revs) = revs.as_deref_mut() {
                         revs.push(v.rev);
                     }
-                } else if known.is_some() {
+                } else if known.is_some() || opts.uncounted {
                     break;
                 }
                 result.count += 1;
@@ -870,6 +871,19 @@ pub(super) mod tests {
             .unwrap();
         assert_eq!(r.kvs.len(), 9);
         assert_eq!(r.count, 9);
+        // Uncounted: the same kvs, counted only as far as the limit.
+        let o = RangeOptions {
+            limit: 3,
+            uncounted: true,
+            ..Default::default()
+        };
+        let r = s.range(b"k", b"l", &o).unwrap();
+        assert_eq!(keys(&r), vec![&b"k0"[..], b"k1", b"k2"]);
+        assert_eq!(r.count, 3);
+        let r = s
+            .range(b"k2", b"l", &RangeOptions { limit: 10, ..o })
+            .unwrap();
+        assert_eq!((r.kvs.len(), r.count), (7, 7));
         let r = s
             .range(
                 b"k",
@@ -1117,6 +1131,7 @@ pub(super) mod tests {
             },
             count_only: rng.gen_bool(0.1),
             keys_only: rng.gen_bool(0.1),
+            uncounted: false,
         }
     }
 

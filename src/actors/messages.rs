@@ -23,6 +23,10 @@ pub struct PendingRead {
     pub caller: crate::state_machine::auth::Caller,
     /// Where the answer goes.
     pub reply: oneshot::Sender<ReadResult>,
+    /// Told when the read is a Range left open to be read a slice per turn:
+    /// from then on it takes the range's time, which the request timeout
+    /// (meant for the wait on Raft) does not bound.
+    pub opened: Option<oneshot::Sender<()>>,
 }
 
 /// Handler → RaftActor: propose an encoded `InternalRequest` whose id is `id`.

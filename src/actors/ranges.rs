@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use tokio::sync::oneshot;
 
 use super::messages::{PendingRead, ReadResult};
-use crate::state_machine::kv::sliced::{SlicedRange, SLICE_KEYS};
+use crate::state_machine::kv::sliced::{SlicedRange, Slices};
 use crate::state_machine::{ReadRequest, ReadResponse, StateMachine};
 
 /// The Ranges being read a slice at a time.
@@ -32,6 +32,13 @@ impl Open {
     }
 }
 
+/// How much a slice reads. (Test-only: with slowed slices, a fixed number
+/// of keys, so that a test knows how many slices there are.)
+fn slicing() -> Slices {
+    crate::failpoints::delay("apply::range_slice_delay")
+        .map_or(Slices::APPLY, |_| Slices::keys(Slices::APPLY.keys))
+}
+
 impl OpenRanges {
     /// Serves `read` against `sm`: answered now, or (a Range with more
     /// than a slice to read) opened.
@@ -40,10 +47,16 @@ impl OpenRanges {
             request,
             caller,
             reply,
+            opened,
         } = read;
         match request {
-            ReadRequest::RangeWire(r) => match sm.start_range(&caller, &r, SLICE_KEYS) {
-                Ok(range) if !range.is_done() => self.open.push_back(Open { range, reply }),
+            ReadRequest::RangeWire(r) => match sm.start_range(&caller, &r, slicing()) {
+                Ok(range) if !range.is_done() => {
+                    if let Some(o) = opened {
+                        let _ = o.send(());
+                    }
+                    self.open.push_back(Open { range, reply });
+                }
                 Ok(range) => Open { range, reply }.answer(Ok(())),
                 Err(e) => {
                     let _ = reply.send(Err(e));

@@ -36,12 +36,17 @@ impl KvService {
     ) -> Result<RangeResponse, ApiError> {
         validate::range(&r)?;
         let serializable = r.serializable;
+        // Read a slice per turn of the apply thread as over gRPC, then
+        // decoded for the gateway's JSON.
         match self
             .backend
-            .read(&caller, ReadRequest::Range(r), serializable)
+            .read(&caller, ReadRequest::RangeWire(r), serializable)
             .await?
         {
-            ReadResponse::Range(mut resp) => {
+            ReadResponse::RangeWire(wire) => {
+                let mut resp = wire
+                    .decode()
+                    .map_err(|e| ApiError::Internal(format!("range answer: {e}")))?;
                 self.backend.fill(&mut resp.header);
                 Ok(resp)
             }
@@ -128,7 +133,8 @@ macro_rules! rpc {
 #[tonic::async_trait]
 impl Kv for KvService {
     /// The JSON gateway's Range (`/v3/kv/range`). Over gRPC the route in
-    /// [`super::wire_range`] answers `KV.Range` before tonic sees it.
+    /// [`super::wire_range`] answers `KV.Range` before tonic sees it; both
+    /// are read in slices.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         rpc!(async {

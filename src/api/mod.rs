@@ -416,21 +416,28 @@ impl Backend {
         request: ReadRequest,
         serializable: bool,
     ) -> Result<ReadResponse, ApiError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
+        let (opened, mut open) = oneshot::channel();
         let pending = PendingRead {
             request,
             caller: caller.clone(),
             reply,
+            opened: Some(opened),
         };
         if serializable {
             deliver(&self.core.apply, LocalRead(pending)).await?;
         } else {
             deliver(&self.core.raft.get(), ReadIndex(pending)).await?;
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ApiError::Stopped),
-            Err(_) => Err(ApiError::Timeout),
+        let answer = |r: Result<crate::actors::messages::ReadResult, oneshot::error::RecvError>| {
+            r.unwrap_or(Err(ApiError::Stopped))
+        };
+        tokio::select! {
+            r = &mut rx => answer(r),
+            // A Range being read in slices: as long as it takes (it is
+            // dropped if this request goes away).
+            Ok(()) = &mut open => answer(rx.await),
+            () = tokio::time::sleep(REQUEST_TIMEOUT) => Err(ApiError::Timeout),
         }
     }
 

@@ -34,7 +34,7 @@ use crate::storage::leases::{LeaseEntry, LeaseTable};
 use crate::storage::{on_store, StorageError, Store};
 use crate::storage::{Event, MvccError};
 use auth::{Access, AuthListing, AuthRead, AuthStore, Caller};
-use kv::sliced::SlicedRange;
+use kv::sliced::{SlicedRange, Slices};
 use lease::{LeaseChange, LeaseIndex};
 use membership::Membership;
 
@@ -712,16 +712,16 @@ impl StateMachine {
 
     /// Starts a Range answered as the wire's bytes, as `caller` may: its
     /// first slice is read now, the next ones by
-    /// [`StateMachine::continue_range`] (at most `slice` keys each).
+    /// [`StateMachine::continue_range`] (as much as `slices` says each).
     pub fn start_range(
         &self,
         caller: &Caller,
         r: &RangeRequest,
-        slice: usize,
+        slices: Slices,
     ) -> Result<SlicedRange, ApiError> {
         self.auth
             .check(caller, &r.key, &r.range_end, Access::Read)?;
-        on_store!(&self.store, store => SlicedRange::start(store, r, slice))
+        on_store!(&self.store, store => SlicedRange::start(store, r, slices))
     }
 
     /// Reads the next slice of `range`.
@@ -751,7 +751,7 @@ impl StateMachine {
             }
             ReadRequest::RangeWire(r) => {
                 auth.check(caller, &r.key, &r.range_end, Access::Read)?;
-                let mut range = SlicedRange::start(store, r, kv::sliced::SLICE_KEYS)?;
+                let mut range = SlicedRange::start(store, r, Slices::keys(1024))?;
                 while !range.is_done() {
                     range.step(store)?;
                 }

@@ -3,7 +3,8 @@
 //! A large Range (100,000 keys, 29 MiB at a million keys) held the apply
 //! thread for 130-450 ms in one turn, and its answer was built as KeyValue
 //! structs, then encoded again into one buffer, both alive at once. Here the
-//! range is read at one revision in slices of at most [`SLICE_KEYS`] keys;
+//! range is read at one revision in slices (on the apply thread: at most
+//! 1,024 keys, about 1 MiB and about 1 ms each, [`Slices::APPLY`]);
 //! each slice is encoded at once into the bytes that RangeResponse's `kvs`
 //! fields have on the wire, and its structs dropped. The caller yields the
 //! thread between slices (the ApplyActor: one slice per turn), and the gRPC
@@ -12,6 +13,8 @@
 //! What a slice needs from the store at a revision stays there until the
 //! read ends as long as no compaction above that revision is applied in
 //! between: the ApplyActor finishes such reads before it applies one.
+
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -22,9 +25,31 @@ use crate::proto::mvccpb;
 use crate::storage::engine::KvEngine;
 use crate::storage::RangeOptions;
 
-/// Keys read in one slice, at most (about a millisecond of the apply
-/// thread on the memory engine, a few on rocksdb).
-pub const SLICE_KEYS: usize = 1024;
+/// How much one slice reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slices {
+    /// Keys, at most.
+    pub keys: usize,
+    /// The time a slice aims at (`None`: keys and bytes only).
+    pub time: Option<Duration>,
+}
+
+impl Slices {
+    /// The apply thread's: at most 1,024 keys, and about 1 MiB and 1 ms a
+    /// slice (a slice of 1,024 keys took about 1 ms on the memory engine
+    /// and 3 ms on rocksdb, where a put waiting for a few such turns took
+    /// 8 ms instead of 2).
+    pub const APPLY: Slices = Slices {
+        keys: 1024,
+        time: Some(Duration::from_millis(1)),
+    };
+
+    /// At most `keys` keys (and about 1 MiB) a slice, whatever the time.
+    pub const fn keys(keys: usize) -> Slices {
+        Slices { keys, time: None }
+    }
+}
+
 /// Encoded bytes a slice aims at: large values make slices of fewer keys.
 const SLICE_BYTES: usize = 1 << 20;
 /// Keys read in one slice, at least.
@@ -52,6 +77,24 @@ impl WireRange {
             more: resp.more,
             count: resp.count,
         }
+    }
+
+    /// The answer as the RangeResponse it encodes (its header has the
+    /// revision only): for callers that need the structs (the JSON gateway).
+    pub fn decode(self) -> Result<RangeResponse, prost::DecodeError> {
+        use prost::Message;
+        let header = ResponseHeader {
+            revision: self.revision,
+            ..Default::default()
+        };
+        let (before, after) = self.around(&header);
+        let mut buf = Vec::with_capacity(before.len() + self.kvs_len() + after.len());
+        buf.extend_from_slice(&before);
+        for c in &self.kvs {
+            buf.extend_from_slice(c);
+        }
+        buf.extend_from_slice(&after);
+        RangeResponse::decode(&buf[..])
     }
 
     /// Bytes of the `kvs` fields.
@@ -111,22 +154,23 @@ pub struct SlicedRange {
     counted: Option<i64>,
     /// Keys the next slice reads.
     slice: usize,
-    /// Keys a slice reads at most.
+    /// Keys a slice reads at most, and the time it aims at.
     most_keys: usize,
+    time: Option<Duration>,
     done: bool,
     out: WireRange,
 }
 
 impl SlicedRange {
-    /// Starts `r` on `store` and reads its first slice (of at most `slice`
+    /// Starts `r` on `store` and reads its first slice (of `slices.keys`
     /// keys). A Range that must be read whole first (sorted, filtered,
     /// count only) is read whole now and comes back done.
     pub fn start<E: KvEngine>(
         store: &E,
         r: &RangeRequest,
-        slice: usize,
+        slices: Slices,
     ) -> Result<SlicedRange, ApiError> {
-        start_in(store, r, slice)
+        start_in(store, r, slices)
     }
 
     /// Reads the next slice from `store`.
@@ -153,6 +197,7 @@ impl SlicedRange {
         if self.done {
             return Ok(());
         }
+        let started = Instant::now();
         let n = self.slice.min(self.want - self.fetched);
         let opts = RangeOptions {
             limit: i64::try_from(n).unwrap_or(i64::MAX),
@@ -173,14 +218,17 @@ impl SlicedRange {
         let keep = got.min(self.limit.saturating_sub(self.fetched));
         self.fetched += got;
         let pbs: Vec<mvccpb::KeyValue> = rr.kvs.into_iter().take(keep).map(to_pb).collect();
+        let mut next = self.most_keys;
         if let Some(chunk) = encode_kvs(&pbs) {
-            // Fewer keys per slice for large values (a slice's time is
-            // mostly its bytes).
-            let per_kv = (chunk.len() / keep).max(1);
-            let most = self.most_keys;
-            self.slice = (SLICE_BYTES / per_kv).clamp(MIN_SLICE_KEYS.min(most), most);
+            // Fewer keys per slice for large values.
+            next = next.min(SLICE_BYTES / (chunk.len() / keep).max(1));
             self.out.kvs.push(chunk);
         }
+        if let (Some(aim), true) = (self.time, got > 0) {
+            let per_key = (started.elapsed().as_nanos() / got as u128).max(1);
+            next = next.min(usize::try_from(aim.as_nanos() / per_key).unwrap_or(usize::MAX));
+        }
+        self.slice = next.clamp(MIN_SLICE_KEYS.min(self.most_keys), self.most_keys);
         if got < n || self.fetched >= self.want || self.end.is_empty() {
             self.done = true;
             self.out.more = self.fetched > self.limit;
@@ -203,7 +251,7 @@ fn sliceable(r: &RangeRequest) -> bool {
         && r.max_create_revision == 0
 }
 
-fn start_in(view: &impl View, r: &RangeRequest, slice: usize) -> Result<SlicedRange, ApiError> {
+fn start_in(view: &impl View, r: &RangeRequest, slices: Slices) -> Result<SlicedRange, ApiError> {
     let mut s = SlicedRange {
         from: r.key.clone(),
         end: r.range_end.clone(),
@@ -218,8 +266,9 @@ fn start_in(view: &impl View, r: &RangeRequest, slice: usize) -> Result<SlicedRa
         want: usize::MAX,
         fetched: 0,
         counted: None,
-        slice: slice.max(1),
-        most_keys: slice.max(1),
+        slice: slices.keys.max(1),
+        most_keys: slices.keys.max(1),
+        time: slices.time,
         done: false,
         out: WireRange::default(),
     };
@@ -292,7 +341,7 @@ mod tests {
     }
 
     fn sliced(s: &MemStore, r: &RangeRequest, slice: usize) -> Result<WireRange, ApiError> {
-        let mut range = SlicedRange::start(s, r, slice)?;
+        let mut range = SlicedRange::start(s, r, Slices::keys(slice))?;
         let mut steps = 0;
         while !range.is_done() {
             range.step(s)?;
@@ -326,7 +375,7 @@ mod tests {
                 min_mod_revision: if rng.gen_bool(0.05) { cur - 50 } else { 0 },
                 ..Default::default()
             };
-            let slice = [1, 2, 7, 64, SLICE_KEYS][rng.gen_range(0..5)];
+            let slice = [1, 2, 7, 64, 1024][rng.gen_range(0..5)];
             let whole = super::super::range(&s, &r);
             let parts = sliced(&s, &r, slice);
             match (whole, parts) {
@@ -335,6 +384,7 @@ mod tests {
                         several += 1;
                     }
                     assert_eq!(encode(&p), w.encode_to_vec(), "{r:?}, slices of {slice}");
+                    assert_eq!(p.decode().unwrap(), w);
                 }
                 (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
                 (a, b) => panic!("{r:?}: whole {a:?}, in slices {b:?}"),
@@ -352,7 +402,7 @@ mod tests {
             ..Default::default()
         };
         let want = super::super::range(&s, &r).unwrap().encode_to_vec();
-        let mut range = SlicedRange::start(&s, &r, 10).unwrap();
+        let mut range = SlicedRange::start(&s, &r, Slices::keys(10)).unwrap();
         let mut i = 0u32;
         while !range.is_done() {
             // Writes between the slices, ahead of them: updates, deletes,
@@ -382,9 +432,9 @@ mod tests {
             range_end: vec![0],
             ..Default::default()
         };
-        let mut range = SlicedRange::start(&s, &r, SLICE_KEYS).unwrap();
+        let mut range = SlicedRange::start(&s, &r, Slices::keys(1024)).unwrap();
         // The first slice read what was asked; the next ones aim at 1 MiB.
-        assert_eq!(range.fetched, SLICE_KEYS);
+        assert_eq!(range.fetched, 1024);
         assert!((150..250).contains(&range.slice), "{}", range.slice);
         range.step(&s).unwrap();
         let second = range.out.kvs[1].len();
@@ -392,5 +442,45 @@ mod tests {
             (SLICE_BYTES - 6000..SLICE_BYTES + 6000).contains(&second),
             "{second}"
         );
+    }
+}
+
+#[cfg(test)]
+mod timed {
+    use super::*;
+    use crate::storage::memory::mvcc::MemStore;
+
+    #[test]
+    fn slices_aim_at_their_time() {
+        let mut s = MemStore::new();
+        for i in 0..5000u32 {
+            let mut t = s.write();
+            crate::storage::engine::KvTxn::put_blind(
+                &mut t,
+                format!("k{i:05}").as_bytes(),
+                Bytes::from_static(b"v"),
+                0,
+            );
+            crate::storage::engine::KvTxn::end(t);
+        }
+        let r = RangeRequest {
+            key: b"k".to_vec(),
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let none = Slices {
+            keys: 1024,
+            time: Some(Duration::ZERO),
+        };
+        // No time at all: the fewest keys a slice reads.
+        let range = SlicedRange::start(&s, &r, none).unwrap();
+        assert_eq!(range.slice, MIN_SLICE_KEYS);
+        // Ample time: as many keys as allowed.
+        let ample = Slices {
+            keys: 1024,
+            time: Some(Duration::from_secs(10)),
+        };
+        let range = SlicedRange::start(&s, &r, ample).unwrap();
+        assert_eq!(range.slice, 1024);
     }
 }

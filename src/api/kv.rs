@@ -11,6 +11,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::metastorepb::internal_request::Request as Internal;
 use crate::state_machine::auth::Caller;
+use crate::state_machine::kv::sliced::WireRange;
 use crate::state_machine::kv::{txn_is_read_only, txn_is_serializable};
 use crate::state_machine::{ReadRequest, ReadResponse, WriteResponse};
 
@@ -34,24 +35,13 @@ impl KvService {
         caller: Caller,
         r: RangeRequest,
     ) -> Result<RangeResponse, ApiError> {
-        validate::range(&r)?;
-        let serializable = r.serializable;
-        // Read a slice per turn of the apply thread as over gRPC, then
-        // decoded for the gateway's JSON.
-        match self
-            .backend
-            .read(&caller, ReadRequest::RangeWire(r), serializable)
-            .await?
-        {
-            ReadResponse::RangeWire(wire) => {
-                let mut resp = wire
-                    .decode()
-                    .map_err(|e| ApiError::Internal(format!("range answer: {e}")))?;
-                self.backend.fill(&mut resp.header);
-                Ok(resp)
-            }
-            _ => Err(Self::unexpected("range")),
-        }
+        // Read as over gRPC, then decoded for the gateway's JSON.
+        let wire = read_range(&self.backend, &caller, r).await?;
+        let mut resp = wire
+            .decode()
+            .map_err(|e| ApiError::Internal(format!("range answer: {e}")))?;
+        self.backend.fill(&mut resp.header);
+        Ok(resp)
     }
 
     async fn put_inner(&self, caller: Caller, r: PutRequest) -> Result<PutResponse, ApiError> {
@@ -119,6 +109,25 @@ impl KvService {
             }
             _ => Err(Self::unexpected("compact")),
         }
+    }
+}
+
+/// A Range, checked, read a slice per turn of the apply thread and answered
+/// as the wire's bytes (see `state_machine::kv::sliced`): the one read of
+/// the gRPC route and the JSON gateway.
+pub async fn read_range(
+    backend: &Backend,
+    caller: &Caller,
+    r: RangeRequest,
+) -> Result<WireRange, ApiError> {
+    validate::range(&r)?;
+    let serializable = r.serializable;
+    match backend
+        .read(caller, ReadRequest::RangeWire(r), serializable)
+        .await?
+    {
+        ReadResponse::RangeWire(wire) => Ok(wire),
+        _ => Err(KvService::unexpected("range")),
     }
 }
 

@@ -26,11 +26,9 @@ use http_body::Frame;
 use prost::Message;
 use tonic::Status;
 
-use super::{validate, Backend};
-use crate::error::ApiError;
+use super::Backend;
 use crate::proto::etcdserverpb::{RangeRequest, ResponseHeader};
 use crate::state_machine::kv::sliced::WireRange;
-use crate::state_machine::{ReadRequest, ReadResponse};
 
 /// The gRPC path served here.
 pub const PATH: &str = "/etcdserverpb.KV/Range";
@@ -59,21 +57,9 @@ async fn range(backend: &Backend, max_request: usize, req: Request) -> Result<Re
         (),
     );
     let caller = backend.caller_of(&request)?;
-    validate::range(&r)?;
-    let serializable = r.serializable;
-    let wire = match backend
-        .read(&caller, ReadRequest::RangeWire(r), serializable)
-        .await?
-    {
-        ReadResponse::RangeWire(w) => w,
-        _ => return Err(ApiError::Internal("unexpected range answer".into()).into()),
-    };
-    let mut header = Some(ResponseHeader {
-        revision: wire.revision,
-        ..Default::default()
-    });
-    backend.fill(&mut header);
-    framed(wire, &header.unwrap_or_default())
+    let wire = super::kv::read_range(backend, &caller, r).await?;
+    let header = backend.header(wire.revision).unwrap_or_default();
+    framed(wire, &header)
 }
 
 /// The one message of a unary request's body, as tonic reads it.

@@ -87,14 +87,19 @@ impl WireRange {
             revision: self.revision,
             ..Default::default()
         };
-        let (before, after) = self.around(&header);
+        RangeResponse::decode(&self.encode(&header)[..])
+    }
+
+    /// The RangeResponse with `header`, encoded in one buffer.
+    pub fn encode(&self, header: &ResponseHeader) -> Vec<u8> {
+        let (before, after) = self.around(header);
         let mut buf = Vec::with_capacity(before.len() + self.kvs_len() + after.len());
         buf.extend_from_slice(&before);
         for c in &self.kvs {
             buf.extend_from_slice(c);
         }
         buf.extend_from_slice(&after);
-        RangeResponse::decode(&buf[..])
+        buf
     }
 
     /// Bytes of the `kvs` fields.
@@ -327,17 +332,10 @@ mod tests {
     }
 
     fn encode(w: &WireRange) -> Vec<u8> {
-        let header = ResponseHeader {
+        w.encode(&ResponseHeader {
             revision: w.revision,
             ..Default::default()
-        };
-        let (before, after) = w.around(&header);
-        let mut out = before.to_vec();
-        for c in &w.kvs {
-            out.extend_from_slice(c);
-        }
-        out.extend_from_slice(&after);
-        out
+        })
     }
 
     fn sliced(s: &MemStore, r: &RangeRequest, slice: usize) -> Result<WireRange, ApiError> {

@@ -755,7 +755,7 @@ impl StateMachine {
                 auth.check(caller, &r.key, &r.range_end, Access::Read)?;
                 let range = SlicedRange::start(store, r, Slices::keys(usize::MAX))?;
                 debug_assert!(range.is_done());
-                Ok(ReadResponse::RangeWire(range.finish()))
+                range.finish().map(ReadResponse::RangeWire)
             }
             ReadRequest::Txn(t) => {
                 auth.check_txn(caller, t)?;

@@ -37,6 +37,19 @@ pub trait KvEngine {
     fn compact_main_revision(&self) -> i64;
     /// Range read at `opts.rev` (0 = current).
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError>;
+    /// [`KvEngine::range`], with the values that are costly to read left
+    /// for the returned [`Fill`] to read later, on another thread, as they
+    /// are now. The memory engine has every value at hand and fills them
+    /// at once (no `Fill`); rocksdb walks its key index now and reads the
+    /// values from a RocksDB snapshot later.
+    fn range_later(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        opts: &RangeOptions,
+    ) -> Result<(RangeResult, Option<Fill>), MvccError> {
+        Ok((self.range(key, end, opts)?, None))
+    }
     /// Changes to `[key, end)` from revision `from` on, values and previous
     /// values filled, in revision order, about `max` at most (never a
     /// revision split): what a watcher that starts in the past is sent.
@@ -55,6 +68,32 @@ pub trait KvEngine {
     fn key_count(&self) -> usize;
     /// Rough bytes the state takes (for status and metrics).
     fn approximate_size_bytes(&self) -> u64;
+}
+
+/// The values a [`KvEngine::range_later`] left out, to read on any thread:
+/// what the state held when the range was read, whatever was applied,
+/// compacted or installed since.
+pub struct Fill(Box<FillFn>);
+
+type FillFn = dyn FnOnce(&mut [KeyValue]) -> Result<(), MvccError> + Send;
+
+impl Fill {
+    /// A fill that runs `f` on the range's kvs.
+    pub fn new(f: impl FnOnce(&mut [KeyValue]) -> Result<(), MvccError> + Send + 'static) -> Fill {
+        Fill(Box::new(f))
+    }
+
+    /// Fills in the values of `kvs`: the range's kvs, or the first of them
+    /// (the values of those cut off are not read).
+    pub fn run(self, kvs: &mut [KeyValue]) -> Result<(), MvccError> {
+        (self.0)(kvs)
+    }
+}
+
+impl std::fmt::Debug for Fill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fill")
+    }
 }
 
 /// One write transaction: its reads see its own writes; `end` publishes it.

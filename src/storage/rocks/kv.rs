@@ -21,7 +21,9 @@ use super::{
     META_INSTALLING, META_LEASES, META_MEMBERSHIP, META_REMOVING, META_REVISION,
 };
 use crate::proto::{metastorepb, mvccpb};
-use crate::storage::engine::{AppliedPoint, Checkpoint, InstallJob, KvEngine, KvTxn, StateEngine};
+use crate::storage::engine::{
+    AppliedPoint, Checkpoint, Fill, InstallJob, KvEngine, KvTxn, StateEngine,
+};
 use crate::storage::image::{
     encode_record, parse_revision_key, read_into_store_and, revision_key, ImageHeader, ImageJob,
     ImageWriter,
@@ -673,27 +675,53 @@ fn fill_values(
     kvs: &mut [KeyValue],
     revs: &[Revision],
 ) -> Result<(), MvccError> {
-    let mut missing: Vec<usize> = Vec::new();
+    let missing = fill_pending(pending, kvs, revs);
+    read_values(db, None, kvs, &missing)
+}
+
+/// Fills the values written in the pending batch; returns the positions
+/// (and revisions) of the others.
+fn fill_pending(
+    pending: &HashMap<Revision, Bytes>,
+    kvs: &mut [KeyValue],
+    revs: &[Revision],
+) -> Vec<(usize, Revision)> {
+    let mut missing = Vec::new();
     for (i, rev) in revs.iter().enumerate() {
         match pending.get(rev) {
             Some(v) => kvs[i].value = v.clone(),
-            None => missing.push(i),
+            None => missing.push((i, *rev)),
         }
     }
+    missing
+}
+
+/// Reads the values at `missing` (positions in `kvs` and their revisions)
+/// from the kv family, as of `snapshot` if given. Positions past the end
+/// of `kvs` (cut off since) are not read.
+fn read_values(
+    db: &DB,
+    snapshot: Option<&rocksdb::Snapshot<'_>>,
+    kvs: &mut [KeyValue],
+    missing: &[(usize, Revision)],
+) -> Result<(), MvccError> {
+    let missing = &missing[..missing.partition_point(|&(i, _)| i < kvs.len())];
     if missing.is_empty() {
         return Ok(());
     }
     let kv_cf = cf(db, CF_KV);
     let mut opts = rocksdb::ReadOptions::default();
     opts.fill_cache(missing.len() <= CACHED_READ_MAX);
+    if let Some(snapshot) = snapshot {
+        opts.set_snapshot(snapshot);
+    }
     // In chunks, read in place (pinned): a range of 100,000 keys read in
     // one multi-get had RocksDB copy every value into buffers of its own
     // allocator first, which kept 150 MiB after the answer was gone.
     for chunk in missing.chunks(READ_CHUNK) {
-        let keys: Vec<[u8; 16]> = chunk.iter().map(|&i| revision_key(revs[i])).collect();
+        let keys: Vec<[u8; 16]> = chunk.iter().map(|&(_, rev)| revision_key(rev)).collect();
         let got = db.batched_multi_get_cf_opt(kv_cf, &keys, false, &opts);
-        for (&i, result) in chunk.iter().zip(got) {
-            let rev = revs[i];
+        for (&(i, rev), result) in chunk.iter().zip(got) {
             let bytes = result
                 .map_err(|e| MvccError::Storage(format!("read revision {rev:?}: {e}")))?
                 .ok_or_else(|| corrupt(format!("revision {rev:?} is indexed but not stored")))?;
@@ -706,6 +734,32 @@ fn fill_values(
         }
     }
     Ok(())
+}
+
+/// A RocksDB snapshot that owns a handle on its database, so that it can
+/// go to another thread and outlive the borrow it was taken under.
+struct HeldSnapshot {
+    /// Borrows `*db`; declared first, so dropped (released) first.
+    snapshot: rocksdb::Snapshot<'static>,
+    db: Arc<DB>,
+}
+
+impl HeldSnapshot {
+    fn new(db: Arc<DB>) -> HeldSnapshot {
+        // SAFETY: the DB lives in the Arc's allocation, which does not move
+        // and is not freed while `db` (kept beside the snapshot, dropped
+        // after it) holds the Arc. The 'static borrow never leaves this
+        // struct: `read` lends the snapshot out for its own call only.
+        let at: &'static DB = unsafe { &*Arc::as_ptr(&db) };
+        HeldSnapshot {
+            snapshot: at.snapshot(),
+            db,
+        }
+    }
+
+    fn read(&self, kvs: &mut [KeyValue], missing: &[(usize, Revision)]) -> Result<(), MvccError> {
+        read_values(&self.db, Some(&self.snapshot), kvs, missing)
+    }
 }
 
 fn wants_values(opts: &RangeOptions) -> bool {
@@ -727,6 +781,28 @@ impl KvEngine for RocksKv {
             fill_values(&self.db, &self.pending, &mut r.kvs, &revs)?;
         }
         Ok(r)
+    }
+    fn range_later(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        opts: &RangeOptions,
+    ) -> Result<(RangeResult, Option<Fill>), MvccError> {
+        let (mut r, revs) = self.index.range_with_revisions(key, end, opts)?;
+        if !wants_values(opts) {
+            return Ok((r, None));
+        }
+        // The pending batch's values now (the batch reaches the database
+        // later, after the snapshot); the others from the database as it
+        // is now: a compaction's removal or an install that runs before
+        // the fill does not change what the snapshot reads.
+        let missing = fill_pending(&self.pending, &mut r.kvs, &revs);
+        if missing.is_empty() {
+            return Ok((r, None));
+        }
+        let snapshot = HeldSnapshot::new(self.db.clone());
+        let fill = Fill::new(move |kvs: &mut [KeyValue]| snapshot.read(kvs, &missing));
+        Ok((r, Some(fill)))
     }
     fn history(
         &self,
@@ -1068,6 +1144,54 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&kv.key)
             );
+        }
+    }
+
+    /// A range whose values are left for later reads them as they were when
+    /// it walked the index, after every version it read was overwritten,
+    /// compacted away and removed from the database; values of the pending
+    /// batch come at once; kvs cut off are not read.
+    #[test]
+    fn values_left_for_later_are_read_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rocks = empty_for_test(dir.path());
+        let n = 300;
+        let key = |i: usize| format!("k{:06}", (i * 7919) % n).into_bytes();
+        let value = |k: &[u8], round: &[u8]| [k, round].concat();
+        for i in 0..n {
+            let mut t = rocks.write();
+            t.put_blind(&key(i), value(&key(i), b"=old").into(), 0);
+            t.end();
+            if i == n - 50 {
+                rocks.commit(&at(i as u64 + 1, 1)).unwrap();
+            }
+        }
+        let opts = RangeOptions::default();
+        let (mut r, fill) = rocks.range_later(b"k", &[0], &opts).unwrap();
+        let fill = fill.expect("committed values are left for later");
+        let waiting = r.kvs.iter().filter(|kv| kv.value.is_empty()).count();
+        assert_eq!(waiting, n - 49, "the pending batch's values are filled");
+        // Every version read is overwritten, compacted and removed.
+        for i in 0..n {
+            let mut t = rocks.write();
+            t.put_blind(&key(i), value(&key(i), b"=new").into(), 0);
+            t.end();
+        }
+        rocks.commit(&at(n as u64 + 1, 1)).unwrap();
+        rocks.compact(rocks.current_revision()).unwrap();
+        rocks.commit(&at(n as u64 + 2, 1)).unwrap();
+        while rocks.idle_step() {}
+        let stored = rocks
+            .db
+            .iterator_cf(cf(&rocks.db, CF_KV), rocksdb::IteratorMode::Start)
+            .count();
+        assert_eq!(stored, n, "the old versions are gone");
+        // Read the first 200 only.
+        r.kvs.truncate(200);
+        fill.run(&mut r.kvs).unwrap();
+        for (i, kv) in r.kvs.iter().enumerate() {
+            assert_eq!(kv.key, format!("k{i:06}").into_bytes());
+            assert_eq!(kv.value, value(&kv.key, b"=old"));
         }
     }
 

@@ -45,6 +45,8 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState};
 use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Options, DB};
 
+#[cfg(test)]
+pub(crate) use kv::empty_for_test as kv_for_test;
 pub use kv::RocksKv;
 pub use log::{RocksLog, RocksLogReader};
 

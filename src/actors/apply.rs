@@ -354,10 +354,22 @@ impl ApplyActor {
                     .then(|| crate::failpoints::delay("apply::range_slice_delay"))
                     .flatten()
             });
+        // Open Ranges all wait for the reader thread: wait for it rather
+        // than spin.
+        let reader =
+            (!self.sm.has_idle_work() && self.ranges.all_wait()).then(|| self.ranges.progress());
         let turn = async move {
-            match pause {
-                Some(d) => actix::clock::sleep(d).await,
-                None => tokio::task::yield_now().await,
+            match (pause, reader) {
+                (Some(d), _) => actix::clock::sleep(d).await,
+                (None, Some(progress)) => {
+                    // (Bounded, should the thread be gone.)
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(50),
+                        progress.notified(),
+                    )
+                    .await;
+                }
+                (None, None) => tokio::task::yield_now().await,
             }
         };
         ctx.spawn(turn.into_actor(self).map(|(), a, ctx| {

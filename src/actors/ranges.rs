@@ -15,10 +15,11 @@
 //! other core while it goes on.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::messages::{PendingRead, ReadResult};
 use crate::error::ApiError;
@@ -34,6 +35,8 @@ pub struct OpenRanges {
     reader: Option<mpsc::Sender<Job>>,
     /// The id the next Range opened gets.
     next_id: u64,
+    /// The reader thread read some kvs (a Range waiting for it may go on).
+    progress: Arc<Notify>,
 }
 
 struct Open {
@@ -42,12 +45,28 @@ struct Open {
     reply: oneshot::Sender<ReadResult>,
     /// Its kvs go to the reader thread, which answers it.
     shipping: bool,
+    /// Chunks of it sent to the reader thread and not read yet.
+    in_flight: Arc<AtomicUsize>,
 }
+
+impl Open {
+    /// Its kvs wait for the reader thread: the key index runs about ten
+    /// times faster than the values' reads, and kvs queued without values
+    /// (about 150 bytes a key) would add half the answer's size to it.
+    fn waits(&self) -> bool {
+        self.shipping && self.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT
+    }
+}
+
+/// Chunks (slices) of a Range sent to the reader thread and not read yet,
+/// at most: the apply thread reads no further slice of it meanwhile.
+const MAX_IN_FLIGHT: usize = 4;
 
 /// What the reader thread is told, Range by Range (`u64`: the Range's id).
 enum Job {
-    /// More kvs of a Range, in key order after those sent before.
-    Chunks(u64, Vec<Chunk>),
+    /// More kvs of a Range, in key order after those sent before; the
+    /// count of its chunks in flight, which goes down as they are read.
+    Chunks(u64, Vec<Chunk>, Arc<AtomicUsize>),
     /// The Range is read: the answer but its kvs (or why it failed), and
     /// where it goes.
     Done(
@@ -60,12 +79,13 @@ enum Job {
 /// The reader thread: reads the values the slices left for later (a
 /// RocksDB multi-get from the snapshot each slice took), encodes them, and
 /// answers each Range once its last kvs are in.
-fn read_values(jobs: mpsc::Receiver<Job>) {
+fn read_values(jobs: mpsc::Receiver<Job>, progress: Arc<Notify>) {
     let mut read: HashMap<u64, Result<Vec<Bytes>, ApiError>> = HashMap::new();
     for job in jobs {
         match job {
-            Job::Chunks(id, chunks) => {
+            Job::Chunks(id, chunks, in_flight) => {
                 let got = read.entry(id).or_insert_with(|| Ok(Vec::new()));
+                let n = chunks.len();
                 for chunk in chunks {
                     let Ok(bytes) = got else { break };
                     match chunk.encode() {
@@ -73,6 +93,8 @@ fn read_values(jobs: mpsc::Receiver<Job>) {
                         Err(e) => *got = Err(e),
                     }
                 }
+                in_flight.fetch_sub(n, Ordering::AcqRel);
+                progress.notify_one();
             }
             Job::Done(id, head, reply) => {
                 let kvs = read.remove(&id).unwrap_or_else(|| Ok(Vec::new()));
@@ -113,6 +135,7 @@ impl OpenRanges {
                         range,
                         reply,
                         shipping: false,
+                        in_flight: Arc::default(),
                     };
                     if let Some(o) = self.after_slice(o, Ok(())) {
                         if let Some(opened) = opened {
@@ -143,7 +166,8 @@ impl OpenRanges {
         if o.shipping {
             let chunks = o.range.take_chunks();
             if !chunks.is_empty() {
-                self.send(Job::Chunks(o.id, chunks));
+                o.in_flight.fetch_add(chunks.len(), Ordering::AcqRel);
+                self.send(Job::Chunks(o.id, chunks, o.in_flight.clone()));
             }
         }
         if result.is_ok() && !o.range.is_done() {
@@ -162,9 +186,10 @@ impl OpenRanges {
     fn reader(&mut self) -> Option<&mpsc::Sender<Job>> {
         if self.reader.is_none() {
             let (tx, rx) = mpsc::channel();
+            let progress = self.progress.clone();
             match std::thread::Builder::new()
                 .name("range-values".into())
-                .spawn(move || read_values(rx))
+                .spawn(move || read_values(rx, progress))
             {
                 Ok(_) => self.reader = Some(tx),
                 Err(e) => tracing::error!(error = %e, "cannot start the range-values thread"),
@@ -195,10 +220,31 @@ impl OpenRanges {
         self.open.is_empty()
     }
 
+    /// Every open Range waits for the reader thread: nothing to step until
+    /// [`OpenRanges::progress`] says it read some.
+    pub fn all_wait(&self) -> bool {
+        !self.open.is_empty() && self.open.iter().all(Open::waits)
+    }
+
+    /// Notified when the reader thread read some kvs.
+    pub fn progress(&self) -> Arc<Notify> {
+        self.progress.clone()
+    }
+
     /// Reads one slice of the Range that waited longest; answers it if that
     /// was its last. A Range whose client went away is dropped.
     pub fn step(&mut self, sm: &StateMachine) {
+        // Those waiting for the reader thread are passed over (to the back).
+        let mut passed = 0;
         while let Some(mut o) = self.open.pop_front() {
+            if o.waits() && !o.reply.is_closed() {
+                self.open.push_back(o);
+                passed += 1;
+                if passed == self.open.len() {
+                    return;
+                }
+                continue;
+            }
             if o.reply.is_closed() {
                 if o.shipping {
                     // (So that the reader forgets what it holds of it.)

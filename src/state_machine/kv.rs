@@ -13,22 +13,13 @@ use crate::proto::etcdserverpb::{
     RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb;
-use crate::storage::engine::{Fill, KvEngine, KvTxn};
+use crate::storage::engine::{KvEngine, KvTxn};
 use crate::storage::leases::LeaseTable;
 use crate::storage::{Event, KeyValue, MvccError, RangeOptions, RangeResult};
 
 /// Read access shared by the store and an open write txn.
 trait View {
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError>;
-    /// [`KvEngine::range_later`] (a write txn's reads fill at once).
-    fn range_later(
-        &self,
-        key: &[u8],
-        end: &[u8],
-        opts: &RangeOptions,
-    ) -> Result<(RangeResult, Option<Fill>), MvccError> {
-        Ok((self.range(key, end, opts)?, None))
-    }
     /// Revision a range in this view reports (etcd: the txn's read revision).
     fn rev(&self) -> i64;
     /// etcd's `FirstRev()` of a read view: `compactMainRev`, -1 before any
@@ -39,14 +30,6 @@ trait View {
 impl<E: KvEngine> View for E {
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError> {
         KvEngine::range(self, key, end, opts)
-    }
-    fn range_later(
-        &self,
-        key: &[u8],
-        end: &[u8],
-        opts: &RangeOptions,
-    ) -> Result<(RangeResult, Option<Fill>), MvccError> {
-        KvEngine::range_later(self, key, end, opts)
     }
     fn rev(&self) -> i64 {
         self.current_revision()

@@ -50,6 +50,23 @@ pub trait KvEngine {
     ) -> Result<(RangeResult, Option<Fill>), MvccError> {
         Ok((self.range(key, end, opts)?, None))
     }
+    /// Counts the keys of `[key, end)` live at `rev` (0: current), going
+    /// over at most `max` keys (at least one): the count, and the key to go
+    /// on from (`None`: through). Checks `rev` as [`KvEngine::range`] does.
+    fn count_slice(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        rev: i64,
+        max: usize,
+    ) -> Result<(i64, Option<Vec<u8>>), MvccError>;
+    /// The count a limited range read at `rev` left for the page of
+    /// `[key, end)` that follows it, if remembered (taken: one read uses it).
+    fn page_count(&self, key: &[u8], end: &[u8], rev: i64) -> Option<i64>;
+    /// Remembers that `[key, end)` counts `count` live keys at `rev`: the
+    /// page that follows a limited read (a paginated LIST's next page is
+    /// then counted without going over the rest of the range again).
+    fn remember_page(&self, key: Vec<u8>, end: &[u8], rev: i64, count: i64);
     /// Changes to `[key, end)` from revision `from` on, values and previous
     /// values filled, in revision order, about `max` at most (never a
     /// revision split): what a watcher that starts in the past is sent.

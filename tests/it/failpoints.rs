@@ -527,6 +527,8 @@ engine_tests!(async: a_physical_compact_waits_for_the_sliced_removal_others_do_n
 /// first one's revision), it may take longer than the 7 s request timeout
 /// (which bounds the wait on Raft, not the read), and a compaction above
 /// its revision, applied while one is open, first lets it read to its end.
+/// A limited Range (a LIST's page) counts the keys after its kvs in slices
+/// too.
 async fn a_large_range_is_read_in_slices_between_other_work(engine: Engine) {
     use etcd_client::{Txn, TxnOp};
     let s = tokio::task::block_in_place(|| {
@@ -569,8 +571,7 @@ async fn a_large_range_is_read_in_slices_between_other_work(engine: Engine) {
     }
     let t = Instant::now();
     c.put("r/00000", "changed", None).await.unwrap();
-    let head = c.put("r/99999", "new", None).await.unwrap();
-    let head = head.header().unwrap().revision();
+    c.put("r/99999", "new", None).await.unwrap();
     let one = c.get("r/00000", None).await.unwrap();
     let meanwhile = t.elapsed();
     assert_eq!(one.kvs()[0].value(), b"changed");
@@ -586,6 +587,29 @@ async fn a_large_range_is_read_in_slices_between_other_work(engine: Engine) {
         "nine slices 1 s apart: {took:?}"
     );
     assert!(meanwhile < Duration::from_millis(900), "{meanwhile:?}");
+
+    // A LIST's first page: ten kvs, then the 8,990 keys after them counted
+    // 1,024 a slice (nine turns), a put answered meanwhile.
+    let mut c2 = c.clone();
+    let page = tokio::spawn(async move {
+        let opts = all().map(|o| o.with_revision(rev).with_limit(10));
+        let t = Instant::now();
+        let r = c2.get("r/", opts).await;
+        (r, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    c.put("r/99999", "newer", None).await.unwrap();
+    let meanwhile = t.elapsed();
+    assert!(!page.is_finished(), "the page was counted in one turn");
+    let (r, took) = page.await.unwrap();
+    let r = r.unwrap();
+    assert_eq!((r.kvs().len(), r.count(), r.more()), (10, 9000, true));
+    eprintln!("a page counted in slices {took:?}; a put meanwhile {meanwhile:?}");
+    assert!(took >= Duration::from_secs(8), "{took:?}");
+    assert!(meanwhile < Duration::from_millis(900), "{meanwhile:?}");
+    let head = c.get("r/99999", None).await.unwrap();
+    let head = head.header().unwrap().revision();
 
     // A compaction past the revision of an open Range.
     let mut c2 = c.clone();

@@ -167,6 +167,21 @@ impl KvEngine for MemoryEngine {
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError> {
         self.store.range(key, end, opts)
     }
+    fn count_slice(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        rev: i64,
+        max: usize,
+    ) -> Result<(i64, Option<Vec<u8>>), MvccError> {
+        self.store.count_slice(key, end, rev, max)
+    }
+    fn page_count(&self, key: &[u8], end: &[u8], rev: i64) -> Option<i64> {
+        self.store.page_count(key, end, rev)
+    }
+    fn remember_page(&self, key: Vec<u8>, end: &[u8], rev: i64, count: i64) {
+        self.store.remember_page(key, end, rev, count)
+    }
     fn history(
         &self,
         key: &[u8],

@@ -782,6 +782,21 @@ impl KvEngine for RocksKv {
         }
         Ok(r)
     }
+    fn count_slice(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        rev: i64,
+        max: usize,
+    ) -> Result<(i64, Option<Vec<u8>>), MvccError> {
+        self.index.count_slice(key, end, rev, max)
+    }
+    fn page_count(&self, key: &[u8], end: &[u8], rev: i64) -> Option<i64> {
+        self.index.page_count(key, end, rev)
+    }
+    fn remember_page(&self, key: Vec<u8>, end: &[u8], rev: i64, count: i64) {
+        self.index.remember_page(key, end, rev, count)
+    }
     fn range_later(
         &self,
         key: &[u8],

@@ -71,6 +71,21 @@ impl crate::storage::engine::KvEngine for MemStore {
     fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult, MvccError> {
         MemStore::range(self, key, end, opts)
     }
+    fn count_slice(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        rev: i64,
+        max: usize,
+    ) -> Result<(i64, Option<Vec<u8>>), MvccError> {
+        MemStore::count_slice(self, key, end, rev, max)
+    }
+    fn page_count(&self, key: &[u8], end: &[u8], rev: i64) -> Option<i64> {
+        MemStore::page_count(self, key, end, rev)
+    }
+    fn remember_page(&self, key: Vec<u8>, end: &[u8], rev: i64, count: i64) {
+        MemStore::remember_page(self, key, end, rev, count)
+    }
     fn history(
         &self,
         key: &[u8],

@@ -328,11 +328,7 @@ impl MemStore {
         let paged =
             opts.limit > 0 && !opts.count_only && !opts.uncounted && cur_rev == self.current_rev;
         let known = if paged {
-            let mut memo = self.pages.0.lock();
-            memo.iter()
-                .position(|p| p.key == key && p.range_end == range_end && p.rev == rev)
-                .and_then(|i| memo.remove(i))
-                .map(|p| p.count)
+            self.page_count(key, range_end, rev)
         } else {
             None
         };
@@ -353,21 +349,70 @@ impl MemStore {
             result.count = count;
         }
         if paged && result.count > result.kvs.len() as i64 {
-            let mut memo = self.pages.0.lock();
             let n = result.kvs.len();
             for (i, kv) in result.kvs.iter().enumerate().skip(n.saturating_sub(2)) {
-                if memo.len() == PAGE_MEMOS {
-                    memo.pop_front();
-                }
-                memo.push_back(NextPage {
-                    key: [&kv.key[..], &[0]].concat(),
-                    range_end: range_end.to_vec(),
-                    rev,
-                    count: result.count - i as i64 - 1,
-                });
+                let next = [&kv.key[..], &[0]].concat();
+                self.remember_page(next, range_end, rev, result.count - i as i64 - 1);
             }
         }
         Ok(result)
+    }
+
+    /// The count a limited read at `rev` left for the page of
+    /// `[key, range_end)` (see [`PageMemo`]); taken, as one read uses it.
+    pub fn page_count(&self, key: &[u8], range_end: &[u8], rev: i64) -> Option<i64> {
+        let mut memo = self.pages.0.lock();
+        memo.iter()
+            .position(|p| p.key == key && p.range_end == range_end && p.rev == rev)
+            .and_then(|i| memo.remove(i))
+            .map(|p| p.count)
+    }
+
+    /// Remembers that `[key, range_end)` counts `count` live keys at `rev`:
+    /// the page that follows a limited read (see [`PageMemo`]).
+    pub fn remember_page(&self, key: Vec<u8>, range_end: &[u8], rev: i64, count: i64) {
+        let mut memo = self.pages.0.lock();
+        if memo.len() == PAGE_MEMOS {
+            memo.pop_front();
+        }
+        memo.push_back(NextPage {
+            key,
+            range_end: range_end.to_vec(),
+            rev,
+            count,
+        });
+    }
+
+    /// Counts the keys of `[key, range_end)` live at `rev` (0 or less: the
+    /// current revision), going over at most `max` keys of the index (at
+    /// least one): the count, and the key to go on from (`None`: the range
+    /// is through). What a Range counts with a slice at a time; it checks
+    /// the revision as a range read does.
+    pub fn count_slice(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        rev: i64,
+        max: usize,
+    ) -> Result<(i64, Option<Vec<u8>>), MvccError> {
+        if rev > self.current_rev {
+            return Err(MvccError::FutureRevision);
+        }
+        let rev = if rev <= 0 { self.current_rev } else { rev };
+        if rev < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let Some(bounds) = key_bounds(key, range_end) else {
+            return Ok((0, None));
+        };
+        let mut keys = self.keys.range::<[u8], _>(bounds);
+        let mut count = 0;
+        for (_, h) in keys.by_ref().take(max.max(1)) {
+            if h.live_at(rev).is_some() {
+                count += 1;
+            }
+        }
+        Ok((count, keys.next().map(|(k, _)| k.to_vec())))
     }
 
     /// The changes to keys in `[key, range_end)` from revision `from` on, in

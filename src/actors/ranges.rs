@@ -60,7 +60,7 @@ impl Open {
 
 /// Chunks (slices) of a Range sent to the reader thread and not read yet,
 /// at most: the apply thread reads no further slice of it meanwhile.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 16;
 
 /// What the reader thread is told, Range by Range (`u64`: the Range's id).
 enum Job {

@@ -39,9 +39,20 @@ fn corrupt(what: String) -> MvccError {
 /// How often the on-disk size estimate is refreshed (a RocksDB property read).
 const SIZE_REFRESH: Duration = Duration::from_secs(1);
 
-/// Keys and versions of the index one slice of a compaction's removal goes
-/// over (the memory engine's budget; the deletes join one write).
+/// Keys and versions of the index the first slice of a compaction's
+/// removal goes over (the memory engine's budget; the deletes join one
+/// write). The next slices aim at [`REMOVAL_TIME`], within
+/// [`REMOVAL_KEYS`].
 const REMOVAL_BUDGET: usize = 8192;
+
+/// The time a slice of a removal aims at: at ten million keys, slices of
+/// 8,192 keys (each a write of up to as many deletes) held the apply
+/// thread long enough to make put p99 during a Compact 2.7x the p99
+/// before it.
+const REMOVAL_TIME: Duration = Duration::from_millis(1);
+
+/// Keys a slice of a removal goes over: at least, at most.
+const REMOVAL_KEYS: (usize, usize) = (256, 65_536);
 
 /// The MVCC store of the `rocksdb` engine.
 ///
@@ -61,6 +72,8 @@ pub struct RocksKv {
     /// A write of removals failed: versions the index dropped may be left
     /// in the kv family, so `META_REMOVING` stays for the next start.
     removals_lost: bool,
+    /// Keys and versions the next slice of a removal goes over.
+    removal_budget: usize,
     size: Cell<(u64, Option<Instant>)>,
     /// Bytes and entries of the versions written so far (revision key and
     /// stored value): the average prices the entries still in memtables.
@@ -410,6 +423,7 @@ impl RocksKv {
             pending: HashMap::new(),
             compacting: Arc::new(AtomicBool::new(false)),
             removals_lost: false,
+            removal_budget: REMOVAL_BUDGET,
             size: Cell::new((0, None)),
             kv_written: (0, 0),
             no_wal: {
@@ -455,10 +469,10 @@ impl StateEngine for RocksKv {
     }
 
     fn idle_step(&mut self) -> bool {
+        let started = Instant::now();
+        let budget = self.removal_budget;
         let mut removed = Vec::new();
-        let more = self
-            .index
-            .removal_step_collect(REMOVAL_BUDGET, Some(&mut removed));
+        let more = self.index.removal_step_collect(budget, Some(&mut removed));
         let kv_cf = cf(&self.db, CF_KV);
         let mut batch = WriteBatch::default();
         for r in &removed {
@@ -475,10 +489,15 @@ impl StateEngine for RocksKv {
             self.removals_lost = true;
             return more;
         }
+        // The next slice aims at the time.
+        let took = started.elapsed().as_nanos().max(1);
+        let aimed = (budget as u128 * REMOVAL_TIME.as_nanos() / took) as usize;
+        self.removal_budget = aimed.clamp(REMOVAL_KEYS.0, REMOVAL_KEYS.1);
         if !more {
             let rev = self.index.compact_main_revision();
             tracing::debug!(rev, "compaction's removal done");
             self.compact_files(rev);
+            self.removal_budget = REMOVAL_BUDGET;
         }
         more
     }

@@ -353,6 +353,13 @@ impl ApplyActor {
                 (!self.ranges.is_empty())
                     .then(|| crate::failpoints::delay("apply::range_slice_delay"))
                     .flatten()
+            })
+            // The engine's rest (a removal's), unless a Range is open.
+            .or_else(|| {
+                self.ranges
+                    .is_empty()
+                    .then(|| self.sm.idle_rest())
+                    .flatten()
             });
         // Open Ranges all wait for the reader thread: wait for it rather
         // than spin.

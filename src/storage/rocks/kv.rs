@@ -79,6 +79,9 @@ pub struct RocksKv {
     removals_lost: bool,
     /// Keys and versions the next slice of a removal goes over.
     removal_budget: usize,
+    /// A slice of the removal under way ran: the next one rests first (the
+    /// first goes at once, as etcd's first batch does).
+    removal_begun: bool,
     size: Cell<(u64, Option<Instant>)>,
     /// Bytes and entries of the versions written so far (revision key and
     /// stored value): the average prices the entries still in memtables.
@@ -429,6 +432,7 @@ impl RocksKv {
             compacting: Arc::new(AtomicBool::new(false)),
             removals_lost: false,
             removal_budget: REMOVAL_BUDGET,
+            removal_begun: false,
             size: Cell::new((0, None)),
             kv_written: (0, 0),
             no_wal: {
@@ -468,7 +472,7 @@ impl StateEngine for RocksKv {
 
     fn idle_rest(&self) -> Option<Duration> {
         // The removal is the only idle work here.
-        self.index.removal_pending().then_some(REMOVAL_REST)
+        (self.removal_begun && self.index.removal_pending()).then_some(REMOVAL_REST)
     }
 
     fn image_waits(&self) -> bool {
@@ -503,6 +507,7 @@ impl StateEngine for RocksKv {
         let took = started.elapsed().as_nanos().max(1);
         let aimed = (budget as u128 * REMOVAL_TIME.as_nanos() / took) as usize;
         self.removal_budget = aimed.clamp(REMOVAL_KEYS.0, REMOVAL_KEYS.1);
+        self.removal_begun = more;
         if !more {
             let rev = self.index.compact_main_revision();
             tracing::debug!(rev, "compaction's removal done");

@@ -234,23 +234,22 @@ impl OpenRanges {
     /// Reads one slice of the Range that waited longest; answers it if that
     /// was its last. A Range whose client went away is dropped.
     pub fn step(&mut self, sm: &StateMachine) {
-        // Those waiting for the reader thread are passed over (to the back).
-        let mut passed = 0;
-        while let Some(mut o) = self.open.pop_front() {
-            if o.waits() && !o.reply.is_closed() {
-                self.open.push_back(o);
-                passed += 1;
-                if passed == self.open.len() {
-                    return;
-                }
-                continue;
-            }
+        // Each open Range once at most: those waiting for the reader
+        // thread are passed over (to the back).
+        for _ in 0..self.open.len() {
+            let Some(mut o) = self.open.pop_front() else {
+                return;
+            };
             if o.reply.is_closed() {
                 if o.shipping {
                     // (So that the reader forgets what it holds of it.)
                     let gone = Err(ApiError::Internal("the client went away".into()));
                     self.send(Job::Done(o.id, gone, o.reply));
                 }
+                continue;
+            }
+            if o.waits() {
+                self.open.push_back(o);
                 continue;
             }
             let result = sm.continue_range(&mut o.range);

@@ -339,10 +339,10 @@ impl SlicedRange {
         self.slice = next.clamp(MIN_SLICE_KEYS.min(self.most.keys), self.most.keys);
         if got < n || self.end.is_empty() {
             // The range is through: its count is what was read.
-            self.end();
+            self.end(store);
         } else if self.fetched >= self.want {
             if self.counted.is_some() {
-                self.end();
+                self.end(store);
             } else {
                 // The limit cut it short: count the rest.
                 self.counting = true;
@@ -362,10 +362,7 @@ impl SlicedRange {
         }
         match next {
             Some(key) => self.from = key,
-            None => {
-                self.end();
-                self.remember_pages(store);
-            }
+            None => self.end(store),
         }
         Ok(())
     }
@@ -373,7 +370,7 @@ impl SlicedRange {
     /// Keys a slice can go over in the time slices aim at, if they aim at
     /// one, after `keys` took since `started`.
     fn aimed(&self, started: Instant, keys: usize) -> Option<usize> {
-        let aim = self.time()?;
+        let aim = self.most.time?;
         if keys == 0 {
             return None;
         }
@@ -381,18 +378,16 @@ impl SlicedRange {
         Some(usize::try_from(aim.as_nanos() / per_key).unwrap_or(usize::MAX))
     }
 
-    fn time(&self) -> Option<Duration> {
-        self.most.time
-    }
-
-    /// The range is read (and counted).
-    fn end(&mut self) {
+    /// The range is read (and counted): the count of the page that follows
+    /// goes to `store`'s memo.
+    fn end<E: KvEngine>(&mut self, store: &E) {
         self.done = true;
         self.counting = false;
         self.out.more = self.fetched > self.limit;
         self.out.count = self
             .counted
             .unwrap_or(i64::try_from(self.fetched).unwrap_or(i64::MAX) + self.tail);
+        self.remember_pages(store);
     }
 
     /// Leaves the count of the page that follows to `store`'s memo, as a
@@ -681,6 +676,12 @@ mod tests {
         let whole = super::super::range(&plain, &next).unwrap();
         assert_eq!(encode(&two), whole.encode_to_vec());
         assert_eq!(two.count, one.count - 6);
+        // And a page that took its count from the memo leaves the next one's.
+        let last = whole.kvs.last().unwrap().key.clone();
+        let third = page([&last[..], &[0]].concat(), one.revision);
+        let range = SlicedRange::start(&s, &third, Slices::keys(7)).unwrap();
+        assert!(range.is_done(), "the third page's count was left to it");
+        assert_eq!(range.finish().unwrap().count, one.count - 12);
     }
 
     #[test]

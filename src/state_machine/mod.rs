@@ -253,14 +253,14 @@ impl StateMachine {
         on_store!(&self.store, s => s.image_waits())
     }
 
-    /// Moves whole-state work on by one slice (see
-    /// [`StateEngine::idle_step`]); false once none is left.
     /// How long to rest before the next idle step (see
     /// [`StateEngine::idle_rest`]).
     pub fn idle_rest(&self) -> Option<std::time::Duration> {
         on_store!(&self.store, s => s.idle_rest())
     }
 
+    /// Moves whole-state work on by one slice (see
+    /// [`StateEngine::idle_step`]); false once none is left.
     pub fn idle_step(&mut self) -> bool {
         on_store!(&mut self.store, s => s.idle_step())
     }
